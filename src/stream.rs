@@ -1,0 +1,263 @@
+//! One stream's live state in memory: collapse state, the newest records with their cached
+//! token counts, the severe records that must stay in reach, totals, notes and the revision.
+//!
+//! The store keeps one per stream as its tail cache (rebuilt from the file on open), and the
+//! offline replay of `recap bench budgets` drives one directly: both go through the same
+//! [`StreamState::append`], so what a benchmark measures is what the server does.
+
+use std::sync::Arc;
+
+use crate::collapse::{CollapsePolicy, Collapser, MAX_COLLAPSE_LOOKBACK, Placement};
+use crate::context::{CachedNote, CachedRecord, StreamView, Totals};
+use crate::event::{Event, Note, Record, Severity, Timestamp};
+
+/// Default number of newest records kept in memory per stream: a 32,000-token window rarely
+/// shows more than a few hundred, and [`crate::context`] never looks further back than
+/// `budget / 4` records.
+pub const DEFAULT_TAIL_RECORDS: usize = 4_096;
+/// Default number of severe (error and above) records kept in reach beyond the tail.
+pub const DEFAULT_SEVERE_RECORDS: usize = 256;
+
+/// How much of a stream is kept in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TailCapacity {
+    /// Newest records kept (at least [`MAX_COLLAPSE_LOOKBACK`], so repeats always find their record).
+    pub records: usize,
+    /// Severe records kept.
+    pub severe: usize,
+}
+
+impl Default for TailCapacity {
+    fn default() -> Self {
+        TailCapacity {
+            records: DEFAULT_TAIL_RECORDS,
+            severe: DEFAULT_SEVERE_RECORDS,
+        }
+    }
+}
+
+/// The result of appending one event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Appended {
+    /// The record the event landed in, as it is now.
+    pub record: Record,
+    /// Whether the event collapsed into an existing record.
+    pub collapsed: bool,
+}
+
+/// One stream, in memory.
+#[derive(Debug)]
+pub struct StreamState {
+    collapser: Collapser,
+    capacity: TailCapacity,
+    /// Newest records, oldest first; trimmed to `capacity.records` in amortized batches.
+    records: Vec<Arc<CachedRecord>>,
+    severe: Vec<Arc<CachedRecord>>,
+    older_last_ts: Option<Timestamp>,
+    totals: Totals,
+    notes: Vec<Arc<CachedNote>>,
+    revision: u64,
+    next_note_id: u64,
+}
+
+impl StreamState {
+    /// An empty stream.
+    pub fn new(policy: CollapsePolicy, capacity: TailCapacity) -> StreamState {
+        StreamState {
+            collapser: Collapser::new(policy),
+            capacity: TailCapacity {
+                records: capacity.records.max(MAX_COLLAPSE_LOOKBACK),
+                severe: capacity.severe,
+            },
+            records: Vec::new(),
+            severe: Vec::new(),
+            older_last_ts: None,
+            totals: Totals::default(),
+            notes: Vec::new(),
+            revision: 0,
+            next_note_id: 1,
+        }
+    }
+
+    /// Rebuilds a stream from what the store kept: `tail` (its newest records, oldest first),
+    /// `severe` (older severe records, oldest first), totals, notes and counters.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        policy: CollapsePolicy,
+        capacity: TailCapacity,
+        tail: Vec<Record>,
+        severe: Vec<Record>,
+        older_last_ts: Option<Timestamp>,
+        totals: Totals,
+        notes: Vec<Note>,
+        revision: u64,
+        next_note_id: u64,
+    ) -> StreamState {
+        let next_seq = totals.records + 1;
+        let collapser = Collapser::resume(policy, next_seq, &tail);
+        let records: Vec<Arc<CachedRecord>> = tail
+            .into_iter()
+            .map(|r| Arc::new(CachedRecord::new(r)))
+            .collect();
+        let mut all_severe: Vec<Arc<CachedRecord>> = severe
+            .into_iter()
+            .map(|r| Arc::new(CachedRecord::new(r)))
+            .collect();
+        all_severe.extend(records.iter().filter(|r| is_severe(r.record())).cloned());
+        let mut state = StreamState::new(policy, capacity);
+        state.collapser = collapser;
+        state.records = records;
+        state.severe = all_severe;
+        state.older_last_ts = older_last_ts;
+        state.totals = totals;
+        state.notes = notes
+            .into_iter()
+            .map(|n| Arc::new(CachedNote::new(n)))
+            .collect();
+        state.revision = revision;
+        state.next_note_id = next_note_id;
+        state.trim();
+        state
+    }
+
+    /// Appends an event that happened at `ts`: a new record or a repeat of a recent one.
+    pub fn append(&mut self, event: Event, ts: Timestamp) -> Appended {
+        self.revision += 1;
+        let placement = self.collapser.place(&event, ts);
+        self.totals
+            .count(&event.kind, event.severity, ts, !placement.collapsed());
+        match placement {
+            Placement::New { seq } => {
+                let record = Record::from_event(event, seq, self.revision, ts);
+                let cached = Arc::new(CachedRecord::new(record.clone()));
+                if is_severe(&record) {
+                    self.severe.push(cached.clone());
+                }
+                self.records.push(cached);
+                self.trim();
+                Appended {
+                    record,
+                    collapsed: false,
+                }
+            }
+            Placement::Repeat { seq } => {
+                let position = self
+                    .records
+                    .iter()
+                    .rposition(|r| r.record().seq == seq)
+                    .expect("the collapse lookback stays inside the tail");
+                let mut record = self.records[position].record().clone();
+                record.absorb(event, self.revision, ts);
+                let cached = Arc::new(CachedRecord::new(record.clone()));
+                if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
+                    *severe = cached.clone();
+                }
+                self.records[position] = cached;
+                Appended {
+                    record,
+                    collapsed: true,
+                }
+            }
+        }
+    }
+
+    /// Adds a note created at `created_at`, returning it with its id.
+    pub fn add_note(
+        &mut self,
+        text: String,
+        created_at: Timestamp,
+        expires_at: Option<Timestamp>,
+    ) -> Note {
+        self.revision += 1;
+        let note = Note {
+            id: self.next_note_id,
+            text,
+            created_at,
+            expires_at,
+        };
+        self.next_note_id += 1;
+        self.notes.push(Arc::new(CachedNote::new(note.clone())));
+        note
+    }
+
+    /// Removes a note; `false` if there is no note with that id.
+    pub fn remove_note(&mut self, id: u64) -> bool {
+        let before = self.notes.len();
+        self.notes.retain(|n| n.note().id != id);
+        let removed = self.notes.len() != before;
+        if removed {
+            self.revision += 1;
+        }
+        removed
+    }
+
+    /// Removes notes that expired before `now`, returning their ids.
+    pub fn expire_notes(&mut self, now: Timestamp) -> Vec<u64> {
+        let expired: Vec<u64> = self
+            .notes
+            .iter()
+            .filter(|n| !n.note().is_live(now))
+            .map(|n| n.note().id)
+            .collect();
+        if !expired.is_empty() {
+            self.notes.retain(|n| n.note().is_live(now));
+        }
+        expired
+    }
+
+    /// A view for [`crate::context::build`].
+    pub fn view(&self) -> StreamView<'_> {
+        StreamView {
+            notes: &self.notes,
+            records: &self.records,
+            severe: &self.severe,
+            totals: &self.totals,
+            older_last_ts: self.older_last_ts,
+        }
+    }
+
+    /// The stream's revision: the number of changes it has taken.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Totals over everything the stream accepted.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The records in memory, oldest first.
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = &Record> + ExactSizeIterator {
+        self.records.iter().map(|r| r.record())
+    }
+
+    /// The notes, oldest first.
+    pub fn notes(&self) -> impl Iterator<Item = &Note> {
+        self.notes.iter().map(|n| n.note())
+    }
+
+    /// The id the next note will get.
+    pub fn next_note_id(&self) -> u64 {
+        self.next_note_id
+    }
+
+    /// Drops the oldest records beyond capacity, in batches so that appends stay amortized O(1).
+    fn trim(&mut self) {
+        let limit = self.capacity.records;
+        if self.records.len() >= limit * 2 {
+            let excess = self.records.len() - limit;
+            for dropped in self.records.drain(..excess) {
+                let last_ts = dropped.record().last_ts;
+                self.older_last_ts = Some(self.older_last_ts.map_or(last_ts, |t| t.max(last_ts)));
+            }
+        }
+        if self.severe.len() >= self.capacity.severe * 2 + 1 {
+            let excess = self.severe.len() - self.capacity.severe;
+            self.severe.drain(..excess);
+        }
+    }
+}
+
+fn is_severe(record: &Record) -> bool {
+    record.severity >= Severity::Error
+}

@@ -1,0 +1,306 @@
+//! Token counting: the only user of tiktoken-rs.
+//!
+//! Each encoding's tables are built once per process (tiktoken-rs singletons) and shared by all
+//! threads. Counts use `encode_ordinary`: special-token text such as `<|endoftext|>` in a message
+//! is counted as the ordinary text it is.
+//!
+//! # Exact budgets without recounting
+//!
+//! tiktoken's pre-tokenizer splits text into chunks before byte-pair merging, and no chunk spans
+//! a newline that is followed by a non-space character. So if a text is cut into pieces that
+//! each end with `\n`, and every piece but the first starts with a non-space character, the
+//! token count of the whole is the sum of the pieces' counts. recap renders contexts in such
+//! pieces (a header, a note, a record with its continuation lines), which turns the budget check
+//! into a sum over cached per-piece counts. [`Encoding::count`] of the joined text is the ground
+//! truth that tests compare against.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tiktoken_rs::CoreBPE;
+
+/// A tiktoken encoding recap can count with.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Encoding {
+    /// GPT-4, GPT-3.5-turbo and the text-embedding-3 models. The default.
+    #[default]
+    #[serde(rename = "cl100k_base")]
+    Cl100kBase,
+    /// GPT-4o, GPT-4.1, GPT-5 and the o-series.
+    #[serde(rename = "o200k_base")]
+    O200kBase,
+}
+
+/// Why an encoding or model name was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodingError {
+    /// Not an encoding recap supports.
+    #[error("unknown encoding {0:?}; use cl100k_base or o200k_base")]
+    UnknownEncoding(String),
+    /// tiktoken does not know the model.
+    #[error(
+        "unknown model {0:?}; name a model tiktoken knows (gpt-4o, gpt-4, gpt-3.5-turbo, o1, ...) or pass encoding=cl100k_base|o200k_base"
+    )]
+    UnknownModel(String),
+    /// tiktoken maps the model to an encoding recap does not carry.
+    #[error(
+        "model {model:?} uses the {encoding} encoding, which recap does not support; use a model on cl100k_base or o200k_base, or pass encoding="
+    )]
+    UnsupportedModel {
+        /// The model name.
+        model: String,
+        /// The encoding tiktoken maps it to.
+        encoding: &'static str,
+    },
+}
+
+impl Encoding {
+    /// Every supported encoding, in a fixed order (also the index order of per-encoding caches).
+    pub const ALL: [Encoding; 2] = [Encoding::Cl100kBase, Encoding::O200kBase];
+
+    /// tiktoken's name for the encoding.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Cl100kBase => "cl100k_base",
+            Encoding::O200kBase => "o200k_base",
+        }
+    }
+
+    /// Position in [`Encoding::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The encoding tiktoken uses for `model` (exact names, then prefixes, then `ft:` models).
+    pub fn for_model(model: &str) -> Result<Encoding, EncodingError> {
+        use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
+        let unsupported = |encoding| EncodingError::UnsupportedModel {
+            model: model.to_owned(),
+            encoding,
+        };
+        match get_tokenizer(model) {
+            Some(Tokenizer::Cl100kBase) => Ok(Encoding::Cl100kBase),
+            // o200k_harmony is o200k_base plus special tokens; ordinary text counts the same.
+            Some(Tokenizer::O200kBase | Tokenizer::O200kHarmony) => Ok(Encoding::O200kBase),
+            Some(Tokenizer::P50kBase) => Err(unsupported("p50k_base")),
+            Some(Tokenizer::P50kEdit) => Err(unsupported("p50k_edit")),
+            Some(Tokenizer::R50kBase) => Err(unsupported("r50k_base")),
+            Some(Tokenizer::Gpt2) => Err(unsupported("gpt2")),
+            None => Err(EncodingError::UnknownModel(model.to_owned())),
+        }
+    }
+
+    fn bpe(self) -> &'static CoreBPE {
+        match self {
+            Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+            Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
+        }
+    }
+
+    /// Builds the encoding's tables now rather than on the first request.
+    pub fn warm_up(self) {
+        self.bpe();
+    }
+
+    /// The number of tokens in `text`.
+    pub fn count(self, text: &str) -> u32 {
+        saturate(self.bpe().count_ordinary(text))
+    }
+
+    /// The byte offsets at which `text`'s tokens end, in order: the prefix of `text` up to
+    /// `ends[k - 1]` is its first `k` tokens. An offset can fall inside a character when a token
+    /// holds part of one; [`Encoding::prefix_within`] rounds those down.
+    pub fn token_ends(self, text: &str) -> Vec<usize> {
+        let bpe = self.bpe();
+        let mut end = 0;
+        bpe.encode_ordinary(text)
+            .into_iter()
+            .map(|token| {
+                end += bpe.decode_bytes(&[token]).map_or(0, |bytes| bytes.len());
+                end.min(text.len())
+            })
+            .collect()
+    }
+
+    /// The longest prefix of `text` made of at most `max_tokens` of its first tokens and whose
+    /// own count is at most `max_tokens`, cut at a character boundary. `ends` is
+    /// [`Encoding::token_ends`] of `text`, so that callers trying several limits tokenize once.
+    pub fn prefix_within<'t>(self, text: &'t str, ends: &[usize], max_tokens: u32) -> &'t str {
+        let mut take = (max_tokens as usize).min(ends.len());
+        loop {
+            if take == ends.len() {
+                return text;
+            }
+            let mut end = if take == 0 { 0 } else { ends[take - 1] };
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let prefix = &text[..end];
+            // Re-encoding a cut chunk can, rarely, take more tokens than the cut did.
+            let count = self.count(prefix);
+            if count <= max_tokens || take == 0 {
+                return prefix;
+            }
+            take = take.saturating_sub((count - max_tokens) as usize);
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Encoding {
+    type Err = EncodingError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "cl100k_base" => Ok(Encoding::Cl100kBase),
+            "o200k_base" => Ok(Encoding::O200kBase),
+            _ => Err(EncodingError::UnknownEncoding(value.to_owned())),
+        }
+    }
+}
+
+fn saturate(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// A token count per encoding, computed at most once each, shareable between threads.
+///
+/// Lock-free: a race computes the same count twice and stores it twice, which is harmless.
+#[derive(Debug, Default)]
+pub struct TokenCounts {
+    counts: [AtomicU32; Encoding::ALL.len()],
+}
+
+const UNKNOWN: u32 = u32::MAX;
+
+impl TokenCounts {
+    /// An empty cache.
+    pub fn new() -> TokenCounts {
+        TokenCounts {
+            counts: [AtomicU32::new(UNKNOWN), AtomicU32::new(UNKNOWN)],
+        }
+    }
+
+    /// The count of `text()` under `encoding`, computed on first use.
+    pub fn get_or_count(&self, encoding: Encoding, text: impl FnOnce() -> String) -> u32 {
+        let slot = &self.counts[encoding.index()];
+        match slot.load(Ordering::Relaxed) {
+            UNKNOWN => {
+                let count = encoding.count(&text()).min(UNKNOWN - 1);
+                slot.store(count, Ordering::Relaxed);
+                count
+            }
+            count => count,
+        }
+    }
+
+    /// The count under `encoding` if it was computed already.
+    pub fn cached(&self, encoding: Encoding) -> Option<u32> {
+        match self.counts[encoding.index()].load(Ordering::Relaxed) {
+            UNKNOWN => None,
+            count => Some(count),
+        }
+    }
+}
+
+impl Clone for TokenCounts {
+    fn clone(&self) -> Self {
+        let copy = |i: usize| AtomicU32::new(self.counts[i].load(Ordering::Relaxed));
+        TokenCounts {
+            counts: [copy(0), copy(1)],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_known_strings() {
+        // Reference values from Python tiktoken.
+        assert_eq!(Encoding::Cl100kBase.count("hello world"), 2);
+        assert_eq!(Encoding::O200kBase.count("hello world"), 2);
+        assert_eq!(Encoding::Cl100kBase.count(""), 0);
+        assert_eq!(Encoding::Cl100kBase.count("<|endoftext|>"), 7);
+    }
+
+    #[test]
+    fn models_map_like_tiktoken() {
+        let cases = [
+            ("gpt-4o", Ok(Encoding::O200kBase)),
+            ("gpt-4o-mini-2024-07-18", Ok(Encoding::O200kBase)),
+            ("gpt-5", Ok(Encoding::O200kBase)),
+            ("o1", Ok(Encoding::O200kBase)),
+            ("gpt-4", Ok(Encoding::Cl100kBase)),
+            ("gpt-4-0613", Ok(Encoding::Cl100kBase)),
+            ("gpt-3.5-turbo", Ok(Encoding::Cl100kBase)),
+            ("ft:gpt-4o-2024-08-06:acme::abc", Ok(Encoding::O200kBase)),
+        ];
+        for (model, expected) in cases {
+            assert_eq!(Encoding::for_model(model), expected, "{model}");
+        }
+        assert_eq!(
+            Encoding::for_model("text-davinci-003")
+                .unwrap_err()
+                .to_string(),
+            "model \"text-davinci-003\" uses the p50k_base encoding, which recap does not support; use a model on cl100k_base or o200k_base, or pass encoding="
+        );
+        assert!(matches!(
+            Encoding::for_model("llama-3"),
+            Err(EncodingError::UnknownModel(_))
+        ));
+    }
+
+    #[test]
+    fn encoding_names_round_trip() {
+        for encoding in Encoding::ALL {
+            assert_eq!(encoding.name().parse::<Encoding>().unwrap(), encoding);
+        }
+        assert_eq!(
+            "p50k".parse::<Encoding>().unwrap_err().to_string(),
+            "unknown encoding \"p50k\"; use cl100k_base or o200k_base"
+        );
+    }
+
+    #[test]
+    fn prefix_within_respects_the_limit_and_char_boundaries() {
+        let text = "naïve café ünïcödé 🎉🎉🎉 ".repeat(40);
+        for encoding in Encoding::ALL {
+            let ends = encoding.token_ends(&text);
+            assert_eq!(ends.len() as u32, encoding.count(&text));
+            assert_eq!(*ends.last().unwrap(), text.len());
+            for limit in [0, 1, 2, 3, 7, 50, 10_000] {
+                let prefix = encoding.prefix_within(&text, &ends, limit);
+                assert!(text.starts_with(prefix));
+                assert!(encoding.count(prefix) <= limit, "{encoding} {limit}");
+            }
+            assert_eq!(encoding.prefix_within(&text, &ends, 10_000), text);
+        }
+    }
+
+    #[test]
+    fn cache_counts_once() {
+        let cache = TokenCounts::new();
+        assert_eq!(cache.cached(Encoding::Cl100kBase), None);
+        assert_eq!(
+            cache.get_or_count(Encoding::Cl100kBase, || "hello world".into()),
+            2
+        );
+        assert_eq!(
+            cache.get_or_count(Encoding::Cl100kBase, || unreachable!()),
+            2
+        );
+        assert_eq!(cache.cached(Encoding::O200kBase), None);
+    }
+}
