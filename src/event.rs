@@ -436,6 +436,52 @@ impl Record {
     }
 }
 
+/// Longest stream name, in bytes.
+pub const MAX_STREAM_NAME_BYTES: usize = 128;
+
+/// A validated stream name: `[A-Za-z0-9][A-Za-z0-9._:-]{0,127}`. Case is kept and significant.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct StreamName(String);
+
+impl StreamName {
+    /// Checks the stream-name syntax.
+    pub fn new(value: &str) -> Result<StreamName, EventError> {
+        let bytes = value.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= MAX_STREAM_NAME_BYTES
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes[1..]
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b));
+        if valid {
+            Ok(StreamName(value.to_owned()))
+        } else {
+            Err(EventError::InvalidStreamName {
+                value: value.to_owned(),
+            })
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        StreamName::new(&value).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A fact to remember, kept apart from the event log and always put first in the context.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Note {
@@ -526,6 +572,14 @@ pub enum EventError {
         /// What the client sent.
         value: String,
     },
+    /// A stream name that does not match the stream-name syntax.
+    #[error(
+        "stream name {value:?} is not valid; use 1 to 128 characters from A-Z, a-z, 0-9 and `. _ : -`, starting with a letter or digit"
+    )]
+    InvalidStreamName {
+        /// What the client sent.
+        value: String,
+    },
     /// A text field is over its size cap.
     #[error(
         "field `{field}` is {len} bytes, over the limit of {max} bytes; shorten it or move bulk data to `payload`"
@@ -567,6 +621,7 @@ impl EventError {
             | EventError::InvalidTimestamp { field, .. } => Some(field),
             EventError::InvalidKind { .. } => Some("kind"),
             EventError::UnknownSeverity { .. } => Some("severity"),
+            EventError::InvalidStreamName { .. } => Some("stream"),
             EventError::Json { field, .. } => field.as_deref(),
         }
     }

@@ -11,12 +11,14 @@
 //! - [`render`]: the only place that formats context text.
 //! - [`context`]: builds a context window from a stream snapshot (pure, deterministic).
 //! - [`stream`]: one stream's live state in memory, shared by the store and offline replay.
+//! - [`store`]: durable history in one redb file; group-commit writer; tail caches; changelog.
 
 pub mod collapse;
 pub mod context;
 pub mod event;
 pub mod rank;
 pub mod render;
+pub mod store;
 pub mod stream;
 pub mod tokens;
 
