@@ -12,6 +12,7 @@
 //! - [`context`]: builds a context window from a stream snapshot (pure, deterministic).
 //! - [`stream`]: one stream's live state in memory, shared by the store and offline replay.
 //! - [`store`]: durable history in one redb file; group-commit writer; tail caches; changelog.
+//! - [`trace`]: reading JSONL agent traces (the shared trace format) into events.
 
 pub mod collapse;
 pub mod context;
@@ -21,6 +22,7 @@ pub mod render;
 pub mod store;
 pub mod stream;
 pub mod tokens;
+pub mod trace;
 
 pub use collapse::{CollapseMode, CollapsePolicy};
 pub use context::{ContextRequest, ContextWindow};
