@@ -1,1 +1,104 @@
-fn main() {}
+//! Ingest-side throughput on the shared traces, one core: JSON decoding and validation, the
+//! collapse decision alone, and a full in-memory append (collapse + record + totals).
+//!
+//! `cargo bench --bench collapse` prints events per second for each stage and mode.
+
+mod common;
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use recap::collapse::{CollapseMode, CollapsePolicy, Collapser};
+use recap::event::{EventInput, EventLimits};
+use recap::stream::{StreamState, TailCapacity};
+use recap::trace::parse_line;
+
+use common::{shared_trace_lines, shared_traces, thousands};
+
+const ROUNDS: usize = 5;
+
+fn rate(events: usize, run: impl FnMut()) -> f64 {
+    let mut run = run;
+    run(); // warm-up
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        run();
+    }
+    (events * ROUNDS) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let lines = shared_trace_lines();
+    let traces = shared_traces();
+    let events: usize = traces.iter().map(|t| t.events.len()).sum();
+    let limits = EventLimits {
+        max_message_bytes: usize::MAX,
+    };
+    println!(
+        "{events} events from {} traces, {ROUNDS} rounds per row, one core",
+        traces.len()
+    );
+    println!("{:<44} {:>14}", "stage", "events/s");
+
+    let decoded: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|line| {
+            let (_, event) = parse_line(line, &limits).unwrap();
+            // Re-encode as a plain event body, the way a client posts it.
+            serde_json::json!({
+                "kind": event.kind, "severity": event.severity, "message": event.message,
+                "actor": event.actor, "step_id": event.step_id,
+            })
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
+    let validate = rate(events, || {
+        for body in &decoded {
+            black_box(
+                EventInput::from_json(body)
+                    .unwrap()
+                    .validate(&limits)
+                    .unwrap(),
+            );
+        }
+    });
+    println!(
+        "{:<44} {:>14}",
+        "decode + validate (JSON body → Event)",
+        thousands(validate)
+    );
+
+    for mode in [CollapseMode::Exact, CollapseMode::Template] {
+        let policy = CollapsePolicy {
+            mode,
+            ..CollapsePolicy::default()
+        };
+        let collapse = rate(events, || {
+            for trace in &traces {
+                let mut collapser = Collapser::new(policy);
+                for event in &trace.events {
+                    black_box(collapser.place(event, event.ts.unwrap()));
+                }
+            }
+        });
+        println!(
+            "{:<44} {:>14}",
+            format!("collapse decision ({mode})"),
+            thousands(collapse)
+        );
+        let append = rate(events, || {
+            for trace in &traces {
+                let mut state = StreamState::new(policy, TailCapacity::default());
+                for event in &trace.events {
+                    black_box(state.append(event.clone(), event.ts.unwrap()));
+                }
+            }
+        });
+        println!(
+            "{:<44} {:>14}",
+            format!("in-memory append ({mode})"),
+            thousands(append)
+        );
+    }
+}

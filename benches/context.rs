@@ -1,1 +1,81 @@
-fn main() {}
+//! Context build latency over a 100,000-record stream, with warm token caches.
+//!
+//! `cargo bench --bench context` prints one row per budget: the median and p99 time of
+//! `context::build` (selection over cached counts, Earlier line, text assembly), next to what
+//! re-tokenizing the resulting window once would cost — the work the cached, additive counts
+//! save on every call.
+
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use chrono::TimeDelta;
+use recap::collapse::CollapsePolicy;
+use recap::context::{self, ContextRequest};
+use recap::stream::{StreamState, TailCapacity};
+use recap::tokens::Encoding;
+
+use common::{human, quantile, shared_traces};
+
+const RECORDS: usize = 100_000;
+const BUDGETS: [u32; 4] = [512, 2_000, 8_000, 32_000];
+const SAMPLES: usize = 2_000;
+
+fn main() {
+    let events: Vec<_> = shared_traces()
+        .into_iter()
+        .flat_map(|trace| trace.events)
+        .collect();
+    // No collapse: every event becomes a record, so the stream really holds 100,000 of them.
+    let policy = CollapsePolicy {
+        lookback: 0,
+        ..CollapsePolicy::default()
+    };
+    let mut state = StreamState::new(policy, TailCapacity::default());
+    let start = events[0].ts.unwrap();
+    for (index, event) in events.iter().cycle().take(RECORDS).enumerate() {
+        state.append(
+            event.clone(),
+            start + TimeDelta::milliseconds(index as i64 * 250),
+        );
+    }
+    assert_eq!(state.totals().records, RECORDS as u64);
+    let now = state.totals().last_ts.unwrap();
+    let encoding = Encoding::Cl100kBase;
+
+    println!(
+        "context build over {RECORDS} records (cl100k_base, warm caches, {SAMPLES} samples per row)"
+    );
+    println!(
+        "{:>8} {:>8} {:>7} {:>10} {:>10} {:>14}",
+        "budget", "tokens", "shown", "p50", "p99", "recount once"
+    );
+    for budget in BUDGETS {
+        let request = ContextRequest::new(budget, encoding);
+        let window = context::build(&state.view(), &request, now); // warms the caches
+        let mut samples: Vec<Duration> = (0..SAMPLES)
+            .map(|_| {
+                let started = Instant::now();
+                black_box(context::build(black_box(&state.view()), &request, now));
+                started.elapsed()
+            })
+            .collect();
+        let recount = {
+            let started = Instant::now();
+            for _ in 0..20 {
+                black_box(encoding.count(black_box(&window.text)));
+            }
+            started.elapsed() / 20
+        };
+        println!(
+            "{:>8} {:>8} {:>7} {:>10} {:>10} {:>14}",
+            budget,
+            window.tokens,
+            window.totals.shown_records,
+            human(quantile(&mut samples, 0.5)),
+            human(quantile(&mut samples, 0.99)),
+            human(recount),
+        );
+    }
+}

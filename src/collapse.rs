@@ -104,9 +104,10 @@ pub struct Fingerprint {
 
 impl Fingerprint {
     /// A 64-bit digest for a quick first comparison; equal fingerprints have equal digests.
+    /// A fast non-cryptographic hash is enough: a collision only costs a full comparison.
     fn digest(&self) -> u64 {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        BuildHasherDefault::<DefaultHasher>::default().hash_one(self)
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(self)
     }
 }
 
@@ -291,40 +292,93 @@ impl Collapser {
 pub fn template(message: &str) -> String {
     let bytes = message.as_bytes();
     let mut out = String::with_capacity(message.len());
-    let mut i = 0;
     // Start of the pending run of bytes copied verbatim.
     let mut copied = 0;
+    let mut i = 0;
+    let mut mask =
+        |out: &mut String, at: usize, len: usize, replacement: &str, copied: &mut usize| {
+            out.push_str(&message[*copied..at]);
+            out.push_str(replacement);
+            *copied = at + len;
+        };
     while i < bytes.len() {
         let byte = bytes[i];
-        let at_word_start = i == 0 || !is_word_byte(bytes[i - 1]);
-        let mask = if byte == b'"' || byte == b'\'' {
-            quoted_path_len(&bytes[i..]).map(|len| (len, "<path>"))
-        } else if at_word_start && byte.is_ascii_hexdigit() {
-            uuid_len(&bytes[i..])
-                .map(|len| (len, "<uuid>"))
-                .or_else(|| hex_id_len(&bytes[i..]).map(|len| (len, "<hex>")))
-                .or_else(|| number_mask(&bytes[i..]))
-        } else if byte.is_ascii_digit() {
-            number_mask(&bytes[i..])
-        } else {
-            None
-        };
-        match mask {
-            Some((len, replacement)) => {
-                out.push_str(&message[copied..i]);
-                out.push_str(replacement);
-                i += len;
-                copied = i;
+        if is_word_byte(byte) {
+            // Most words hold no digit and cannot be masked: skip them in one pass.
+            let start = i;
+            let mut has_digit = false;
+            while let Some(&class) = bytes.get(i).map(|&b| &BYTE_CLASS[usize::from(b)]) {
+                if class & WORD == 0 {
+                    break;
+                }
+                has_digit |= class & DIGIT != 0;
+                i += 1;
             }
-            None => i += 1,
+            let maybe_uuid = i - start == 8 && bytes.get(i) == Some(&b'-');
+            if !has_digit && !maybe_uuid {
+                continue;
+            }
+            let end = i;
+            let mut at = start;
+            while at < end {
+                let found = if at == start {
+                    uuid_len(&bytes[at..])
+                        .map(|len| (len, "<uuid>"))
+                        .or_else(|| hex_id_len(&bytes[at..]).map(|len| (len, "<hex>")))
+                        .or_else(|| number_mask(&bytes[at..]))
+                } else if bytes[at].is_ascii_digit() {
+                    number_mask(&bytes[at..])
+                } else {
+                    None
+                };
+                match found {
+                    Some((len, replacement)) => {
+                        mask(&mut out, at, len, replacement, &mut copied);
+                        at += len;
+                    }
+                    None => at += 1,
+                }
+            }
+            // A mask may run past the word (UUID groups, a fraction, a unit).
+            i = at;
+        } else if (byte == b'"' || byte == b'\'') && (i == 0 || !is_word_byte(bytes[i - 1])) {
+            match quoted_path_len(&bytes[i..]) {
+                Some(len) => {
+                    mask(&mut out, i, len, "<path>", &mut copied);
+                    i += len;
+                }
+                None => i += 1,
+            }
+        } else {
+            i += 1;
         }
     }
     out.push_str(&message[copied..]);
     out
 }
 
+const WORD: u8 = 1;
+const DIGIT: u8 = 2;
+
+/// Byte classes for the scanner's inner loop: one table load instead of several comparisons.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            table[byte] |= WORD;
+        }
+        if b.is_ascii_digit() {
+            table[byte] |= DIGIT;
+        }
+        byte += 1;
+    }
+    table
+};
+
 fn is_word_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || byte == b'_'
+    BYTE_CLASS[usize::from(byte)] & WORD != 0
 }
 
 /// `8-4-4-4-12` hex digits, not followed by a word byte.

@@ -32,9 +32,11 @@ pub const MAX_BUDGET_TOKENS: u32 = 1_000_000;
 pub const DEFAULT_LINE_CAP_DIVISOR: u32 = 8;
 /// The default per-line cap never goes below this, so tiny budgets still show a useful prefix.
 pub const MIN_LINE_CAP_TOKENS: u32 = 32;
-/// The newest `budget / TOKENS_PER_CANDIDATE` records compete for the window (a record line is
-/// rarely under 8 tokens, so at most half of these can fit): enough to fill any budget, few
-/// enough that a build does not walk a long history.
+/// Candidates are the newest records whose lines add up to this many budgets: enough choice for
+/// ranking, few enough that a build does not walk a long history.
+pub const CANDIDATE_COST_FACTOR: u64 = 4;
+/// At most `budget / TOKENS_PER_CANDIDATE` of the newest records compete (a record line is rarely
+/// under 8 tokens, so at most half of these could fit), which bounds the walk for tiny records.
 pub const TOKENS_PER_CANDIDATE: u32 = 4;
 /// At least this many of the newest records compete, however small the budget.
 pub const MIN_CANDIDATES: usize = 64;
@@ -425,56 +427,81 @@ fn select_notes<'a>(
     (chosen, cut)
 }
 
-/// The records that compete: the newest `budget / TOKENS_PER_CANDIDATE` (at least
-/// [`MIN_CANDIDATES`]) and every severe record older than those, oldest first.
+/// The records that compete, oldest first: the newest ones, back until their lines cost
+/// [`CANDIDATE_COST_FACTOR`] budgets (at least [`MIN_CANDIDATES`], at most
+/// `budget / TOKENS_PER_CANDIDATE` records), and every severe record older than those.
 fn contenders<'a>(view: &StreamView<'a>, request: &ContextRequest) -> Vec<Contender<'a>> {
     let records = view.records;
     let Some(newest) = records.last().map(|r| r.record()) else {
         return Vec::new();
     };
-    let window = ((request.budget / TOKENS_PER_CANDIDATE) as usize).max(MIN_CANDIDATES);
-    let start = records.len().saturating_sub(window);
-    let window_first_seq = records.get(start).map_or(u64::MAX, |r| r.record().seq);
-    let older_severe = view
-        .severe
-        .iter()
-        .filter(|r| r.record().seq < window_first_seq);
     let cap = request.line_cap();
     let encoding = request.encoding;
-    older_severe
-        .chain(&records[start..])
-        .map(|cached| {
-            let record = cached.record();
-            let admitted = request.filter.admits(record);
-            let mut tokens = cached.tokens(encoding);
-            let mut clip = None;
-            if admitted && tokens > cap {
-                clip = cached.clipped(encoding, cap);
-                if let Some(clip) = &clip {
-                    tokens = clip.tokens;
-                }
+    // Streams use a handful of kinds: look each weight up once per build, not once per record.
+    let mut kind_weights: Vec<(&str, f64)> = Vec::with_capacity(16);
+    let mut contend = |cached: &'a Arc<CachedRecord>| {
+        let record = cached.record();
+        let admitted = request.filter.admits(record);
+        let mut tokens = cached.tokens(encoding);
+        let mut clip = None;
+        if admitted && tokens > cap {
+            clip = cached.clipped(encoding, cap);
+            if let Some(clip) = &clip {
+                tokens = clip.tokens;
             }
-            // A record still repeating is as fresh as the newest one.
-            let age = if record.last_ts >= newest.first_ts {
-                0
-            } else {
-                newest.seq.saturating_sub(record.seq)
-            };
-            let score = request
-                .weights
-                .score(record.kind.as_str(), record.severity, age);
-            Contender {
-                record: cached,
-                candidate: Candidate {
-                    seq: record.seq,
-                    tokens,
-                    score,
-                },
-                clip,
-                admitted,
+        }
+        // A record still repeating is as fresh as the newest one.
+        let age = if record.last_ts >= newest.first_ts {
+            0
+        } else {
+            newest.seq.saturating_sub(record.seq)
+        };
+        let kind = record.kind.as_str();
+        let kind_weight = match kind_weights.iter().find(|(known, _)| *known == kind) {
+            Some(&(_, weight)) => weight,
+            None => {
+                let weight = request.weights.kind(kind);
+                kind_weights.push((kind, weight));
+                weight
             }
-        })
-        .collect()
+        };
+        let score = kind_weight * request.weights.severity_score(record.severity, age);
+        Contender {
+            record: cached,
+            candidate: Candidate {
+                seq: record.seq,
+                tokens,
+                score,
+            },
+            clip,
+            admitted,
+        }
+    };
+
+    // Walk back from the newest record until the candidates could fill the budget several times
+    // over: enough choice for ranking, without walking a long history.
+    let max_window = ((request.budget / TOKENS_PER_CANDIDATE) as usize).max(MIN_CANDIDATES);
+    let cost_goal = u64::from(request.budget) * CANDIDATE_COST_FACTOR;
+    let mut recent: Vec<Contender<'a>> = Vec::new();
+    let mut cost = 0u64;
+    for cached in records.iter().rev() {
+        if recent.len() >= max_window || (recent.len() >= MIN_CANDIDATES && cost >= cost_goal) {
+            break;
+        }
+        let contender = contend(cached);
+        cost += u64::from(contender.candidate.tokens);
+        recent.push(contender);
+    }
+    recent.reverse();
+    let window_first_seq = recent.first().map_or(u64::MAX, |c| c.candidate.seq);
+    let mut all: Vec<Contender<'a>> = view
+        .severe
+        .iter()
+        .filter(|r| r.record().seq < window_first_seq)
+        .map(&mut contend)
+        .collect();
+    all.append(&mut recent);
+    all
 }
 
 /// Selects admitted candidates leaving room for the Earlier section, whose size depends on what
@@ -492,7 +519,7 @@ fn choose_with_earlier(
     let nothing_shown = vec![Reason::Budget; admitted.len()];
     let earlier_for = |reasons: &[Reason]| {
         let text = render::earlier_piece(&earlier_summary(view, contenders, reasons));
-        let tokens = encoding.count(&text);
+        let tokens = encoding.count_fragments(&text);
         (text, tokens)
     };
     // With nothing shown the summary names every kind and severity: a good first reservation.

@@ -161,10 +161,15 @@ impl Weights {
 
     /// The score of a record of `kind` and `severity` that is `age` records old.
     pub fn score(&self, kind: &str, severity: Severity, age: u64) -> f64 {
-        let decay = 0.5f64
-            .powf(age as f64 / self.half_life)
+        self.kind(kind) * self.severity_score(severity, age)
+    }
+
+    /// The score without the kind weight: severity weight × decay.
+    pub fn severity_score(&self, severity: Severity, age: u64) -> f64 {
+        let decay = (-(age as f64) / self.half_life)
+            .exp2()
             .max(SEVERITY_DECAY_FLOORS[severity.index()]);
-        self.kind(kind) * self.severities[severity.index()] * decay
+        self.severities[severity.index()] * decay
     }
 }
 

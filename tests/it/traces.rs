@@ -109,6 +109,13 @@ fn token_counts_add_up_across_rendered_pieces() {
                 Ok(())
             })
             .unwrap();
+        // The in-line boundary (before a space that follows a non-space) holds on every line.
+        for (line, &count) in lines.iter().zip(&counts) {
+            let fragments: u32 = recap::tokens::fragments(line)
+                .map(|f| encoding.count(f))
+                .sum();
+            assert_eq!(fragments, count, "{encoding}: {line:?}");
+        }
         // Every adjacent pair in trace order, not only random picks.
         for pair in lines.windows(2) {
             let joined = format!("{}{}", pair[0], pair[1]);
