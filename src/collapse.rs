@@ -295,12 +295,11 @@ pub fn template(message: &str) -> String {
     // Start of the pending run of bytes copied verbatim.
     let mut copied = 0;
     let mut i = 0;
-    let mut mask =
-        |out: &mut String, at: usize, len: usize, replacement: &str, copied: &mut usize| {
-            out.push_str(&message[*copied..at]);
-            out.push_str(replacement);
-            *copied = at + len;
-        };
+    let mask = |out: &mut String, at: usize, len: usize, replacement: &str, copied: &mut usize| {
+        out.push_str(&message[*copied..at]);
+        out.push_str(replacement);
+        *copied = at + len;
+    };
     while i < bytes.len() {
         let byte = bytes[i];
         if is_word_byte(byte) {

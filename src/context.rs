@@ -43,6 +43,9 @@ pub const MIN_CANDIDATES: usize = 64;
 /// Clipped lines kept per record: one per (encoding, cap) a client actually uses.
 const CLIPS_PER_RECORD: usize = 4;
 
+/// A clipped line memoized for one (encoding, cap); `None` when even the line's head is over.
+type Clip = (Encoding, u32, Option<Arc<ClippedLine>>);
+
 /// A record with its rendered line and token counts, computed once and shared by every build.
 /// A change to the record (a repeat) makes a new `CachedRecord`.
 #[derive(Debug)]
@@ -50,7 +53,7 @@ pub struct CachedRecord {
     record: Record,
     line: OnceLock<String>,
     tokens: TokenCounts,
-    clips: Mutex<Vec<(Encoding, u32, Option<Arc<ClippedLine>>)>>,
+    clips: Mutex<Vec<Clip>>,
 }
 
 impl CachedRecord {
@@ -733,8 +736,7 @@ mod tests {
         "ok",
     ];
 
-    fn arb_stream()
-    -> impl Strategy<Value = (Vec<(usize, usize, usize, i64, usize)>, Vec<(usize, bool)>)> {
+    fn arb_stream() -> impl Strategy<Value = (Vec<GeneratedEvent>, Vec<GeneratedNote>)> {
         let event = (0usize..10, 0usize..6, 0usize..5, 0i64..120, 0usize..600);
         let note = (0usize..10, any::<bool>());
         (
@@ -743,14 +745,15 @@ mod tests {
         )
     }
 
+    /// (message, kind, severity, seconds since the previous event, long-message repeat).
+    type GeneratedEvent = (usize, usize, usize, i64, usize);
+    /// (message, expires).
+    type GeneratedNote = (usize, bool);
+
     const KINDS: [&str; 6] = ["tool", "llm", "error", "metric", "observation", "plan"];
 
     /// Replays a generated stream; long messages come from repeating a base message.
-    fn replay(
-        events: &[(usize, usize, usize, i64, usize)],
-        notes: &[(usize, bool)],
-        tail: usize,
-    ) -> StreamState {
+    fn replay(events: &[GeneratedEvent], notes: &[GeneratedNote], tail: usize) -> StreamState {
         let capacity = TailCapacity {
             records: tail,
             severe: 16,
