@@ -7,6 +7,7 @@
 //! - [`event`]: `Event`, `Severity`, `Kind`, `Record`, `Note`; validation with precise errors.
 //! - [`collapse`]: fingerprints and the repeat-collapse rule (`exact` and `template` modes).
 //! - [`tokens`]: the only user of tiktoken-rs; encodings built once, per-record count caches.
+//! - [`openintent`]: OpenIntent event types ↔ recap kinds and severities (pure mapping).
 //! - [`rank`]: scoring and selection within a budget (pure).
 //! - [`render`]: the only place that formats context text.
 //! - [`context`]: builds a context window from a stream snapshot (pure, deterministic).
@@ -17,6 +18,7 @@
 pub mod collapse;
 pub mod context;
 pub mod event;
+pub mod openintent;
 pub mod rank;
 pub mod render;
 pub mod store;

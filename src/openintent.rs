@@ -1,0 +1,501 @@
+//! OpenIntent compatibility, the pure part: how OpenIntent `event_type`s map to recap kinds and
+//! severities, how a payload becomes a message, and how records go back out as events the
+//! unmodified `openintent` Python client (0.17.0) accepts.
+//!
+//! The client parses every event it receives with `EventType(value)` and has no fallback, so an
+//! event type outside its enum makes a whole `get_events` call fail. Records are therefore sent
+//! back with their original `event_type` when they came in through OpenIntent, and as `comment`
+//! otherwise, with recap's view of them (kind, severity, message, repeat count) in the payload.
+
+use serde_json::{Map, Value, json};
+
+use crate::event::{Event, EventError, Kind, Record, Severity, StreamName, Timestamp};
+
+/// Payload key under which recap keeps the OpenIntent envelope (`event_type`, `trace_id`,
+/// `parent_event_id`) of an event that came in through the compatibility routes. It is removed
+/// again before the payload goes back to an OpenIntent client.
+pub const ENVELOPE_KEY: &str = "_openintent";
+
+/// The `event_type` used for records that did not come in through OpenIntent.
+pub const NATIVE_EVENT_TYPE: &str = "comment";
+
+/// Every `EventType` value of the `openintent` 0.17.0 client (`openintent/models.py`), in its
+/// order. Only these may be sent to the client.
+pub const EVENT_TYPES: [&str; 126] = [
+    "intent_created",
+    "state_patched",
+    "status_changed",
+    "agent_assigned",
+    "agent_unassigned",
+    "constraint_added",
+    "constraint_removed",
+    "dependency_added",
+    "dependency_removed",
+    "lease_acquired",
+    "lease_released",
+    "arbitration_requested",
+    "decision_recorded",
+    "attachment_added",
+    "portfolio_created",
+    "added_to_portfolio",
+    "removed_from_portfolio",
+    "failure_recorded",
+    "comment",
+    "tool_call_started",
+    "tool_call_completed",
+    "tool_call_failed",
+    "llm_request_started",
+    "llm_request_completed",
+    "llm_request_failed",
+    "stream_started",
+    "stream_chunk",
+    "stream_completed",
+    "stream_cancelled",
+    "access_granted",
+    "access_revoked",
+    "access_expired",
+    "access_requested",
+    "access_request_approved",
+    "access_request_denied",
+    "task.created",
+    "task.ready",
+    "task.claimed",
+    "task.started",
+    "task.progress",
+    "task.completed",
+    "task.failed",
+    "task.retrying",
+    "task.blocked",
+    "task.unblocked",
+    "task.delegated",
+    "task.escalated",
+    "task.cancelled",
+    "task.skipped",
+    "plan.created",
+    "plan.activated",
+    "plan.paused",
+    "plan.resumed",
+    "plan.completed",
+    "plan.failed",
+    "plan.checkpoint_reached",
+    "plan.checkpoint_approved",
+    "plan.checkpoint_rejected",
+    "coordinator.decision",
+    "coordinator.heartbeat",
+    "coordinator.paused",
+    "coordinator.resumed",
+    "coordinator.replaced",
+    "coordinator.unresponsive",
+    "coordinator.failed_over",
+    "coordinator.handoff",
+    "coordinator.plan_overridden",
+    "coordinator.guardrails_updated",
+    "coordinator.stalled",
+    "coordinator.escalation_resolved",
+    "governance.policy_set",
+    "governance.policy_removed",
+    "governance.approval_granted",
+    "governance.approval_denied",
+    "governance.violation",
+    "tool.invoked",
+    "tool.denied",
+    "grant.created",
+    "grant.delegated",
+    "grant.revoked",
+    "grant.expired",
+    "grant.suspended",
+    "grant.resumed",
+    "credential.created",
+    "credential.rotated",
+    "credential.expired",
+    "credential.revoked",
+    "memory.created",
+    "memory.updated",
+    "memory.deleted",
+    "memory.archived",
+    "memory.evicted",
+    "memory.expired",
+    "agent.lifecycle",
+    "agent.registered",
+    "agent.status_changed",
+    "agent.dead",
+    "trigger.fired",
+    "trigger.skipped",
+    "trigger.cascade_limit",
+    "trigger.namespace_blocked",
+    "agent.identity.registered",
+    "agent.identity.rotated",
+    "agent.identity.revoked",
+    "agent.identity.challenge_issued",
+    "agent.identity.verified",
+    "log.checkpoint.created",
+    "log.checkpoint.anchored",
+    "channel.created",
+    "channel.closed",
+    "channel.message",
+    "governance.approval_enforced",
+    "federation.dispatched",
+    "federation.received",
+    "federation.callback",
+    "federation.budget_warning",
+    "federation.completed",
+    "federation.failed",
+    "intent.suspended",
+    "intent.resumed",
+    "intent.suspension_expired",
+    "engagement.decision",
+    "intent.suspension_renotified",
+    "intent.suspension_escalated",
+    "portfolio.member_suspended",
+    "portfolio.member_resumed",
+];
+
+/// Whether the `openintent` client can parse `event_type`.
+pub fn is_known_event_type(event_type: &str) -> bool {
+    EVENT_TYPES.contains(&event_type)
+}
+
+/// Exact mappings that the family rules below would get wrong or too coarse.
+const EXACT: [(&str, &str, Severity); 40] = [
+    ("tool_call_failed", "tool", Severity::Error),
+    ("llm_request_failed", "llm", Severity::Error),
+    ("stream_chunk", "llm", Severity::Debug),
+    ("stream_cancelled", "llm", Severity::Warning),
+    ("failure_recorded", "error", Severity::Error),
+    ("comment", "note", Severity::Info),
+    ("intent_created", "state", Severity::Info),
+    ("state_patched", "state", Severity::Info),
+    ("status_changed", "status", Severity::Info),
+    ("arbitration_requested", "agent", Severity::Warning),
+    ("lease_acquired", "state", Severity::Debug),
+    ("lease_released", "state", Severity::Debug),
+    ("access_expired", "security", Severity::Warning),
+    ("access_request_denied", "security", Severity::Warning),
+    ("task.retrying", "retry", Severity::Warning),
+    ("task.progress", "task", Severity::Debug),
+    ("task.blocked", "task", Severity::Warning),
+    ("task.escalated", "task", Severity::Warning),
+    ("task.cancelled", "task", Severity::Warning),
+    ("plan.checkpoint_rejected", "plan", Severity::Warning),
+    ("coordinator.heartbeat", "agent", Severity::Debug),
+    ("coordinator.unresponsive", "agent", Severity::Warning),
+    ("coordinator.stalled", "agent", Severity::Warning),
+    ("coordinator.failed_over", "agent", Severity::Warning),
+    ("governance.violation", "security", Severity::Error),
+    ("governance.approval_denied", "policy", Severity::Warning),
+    ("tool.invoked", "tool", Severity::Info),
+    ("tool.denied", "security", Severity::Warning),
+    ("grant.expired", "security", Severity::Warning),
+    ("credential.expired", "security", Severity::Warning),
+    ("memory.evicted", "state", Severity::Debug),
+    ("memory.expired", "state", Severity::Debug),
+    ("agent.dead", "agent", Severity::Error),
+    ("trigger.cascade_limit", "trigger", Severity::Warning),
+    ("trigger.namespace_blocked", "trigger", Severity::Warning),
+    ("federation.budget_warning", "metric", Severity::Warning),
+    ("intent.suspended", "status", Severity::Warning),
+    ("intent.suspension_expired", "status", Severity::Warning),
+    ("intent.suspension_escalated", "status", Severity::Warning),
+    ("portfolio.member_suspended", "status", Severity::Warning),
+];
+
+/// Family prefixes, longest first where they overlap, and the kind each family maps to.
+const FAMILIES: [(&str, &str); 28] = [
+    ("tool_call_", "tool"),
+    ("llm_request_", "llm"),
+    ("stream_", "llm"),
+    ("access_", "security"),
+    ("agent.identity.", "security"),
+    ("task.", "task"),
+    ("plan.", "plan"),
+    ("coordinator.", "agent"),
+    ("governance.", "policy"),
+    ("tool.", "tool"),
+    ("grant.", "security"),
+    ("credential.", "security"),
+    ("memory.", "state"),
+    ("agent.", "agent"),
+    ("trigger.", "trigger"),
+    ("log.checkpoint.", "state"),
+    ("channel.", "agent"),
+    ("federation.", "agent"),
+    ("intent.", "status"),
+    ("engagement.", "agent"),
+    ("portfolio.", "state"),
+    ("portfolio_", "state"),
+    ("added_to_portfolio", "state"),
+    ("removed_from_portfolio", "state"),
+    ("agent_", "agent"),
+    ("constraint_", "plan"),
+    ("dependency_", "plan"),
+    ("attachment_", "state"),
+];
+
+/// The recap kind and severity of an OpenIntent `event_type`.
+///
+/// Known types follow the table above (exact entries, then families, with severity `error` for
+/// types ending in `failed`); `decision_recorded` and the rest of the enum are `agent`/`info`.
+/// Types outside the enum keep their own name as the kind when it is a valid kind, with
+/// `error` for names ending in `failed`, `failure` or `violation`, and `info` otherwise.
+pub fn classify(event_type: &str) -> Result<(Kind, Severity), EventError> {
+    let lower = event_type.to_ascii_lowercase();
+    if let Some(&(_, kind, severity)) = EXACT.iter().find(|(name, _, _)| *name == lower) {
+        return Ok((Kind::new(kind)?, severity));
+    }
+    let failed = ["failed", "failure", "violation"]
+        .iter()
+        .any(|end| lower.ends_with(end));
+    let severity = if failed {
+        Severity::Error
+    } else {
+        Severity::Info
+    };
+    if let Some(&(_, kind)) = FAMILIES
+        .iter()
+        .find(|(prefix, _)| lower.starts_with(prefix))
+    {
+        return Ok((Kind::new(kind)?, severity));
+    }
+    if is_known_event_type(&lower) {
+        return Ok((Kind::new("agent")?, severity));
+    }
+    Kind::new(&lower)
+        .map(|kind| (kind, severity))
+        .map_err(|_| EventError::Json {
+            field: Some("event_type".into()),
+            detail: format!(
+                "{event_type:?} is not an event type recap can store; use an OpenIntent event type (tool_call_failed, task.completed, ...) or 1 to 64 characters from a-z, 0-9 and `_ . : -`"
+            ),
+        })
+}
+
+/// The message of an OpenIntent event: `payload.message` when it is a string, otherwise a
+/// one-line rendering `event_type key=value ...` with values as compact JSON, keys sorted.
+pub fn message_of(event_type: &str, payload: &Map<String, Value>) -> String {
+    if let Some(Value::String(message)) = payload.get("message") {
+        return message.clone();
+    }
+    let mut line = event_type.to_owned();
+    let mut keys: Vec<&String> = payload
+        .keys()
+        .filter(|key| key.as_str() != ENVELOPE_KEY)
+        .collect();
+    keys.sort();
+    for key in keys {
+        let value = &payload[key.as_str()];
+        let rendered = match value {
+            Value::String(text) => text.replace('\n', " "),
+            other => other.to_string(),
+        };
+        line.push(' ');
+        line.push_str(key);
+        line.push('=');
+        line.push_str(&rendered);
+    }
+    line
+}
+
+/// An event as the OpenIntent client posts it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IncomingEvent {
+    /// The event type (any string; mapped by [`classify`]).
+    pub event_type: String,
+    /// The posting agent (`X-Agent-ID` / `actor`).
+    pub actor: Option<String>,
+    /// The event's payload.
+    pub payload: Map<String, Value>,
+    /// Optional trace id.
+    pub trace_id: Option<String>,
+    /// Optional parent event id.
+    pub parent_event_id: Option<String>,
+}
+
+impl IncomingEvent {
+    /// The recap event it becomes: kind and severity from [`classify`] (a string
+    /// `payload.severity` overrides the severity), message from [`message_of`], and the
+    /// OpenIntent envelope kept in the payload under [`ENVELOPE_KEY`].
+    pub fn into_event(self, ts: Option<Timestamp>) -> Result<Event, EventError> {
+        let (kind, mut severity) = classify(&self.event_type)?;
+        if let Some(Value::String(name)) = self.payload.get("severity") {
+            severity = name.parse()?;
+        }
+        let message = message_of(&self.event_type, &self.payload);
+        let mut payload = self.payload;
+        let mut envelope = Map::new();
+        envelope.insert("event_type".into(), Value::String(self.event_type));
+        if let Some(trace_id) = self.trace_id {
+            envelope.insert("trace_id".into(), Value::String(trace_id));
+        }
+        if let Some(parent) = self.parent_event_id {
+            envelope.insert("parent_event_id".into(), Value::String(parent));
+        }
+        payload.insert(ENVELOPE_KEY.into(), Value::Object(envelope));
+        Ok(Event {
+            message,
+            kind,
+            severity,
+            ts,
+            display_message: None,
+            actor: self.actor,
+            step_id: None,
+            payload: Some(payload),
+        })
+    }
+}
+
+/// `created_at` as the client parses it on every Python it supports: six fractional digits and
+/// `+00:00` (Python 3.10's `fromisoformat` rejects `Z`).
+pub fn created_at(ts: &Timestamp) -> String {
+    ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+}
+
+/// The OpenIntent event id of a record: `{stream}:{seq}`, stable across reads.
+pub fn event_id(stream: &StreamName, seq: u64) -> String {
+    format!("{stream}:{seq}")
+}
+
+/// A record as an OpenIntent event object. Records that came in through OpenIntent keep their
+/// event type and payload (minus the envelope); others go out as `comment` with recap's view of
+/// them in the payload.
+pub fn outgoing_event(stream: &StreamName, record: &Record) -> Value {
+    let envelope = record
+        .payload
+        .as_ref()
+        .and_then(|payload| payload.get(ENVELOPE_KEY))
+        .and_then(Value::as_object);
+    let original_type = envelope
+        .and_then(|envelope| envelope.get("event_type"))
+        .and_then(Value::as_str)
+        .filter(|event_type| is_known_event_type(event_type));
+    let (event_type, payload) = match original_type {
+        Some(event_type) => {
+            let mut payload = record.payload.clone().unwrap_or_default();
+            payload.remove(ENVELOPE_KEY);
+            (event_type.to_owned(), Value::Object(payload))
+        }
+        None => {
+            let mut payload = json!({
+                "kind": record.kind,
+                "severity": record.severity,
+                "message": record.message,
+                "repeat_count": record.repeat_count,
+            });
+            if let Some(extra) = &record.payload {
+                payload["payload"] = Value::Object(extra.clone());
+            }
+            (NATIVE_EVENT_TYPE.to_owned(), payload)
+        }
+    };
+    let mut event = json!({
+        "id": event_id(stream, record.seq),
+        "intent_id": stream.as_str(),
+        "event_type": event_type,
+        "actor": record.actor,
+        "payload": payload,
+        "created_at": created_at(&record.first_ts),
+        "sequence": record.seq,
+    });
+    for key in ["trace_id", "parent_event_id"] {
+        if let Some(value) = envelope.and_then(|envelope| envelope.get(key)) {
+            event[key] = value.clone();
+        }
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::parse_timestamp;
+
+    #[test]
+    fn the_design_examples_map_as_documented() {
+        let cases = [
+            ("tool_call_failed", "tool", Severity::Error),
+            ("tool_call_started", "tool", Severity::Info),
+            ("llm_request_completed", "llm", Severity::Info),
+            ("llm_request_failed", "llm", Severity::Error),
+            ("task.failed", "task", Severity::Error),
+            ("task.completed", "task", Severity::Info),
+            ("task.retrying", "retry", Severity::Warning),
+            ("governance.violation", "security", Severity::Error),
+            ("plan.failed", "plan", Severity::Error),
+            ("federation.failed", "agent", Severity::Error),
+            ("comment", "note", Severity::Info),
+            ("decision_recorded", "agent", Severity::Info),
+            ("agent.identity.verified", "security", Severity::Info),
+            ("my.custom_failed", "my.custom_failed", Severity::Error),
+        ];
+        for (event_type, kind, severity) in cases {
+            let (got_kind, got_severity) = classify(event_type).unwrap();
+            assert_eq!(
+                (got_kind.as_str(), got_severity),
+                (kind, severity),
+                "{event_type}"
+            );
+        }
+        assert_eq!(
+            classify("no spaces allowed").unwrap_err().field(),
+            Some("event_type")
+        );
+    }
+
+    #[test]
+    fn every_client_event_type_maps_to_a_valid_kind() {
+        for event_type in EVENT_TYPES {
+            classify(event_type).unwrap_or_else(|error| panic!("{event_type}: {error}"));
+        }
+    }
+
+    #[test]
+    fn messages_come_from_the_payload() {
+        let payload = json!({"message": "search failed", "tool_name": "search"});
+        assert_eq!(
+            message_of("tool_call_failed", payload.as_object().unwrap()),
+            "search failed"
+        );
+        let payload =
+            json!({"tool_name": "search", "error": "timed out\nafter 30s", "duration_ms": 30000});
+        assert_eq!(
+            message_of("tool_call_failed", payload.as_object().unwrap()),
+            "tool_call_failed duration_ms=30000 error=timed out after 30s tool_name=search"
+        );
+    }
+
+    #[test]
+    fn events_round_trip_to_the_client_shape() {
+        let stream = StreamName::new("intent-1").unwrap();
+        let incoming = IncomingEvent {
+            event_type: "tool_call_failed".into(),
+            actor: Some("agent-7".into()),
+            payload: json!({"tool_name": "search", "error": "boom"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            trace_id: Some("t-1".into()),
+            parent_event_id: None,
+        };
+        let ts = parse_timestamp("2025-01-02T03:04:05.5Z").unwrap();
+        let event = incoming.into_event(Some(ts)).unwrap();
+        let record = Record::from_event(event, 3, 5, ts);
+        assert_eq!(
+            outgoing_event(&stream, &record),
+            json!({
+                "id": "intent-1:3", "intent_id": "intent-1", "event_type": "tool_call_failed",
+                "actor": "agent-7", "payload": {"tool_name": "search", "error": "boom"},
+                "created_at": "2025-01-02T03:04:05.500000+00:00", "sequence": 3, "trace_id": "t-1",
+            })
+        );
+        let native = Record::from_event(
+            Event::new("retry", Severity::Warning, "again").unwrap(),
+            4,
+            6,
+            ts,
+        );
+        assert_eq!(
+            outgoing_event(&stream, &native)["payload"],
+            json!({"kind": "retry", "severity": "warning", "message": "again", "repeat_count": 1})
+        );
+        assert_eq!(outgoing_event(&stream, &native)["event_type"], "comment");
+    }
+}
