@@ -263,6 +263,29 @@ impl Collapser {
     pub fn forget(&mut self, seq: u64) {
         self.recent.retain(|recent| recent.seq != seq);
     }
+
+    /// Forgets every record with seq up to `seq` (retention removed them).
+    pub fn forget_through(&mut self, seq: u64) {
+        self.recent.retain(|recent| recent.seq > seq);
+    }
+
+    /// Places `event` as a new record whatever the recent records are (an import keeps the
+    /// records of an export as they were); later events may still collapse into it.
+    pub fn place_new(&mut self, event: &Event, last_ts: Timestamp) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.policy.lookback > 0 {
+            if self.recent.len() == self.policy.lookback {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(RecentRecord {
+                seq,
+                last_ts,
+                fingerprint: Fingerprint::of_event(self.policy.mode, event),
+            });
+        }
+        seq
+    }
 }
 
 /// Masks the variable parts of a message: UUIDs become `<uuid>`, hex ids `<hex>`, numbers with a
