@@ -279,15 +279,6 @@ impl<T: Send + 'static> IntoFuture for Pending<T> {
     }
 }
 
-impl<T> Pending<T> {
-    /// A write answered at once (refused before it reached the writer).
-    fn ready(result: Result<T, StoreError>) -> Pending<T> {
-        let (sender, reply) = oneshot::channel();
-        drop(sender.send(result));
-        Pending { reply }
-    }
-}
-
 macro_rules! storage_error_from {
     ($($error:ty),*) => {$(
         impl From<$error> for StoreError {
@@ -335,7 +326,9 @@ impl Drop for Inner {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Store {
@@ -491,7 +484,9 @@ impl Store {
     }
 
     fn slot(&self, stream: &StreamName) -> Option<Arc<Slot>> {
-        writer::read(&self.inner.shared.streams).get(stream).cloned()
+        writer::read(&self.inner.shared.streams)
+            .get(stream)
+            .cloned()
     }
 
     fn db(&self) -> Result<Arc<redb::Database>, StoreError> {
@@ -570,7 +565,9 @@ impl Store {
             kinds: totals.kinds.clone(),
             severities: totals.severity_counts(),
             notes: live.state.notes().filter(|n| n.is_live(now)).count() as u64,
-            retention: live.retention.unwrap_or(self.inner.shared.options.retention),
+            retention: live
+                .retention
+                .unwrap_or(self.inner.shared.options.retention),
         }
     }
 
@@ -610,7 +607,8 @@ impl Store {
             .take()
             .is_some_and(|requests| requests.send(Request::Shutdown { reply }).is_ok());
         let result = if sent {
-            done.blocking_recv().unwrap_or(Err(StoreError::ShuttingDown))
+            done.blocking_recv()
+                .unwrap_or(Err(StoreError::ShuttingDown))
         } else {
             Ok(())
         };

@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use redb::{Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, TableHandle};
+use redb::{
+    Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, TableHandle,
+};
 
 use crate::event::{Record, StreamName};
 use crate::stream::StreamState;
@@ -266,7 +268,10 @@ pub(super) fn records(
         .after
         .map_or(0, |after| after.saturating_add(1))
         .max(meta.first_seq);
-    let high = query.before.unwrap_or(u64::MAX).min(last_seq.saturating_add(1));
+    let high = query
+        .before
+        .unwrap_or(u64::MAX)
+        .min(last_seq.saturating_add(1));
     let empty = RecordPage {
         records: Vec::new(),
         next: None,
@@ -292,7 +297,11 @@ pub(super) fn records(
         if admits(query, &record) {
             page.push(record);
         }
-        let at_end = if backward { seq == low } else { seq + 1 == high };
+        let at_end = if backward {
+            seq == low
+        } else {
+            seq + 1 == high
+        };
         if (page.len() == limit || scanned + 1 == MAX_SCAN_RECORDS) && !at_end {
             next = Some(seq);
             break;

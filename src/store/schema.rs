@@ -50,17 +50,6 @@ pub(super) const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// `META` key of the id the next new stream gets (ids are never reused).
 pub(super) const NEXT_STREAM_ID_KEY: &str = "next_stream_id";
 
-/// Every table name, to tell a recap file from another redb file.
-pub(super) const TABLE_NAMES: [&str; 7] = [
-    "recap_meta",
-    "recap_streams",
-    "recap_records",
-    "recap_severe",
-    "recap_changes",
-    "recap_notes",
-    "recap_purge",
-];
-
 /// A value that does not decode: the file is damaged or was written by a different schema.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

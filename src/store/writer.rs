@@ -259,6 +259,8 @@ pub(super) struct Writer {
     /// Streams that may have retention, expiry or changelog trimming to do.
     dirty: BTreeSet<StreamName>,
     next_sweep: Instant,
+    /// No background maintenance before this (set after a failed maintenance commit).
+    backoff_until: Option<Instant>,
     buf: Vec<u8>,
 }
 
@@ -290,6 +292,7 @@ impl Writer {
             dirty: BTreeSet::new(),
             // Look at every stream once soon after opening.
             next_sweep: Instant::now(),
+            backoff_until: None,
             buf: Vec::with_capacity(1024),
         }
     }
@@ -315,8 +318,12 @@ impl Writer {
                 self.sweep();
             }
             let Some(first) = first else {
-                // Idle: one bounded maintenance step in its own transaction.
-                self.commit(Vec::new(), Utc::now(), true);
+                // Idle: one bounded maintenance step in its own transaction. After a failure
+                // (already logged) wait a while rather than spin on a failing disk.
+                if self.maintenance_pending() && self.commit(Vec::new(), Utc::now(), true).is_err()
+                {
+                    self.backoff_until = Some(Instant::now() + MAINTENANCE_INTERVAL);
+                }
                 continue;
             };
             let mut batch = Vec::new();
@@ -341,7 +348,8 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                self.commit(batch, Utc::now(), true);
+                // A failure has been logged and answered to every caller of the batch.
+                let _ = self.commit(batch, Utc::now(), true);
             }
             match control {
                 Some(Request::Maintain { now, reply }) => self.maintain_fully(now, reply),
@@ -360,7 +368,10 @@ impl Writer {
     }
 
     fn maintenance_pending(&self) -> bool {
-        !self.purges.is_empty() || !self.dirty.is_empty()
+        let backing_off = self
+            .backoff_until
+            .is_some_and(|until| Instant::now() < until);
+        !backing_off && (!self.purges.is_empty() || !self.dirty.is_empty())
     }
 
     /// Marks the streams that time alone can give work: age limits and expiring notes.
@@ -380,6 +391,7 @@ impl Writer {
     fn maintain_fully(&mut self, now: Timestamp, reply: Reply<()>) {
         let names: Vec<StreamName> = self.streams.keys().cloned().collect();
         self.dirty.extend(names);
+        self.backoff_until = None;
         while self.maintenance_pending() {
             if let Err(error) = self.commit(Vec::new(), now, true) {
                 drop(reply.send(Err(error)));
@@ -596,7 +608,8 @@ impl Writer {
                     revision,
                     body: ChangeBody::Note(note.clone()),
                 });
-                work.ops.push(Op::AddNote(target.slot.clone(), note.clone()));
+                work.ops
+                    .push(Op::AddNote(target.slot.clone(), note.clone()));
                 // The audit trail: the note is also an event of the stream (DESIGN section 2).
                 let event = note_event(text);
                 let appended = target.shadow.append(event.clone(), now);
@@ -723,12 +736,14 @@ impl Writer {
         for id in purged {
             self.purges.remove(&id);
         }
-        for answer in answers {
-            answer.send(None);
-        }
+        // Published before answering, so a caller that subscribed before writing has the
+        // change in its feed by the time its write is acknowledged.
         if !changes.is_empty() {
             // No subscriber is not an error.
             drop(self.shared.changes.send(Arc::new(changes)));
+        }
+        for answer in answers {
+            answer.send(None);
         }
     }
 
@@ -805,7 +820,9 @@ fn store_appended(
             last_ts: record.last_ts,
         };
         schema::encode_change(&entry, buf);
-        tables.changes.insert((id, record.revision), buf.as_slice())?;
+        tables
+            .changes
+            .insert((id, record.revision), buf.as_slice())?;
         work.changes.push(Change {
             stream: target.name.clone(),
             revision: record.revision,
@@ -895,7 +912,9 @@ fn maintain_stream(
     if let Some(max_records) = retention.max_records {
         through += stored.saturating_sub(max_records);
     }
-    let cutoff = retention.max_age.and_then(|age| now.checked_sub_signed(age));
+    let cutoff = retention
+        .max_age
+        .and_then(|age| now.checked_sub_signed(age));
     let limit = (target.first_seq - 1).saturating_add(*budget as u64);
     through = through.min(limit).min(last_seq);
     let mut max_revision = 0;
@@ -1096,5 +1115,6 @@ pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 /// Locks for writing; see [`read`].
 pub(super) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
