@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
 use std::thread::JoinHandle;
 
@@ -255,6 +256,19 @@ pub struct StreamStats {
     pub retention: Retention,
 }
 
+/// Counters of the writer's work since the store was opened, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StoreMetrics {
+    /// Durable commits (group commits of requests and maintenance steps).
+    pub commits: u64,
+    /// Commits that failed (their callers got an error).
+    pub failed_commits: u64,
+    /// Events and imported records acknowledged.
+    pub events: u64,
+    /// Write requests acknowledged.
+    pub requests: u64,
+}
+
 /// The answer to a write, available once the write is durable (or has failed).
 #[must_use = "a write is acknowledged only when its Pending resolves"]
 pub struct Pending<T> {
@@ -357,6 +371,7 @@ impl Store {
             db: RwLock::new(Some(db.clone())),
             streams: RwLock::new(loaded.streams),
             changes,
+            counters: writer::Counters::default(),
         });
         let (sender, receiver) = mpsc::channel();
         let writer = Writer::new(
@@ -592,6 +607,17 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Change>, StoreError> {
         reads::changes(&*self.db()?, &self.inner.shared.path, stream, after, limit)
+    }
+
+    /// Counters of the writer's work since the store was opened.
+    pub fn metrics(&self) -> StoreMetrics {
+        let counters = &self.inner.shared.counters;
+        StoreMetrics {
+            commits: counters.commits.load(Ordering::Relaxed),
+            failed_commits: counters.failed_commits.load(Ordering::Relaxed),
+            events: counters.events.load(Ordering::Relaxed),
+            requests: counters.requests.load(Ordering::Relaxed),
+        }
     }
 
     /// Live feed of committed changes (all streams), published after each durable commit.

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,16 @@ pub(super) struct Shared {
     /// Committed streams.
     pub streams: RwLock<HashMap<StreamName, Arc<Slot>>>,
     pub changes: broadcast::Sender<CommittedChanges>,
+    pub counters: Counters,
+}
+
+/// What [`super::StoreMetrics`] reports.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub commits: AtomicU64,
+    pub failed_commits: AtomicU64,
+    pub events: AtomicU64,
+    pub requests: AtomicU64,
 }
 
 /// One committed stream as readers see it.
@@ -722,6 +733,20 @@ impl Writer {
 
     /// After a durable commit: replay on the live states, answer, publish.
     fn publish(&mut self, work: Work) {
+        let counters = &self.shared.counters;
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters
+            .requests
+            .fetch_add(work.answers.len() as u64, Ordering::Relaxed);
+        let events: usize = work
+            .answers
+            .iter()
+            .map(|answer| match answer {
+                Answer::Appended(_, appended) => appended.len(),
+                _ => 0,
+            })
+            .sum();
+        counters.events.fetch_add(events as u64, Ordering::Relaxed);
         let Work {
             ops,
             answers,
@@ -750,6 +775,10 @@ impl Writer {
     /// After a failed commit: fail every caller and rebuild every touched stream from its live
     /// (committed) state.
     fn undo(&mut self, work: Work, detail: &str) {
+        self.shared
+            .counters
+            .failed_commits
+            .fetch_add(1, Ordering::Relaxed);
         for answer in work.answers {
             answer.send(Some(detail));
         }
