@@ -380,7 +380,7 @@ impl Store {
             receiver,
             loaded.next_stream_id,
             loaded.purges,
-        );
+        )?;
         let handle = std::thread::Builder::new()
             .name("recap-store-writer".into())
             .spawn(move || writer.run())

@@ -18,8 +18,8 @@
 //! committed state, and every caller of that commit gets the error.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -272,6 +272,8 @@ pub(super) struct Writer {
     next_sweep: Instant,
     /// No background maintenance before this (set after a failed maintenance commit).
     backoff_until: Option<Instant>,
+    notices: Option<mpsc::Sender<Notice>>,
+    notifier: Option<std::thread::JoinHandle<()>>,
     buf: Vec<u8>,
 }
 
@@ -282,7 +284,7 @@ impl Writer {
         requests: Receiver<Request>,
         next_stream_id: u64,
         purges: BTreeSet<u64>,
-    ) -> Writer {
+    ) -> Result<Writer, StoreError> {
         let streams = read(&shared.streams)
             .iter()
             .map(|(name, slot)| {
@@ -292,7 +294,17 @@ impl Writer {
                 )
             })
             .collect();
-        Writer {
+        let (notices, receiver) = mpsc::channel();
+        let notifier = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("recap-store-notifier".into())
+                .spawn(move || notify(shared, receiver))
+                .map_err(|error| {
+                    StoreError::Storage(format!("cannot start the notifier: {error}"))
+                })?
+        };
+        Ok(Writer {
             shared,
             db,
             requests,
@@ -304,7 +316,17 @@ impl Writer {
             // Look at every stream once soon after opening.
             next_sweep: Instant::now(),
             backoff_until: None,
+            notices: Some(notices),
+            notifier: Some(notifier),
             buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Lets the notifier finish every answer, then stops it.
+    fn stop_notifier(&mut self) {
+        self.notices.take();
+        if let Some(notifier) = self.notifier.take() {
+            drop(notifier.join());
         }
     }
 
@@ -366,6 +388,7 @@ impl Writer {
                 Some(Request::Maintain { now, reply }) => self.maintain_fully(now, reply),
                 Some(Request::Shutdown { reply }) => {
                     let result = self.save_restore_hints();
+                    self.stop_notifier();
                     drop(reply.send(result));
                     return;
                 }
@@ -376,6 +399,7 @@ impl Writer {
         if let Err(error) = self.save_restore_hints() {
             tracing::warn!(%error, "could not save restore hints on shutdown");
         }
+        self.stop_notifier();
     }
 
     fn maintenance_pending(&self) -> bool {
@@ -409,12 +433,15 @@ impl Writer {
                 return;
             }
         }
+        // What maintenance did is visible before the caller hears it is done.
+        self.flush();
         drop(reply.send(Ok(())));
     }
 
     /// Writes every stream's metadata with restore hints taken from its live state, which is
     /// exact now that nothing is pending.
     fn save_restore_hints(&mut self) -> Result<(), StoreError> {
+        self.flush();
         let txn = self.begin()?;
         {
             let mut tables = Tables::open(&txn)?;
@@ -755,21 +782,31 @@ impl Writer {
             purged,
             ..
         } = work;
-        apply_to_live(&self.shared, ops);
         self.committed_next_stream_id = self.next_stream_id;
         self.purges.extend(deleted_ids);
         for id in purged {
             self.purges.remove(&id);
         }
-        // Published before answering, so a caller that subscribed before writing has the
-        // change in its feed by the time its write is acknowledged.
-        if !changes.is_empty() {
-            // No subscriber is not an error.
-            drop(self.shared.changes.send(Arc::new(changes)));
+        self.notify(Notice::Committed {
+            ops,
+            changes,
+            answers,
+        });
+    }
+
+    fn notify(&self, notice: Notice) {
+        if let Some(notices) = &self.notices {
+            // The notifier only stops after the writer drops this sender.
+            drop(notices.send(notice));
         }
-        for answer in answers {
-            answer.send(None);
-        }
+    }
+
+    /// Waits until the notifier has applied every commit to the live states.
+    fn flush(&self) {
+        let (done, finished) = mpsc::channel();
+        self.notify(Notice::Flush(done));
+        // An error means the notifier is gone, and with it anything to wait for.
+        let _ = finished.recv();
     }
 
     /// After a failed commit: fail every caller and rebuild every touched stream from its live
@@ -779,6 +816,8 @@ impl Writer {
             .counters
             .failed_commits
             .fetch_add(1, Ordering::Relaxed);
+        // The live states must be the committed ones before they are forked again.
+        self.flush();
         for answer in work.answers {
             answer.send(Some(detail));
         }
@@ -796,6 +835,44 @@ impl Writer {
                     self.streams.remove(&name);
                 }
             }
+        }
+    }
+}
+
+/// What the writer hands the notifier.
+enum Notice {
+    /// A durable commit: replay it on the live states, publish its changes, answer its callers.
+    Committed {
+        ops: Vec<Op>,
+        changes: Vec<Change>,
+        answers: Vec<Answer>,
+    },
+    /// Answers once everything sent before it is done.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The notifier thread: makes durable commits visible, in commit order. Running it beside the
+/// writer lets the next commit's work and fsync overlap with waking the last commit's callers.
+fn notify(shared: Arc<Shared>, notices: Receiver<Notice>) {
+    for notice in notices {
+        match notice {
+            Notice::Committed {
+                ops,
+                changes,
+                answers,
+            } => {
+                apply_to_live(&shared, ops);
+                // Published before answering, so a caller that subscribed before writing has
+                // the change in its feed by the time its write is acknowledged.
+                if !changes.is_empty() {
+                    // No subscriber is not an error.
+                    drop(shared.changes.send(Arc::new(changes)));
+                }
+                for answer in answers {
+                    answer.send(None);
+                }
+            }
+            Notice::Flush(done) => drop(done.send(())),
         }
     }
 }
