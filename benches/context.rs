@@ -1,1 +1,3 @@
+//! Placeholder: the context benchmark is not written yet.
+
 fn main() {}

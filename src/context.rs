@@ -41,6 +41,9 @@ pub const MIN_CANDIDATES: usize = 64;
 /// Clipped lines kept per record: one per (encoding, cap) a client actually uses.
 const CLIPS_PER_RECORD: usize = 4;
 
+/// A clipped line cached for one (encoding, cap); `None` when the full line fits the cap.
+type Clip = (Encoding, u32, Option<Arc<ClippedLine>>);
+
 /// A record with its rendered line and token counts, computed once and shared by every build.
 /// A change to the record (a repeat) makes a new `CachedRecord`.
 #[derive(Debug)]
@@ -48,7 +51,7 @@ pub struct CachedRecord {
     record: Record,
     line: OnceLock<String>,
     tokens: TokenCounts,
-    clips: Mutex<Vec<(Encoding, u32, Option<Arc<ClippedLine>>)>>,
+    clips: Mutex<Vec<Clip>>,
 }
 
 impl CachedRecord {

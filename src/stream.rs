@@ -342,7 +342,7 @@ impl StreamState {
                 self.older_last_ts = Some(self.older_last_ts.map_or(last_ts, |t| t.max(last_ts)));
             }
         }
-        if self.severe.len() >= self.capacity.severe * 2 + 1 {
+        if self.severe.len() > self.capacity.severe * 2 {
             let excess = self.severe.len() - self.capacity.severe;
             self.severe.drain(..excess);
         }

@@ -242,10 +242,11 @@ pub fn encode_record(record: &Record, created: &Created, out: &mut Vec<u8>) {
     put_signed(out, micros(record.last_ts) - first);
     put_signed(out, micros(created.last_ts) - first);
     out.push(record.severity as u8);
-    let flags = u8::from(record.display_message.is_some()) * HAS_DISPLAY_MESSAGE
-        | u8::from(record.actor.is_some()) * HAS_ACTOR
-        | u8::from(record.step_id.is_some()) * HAS_STEP_ID
-        | u8::from(record.payload.is_some()) * HAS_PAYLOAD;
+    let flag = |present: bool, flag: u8| if present { flag } else { 0 };
+    let flags = flag(record.display_message.is_some(), HAS_DISPLAY_MESSAGE)
+        | flag(record.actor.is_some(), HAS_ACTOR)
+        | flag(record.step_id.is_some(), HAS_STEP_ID)
+        | flag(record.payload.is_some(), HAS_PAYLOAD);
     out.push(flags);
     put_str(out, record.kind.as_str());
     put_str(out, &record.message);
