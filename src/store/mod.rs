@@ -628,13 +628,12 @@ impl Store {
     /// Stops taking writes, commits what is queued, and closes the file. Other handles' later
     /// writes and reads fail with [`StoreError::ShuttingDown`].
     pub fn close(self) -> Result<(), StoreError> {
-        let (reply, done) = oneshot::channel();
+        let (reply, done) = mpsc::channel();
         let sent = lock(&self.inner.requests)
             .take()
             .is_some_and(|requests| requests.send(Request::Shutdown { reply }).is_ok());
         let result = if sent {
-            done.blocking_recv()
-                .unwrap_or(Err(StoreError::ShuttingDown))
+            done.recv().unwrap_or(Err(StoreError::ShuttingDown))
         } else {
             Ok(())
         };

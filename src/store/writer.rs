@@ -90,8 +90,12 @@ pub(super) enum Request {
     },
     /// Runs all pending maintenance as of `now`, then answers.
     Maintain { now: Timestamp, reply: Reply<()> },
-    /// Commits what is queued before it, saves exact restore hints, and stops.
-    Shutdown { reply: Reply<()> },
+    /// Commits what is queued before it, saves exact restore hints, and stops. Answered on a
+    /// std channel: `Store::close` may be called from a thread inside an async runtime, where a
+    /// blocking tokio receive would panic.
+    Shutdown {
+        reply: mpsc::Sender<Result<(), StoreError>>,
+    },
 }
 
 impl Request {
@@ -559,6 +563,7 @@ impl Writer {
         work: &mut Work,
     ) -> Result<(), StoreError> {
         let default_retention = self.shared.options.retention;
+        let changelog_keep = self.shared.options.changelog_keep;
         match request {
             Request::Append {
                 stream,
@@ -580,7 +585,7 @@ impl Writer {
                     work.ops.push(Op::Append(target.slot.clone(), event, ts));
                     results.push(appended);
                 }
-                let over = exceeds_records(target, default_retention);
+                let over = needs_maintenance(target, default_retention, changelog_keep);
                 self.buf = buf;
                 if over {
                     self.dirty.insert(stream);
@@ -613,7 +618,7 @@ impl Writer {
                     work.ops.push(Op::Import(target.slot.clone(), imported));
                     results.push(appended);
                 }
-                let over = exceeds_records(target, default_retention);
+                let over = needs_maintenance(target, default_retention, changelog_keep);
                 self.buf = buf;
                 if over {
                     self.dirty.insert(stream);
@@ -653,7 +658,7 @@ impl Writer {
                 let appended = target.shadow.append(event.clone(), now);
                 store_appended(target, tables, &appended, &mut buf, work)?;
                 work.ops.push(Op::Append(target.slot.clone(), event, now));
-                let over = exceeds_records(target, default_retention);
+                let over = needs_maintenance(target, default_retention, changelog_keep);
                 self.buf = buf;
                 if expires_at.is_some() || over {
                     self.dirty.insert(stream);
@@ -700,10 +705,11 @@ impl Writer {
                 self.dirty.insert(stream);
                 work.answers.push(Answer::Done(reply));
             }
-            Request::Maintain { reply, .. } | Request::Shutdown { reply } => {
+            Request::Maintain { reply, .. } => {
                 // The run loop takes these out of batches; answering keeps a caller from hanging.
                 work.answers.push(Answer::Done(reply));
             }
+            Request::Shutdown { reply } => drop(reply.send(Ok(()))),
         }
         Ok(())
     }
@@ -1198,13 +1204,17 @@ fn note_event(text: String) -> Event {
     }
 }
 
-fn exceeds_records(stream: &WriterStream, default: Retention) -> bool {
+/// Whether a stream has outgrown its record limit or its changelog (age limits and expiry are
+/// found by the periodic sweep).
+fn needs_maintenance(stream: &WriterStream, default: Retention, changelog_keep: u64) -> bool {
     let stored = (stream.shadow.totals().records + 1).saturating_sub(stream.first_seq);
-    stream
+    let over_records = stream
         .retention
         .unwrap_or(default)
         .max_records
-        .is_some_and(|max| stored > max)
+        .is_some_and(|max| stored > max);
+    let keep_floor = stream.shadow.revision().saturating_sub(changelog_keep);
+    over_records || keep_floor > stream.changelog_floor + changelog_keep / 16
 }
 
 /// Times are kept to the microsecond; normalizing before anything is decided makes what a
