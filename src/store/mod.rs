@@ -1,6 +1,6 @@
 //! Durable history in one redb file (DESIGN section 4).
 //!
-//! The file's layout is in [`schema`] and `docs/design.md`; the writer in `writer.rs`; reads
+//! The file's layout is in `schema.rs` and `docs/design.md`; the writer in `writer.rs`; reads
 //! (open, history pages, changelog replay) in `reads.rs`.
 //!
 //! - One writer thread commits many callers' batches per durable transaction (group commit) and
@@ -11,7 +11,7 @@
 //!   in a per-stream changelog so that subscribers can resume from any recent revision.
 
 mod reads;
-pub mod schema;
+mod schema;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +32,7 @@ use crate::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp};
 use crate::stream::{Appended, TailCapacity};
 
 pub use reads::MAX_SCAN_RECORDS;
+pub use schema::SCHEMA_VERSION;
 use writer::{Request, Shared, Slot, Writer};
 
 /// Name of the data file inside the data directory.

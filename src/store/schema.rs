@@ -87,6 +87,7 @@ pub struct StreamMeta {
     pub older_last_ts: Option<Timestamp>,
 }
 
+#[cfg(test)]
 impl StreamMeta {
     /// A stream that has just been created.
     pub fn new(id: u64) -> StreamMeta {
@@ -102,11 +103,6 @@ impl StreamMeta {
             severe_start: None,
             older_last_ts: None,
         }
-    }
-
-    /// Records still stored.
-    pub fn stored_records(&self) -> u64 {
-        (self.totals.records + 1).saturating_sub(self.first_seq)
     }
 }
 
