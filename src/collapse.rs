@@ -264,23 +264,44 @@ impl Collapser {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.policy.lookback > 0 {
-            if self.recent.len() == self.policy.lookback {
-                self.recent.pop_front();
-            }
-            self.recent.push_back(RecentRecord {
-                seq,
-                last_ts: ts,
-                digest,
-                fingerprint,
-            });
-        }
+        self.remember(seq, ts, digest, fingerprint);
         Placement::New { seq }
     }
 
     /// Forgets a record (it was deleted), so nothing collapses into it any more.
     pub fn forget(&mut self, seq: u64) {
         self.recent.retain(|recent| recent.seq != seq);
+    }
+
+    /// Forgets every record with seq up to `seq` (retention removed them).
+    pub fn forget_through(&mut self, seq: u64) {
+        self.recent.retain(|recent| recent.seq > seq);
+    }
+
+    /// Places `event` as a new record whatever the recent records are (an import keeps the
+    /// records of an export as they were); later events may still collapse into it.
+    pub fn place_new(&mut self, event: &Event, last_ts: Timestamp) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let fingerprint = Fingerprint::of_event(self.policy.mode, event);
+        self.remember(seq, last_ts, fingerprint.digest(), fingerprint);
+        seq
+    }
+
+    /// Makes a new record a collapse target, dropping the oldest beyond the lookback.
+    fn remember(&mut self, seq: u64, last_ts: Timestamp, digest: u64, fingerprint: Fingerprint) {
+        if self.policy.lookback == 0 {
+            return;
+        }
+        if self.recent.len() == self.policy.lookback {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentRecord {
+            seq,
+            last_ts,
+            digest,
+            fingerprint,
+        });
     }
 }
 

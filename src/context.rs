@@ -164,6 +164,25 @@ impl Totals {
         self.last_ts = Some(self.last_ts.map_or(ts, |last| last.max(ts)));
     }
 
+    /// Counts a run of `events` events (≥ 1) of one record brought in whole, as an import does:
+    /// one new record spanning `first_ts` to `last_ts`.
+    pub fn count_run(
+        &mut self,
+        kind: &Kind,
+        severity: Severity,
+        first_ts: Timestamp,
+        last_ts: Timestamp,
+        events: u64,
+    ) {
+        self.records += 1;
+        self.events += events;
+        *self.kinds.entry(kind.clone()).or_insert(0) += events;
+        self.severities[severity.index()] += events;
+        let (low, high) = (first_ts.min(last_ts), first_ts.max(last_ts));
+        self.first_ts = Some(self.first_ts.map_or(low, |first| first.min(low)));
+        self.last_ts = Some(self.last_ts.map_or(high, |last| last.max(high)));
+    }
+
     /// Severities as a name → count map, for the wire.
     pub fn severity_counts(&self) -> BTreeMap<&'static str, u64> {
         Severity::ALL

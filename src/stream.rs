@@ -27,6 +27,17 @@ pub struct TailCapacity {
     pub severe: usize,
 }
 
+impl TailCapacity {
+    /// The capacity a stream under `policy` really keeps: at least the collapse lookback, so a
+    /// repeat always finds its record in memory.
+    pub fn for_policy(self, policy: &CollapsePolicy) -> TailCapacity {
+        TailCapacity {
+            records: self.records.max(policy.lookback),
+            severe: self.severe,
+        }
+    }
+}
+
 impl Default for TailCapacity {
     fn default() -> Self {
         TailCapacity {
@@ -65,10 +76,7 @@ impl StreamState {
     pub fn new(policy: CollapsePolicy, capacity: TailCapacity) -> StreamState {
         StreamState {
             collapser: Collapser::new(policy),
-            capacity: TailCapacity {
-                records: capacity.records.max(policy.lookback),
-                severe: capacity.severe,
-            },
+            capacity: capacity.for_policy(&policy),
             records: Vec::new(),
             severe: Vec::new(),
             older_last_ts: None,
@@ -159,6 +167,97 @@ impl StreamState {
                 }
             }
         }
+    }
+
+    /// Appends a record brought in whole (an import of an export): a new record with its own
+    /// times and repeat count, never collapsed into an existing one.
+    pub fn import(
+        &mut self,
+        event: Event,
+        first_ts: Timestamp,
+        last_ts: Timestamp,
+        repeat_count: u64,
+    ) -> Appended {
+        let repeat_count = repeat_count.max(1);
+        self.revision += 1;
+        let seq = self.collapser.place_new(&event, last_ts);
+        self.totals
+            .count_run(&event.kind, event.severity, first_ts, last_ts, repeat_count);
+        let mut record = Record::from_event(event, seq, self.revision, first_ts);
+        record.last_ts = last_ts;
+        record.repeat_count = repeat_count;
+        let cached = Arc::new(CachedRecord::new(record.clone()));
+        if is_severe(&record) {
+            self.severe.push(cached.clone());
+        }
+        self.records.push(cached);
+        self.trim();
+        Appended {
+            record,
+            collapsed: false,
+        }
+    }
+
+    /// Forgets every record with seq up to `seq` (retention removed them from the file): they
+    /// leave the tail and the severe list, nothing collapses into them any more, and they stay
+    /// counted in the totals and in `older_last_ts`.
+    pub fn forget_through(&mut self, seq: u64) {
+        self.collapser.forget_through(seq);
+        let gone = self.records.partition_point(|r| r.record().seq <= seq);
+        for dropped in self.records.drain(..gone) {
+            let last_ts = dropped.record().last_ts;
+            self.older_last_ts = Some(self.older_last_ts.map_or(last_ts, |t| t.max(last_ts)));
+        }
+        let gone = self.severe.partition_point(|r| r.record().seq <= seq);
+        self.severe.drain(..gone);
+    }
+
+    /// A copy holding only the newest records `capacity` allows, sharing them with `self`: the
+    /// store's writer decides placements on such a copy before a commit, so that the state
+    /// readers see changes only once the commit is durable.
+    pub fn fork(&self, capacity: TailCapacity) -> StreamState {
+        let mut fork = StreamState::new(self.collapser.policy(), capacity);
+        fork.collapser = self.collapser.clone();
+        let keep = self.records.len().min(fork.capacity.records);
+        let skip = self.records.len() - keep;
+        fork.older_last_ts = self.records[..skip]
+            .iter()
+            .map(|r| r.record().last_ts)
+            .chain(self.older_last_ts)
+            .max();
+        fork.records = self.records[skip..].to_vec();
+        let keep = self.severe.len().min(fork.capacity.severe);
+        fork.severe = self.severe[self.severe.len() - keep..].to_vec();
+        fork.totals = self.totals.clone();
+        fork.notes = self.notes.clone();
+        fork.revision = self.revision;
+        fork.next_note_id = self.next_note_id;
+        fork
+    }
+
+    /// The latest `last_ts` among records older than the tail (kept when the tail is trimmed).
+    pub fn older_last_ts(&self) -> Option<Timestamp> {
+        self.older_last_ts
+    }
+
+    /// The seq of the oldest record in the tail, if any.
+    pub fn tail_start_seq(&self) -> Option<u64> {
+        self.records.first().map(|r| r.record().seq)
+    }
+
+    /// The seq of the oldest record in the severe list, if any.
+    pub fn severe_start_seq(&self) -> Option<u64> {
+        self.severe.first().map(|r| r.record().seq)
+    }
+
+    /// The seq the next new record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.collapser.next_seq()
+    }
+
+    /// The severe records in memory, oldest first (they may overlap [`Self::records`]).
+    pub fn severe_records(&self) -> impl Iterator<Item = &Record> {
+        self.severe.iter().map(|r| r.record())
     }
 
     /// Adds a note created at `created_at`, returning it with its id.

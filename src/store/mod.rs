@@ -1,7 +1,7 @@
 //! Durable history in one redb file (DESIGN section 4).
 //!
-//! API SKELETON: the signatures below are the contract between the store and the server. The
-//! bodies are being written (issue 3); nothing here may ship with `unimplemented!`.
+//! The file's layout is in `schema.rs` and `docs/design.md`; the writer in `writer.rs`; reads
+//! (open, history pages, changelog replay) in `reads.rs`.
 //!
 //! - One writer thread commits many callers' batches per durable transaction (group commit) and
 //!   answers each caller only after its commit is durable.
@@ -10,20 +10,30 @@
 //! - Every committed change is published on a broadcast channel after it is durable, and kept
 //!   in a per-stream changelog so that subscribers can resume from any recent revision.
 
+mod reads;
+mod schema;
+mod writer;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
+use std::thread::JoinHandle;
 
 use chrono::TimeDelta;
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::collapse::CollapsePolicy;
-use crate::context::{ContextRequest, ContextWindow};
+use crate::context::{self, ContextRequest, ContextWindow};
 use crate::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp};
 use crate::stream::{Appended, TailCapacity};
+
+pub use reads::MAX_SCAN_RECORDS;
+pub use schema::SCHEMA_VERSION;
+use writer::{Request, Shared, Slot, Writer};
 
 /// Name of the data file inside the data directory.
 pub const DATA_FILE_NAME: &str = "recap.redb";
@@ -214,7 +224,9 @@ impl Default for RecordQuery {
 pub struct RecordPage {
     /// Records in seq order.
     pub records: Vec<Record>,
-    /// The cursor for the next page (`after=` for forward pages), or `None` at the end.
+    /// The cursor for the next page, or `None` at the end: `after=` for forward pages, `before=`
+    /// for backward pages (asked with `before` and no `after`). A page may be short (or empty)
+    /// with a cursor when a selective filter stopped after [`MAX_SCAN_RECORDS`] records.
     pub next: Option<u64>,
 }
 
@@ -245,6 +257,19 @@ pub struct StreamStats {
     pub retention: Retention,
 }
 
+/// Counters of the writer's work since the store was opened, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StoreMetrics {
+    /// Durable commits (group commits of requests and maintenance steps).
+    pub commits: u64,
+    /// Commits that failed (their callers got an error).
+    pub failed_commits: u64,
+    /// Events and imported records acknowledged.
+    pub events: u64,
+    /// Write requests acknowledged.
+    pub requests: u64,
+}
+
 /// The answer to a write, available once the write is durable (or has failed).
 #[must_use = "a write is acknowledged only when its Pending resolves"]
 pub struct Pending<T> {
@@ -269,29 +294,145 @@ impl<T: Send + 'static> IntoFuture for Pending<T> {
     }
 }
 
+macro_rules! storage_error_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(error: $error) -> StoreError {
+                StoreError::Storage(error.to_string())
+            }
+        }
+    )*};
+}
+
+storage_error_from!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError
+);
+
+/// Size of redb's page cache: history pages and restores read from it; the tail cache serves
+/// contexts, so this need not hold the whole file.
+const CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 /// The store: cheap to clone, shared by every request handler.
 #[derive(Clone)]
 pub struct Store {
-    #[allow(dead_code)]
-    inner: Arc<()>,
+    inner: Arc<Inner>,
 }
 
-#[allow(unused_variables, missing_docs)]
+struct Inner {
+    shared: Arc<Shared>,
+    requests: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: let the writer commit what is queued and release the file before
+    /// returning, so that the data directory can be opened again at once.
+    fn drop(&mut self) {
+        lock(&self.requests).take();
+        if let Some(writer) = lock(&self.writer).take() {
+            drop(writer.join());
+        }
+        writer::write(&self.shared.db).take();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Store {
     /// Opens (creating if needed) the data file `recap.redb` in `data_dir`.
-    pub fn open(data_dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
-        unimplemented!()
+    ///
+    /// Fails with [`StoreError::InUse`] when another process holds the file,
+    /// [`StoreError::SchemaTooNew`] for a file of a newer schema and [`StoreError::Corrupt`] for
+    /// a file that is not a recap data file.
+    pub fn open(
+        data_dir: impl AsRef<Path>,
+        mut options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        // The tail always covers the collapse lookback (StreamState enforces it too); restore
+        // must size the tail exactly as the live state does.
+        options.tail = options.tail.for_policy(&options.collapse);
+        let data_dir = data_dir.as_ref();
+        std::fs::create_dir_all(data_dir).map_err(|error| {
+            StoreError::Storage(format!("cannot create {}: {error}", data_dir.display()))
+        })?;
+        let path = data_dir.join(DATA_FILE_NAME);
+        let db = redb::Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| reads::open_error(&path, error))?;
+        reads::prepare(&db, &path)?;
+        let loaded = reads::load(&db, &path, &options)?;
+        let db = Arc::new(db);
+        let (changes, _) = broadcast::channel(writer::BROADCAST_CAPACITY);
+        let shared = Arc::new(Shared {
+            path,
+            options,
+            db: RwLock::new(Some(db.clone())),
+            streams: RwLock::new(loaded.streams),
+            changes,
+            counters: writer::Counters::default(),
+        });
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer::new(
+            shared.clone(),
+            db,
+            receiver,
+            loaded.next_stream_id,
+            loaded.purges,
+        )?;
+        let handle = std::thread::Builder::new()
+            .name("recap-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|error| StoreError::Storage(format!("cannot start the writer: {error}")))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                shared,
+                requests: Mutex::new(Some(sender)),
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// Hands a request to the writer; `ShuttingDown` when it no longer takes any.
+    fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Pending<T> {
+        let (sender, reply) = oneshot::channel();
+        let request = make(sender);
+        let sent = lock(&self.inner.requests)
+            .as_ref()
+            .is_some_and(|requests| requests.send(request).is_ok());
+        // A request that was not sent is dropped with its reply sender, which resolves the
+        // Pending to `ShuttingDown`.
+        let _ = sent;
+        Pending { reply }
     }
 
     /// Appends events to a stream (created on first write), all or nothing. Each event without a
     /// `ts` happened at `now`. Resolves once durable, with one [`Appended`] per event.
+    ///
+    /// Times are kept to the microsecond (finer parts are dropped before anything is decided).
     pub fn append(
         &self,
         stream: &StreamName,
         events: Vec<Event>,
         now: Timestamp,
     ) -> Pending<Vec<Appended>> {
-        unimplemented!()
+        self.submit(|reply| Request::Append {
+            stream: stream.clone(),
+            events,
+            now,
+            reply,
+        })
     }
 
     /// Appends records from an export as they are, all or nothing.
@@ -300,10 +441,15 @@ impl Store {
         stream: &StreamName,
         records: Vec<ImportedRecord>,
     ) -> Pending<Vec<Appended>> {
-        unimplemented!()
+        self.submit(|reply| Request::Import {
+            stream: stream.clone(),
+            records,
+            reply,
+        })
     }
 
-    /// Adds a note (and logs a `note` event for the audit trail).
+    /// Adds a note (and logs a `note` event for the audit trail). The note takes one revision
+    /// and its event the next.
     pub fn add_note(
         &self,
         stream: &StreamName,
@@ -311,22 +457,64 @@ impl Store {
         expires_at: Option<Timestamp>,
         now: Timestamp,
     ) -> Pending<Note> {
-        unimplemented!()
+        self.submit(|reply| Request::AddNote {
+            stream: stream.clone(),
+            text,
+            expires_at,
+            now,
+            reply,
+        })
     }
 
-    /// Deletes a note; `false` if it did not exist.
+    /// Deletes a note; `false` if it did not exist, [`StoreError::UnknownStream`] if the stream
+    /// does not.
     pub fn delete_note(&self, stream: &StreamName, id: u64) -> Pending<bool> {
-        unimplemented!()
+        self.submit(|reply| Request::DeleteNote {
+            stream: stream.clone(),
+            id,
+            reply,
+        })
     }
 
     /// Deletes a stream with its records, notes and changelog; `false` if it did not exist.
+    ///
+    /// The stream is gone as soon as this resolves; its rows are removed from the file by the
+    /// writer in the background, in bounded chunks.
     pub fn delete_stream(&self, stream: &StreamName) -> Pending<bool> {
-        unimplemented!()
+        self.submit(|reply| Request::DeleteStream {
+            stream: stream.clone(),
+            reply,
+        })
     }
 
-    /// Sets a stream's retention (applied by the writer in the background).
+    /// Sets a stream's retention (applied by the writer in the background);
+    /// [`StoreError::UnknownStream`] if the stream does not exist.
     pub fn set_retention(&self, stream: &StreamName, retention: Retention) -> Pending<()> {
-        unimplemented!()
+        self.submit(|reply| Request::SetRetention {
+            stream: stream.clone(),
+            retention,
+            reply,
+        })
+    }
+
+    /// Runs every pending piece of background work (retention, note expiry, changelog trimming,
+    /// purging deleted streams) as of `now`, in bounded transactions, and resolves when none is
+    /// left. The writer does the same on its own as time passes; this is for tests, tools and
+    /// operators who want it done now.
+    pub fn maintain(&self, now: Timestamp) -> Pending<()> {
+        self.submit(|reply| Request::Maintain { now, reply })
+    }
+
+    fn slot(&self, stream: &StreamName) -> Option<Arc<Slot>> {
+        writer::read(&self.inner.shared.streams)
+            .get(stream)
+            .cloned()
+    }
+
+    fn db(&self) -> Result<Arc<redb::Database>, StoreError> {
+        writer::read(&self.inner.shared.db)
+            .clone()
+            .ok_or(StoreError::ShuttingDown)
     }
 
     /// The context window of a stream, from memory; `None` if the stream does not exist.
@@ -336,58 +524,132 @@ impl Store {
         request: &ContextRequest,
         now: Timestamp,
     ) -> Option<ContextWindow> {
-        unimplemented!()
+        let slot = self.slot(stream)?;
+        let live = writer::read(&slot.live);
+        Some(context::build(&live.state.view(), request, now))
     }
 
-    /// A page of a stream's history.
+    /// A page of a stream's history, read from the file.
     pub fn records(
         &self,
         stream: &StreamName,
         query: &RecordQuery,
     ) -> Result<RecordPage, StoreError> {
-        unimplemented!()
+        reads::records(&*self.db()?, &self.inner.shared.path, stream, query)
     }
 
     /// A stream's live notes, oldest first.
     pub fn notes(&self, stream: &StreamName, now: Timestamp) -> Result<Vec<Note>, StoreError> {
-        unimplemented!()
+        let slot = self
+            .slot(stream)
+            .ok_or_else(|| StoreError::UnknownStream(stream.to_string()))?;
+        let live = writer::read(&slot.live);
+        Ok(live
+            .state
+            .notes()
+            .filter(|note| note.is_live(now))
+            .cloned()
+            .collect())
     }
 
     /// Every stream's statistics, by name.
     pub fn streams(&self) -> Vec<StreamStats> {
-        unimplemented!()
+        let slots: Vec<(StreamName, Arc<Slot>)> = writer::read(&self.inner.shared.streams)
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.clone()))
+            .collect();
+        let mut stats: Vec<StreamStats> = slots
+            .into_iter()
+            .map(|(name, slot)| self.stats(name, &slot))
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
     }
 
     /// One stream's statistics.
     pub fn stream(&self, stream: &StreamName) -> Option<StreamStats> {
-        unimplemented!()
+        let slot = self.slot(stream)?;
+        Some(self.stats(stream.clone(), &slot))
+    }
+
+    fn stats(&self, name: StreamName, slot: &Slot) -> StreamStats {
+        let live = writer::read(&slot.live);
+        let totals = live.state.totals();
+        let now = chrono::Utc::now();
+        StreamStats {
+            name,
+            records: totals.records,
+            stored_records: (totals.records + 1).saturating_sub(live.first_seq),
+            events: totals.events,
+            revision: live.state.revision(),
+            first_ts: totals.first_ts,
+            last_ts: totals.last_ts,
+            kinds: totals.kinds.clone(),
+            severities: totals.severity_counts(),
+            notes: live.state.notes().filter(|n| n.is_live(now)).count() as u64,
+            retention: live
+                .retention
+                .unwrap_or(self.inner.shared.options.retention),
+        }
     }
 
     /// A stream's current revision (0 for a stream that does not exist).
     pub fn revision(&self, stream: &StreamName) -> u64 {
-        unimplemented!()
+        self.slot(stream)
+            .map_or(0, |slot| writer::read(&slot.live).state.revision())
     }
 
     /// Changes of a stream with revision greater than `after`, oldest first, at most `limit`:
     /// what a subscriber resuming with `Last-Event-ID: after` has missed. `Err` never hides a gap:
     /// if `after` is older than the changelog keeps, the first change returned says so by its
     /// revision being greater than `after + 1`.
+    ///
+    /// A replayed new record shows the repeat count, `last_ts` and revision it was created with
+    /// and its other fields as they are now (in `template` collapse mode a later repeat may have
+    /// replaced its message); the repeats that followed are changes of their own.
     pub fn changes(
         &self,
         stream: &StreamName,
         after: u64,
         limit: usize,
     ) -> Result<Vec<Change>, StoreError> {
-        unimplemented!()
+        reads::changes(&*self.db()?, &self.inner.shared.path, stream, after, limit)
+    }
+
+    /// Counters of the writer's work since the store was opened.
+    pub fn metrics(&self) -> StoreMetrics {
+        let counters = &self.inner.shared.counters;
+        StoreMetrics {
+            commits: counters.commits.load(Ordering::Relaxed),
+            failed_commits: counters.failed_commits.load(Ordering::Relaxed),
+            events: counters.events.load(Ordering::Relaxed),
+            requests: counters.requests.load(Ordering::Relaxed),
+        }
     }
 
     /// Live feed of committed changes (all streams), published after each durable commit.
     pub fn subscribe(&self) -> broadcast::Receiver<CommittedChanges> {
-        unimplemented!()
+        self.inner.shared.changes.subscribe()
     }
 
-    /// Stops taking writes, commits what is queued, and closes the file.
+    /// Stops taking writes, commits what is queued, and closes the file. Other handles' later
+    /// writes and reads fail with [`StoreError::ShuttingDown`].
     pub fn close(self) -> Result<(), StoreError> {
-        unimplemented!()
+        let (reply, done) = mpsc::channel();
+        let sent = lock(&self.inner.requests)
+            .take()
+            .is_some_and(|requests| requests.send(Request::Shutdown { reply }).is_ok());
+        let result = if sent {
+            done.recv().unwrap_or(Err(StoreError::ShuttingDown))
+        } else {
+            Ok(())
+        };
+        if let Some(writer) = lock(&self.inner.writer).take() {
+            writer
+                .join()
+                .map_err(|_| StoreError::Storage("the writer thread panicked".into()))?;
+        }
+        writer::write(&self.inner.shared.db).take();
+        result
     }
 }

@@ -2,5 +2,6 @@
 //! the store and server) a real data file and a real server on 127.0.0.1:0.
 
 mod context_golden;
+mod store;
 mod support;
 mod traces;
