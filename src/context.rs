@@ -639,15 +639,23 @@ fn assemble(
         text.push_str(render::RECENT_HEADER);
         tokens += recent_header;
     }
+    // Lines go in the order things last happened: a record still repeating sits at the bottom.
+    let mut shown: Vec<&Contender<'_>> = contenders
+        .iter()
+        .zip(reasons)
+        .filter(|(_, reason)| reason.included())
+        .map(|(contender, _)| contender)
+        .collect();
+    shown.sort_by_key(|c| (c.record.record().last_ts, c.candidate.seq));
+    for contender in shown {
+        text.push_str(contender.line());
+        tokens += contender.candidate.tokens;
+        totals.shown_records += 1;
+        totals.shown_events += contender.record.record().repeat_count;
+    }
     let mut items = Vec::with_capacity(contenders.len());
     for (contender, &reason) in contenders.iter().zip(reasons) {
         let record = contender.record.record();
-        if reason.included() {
-            text.push_str(contender.line());
-            tokens += contender.candidate.tokens;
-            totals.shown_records += 1;
-            totals.shown_events += record.repeat_count;
-        }
         items.push(ReceiptItem {
             seq: record.seq,
             tokens: contender.candidate.tokens,
@@ -669,5 +677,258 @@ fn assemble(
         line_cap: request.line_cap(),
         items,
         totals,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collapse::CollapsePolicy;
+    use crate::event::{Event, parse_timestamp};
+    use crate::stream::{StreamState, TailCapacity};
+    use chrono::TimeDelta;
+    use proptest::prelude::*;
+
+    fn t0() -> Timestamp {
+        parse_timestamp("2024-05-01T10:00:00Z").unwrap()
+    }
+
+    const MESSAGES: [&str; 10] = [
+        "search(\"redb durability\") -> 12 results",
+        "search timed out after 30s",
+        "",
+        "Traceback (most recent call last):\n  File \"app.py\", line 3, in <module>\n    import flask\nModuleNotFoundError: No module named 'flask'",
+        "Rate limit reached for gpt-3.5-turbo in organization org-x on tokens per min. Limit: 40000 / min. Please try again in 1ms.",
+        "naïve café — ünïcödé 🎉 日本語のテキスト",
+        "   leading spaces and trailing   ",
+        "line one\r\nline two\r\n",
+        "<|endoftext|> is just text here",
+        "ok",
+    ];
+
+    fn arb_stream()
+    -> impl Strategy<Value = (Vec<(usize, usize, usize, i64, usize)>, Vec<(usize, bool)>)> {
+        let event = (0usize..10, 0usize..6, 0usize..5, 0i64..120, 0usize..600);
+        let note = (0usize..10, any::<bool>());
+        (
+            prop::collection::vec(event, 0..300),
+            prop::collection::vec(note, 0..4),
+        )
+    }
+
+    const KINDS: [&str; 6] = ["tool", "llm", "error", "metric", "observation", "plan"];
+
+    /// Replays a generated stream; long messages come from repeating a base message.
+    fn replay(
+        events: &[(usize, usize, usize, i64, usize)],
+        notes: &[(usize, bool)],
+        tail: usize,
+    ) -> StreamState {
+        let capacity = TailCapacity {
+            records: tail,
+            severe: 16,
+        };
+        let mut state = StreamState::new(CollapsePolicy::default(), capacity);
+        let mut at = t0();
+        for &(message, kind, severity, gap, repeat) in events {
+            at += TimeDelta::seconds(gap);
+            let text = if repeat > 500 {
+                MESSAGES[message].repeat(repeat - 480)
+            } else {
+                MESSAGES[message].to_owned()
+            };
+            let event = Event::new(KINDS[kind], Severity::ALL[severity], text).unwrap();
+            state.append(event, at);
+        }
+        for &(message, expires) in notes {
+            let expires_at = expires.then(|| at + TimeDelta::hours(1));
+            state.add_note(format!("remember: {}", MESSAGES[message]), at, expires_at);
+        }
+        state
+    }
+
+    fn earlier_count(text: &str) -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix("## Earlier ("))
+            .and_then(|rest| rest.split(' ').next())
+            .map_or(0, |count| count.parse().unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Invariants 1, 2 and 4 over random streams and budgets.
+        #[test]
+        fn never_over_budget_deterministic_and_accounted(
+            (events, notes) in arb_stream(),
+            budget in prop_oneof![0u32..64, 0u32..600, 0u32..32_000],
+            o200k in any::<bool>(),
+            tail in prop::sample::select(vec![64usize, 4_096]),
+        ) {
+            let encoding = if o200k { Encoding::O200kBase } else { Encoding::Cl100kBase };
+            let state = replay(&events, &notes, tail);
+            let request = ContextRequest::new(budget, encoding);
+            let now = t0() + TimeDelta::days(1);
+            let window = build(&state.view(), &request, now);
+
+            prop_assert!(window.tokens <= budget, "{} > {budget}", window.tokens);
+            prop_assert_eq!(window.tokens, encoding.count(&window.text), "the reported count is exact");
+
+            let again = build(&replay(&events, &notes, tail).view(), &request, now);
+            prop_assert_eq!(&again.text, &window.text, "same history, same bytes");
+
+            let totals = &window.totals;
+            prop_assert_eq!(totals.events, events.len() as u64);
+            prop_assert_eq!(totals.shown_events + totals.elided_events, totals.events);
+            let shown_lines = window.text.lines().filter(|l| l.as_bytes().first().is_some_and(u8::is_ascii_digit)).count() as u64;
+            prop_assert_eq!(shown_lines, totals.shown_records, "every shown record has one line");
+            if totals.elided_events > 0 && window.text.contains("## Earlier") {
+                prop_assert_eq!(earlier_count(&window.text), totals.elided_events, "Earlier counts every event not shown");
+            }
+            if totals.shown_records > 0 && totals.elided_events > 0 {
+                prop_assert!(window.text.contains("## Earlier"), "records are shown, so the Earlier line has room too");
+            }
+        }
+
+        /// Invariant 5: the newest record is shown whenever it fits next to the headers and an
+        /// Earlier line that says everything else was left out.
+        #[test]
+        fn newest_record_is_kept_when_it_fits(
+            (events, _) in arb_stream(),
+            budget in 0u32..4_000,
+        ) {
+            prop_assume!(!events.is_empty());
+            let state = replay(&events, &[], 4_096);
+            let request = ContextRequest::new(budget, Encoding::Cl100kBase);
+            let window = build(&state.view(), &request, t0());
+            let newest = state.records().last().unwrap().seq;
+            let item = window.items.iter().find(|item| item.seq == newest).unwrap();
+            let summary_all = EarlierSummary {
+                events: state.totals().events,
+                first_ts: state.totals().first_ts,
+                last_ts: state.totals().last_ts,
+                kinds: state.totals().kinds.iter().map(|(k, c)| (k.to_string(), *c)).collect(),
+                severities: state.totals().severities,
+                repeats: state.totals().events - state.totals().records,
+            };
+            let reserve = Encoding::Cl100kBase.count(&render::earlier_piece(&summary_all)) + 8;
+            let header = header_tokens(Encoding::Cl100kBase, render::RECENT_HEADER);
+            if item.tokens + header + reserve <= budget {
+                prop_assert!(item.included, "newest ({} tokens) left out of a {budget} budget", item.tokens);
+            }
+        }
+    }
+
+    #[test]
+    fn tiny_budgets_give_an_empty_window_not_an_error() {
+        let state = replay(&[(0, 0, 1, 1, 0), (1, 0, 3, 1, 0)], &[(0, false)], 64);
+        for budget in 0..4 {
+            let window = build(
+                &state.view(),
+                &ContextRequest::new(budget, Encoding::Cl100kBase),
+                t0(),
+            );
+            assert_eq!(
+                (window.text.as_str(), window.tokens),
+                ("", 0),
+                "budget {budget}"
+            );
+        }
+    }
+
+    #[test]
+    fn notes_come_first_and_the_newest_survive_a_small_budget() {
+        let mut state = replay(&[(1, 2, 3, 1, 0)], &[], 64);
+        for i in 0..6 {
+            state.add_note(format!("fact number {i} to keep in mind"), t0(), None);
+        }
+        let full = build(
+            &state.view(),
+            &ContextRequest::new(2_000, Encoding::Cl100kBase),
+            t0(),
+        );
+        assert!(full.text.starts_with("## Notes\n- fact number 0"));
+        assert!(!full.notes_cut);
+        let small = build(
+            &state.view(),
+            &ContextRequest::new(30, Encoding::Cl100kBase),
+            t0(),
+        );
+        assert!(small.notes_cut);
+        assert!(small.text.starts_with("## Notes\n"));
+        assert!(small.text.contains("fact number 5"), "{}", small.text);
+        assert!(!small.text.contains("fact number 0"));
+        assert!(
+            !small.text.contains("## Recent"),
+            "events never crowd out notes"
+        );
+    }
+
+    #[test]
+    fn expired_notes_are_not_shown() {
+        let mut state = replay(&[], &[], 64);
+        state.add_note("old".into(), t0(), Some(t0() + TimeDelta::minutes(1)));
+        state.add_note("current".into(), t0(), None);
+        let window = build(
+            &state.view(),
+            &ContextRequest::new(500, Encoding::Cl100kBase),
+            t0() + TimeDelta::hours(1),
+        );
+        assert_eq!(window.text, "## Notes\n- current\n");
+    }
+
+    #[test]
+    fn old_errors_outrank_recent_chatter() {
+        let mut events = vec![(3usize, 2usize, 3usize, 1i64, 0usize)];
+        events.extend((0..400).map(|i| (i % 2 * 9, 1, 1, 1, 0)));
+        let state = replay(&events, &[], 4_096);
+        let window = build(
+            &state.view(),
+            &ContextRequest::new(300, Encoding::Cl100kBase),
+            t0(),
+        );
+        assert!(
+            window.text.contains("[error] ERROR: Traceback"),
+            "{}",
+            window.text
+        );
+        assert!(
+            window
+                .items
+                .iter()
+                .any(|item| item.seq == 1 && item.included)
+        );
+    }
+
+    #[test]
+    fn filters_leave_records_out_and_count_them() {
+        let state = replay(
+            &[(0, 0, 1, 1, 0), (1, 0, 3, 1, 0), (9, 1, 0, 1, 0)],
+            &[],
+            64,
+        );
+        let mut request = ContextRequest::new(1_000, Encoding::Cl100kBase);
+        request.filter.min_severity = Some(Severity::Error);
+        let window = build(&state.view(), &request, t0());
+        assert_eq!(window.totals.shown_records, 1);
+        assert!(
+            window.text.starts_with("## Earlier (2 events"),
+            "{}",
+            window.text
+        );
+        let reasons: Vec<Reason> = window.items.iter().map(|item| item.reason).collect();
+        assert_eq!(reasons[0], Reason::Filtered);
+        assert_eq!(reasons[2], Reason::Filtered);
+    }
+
+    #[test]
+    fn long_messages_are_clipped_to_the_line_cap() {
+        let state = replay(&[(5, 0, 1, 1, 599)], &[], 64);
+        let request = ContextRequest::new(400, Encoding::Cl100kBase);
+        let window = build(&state.view(), &request, t0());
+        let item = &window.items[0];
+        assert!(item.clipped && item.included);
+        assert!(item.tokens <= request.line_cap());
+        assert!(window.text.contains("more chars clipped]"));
     }
 }

@@ -39,7 +39,7 @@ pub fn parse_line(line: &str, limits: &EventLimits) -> Result<Line, EventError> 
         field: None,
         detail: error.to_string(),
     })?;
-    let Value::Object(mut object) = value else {
+    let Value::Object(object) = value else {
         return Err(EventError::Json {
             field: None,
             detail: "a line must be a JSON object (an event or an exported record)".to_owned(),
@@ -48,9 +48,8 @@ pub fn parse_line(line: &str, limits: &EventLimits) -> Result<Line, EventError> 
     if object.contains_key("repeat_count") || object.contains_key("first_ts") {
         parse_record(object, limits).map(Line::Record)
     } else {
-        fold_trace_fields(&mut object)?;
-        let event = EventInput::from_value(Value::Object(object))?.validate(limits)?;
-        Ok(Line::Event(event))
+        // The trace reader drops `stream` and keeps `source` as `payload.source`.
+        crate::trace::parse_line(line, limits).map(|(_, event)| Line::Event(event))
     }
 }
 
@@ -111,38 +110,6 @@ fn take_timestamp(
             value: other.to_string(),
         }),
         None => Err(EventError::MissingField { field }),
-    }
-}
-
-/// Drops the trace's `stream` and moves its `source` into `payload.source`.
-fn fold_trace_fields(object: &mut Map<String, Value>) -> Result<(), EventError> {
-    if let Some(stream) = object.remove("stream")
-        && !stream.is_string()
-    {
-        return Err(EventError::Json {
-            field: Some("stream".to_owned()),
-            detail: "the trace's stream must be a string".to_owned(),
-        });
-    }
-    let Some(source) = object.remove("source") else {
-        return Ok(());
-    };
-    let payload = object
-        .entry("payload")
-        .or_insert_with(|| Value::Object(Map::new()));
-    match payload {
-        Value::Object(payload) if !payload.contains_key("source") => {
-            payload.insert("source".to_owned(), source);
-            Ok(())
-        }
-        Value::Object(_) => Err(EventError::Json {
-            field: Some("source".to_owned()),
-            detail: "the line has both `source` and `payload.source`; keep one".to_owned(),
-        }),
-        _ => Err(EventError::Json {
-            field: Some("payload".to_owned()),
-            detail: "invalid type: expected a map".to_owned(),
-        }),
     }
 }
 

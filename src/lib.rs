@@ -12,6 +12,7 @@
 //! - [`context`]: builds a context window from a stream snapshot (pure, deterministic).
 //! - [`stream`]: one stream's live state in memory, shared by the store and offline replay.
 //! - [`store`]: durable history in one redb file; group-commit writer; tail caches; changelog.
+//! - [`trace`]: reading JSONL agent traces (the shared trace format) into events.
 //! - [`jsonl`]: the line formats of import and export (events, trace lines, exported records).
 //! - [`server`]: the HTTP API on hyper: routes, wire types and error mapping, SSE, auth, metrics.
 //! - [`config`]: flags, environment and config file merged into a validated server `Config`.
@@ -29,6 +30,7 @@ pub mod server;
 pub mod store;
 pub mod stream;
 pub mod tokens;
+pub mod trace;
 
 pub use collapse::{CollapseMode, CollapsePolicy};
 pub use context::{ContextRequest, ContextWindow};

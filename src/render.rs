@@ -3,7 +3,8 @@
 //! A context is a sequence of pieces: section headers, notes, the Earlier summary and record
 //! lines. Every piece ends with `\n` and starts with a non-space character (`#`, `-`, a digit),
 //! which is what makes a context's token count the sum of its pieces' counts (see
-//! [`crate::tokens`]). A record line is `HH:MM:SS [kind]: message`, with the severity after the
+//! [`crate::tokens`]). A record line is `HH:MM:SS [kind]: message` (the time the record last
+//! happened, UTC), with the severity after the
 //! kind when it is above `info`, ` xN` when the record stands for N > 1 events, and continuation
 //! lines of a multi-line message indented by two spaces.
 
@@ -31,10 +32,12 @@ pub fn clock(ts: &Timestamp) -> String {
 fn push_body(out: &mut String, text: &str) {
     let text = text.trim_end_matches(['\n', '\r']);
     for (index, line) in text.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if index > 0 {
-            out.push_str("\n  ");
+            // Blank lines stay blank: indenting them would only spend tokens on spaces.
+            out.push_str(if line.is_empty() { "\n" } else { "\n  " });
         }
-        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push_str(line);
     }
 }
 
@@ -245,6 +248,7 @@ mod tests {
     fn notes_indent_continuations() {
         assert_eq!(note_piece("budget is 2k"), "- budget is 2k\n");
         assert_eq!(note_piece("a\nb"), "- a\n  b\n");
+        assert_eq!(note_piece("a\n\nb"), "- a\n\n  b\n");
     }
 
     #[test]

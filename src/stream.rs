@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::collapse::{CollapsePolicy, Collapser, MAX_COLLAPSE_LOOKBACK, Placement};
+use crate::collapse::{CollapsePolicy, Collapser, Placement};
 use crate::context::{CachedNote, CachedRecord, StreamView, Totals};
 use crate::event::{Event, Note, Record, Severity, Timestamp};
 
@@ -21,7 +21,7 @@ pub const DEFAULT_SEVERE_RECORDS: usize = 256;
 /// How much of a stream is kept in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TailCapacity {
-    /// Newest records kept (at least [`MAX_COLLAPSE_LOOKBACK`], so repeats always find their record).
+    /// Newest records kept (at least the collapse lookback, so repeats always find their record).
     pub records: usize,
     /// Severe records kept.
     pub severe: usize,
@@ -66,7 +66,7 @@ impl StreamState {
         StreamState {
             collapser: Collapser::new(policy),
             capacity: TailCapacity {
-                records: capacity.records.max(MAX_COLLAPSE_LOOKBACK),
+                records: capacity.records.max(policy.lookback),
                 severe: capacity.severe,
             },
             records: Vec::new(),
