@@ -127,7 +127,9 @@ pub fn parse_events(
 ) -> Result<Vec<Event>, ApiError> {
     let text = body::utf8(bytes)?;
     let parse = |json: &str| {
-        EventInput::from_json(json.as_bytes()).and_then(|input| input.validate(limits))
+        check_syntax(json)
+            .and_then(|()| EventInput::from_json(json.as_bytes()))
+            .and_then(|input| input.validate(limits))
     };
     match framing {
         Framing::Ndjson => ndjson_lines(text)
@@ -158,6 +160,7 @@ pub fn parse_records(
 ) -> Result<Vec<ImportedRecord>, ApiError> {
     let text = body::utf8(bytes)?;
     let parse = |json: &str| {
+        check_syntax(json)?;
         serde_json::from_str::<Map<String, Value>>(json)
             .map_err(|error| EventError::Json {
                 field: None,
@@ -186,6 +189,17 @@ pub fn parse_records(
             Some(_) => Ok(vec![parse(text).map_err(ApiError::from)?]),
         },
     }
+}
+
+/// Checks JSON syntax alone, so that a truncated or malformed body is reported as such
+/// (`invalid_json`) rather than as a problem with the field where the text broke off.
+fn check_syntax(json: &str) -> Result<(), EventError> {
+    serde_json::from_str::<&RawValue>(json)
+        .map(drop)
+        .map_err(|error| EventError::Json {
+            field: None,
+            detail: format!("the body is not valid JSON: {error}"),
+        })
 }
 
 /// Non-blank lines with their 1-based line numbers.

@@ -2,5 +2,7 @@
 //! the store and server) a real data file and a real server on 127.0.0.1:0.
 
 mod context_golden;
+mod live_server;
+mod server;
 mod support;
 mod traces;
