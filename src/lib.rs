@@ -14,13 +14,21 @@
 //! - [`stream`]: one stream's live state in memory, shared by the store and offline replay.
 //! - [`store`]: durable history in one redb file; group-commit writer; tail caches; changelog.
 //! - [`trace`]: reading JSONL agent traces (the shared trace format) into events.
+//! - [`jsonl`]: the line formats of import and export (events, trace lines, exported records).
+//! - [`server`]: the HTTP API on hyper: routes, wire types and error mapping, SSE, auth, metrics.
+//! - [`config`]: flags, environment and config file merged into a validated server `Config`.
+//! - [`client`]: the CLI's client commands (post, context, tail, import, export) over HTTP.
 
+pub mod client;
 pub mod collapse;
+pub mod config;
 pub mod context;
 pub mod event;
+pub mod jsonl;
 pub mod openintent;
 pub mod rank;
 pub mod render;
+pub mod server;
 pub mod store;
 pub mod stream;
 pub mod tokens;

@@ -1,9 +1,316 @@
-//! The `recap` binary.
+//! The `recap` binary: parses arguments, installs logging and signal handling, and calls the
+//! library. Exit codes: 0 ok, 1 failure, 2 usage.
 
-fn main() {
-    eprintln!(
-        "recap {}: the server and client commands are not built yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use recap::client::{self, Client, commands, export, import, tail};
+use recap::config::{Config, Overrides};
+use recap::event::{Event, Kind, Severity, StreamName};
+
+/// recap: an event memory for LLM agents.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Post one event to a stream.
+    Post(PostArgs),
+    /// Print a stream's context window.
+    Context(ContextArgs),
+    /// Follow a stream's changes (SSE), one line each.
+    Tail(TailArgs),
+    /// Import a JSONL file (events, a trace, or an export) into a stream.
+    Import(ImportArgs),
+    /// Write a stream's records as JSONL (what `import` reads back).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "RECAP_ADDR", value_name = "IP:PORT")]
+    addr: Option<String>,
+    /// Data directory (holds recap.redb).
+    #[arg(long, env = "RECAP_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Config file (TOML).
+    #[arg(long, env = "RECAP_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// API keys file (TOML); without it the server listens on loopback only.
+    #[arg(long, env = "RECAP_KEYS", value_name = "FILE")]
+    keys: Option<PathBuf>,
+}
+
+/// How client commands reach the server.
+#[derive(Args)]
+struct ServerArgs {
+    /// Server URL.
+    #[arg(long, env = "RECAP_URL", default_value = client::DEFAULT_SERVER_URL, value_name = "URL")]
+    server: String,
+    /// API key (sent as X-API-Key).
+    #[arg(long, env = "RECAP_KEY", value_name = "KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+#[derive(Args)]
+struct PostArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The stream.
+    #[arg(value_parser = parse_stream)]
+    stream: StreamName,
+    /// What the event is about (tool, llm, error, ...).
+    #[arg(long, value_parser = parse_kind)]
+    kind: Kind,
+    /// debug, info, warning, error or critical.
+    #[arg(long, default_value = "info", value_parser = parse_severity)]
+    severity: Severity,
+    /// Agent or tool name.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Step correlation id.
+    #[arg(long)]
+    step_id: Option<String>,
+    /// The message.
+    message: String,
+}
+
+#[derive(Args)]
+struct ContextArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The stream.
+    #[arg(value_parser = parse_stream)]
+    stream: StreamName,
+    /// Token budget.
+    #[arg(long)]
+    budget: Option<u32>,
+    /// Encoding: cl100k_base or o200k_base.
+    #[arg(long, conflicts_with = "model")]
+    encoding: Option<String>,
+    /// Model name (mapped to its encoding).
+    #[arg(long)]
+    model: Option<String>,
+    /// Print the JSON form with the budget receipt.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The stream.
+    #[arg(value_parser = parse_stream)]
+    stream: StreamName,
+    /// Replay the changes after this revision first.
+    #[arg(long, value_name = "REVISION")]
+    after: Option<u64>,
+    /// Stop after this many changes.
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The target stream.
+    #[arg(value_parser = parse_stream)]
+    stream: StreamName,
+    /// The JSONL file.
+    file: PathBuf,
+    /// Leave invalid lines out (and list them) instead of failing.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The stream.
+    #[arg(value_parser = parse_stream)]
+    stream: StreamName,
+}
+
+fn parse_stream(value: &str) -> Result<StreamName, String> {
+    StreamName::new(value).map_err(|error| error.to_string())
+}
+
+fn parse_kind(value: &str) -> Result<Kind, String> {
+    Kind::new(value).map_err(|error| error.to_string())
+}
+
+fn parse_severity(value: &str) -> Result<Severity, String> {
+    value
+        .parse()
+        .map_err(|error: recap::EventError| error.to_string())
+}
+
+fn main() -> ExitCode {
+    // clap exits with 2 on usage errors (and 0 for --help / --version).
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG=recap::request=debug adds one line per request.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let config = Config::load(&Overrides {
+                addr: args.addr,
+                data_dir: args.data,
+                config_file: args.config,
+                keys_file: args.keys,
+            })?;
+            recap::server::serve(&config, shutdown_signal()).await?;
+        }
+        Command::Post(args) => {
+            let client = connect(&args.server)?;
+            let mut event = Event::new(args.kind.as_str(), args.severity, args.message)?;
+            event.actor = args.actor;
+            event.step_id = args.step_id;
+            let written = commands::post(&client, &args.stream, &event).await?;
+            let how = if written.collapsed {
+                format!(
+                    "collapsed into #{} (x{})",
+                    written.seq, written.repeat_count
+                )
+            } else {
+                format!("new record #{}", written.seq)
+            };
+            println!("{how}, revision {}", written.revision);
+        }
+        Command::Context(args) => {
+            let client = connect(&args.server)?;
+            let answer = commands::context(
+                &client,
+                &args.stream,
+                &commands::ContextArgs {
+                    budget: args.budget,
+                    encoding: args.encoding,
+                    model: args.model,
+                    json: args.json,
+                },
+            )
+            .await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(answer.body.as_bytes())?;
+            if !answer.body.ends_with('\n') && !answer.body.is_empty() {
+                writeln!(out)?;
+            }
+            if let Some(tokens) = answer.tokens.filter(|_| !args.json) {
+                eprintln!("({tokens} tokens)");
+            }
+        }
+        Command::Tail(args) => {
+            let client = connect(&args.server)?;
+            let mut out = std::io::stdout().lock();
+            tail::tail(&client, &args.stream, args.after, args.count, &mut out).await?;
+        }
+        Command::Import(args) => {
+            let client = connect(&args.server)?;
+            let options = import::ImportOptions {
+                skip_invalid: args.skip_invalid,
+                progress: true,
+            };
+            let summary = import::import(&client, &args.stream, &args.file, options).await?;
+            for (line, problem) in &summary.skipped {
+                eprintln!("skipped line {line}: {problem}");
+            }
+            let what = if summary.records_format {
+                "records"
+            } else {
+                "events"
+            };
+            eprintln!(
+                "imported {} {what} into {}: {} new records, {} collapsed repeats, {} lines skipped; revision {}",
+                summary.lines,
+                args.stream,
+                summary.new_records,
+                summary.collapsed,
+                summary.skipped.len(),
+                summary.revision
+            );
+        }
+        Command::Export(args) => {
+            let client = connect(&args.server)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let count = export::export(&client, &args.stream, &mut out).await?;
+            eprintln!("exported {count} records from {}", args.stream);
+        }
+    }
+    Ok(())
+}
+
+fn connect(args: &ServerArgs) -> Result<Client> {
+    Client::new(&args.server, args.key.as_deref()).context("cannot set up the client")
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    first_signal().await;
+    tracing::info!("shutdown requested; press Ctrl-C again to exit at once");
+    tokio::spawn(async {
+        first_signal().await;
+        eprintln!("second signal: exiting without waiting");
+        std::process::exit(130);
+    });
+}
+
+async fn first_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -2,6 +2,8 @@
 //! the store and server) a real data file and a real server on 127.0.0.1:0.
 
 mod context_golden;
+mod live_server;
+mod server;
 mod store;
 mod support;
 mod traces;

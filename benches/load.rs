@@ -1,0 +1,308 @@
+//! Load generator for the HTTP service: a real server in-process on 127.0.0.1:0 with a temporary
+//! data directory, driven by hyper clients over loopback, bounded in time.
+//!
+//! Scenarios: single-event durable POSTs at 1 and 64 connections, batched POSTs of 100 events,
+//! and context GETs on a 100,000-record stream. Prints events/s and p50/p99 latency.
+//!
+//! `cargo bench --bench load` (each scenario runs `RECAP_LOAD_SECONDS`, default 5;
+//! `RECAP_LOAD_ONLY=post1,post64,batch,context` picks scenarios, for profiling one).
+
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use recap::server::{self, ServerOptions};
+use recap::store::{Store, StoreOptions};
+use tokio::net::{TcpListener, TcpStream};
+
+const DEFAULT_SECONDS: u64 = 5;
+const CONTEXT_RECORDS: usize = 100_000;
+
+struct Outcome {
+    requests: usize,
+    events: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+fn main() {
+    let seconds = std::env::var("RECAP_LOAD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SECONDS);
+    let duration = Duration::from_secs(seconds);
+    let dir = tempfile::tempdir().expect("a temp dir");
+
+    // The server gets its own runtime, as `recap serve` would; the load generator another.
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("server")
+        .build()
+        .unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).expect("the store opens");
+    let listener = server_runtime
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = server_runtime.spawn(server::run(
+        listener,
+        store,
+        ServerOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("load")
+        .build()
+        .unwrap();
+    println!(
+        "recap load benchmark: {seconds} s per scenario, server and load generator on this machine"
+    );
+    println!(
+        "{:<44} {:>10} {:>12} {:>10} {:>10}",
+        "scenario", "requests", "events/s", "p50", "p99"
+    );
+    let only = std::env::var("RECAP_LOAD_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|n| n.trim() == name);
+    client_runtime.block_on(async {
+        if wanted("post1") {
+            report(
+                "POST 1 event, 1 connection",
+                run(&addr, 1, duration, single).await,
+            );
+        }
+        if wanted("post64") {
+            report(
+                "POST 1 event, 64 connections",
+                run(&addr, 64, duration, single).await,
+            );
+        }
+        if wanted("batch") {
+            report(
+                "POST 100 events, 16 connections",
+                run(&addr, 16, duration, |w, i| batch(w, i, 100)).await,
+            );
+        }
+        if wanted("context") {
+            preload(&addr).await;
+            report(
+                "GET context (budget 2000), 1 connection",
+                run_get(&addr, 1, duration, "/v1/streams/big/context?budget=2000").await,
+            );
+            report(
+                "GET context (budget 2000), 4 connections",
+                run_get(&addr, 4, duration, "/v1/streams/big/context?budget=2000").await,
+            );
+        }
+    });
+    let _ = stop.send(());
+    server_runtime
+        .block_on(server)
+        .unwrap()
+        .expect("clean shutdown");
+}
+
+/// A request body and how many events it carries.
+type Body = (&'static str, String, usize);
+
+fn single(worker: usize, index: usize) -> Body {
+    (
+        "/v1/streams/single/events",
+        format!(
+            r#"{{"kind": "tool", "message": "worker {worker} call {index}: search(\"redb\") -> 12 results"}}"#
+        ),
+        1,
+    )
+}
+
+fn batch(worker: usize, index: usize, size: usize) -> Body {
+    let events: Vec<String> = (0..size)
+        .map(|k| format!(r#"{{"kind": "tool", "actor": "w{worker}", "message": "batch {index} event {k}: read file src/lib.rs ({k} lines)"}}"#))
+        .collect();
+    (
+        "/v1/streams/batched/events",
+        format!("[{}]", events.join(",")),
+        size,
+    )
+}
+
+async fn connect(addr: &str) -> http1::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+async fn send(
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> StatusCode {
+    sender.ready().await.unwrap();
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "bench")
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+async fn run(
+    addr: &str,
+    connections: usize,
+    duration: Duration,
+    make: fn(usize, usize) -> Body,
+) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|worker| {
+            let (addr, stop) = (addr.to_owned(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut sender = connect(&addr).await;
+                let (mut latencies, mut events) = (Vec::new(), 0);
+                let mut index = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let (path, body, count) = make(worker, index);
+                    let sent = Instant::now();
+                    let status = send(&mut sender, Method::POST, path, Bytes::from(body)).await;
+                    assert_eq!(status, StatusCode::OK);
+                    latencies.push(sent.elapsed());
+                    events += count;
+                    index += 1;
+                }
+                (latencies, events)
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    collect(workers, started).await
+}
+
+async fn run_get(
+    addr: &str,
+    connections: usize,
+    duration: Duration,
+    path: &'static str,
+) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (addr, stop) = (addr.to_owned(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut sender = connect(&addr).await;
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let status = send(&mut sender, Method::GET, path, Bytes::new()).await;
+                    assert_eq!(status, StatusCode::OK);
+                    latencies.push(sent.elapsed());
+                }
+                let count = latencies.len();
+                (latencies, count)
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    collect(workers, started).await
+}
+
+async fn collect(
+    workers: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>,
+    started: Instant,
+) -> Outcome {
+    let mut outcome = Outcome {
+        requests: 0,
+        events: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for worker in workers {
+        let (latencies, events) = worker.await.unwrap();
+        outcome.requests += latencies.len();
+        outcome.events += events;
+        outcome.latencies.extend(latencies);
+    }
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
+/// Fills the `big` stream with 100,000 distinct records (batches of 1,000 over 4 connections).
+async fn preload(addr: &str) {
+    let started = Instant::now();
+    let per_worker = CONTEXT_RECORDS / 4 / 1_000;
+    let workers: Vec<_> = (0..4)
+        .map(|worker| {
+            let addr = addr.to_owned();
+            tokio::spawn(async move {
+                let mut sender = connect(&addr).await;
+                for index in 0..per_worker {
+                    let events: Vec<String> = (0..1_000)
+                        .map(|k| {
+                            let severity = if k % 97 == 0 { "error" } else if k % 13 == 0 { "warning" } else { "info" };
+                            let kind = ["tool", "llm", "action", "rag", "observation"][k % 5];
+                            format!(r#"{{"kind": "{kind}", "severity": "{severity}", "message": "w{worker} b{index} e{k}: step output with some detail about what happened"}}"#)
+                        })
+                        .collect();
+                    let status = send(&mut sender, Method::POST, "/v1/streams/big/events", Bytes::from(format!("[{}]", events.join(",")))).await;
+                    assert_eq!(status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    println!(
+        "(preloaded {CONTEXT_RECORDS} records into `big` in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn report(name: &str, mut outcome: Outcome) {
+    outcome.latencies.sort_unstable();
+    let percentile = |p: f64| {
+        let index = ((outcome.latencies.len() as f64 - 1.0) * p).round() as usize;
+        outcome.latencies.get(index).copied().unwrap_or_default()
+    };
+    let per_second = outcome.events as f64 / outcome.elapsed.as_secs_f64();
+    println!(
+        "{name:<44} {:>10} {:>12.0} {:>10} {:>10}",
+        outcome.requests,
+        per_second,
+        format_duration(percentile(0.50)),
+        format_duration(percentile(0.99)),
+    );
+}
+
+fn format_duration(duration: Duration) -> String {
+    let micros = duration.as_secs_f64() * 1e6;
+    if micros < 1_000.0 {
+        format!("{micros:.0} µs")
+    } else {
+        format!("{:.2} ms", micros / 1_000.0)
+    }
+}

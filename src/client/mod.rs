@@ -1,0 +1,257 @@
+//! The CLI's client side: commands that talk to a running server over HTTP (DESIGN section 7).
+//!
+//! [`Client`] wraps a hyper client with the server's base URL and optional API key, and turns
+//! every non-2xx answer into a [`ClientError::Api`] carrying the server's error body, so the
+//! CLI can print what the server said to fix. The commands live one per module: [`commands`]
+//! (post, context), [`tail`], [`import`], [`export`].
+
+pub mod commands;
+pub mod export;
+pub mod import;
+pub mod tail;
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+/// Default server URL of client commands.
+pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:7070";
+
+/// Why a client command failed. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server URL is not usable.
+    #[error(
+        "invalid server URL {url:?}: {detail}; use e.g. http://127.0.0.1:7070 (--server or RECAP_URL)"
+    )]
+    InvalidUrl {
+        /// What was given.
+        url: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No server answered.
+    #[error(
+        "cannot reach a recap server at {url}: {detail}; start one with `recap serve`, or point --server / RECAP_URL at it"
+    )]
+    Connect {
+        /// The server.
+        url: String,
+        /// The cause.
+        detail: String,
+    },
+    /// The server refused the request.
+    #[error("the server answered {status}: {message}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+    Api {
+        /// The status.
+        status: StatusCode,
+        /// The error code.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// The offending field.
+        field: Option<String>,
+    },
+    /// The server's answer was not what recap sends.
+    #[error("unexpected answer from the server: {0}; is --server pointing at a recap server?")]
+    Protocol(String),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Writing the output failed.
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
+    /// An import file has invalid lines; nothing was written.
+    #[error(
+        "{path}: {count} invalid line(s), nothing was imported:\n{listing}\nfix them, or pass --skip-invalid to import the valid lines only"
+    )]
+    InvalidLines {
+        /// The file.
+        path: PathBuf,
+        /// How many lines are bad.
+        count: usize,
+        /// The first few, with line numbers.
+        listing: String,
+    },
+    /// An import stopped part way (a batch was refused or the server went away).
+    #[error("the import stopped after {written} of {total} lines were written: {source}")]
+    ImportStopped {
+        /// Lines written before the failure.
+        written: usize,
+        /// Lines to write.
+        total: usize,
+        /// The cause.
+        source: Box<ClientError>,
+    },
+}
+
+/// A connection to a recap server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    key: Option<HeaderValue>,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    /// A client for the server at `url` (http only), sending `key` as `X-API-Key` if given.
+    pub fn new(url: &str, key: Option<&str>) -> Result<Client, ClientError> {
+        let invalid = |detail: &str| ClientError::InvalidUrl {
+            url: url.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(_) => {
+                return Err(invalid(
+                    "only http:// is supported (put TLS in a proxy in front)",
+                ));
+            }
+            None => return Err(invalid("it has no http:// scheme")),
+        }
+        if uri.authority().is_none() {
+            return Err(invalid("it has no host"));
+        }
+        let key = key
+            .map(|key| {
+                HeaderValue::from_str(key)
+                    .map_err(|_| invalid("the API key is not a valid header value"))
+            })
+            .transpose()?;
+        let http = HyperClient::builder(TokioExecutor::new()).build_http();
+        Ok(Client {
+            base: url.trim_end_matches('/').to_owned(),
+            key,
+            http,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request; a non-2xx answer becomes [`ClientError::Api`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&'static str, Bytes)>,
+        headers: &[(&'static str, String)],
+    ) -> Result<Response<Incoming>, ClientError> {
+        let url = format!("{}{path_and_query}", self.base);
+        let mut request = Request::builder().method(method).uri(&url);
+        if let Some(key) = &self.key {
+            request = request.header("x-api-key", key.clone());
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let request = match body {
+            Some((content_type, bytes)) => request
+                .header(CONTENT_TYPE, content_type)
+                .body(Full::new(bytes)),
+            None => request.body(Full::new(Bytes::new())),
+        }
+        .map_err(|error| ClientError::InvalidUrl {
+            url: url.clone(),
+            detail: error.to_string(),
+        })?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|error| ClientError::Connect {
+                url: self.base.clone(),
+                detail: error_chain(&error),
+            })?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(api_error(response).await)
+        }
+    }
+
+    /// Sends a request and decodes the JSON answer.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&'static str, Bytes)>,
+    ) -> Result<T, ClientError> {
+        let response = self.send(method, path_and_query, body, &[]).await?;
+        let bytes = read_body(response).await?;
+        serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol(error.to_string()))
+    }
+}
+
+/// Reads a whole response body.
+pub async fn read_body(response: Response<Incoming>) -> Result<Bytes, ClientError> {
+    response
+        .into_body()
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|error| ClientError::Protocol(format!("the answer was cut off: {error}")))
+}
+
+async fn api_error(response: Response<Incoming>) -> ClientError {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        code: String,
+        message: String,
+        field: Option<String>,
+    }
+    let status = response.status();
+    let bytes = read_body(response).await.unwrap_or_default();
+    match serde_json::from_slice::<Envelope>(&bytes) {
+        Ok(envelope) => ClientError::Api {
+            status,
+            code: envelope.error.code,
+            message: envelope.error.message,
+            field: envelope.error.field,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "unknown".to_owned(),
+            message: String::from_utf8_lossy(&bytes).into_owned(),
+            field: None,
+        },
+    }
+}
+
+/// An error with its causes, for people: hyper's top-level messages alone say little.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Percent-encodes a query value (stream names never need it; kinds, timestamps and weights may).
+pub fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}

@@ -1,0 +1,302 @@
+//! Server configuration: command-line flags and environment (parsed by the binary), an optional
+//! TOML file, and defaults, merged in that order of precedence into a validated [`Config`].
+//!
+//! Parsing happens in two stages: the raw sources ([`Overrides`], [`FileConfig`]) are plain
+//! optional values; [`Config::load`] merges and checks them, so every problem is reported at
+//! startup with what to change.
+//!
+//! A config file (`recap serve --config recap.toml`) may hold:
+//!
+//! ```toml
+//! addr = "127.0.0.1:7070"
+//! data_dir = "recap-data"
+//! keys_file = "keys.toml"          # relative paths are relative to this file
+//! max_body_bytes = 1048576
+//! max_message_bytes = 65536
+//! sse_keepalive_seconds = 15
+//! drain_timeout_seconds = 30
+//! collapse_mode = "exact"          # or "template"
+//! collapse_window_seconds = 600
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use serde::Deserialize;
+
+use crate::collapse::{CollapseMode, CollapsePolicy};
+use crate::event::{DEFAULT_MAX_MESSAGE_BYTES, EventLimits};
+use crate::server::ServerOptions;
+use crate::server::auth::{Keys, KeysError};
+use crate::server::body::DEFAULT_MAX_BODY_BYTES;
+use crate::server::sse::DEFAULT_KEEPALIVE;
+use crate::store::{DEFAULT_DATA_DIR, StoreOptions};
+
+/// Default listen address: loopback, so a fresh `recap serve` is not reachable from the network
+/// until keys are configured.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7070";
+/// How long shutdown waits for in-flight requests before closing the store anyway.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Smallest body cap accepted: one maximal event must fit.
+pub const MIN_MAX_BODY_BYTES: usize = 4 * 1024;
+
+/// What the command line and environment say (each `None` when not given).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--addr` / `RECAP_ADDR`.
+    pub addr: Option<String>,
+    /// `--data` / `RECAP_DATA`.
+    pub data_dir: Option<PathBuf>,
+    /// `--config` / `RECAP_CONFIG`.
+    pub config_file: Option<PathBuf>,
+    /// `--keys` / `RECAP_KEYS`.
+    pub keys_file: Option<PathBuf>,
+}
+
+/// What a config file says.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    addr: Option<String>,
+    data_dir: Option<PathBuf>,
+    keys_file: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    max_message_bytes: Option<usize>,
+    sse_keepalive_seconds: Option<u64>,
+    drain_timeout_seconds: Option<u64>,
+    collapse_mode: Option<String>,
+    collapse_window_seconds: Option<i64>,
+}
+
+/// The validated configuration of `recap serve`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// API keys, if configured.
+    pub keys: Option<Keys>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Largest event message.
+    pub max_message_bytes: usize,
+    /// Interval of SSE keepalive comments.
+    pub sse_keepalive: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Repeat-collapse policy.
+    pub collapse: CollapsePolicy,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for recap.
+    #[error("the config file {path} is not valid: {detail}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid setting `{name}`: {detail}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong and what is allowed.
+        detail: String,
+    },
+    /// The keys file is unusable.
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    /// A non-loopback address without keys.
+    #[error(
+        "refusing to listen on {addr} without API keys: anyone on the network could read and write every stream; configure keys (--keys FILE) or listen on 127.0.0.1"
+    )]
+    OpenToNetwork {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+}
+
+impl Config {
+    /// Merges flags and environment over the config file over the defaults, and checks it all.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (file, base) = match &overrides.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let file: FileConfig =
+                    toml::from_str(&text).map_err(|error| ConfigError::Parse {
+                        path: path.clone(),
+                        detail: error.to_string(),
+                    })?;
+                (file, path.parent().map(Path::to_owned).unwrap_or_default())
+            }
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        Config::merge(overrides, file, &base)
+    }
+
+    /// Merges already-read sources; `base` is the directory of the config file.
+    pub fn merge(
+        overrides: &Overrides,
+        file: FileConfig,
+        base: &Path,
+    ) -> Result<Config, ConfigError> {
+        let addr_text = overrides
+            .addr
+            .clone()
+            .or(file.addr)
+            .unwrap_or_else(|| DEFAULT_ADDR.to_owned());
+        let addr: SocketAddr = addr_text.parse().map_err(|_| ConfigError::Invalid {
+            name: "addr",
+            detail: format!("{addr_text:?} is not IP:PORT (e.g. 127.0.0.1:7070)"),
+        })?;
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.map(|dir| base.join(dir)))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let keys_file = overrides
+            .keys_file
+            .clone()
+            .or_else(|| file.keys_file.map(|path| base.join(path)));
+        let keys = keys_file.as_deref().map(Keys::load).transpose()?;
+        if keys.is_none() && !addr.ip().is_loopback() {
+            return Err(ConfigError::OpenToNetwork { addr });
+        }
+        let max_message_bytes = file.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if max_message_bytes == 0 {
+            return Err(invalid("max_message_bytes", "must be at least 1"));
+        }
+        let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < MIN_MAX_BODY_BYTES.max(max_message_bytes) {
+            return Err(invalid(
+                "max_body_bytes",
+                format!(
+                    "must be at least {} (one event of max_message_bytes must fit)",
+                    MIN_MAX_BODY_BYTES.max(max_message_bytes)
+                ),
+            ));
+        }
+        let sse_keepalive = match file.sse_keepalive_seconds {
+            Some(0) => return Err(invalid("sse_keepalive_seconds", "must be at least 1")),
+            Some(seconds) => Duration::from_secs(seconds),
+            None => DEFAULT_KEEPALIVE,
+        };
+        let drain_timeout = file
+            .drain_timeout_seconds
+            .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_secs);
+        let mut collapse = CollapsePolicy::default();
+        if let Some(mode) = file.collapse_mode {
+            collapse.mode = mode
+                .parse::<CollapseMode>()
+                .map_err(|detail| invalid("collapse_mode", detail))?;
+        }
+        if let Some(seconds) = file.collapse_window_seconds {
+            collapse.window = TimeDelta::try_seconds(seconds)
+                .filter(|window| *window >= TimeDelta::zero())
+                .ok_or_else(|| {
+                    invalid("collapse_window_seconds", "must be a number of seconds ≥ 0")
+                })?;
+        }
+        Ok(Config {
+            addr,
+            data_dir,
+            keys,
+            max_body_bytes,
+            max_message_bytes,
+            sse_keepalive,
+            drain_timeout,
+            collapse,
+        })
+    }
+
+    /// The store's options.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            collapse: self.collapse,
+            ..StoreOptions::default()
+        }
+    }
+
+    /// The HTTP layer's options.
+    pub fn server_options(&self) -> ServerOptions {
+        ServerOptions {
+            keys: self.keys.clone(),
+            max_body_bytes: self.max_body_bytes,
+            limits: EventLimits {
+                max_message_bytes: self.max_message_bytes,
+            },
+            sse_keepalive: self.sse_keepalive,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+fn invalid(name: &'static str, detail: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        detail: detail.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback_and_the_embedded_data_dir() {
+        let config =
+            Config::merge(&Overrides::default(), FileConfig::default(), Path::new("")).unwrap();
+        assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(config.keys.is_none());
+        assert_eq!(config.sse_keepalive, DEFAULT_KEEPALIVE);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_paths_are_relative_to_it() {
+        let file: FileConfig = toml::from_str(
+            "addr = \"127.0.0.1:9\"\ndata_dir = \"d\"\ncollapse_mode = \"template\"",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            addr: Some("127.0.0.1:8".to_owned()),
+            ..Overrides::default()
+        };
+        let config = Config::merge(&overrides, file, Path::new("/etc/recap")).unwrap();
+        assert_eq!(config.addr.port(), 8);
+        assert_eq!(config.data_dir, PathBuf::from("/etc/recap/d"));
+        assert_eq!(config.collapse.mode, CollapseMode::Template);
+    }
+
+    #[test]
+    fn refuses_the_network_without_keys_and_bad_values() {
+        let overrides = Overrides {
+            addr: Some("0.0.0.0:7070".to_owned()),
+            ..Overrides::default()
+        };
+        let error = Config::merge(&overrides, FileConfig::default(), Path::new("")).unwrap_err();
+        assert!(error.to_string().contains("without API keys"), "{error}");
+        let file: FileConfig = toml::from_str("max_body_bytes = 10").unwrap();
+        assert!(Config::merge(&Overrides::default(), file, Path::new("")).is_err());
+        assert!(toml::from_str::<FileConfig>("adr = \"x\"").is_err());
+    }
+}

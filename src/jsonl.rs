@@ -1,0 +1,248 @@
+//! The line formats of `recap import` and `recap export`, shared by the client (which checks a
+//! whole file before sending anything) and the server's record-import route.
+//!
+//! A line is one of:
+//! - a **record** as `recap export` writes it (the JSON of [`Record`]: the event fields plus
+//!   `seq`, `first_ts`, `last_ts`, `repeat_count`, `revision`). It is imported as it is, without
+//!   collapse, keeping its times and repeat count; `seq` and `revision` are assigned afresh by
+//!   the target stream, so they are read and ignored.
+//! - an **event** as clients post it, optionally in the trace format of the shared fixtures,
+//!   whose lines carry two fields that are not event fields: `stream` (the trace id) is dropped,
+//!   because the target stream is named on the command line (and trace ids such as
+//!   `chatdev/Poker1` are not valid stream names); `source` (where the event came from) is kept
+//!   as `payload.source`, so nothing in the file is lost.
+//!
+//! A line is a record if it has `repeat_count` or `first_ts`; anything else is an event.
+
+use serde_json::{Map, Value};
+
+use crate::event::{
+    Event, EventError, EventInput, EventLimits, Record, Timestamp, format_timestamp,
+    parse_timestamp,
+};
+use crate::store::ImportedRecord;
+
+/// One parsed line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Line {
+    /// An event, to be appended (repeats collapse).
+    Event(Event),
+    /// An exported record, to be imported as it is.
+    Record(ImportedRecord),
+}
+
+/// Record fields that the target stream assigns afresh: read, then ignored.
+const ASSIGNED_FIELDS: [&str; 2] = ["seq", "revision"];
+
+/// Parses and validates one line.
+pub fn parse_line(line: &str, limits: &EventLimits) -> Result<Line, EventError> {
+    let value: Value = serde_json::from_str(line).map_err(|error| EventError::Json {
+        field: None,
+        detail: error.to_string(),
+    })?;
+    let Value::Object(object) = value else {
+        return Err(EventError::Json {
+            field: None,
+            detail: "a line must be a JSON object (an event or an exported record)".to_owned(),
+        });
+    };
+    if object.contains_key("repeat_count") || object.contains_key("first_ts") {
+        parse_record(object, limits).map(Line::Record)
+    } else {
+        // The trace reader drops `stream` and keeps `source` as `payload.source`.
+        crate::trace::parse_line(line, limits).map(|(_, event)| Line::Event(event))
+    }
+}
+
+/// Parses an exported record (as a JSON object) into what [`crate::store::Store::import`] takes.
+pub fn parse_record(
+    mut object: Map<String, Value>,
+    limits: &EventLimits,
+) -> Result<ImportedRecord, EventError> {
+    for field in ASSIGNED_FIELDS {
+        object.remove(field);
+    }
+    let first_ts = take_timestamp(&mut object, "first_ts")?;
+    let last_ts = take_timestamp(&mut object, "last_ts")?;
+    if last_ts < first_ts {
+        return Err(EventError::Json {
+            field: Some("last_ts".to_owned()),
+            detail: "last_ts is before first_ts".to_owned(),
+        });
+    }
+    let repeat_count = match object.remove("repeat_count") {
+        Some(Value::Number(number)) => number.as_u64().filter(|count| *count >= 1),
+        None => {
+            return Err(EventError::MissingField {
+                field: "repeat_count",
+            });
+        }
+        Some(_) => None,
+    }
+    .ok_or_else(|| EventError::Json {
+        field: Some("repeat_count".to_owned()),
+        detail: "repeat_count must be a whole number ≥ 1".to_owned(),
+    })?;
+    let mut event = EventInput::from_value(Value::Object(object))?.validate(limits)?;
+    event.ts = Some(first_ts);
+    Ok(ImportedRecord {
+        event,
+        first_ts,
+        last_ts,
+        repeat_count,
+    })
+}
+
+/// An event as a JSON object in the shape `POST .../events` takes.
+pub fn event_json(event: &Event) -> Map<String, Value> {
+    let mut object = Map::new();
+    object.insert("message".to_owned(), Value::from(event.message.as_str()));
+    object.insert("kind".to_owned(), Value::from(event.kind.as_str()));
+    object.insert("severity".to_owned(), Value::from(event.severity.as_str()));
+    if let Some(ts) = &event.ts {
+        object.insert("ts".to_owned(), Value::from(format_timestamp(ts)));
+    }
+    let optional = [
+        ("display_message", &event.display_message),
+        ("actor", &event.actor),
+        ("step_id", &event.step_id),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            object.insert(name.to_owned(), Value::from(value.as_str()));
+        }
+    }
+    if let Some(payload) = &event.payload {
+        object.insert("payload".to_owned(), Value::Object(payload.clone()));
+    }
+    object
+}
+
+/// An imported record as a JSON object in the shape `POST .../records` takes (an export line
+/// without the fields the target assigns).
+pub fn imported_record_json(record: &ImportedRecord) -> Map<String, Value> {
+    let mut object = event_json(&record.event);
+    object.remove("ts");
+    object.insert(
+        "first_ts".to_owned(),
+        Value::from(format_timestamp(&record.first_ts)),
+    );
+    object.insert(
+        "last_ts".to_owned(),
+        Value::from(format_timestamp(&record.last_ts)),
+    );
+    object.insert("repeat_count".to_owned(), Value::from(record.repeat_count));
+    object
+}
+
+/// The line `recap export` writes for a record.
+pub fn record_line(record: &Record) -> String {
+    serde_json::to_string(record).expect("a record always serializes")
+}
+
+fn take_timestamp(
+    object: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Timestamp, EventError> {
+    match object.remove(field) {
+        Some(Value::String(value)) => {
+            parse_timestamp(&value).map_err(|_| EventError::InvalidTimestamp { field, value })
+        }
+        Some(other) => Err(EventError::InvalidTimestamp {
+            field,
+            value: other.to_string(),
+        }),
+        None => Err(EventError::MissingField { field }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Severity;
+
+    fn limits() -> EventLimits {
+        EventLimits::default()
+    }
+
+    #[test]
+    fn trace_lines_drop_stream_and_keep_source_in_payload() {
+        let line = r#"{"stream": "chatdev/x", "ts": "2023-10-26T17:52:02.000001Z", "kind": "retry", "severity": "warning", "message": "Rate limit", "actor": "Programmer", "source": "a/b.log"}"#;
+        let Line::Event(event) = parse_line(line, &limits()).unwrap() else {
+            panic!("an event line")
+        };
+        assert_eq!(event.kind.as_str(), "retry");
+        assert_eq!(event.severity, Severity::Warning);
+        assert_eq!(event.payload.unwrap()["source"], "a/b.log");
+    }
+
+    #[test]
+    fn exported_records_round_trip() {
+        let event = Event::new("tool", Severity::Error, "boom\nline two").unwrap();
+        let ts = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
+        let mut record = Record::from_event(event, 7, 12, ts);
+        record.repeat_count = 3;
+        record.last_ts = parse_timestamp("2024-05-01T10:00:05.5Z").unwrap();
+        record.actor = Some("shell".to_owned());
+        let Line::Record(imported) = parse_line(&record_line(&record), &limits()).unwrap() else {
+            panic!("a record line")
+        };
+        assert_eq!(imported.first_ts, record.first_ts);
+        assert_eq!(imported.last_ts, record.last_ts);
+        assert_eq!(imported.repeat_count, 3);
+        assert_eq!(imported.event.message, record.message);
+        assert_eq!(imported.event.actor, record.actor);
+        // Re-made into a record with the same seq and revision, it is the same record.
+        let mut again = Record::from_event(imported.event, 7, 12, imported.first_ts);
+        again.last_ts = imported.last_ts;
+        again.repeat_count = imported.repeat_count;
+        assert_eq!(again, record);
+    }
+
+    #[test]
+    fn wire_objects_parse_back_to_the_same_values() {
+        let line = r#"{"stream": "t/x", "ts": "2023-10-26T17:52:02.000001Z", "kind": "retry", "severity": "warning", "message": "m", "actor": "a", "step_id": "s", "source": "src"}"#;
+        let Line::Event(event) = parse_line(line, &limits()).unwrap() else {
+            panic!("an event line")
+        };
+        let again = parse_line(&Value::Object(event_json(&event)).to_string(), &limits()).unwrap();
+        assert_eq!(again, Line::Event(event.clone()));
+        let ts = event.ts.unwrap();
+        let imported = ImportedRecord {
+            event,
+            first_ts: ts,
+            last_ts: ts,
+            repeat_count: 4,
+        };
+        let again = parse_line(
+            &Value::Object(imported_record_json(&imported)).to_string(),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(again, Line::Record(imported));
+    }
+
+    #[test]
+    fn bad_lines_name_their_field() {
+        let cases = [
+            (
+                r#"{"kind": "tool", "message": "m", "severity": "loud"}"#,
+                "severity",
+            ),
+            (
+                r#"{"kind": "tool", "message": "m", "first_ts": "2024-05-01T10:00:00Z", "last_ts": "2024-05-01T10:00:00Z", "repeat_count": 0}"#,
+                "repeat_count",
+            ),
+            (
+                r#"{"kind": "tool", "message": "m", "first_ts": "2024-05-01T10:00:00Z", "repeat_count": 1}"#,
+                "last_ts",
+            ),
+        ];
+        for (line, field) in cases {
+            let error = parse_line(line, &limits()).unwrap_err();
+            assert_eq!(error.field(), Some(field), "{line}: {error}");
+        }
+        assert!(parse_line("[1]", &limits()).is_err());
+        assert!(parse_line("{", &limits()).is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! `GET /metrics`: counters and histograms in the Prometheus text format, written by hand (a
+//! dozen series do not need a metrics crate). Everything is an atomic, so recording costs a few
+//! nanoseconds and never takes a lock on the request path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::routes::Endpoint;
+
+/// Statuses counted per endpoint; anything else is counted under `other`.
+const STATUSES: [u16; 13] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 503,
+];
+/// Upper bounds (seconds) of the context latency buckets: the call is expected well under 1 ms.
+const CONTEXT_BUCKETS: [f64; 10] = [
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1,
+];
+/// Upper bounds (seconds) of the durable-commit latency buckets: an fsync is around a millisecond.
+const COMMIT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Per endpoint, per status slot (the last slot is `other`).
+    requests: Vec<[AtomicU64; STATUSES.len() + 1]>,
+    in_flight: AtomicI64,
+    ingest_events: AtomicU64,
+    collapsed_repeats: AtomicU64,
+    sse_subscribers: AtomicI64,
+    context: Histogram<{ CONTEXT_BUCKETS.len() }>,
+    commit: Histogram<{ COMMIT_BUCKETS.len() }>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Endpoint::ALL.iter().map(|_| Default::default()).collect(),
+            in_flight: AtomicI64::new(0),
+            ingest_events: AtomicU64::new(0),
+            collapsed_repeats: AtomicU64::new(0),
+            sse_subscribers: AtomicI64::new(0),
+            context: Histogram::new(CONTEXT_BUCKETS),
+            commit: Histogram::new(COMMIT_BUCKETS),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished request.
+    pub fn count_request(&self, endpoint: Endpoint, status: u16) {
+        let slot = STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(STATUSES.len());
+        self.requests[endpoint as usize][slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request started (`+1`) or finished (`-1`).
+    pub fn in_flight(&self, delta: i64) {
+        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Requests being handled now (including the one asking).
+    pub fn requests_in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts accepted events and how many of them collapsed into an earlier record.
+    pub fn count_ingest(&self, events: u64, collapsed: u64) {
+        self.ingest_events.fetch_add(events, Ordering::Relaxed);
+        self.collapsed_repeats
+            .fetch_add(collapsed, Ordering::Relaxed);
+    }
+
+    /// An SSE subscriber connected (`+1`) or left (`-1`).
+    pub fn sse_subscribers(&self, delta: i64) {
+        self.sse_subscribers.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Records how long a context request took.
+    pub fn observe_context(&self, took: Duration) {
+        self.context.observe(took);
+    }
+
+    /// Records how long a write waited for its durable commit.
+    pub fn observe_commit(&self, took: Duration) {
+        self.commit.observe(took);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        out.push_str("# HELP recap_http_requests_total HTTP requests by route and status.\n");
+        out.push_str("# TYPE recap_http_requests_total counter\n");
+        for endpoint in Endpoint::ALL {
+            for (slot, count) in self.requests[endpoint as usize].iter().enumerate() {
+                let count = count.load(Ordering::Relaxed);
+                if count == 0 {
+                    continue;
+                }
+                let status = STATUSES
+                    .get(slot)
+                    .map_or("other".to_owned(), u16::to_string);
+                let _ = writeln!(
+                    out,
+                    "recap_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {count}",
+                    endpoint.method(),
+                    endpoint.route()
+                );
+            }
+        }
+        gauge(
+            &mut out,
+            "recap_http_requests_in_flight",
+            "HTTP requests being handled.",
+            self.in_flight.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "recap_ingest_events_total",
+            "Events accepted (durable).",
+            self.ingest_events.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "recap_collapsed_repeats_total",
+            "Accepted events that collapsed into an earlier record.",
+            self.collapsed_repeats.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "recap_sse_subscribers",
+            "Open SSE subscriptions.",
+            self.sse_subscribers.load(Ordering::Relaxed),
+        );
+        self.context.render(
+            &mut out,
+            "recap_context_seconds",
+            "Time to serve a context window.",
+        );
+        self.commit.render(
+            &mut out,
+            "recap_store_commit_seconds",
+            "Time a write waited for its durable group commit.",
+        );
+        out
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    /// Per bucket (not cumulative), plus one for above the last bound.
+    counts: [AtomicU64; N],
+    above: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            above: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        match self.bounds.iter().position(|bound| seconds <= *bound) {
+            Some(bucket) => self.counts[bucket].fetch_add(1, Ordering::Relaxed),
+            None => self.above.fetch_add(1, Ordering::Relaxed),
+        };
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.above.load(Ordering::Relaxed);
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {sum}\n{name}_count {cumulative}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let metrics = Metrics::default();
+        metrics.count_request(Endpoint::PostEvents, 200);
+        metrics.count_request(Endpoint::PostEvents, 200);
+        metrics.count_request(Endpoint::PostEvents, 418);
+        metrics.count_ingest(5, 2);
+        metrics.observe_context(Duration::from_micros(150));
+        metrics.observe_context(Duration::from_secs(1));
+        let text = metrics.render();
+        assert!(text.contains("recap_http_requests_total{method=\"POST\",route=\"/v1/streams/{s}/events\",status=\"200\"} 2\n"), "{text}");
+        assert!(text.contains("status=\"other\"} 1\n"), "{text}");
+        assert!(text.contains("recap_ingest_events_total 5\n"));
+        assert!(text.contains("recap_collapsed_repeats_total 2\n"));
+        assert!(
+            text.contains("recap_context_seconds_bucket{le=\"0.0001\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("recap_context_seconds_bucket{le=\"0.0002\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("recap_context_seconds_bucket{le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("recap_context_seconds_count 2\n"));
+    }
+}

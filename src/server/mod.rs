@@ -1,0 +1,247 @@
+//! The HTTP service (DESIGN section 5), on hyper 1 and tokio.
+//!
+//! The split follows static-web-server and mini-redis: [`serve`] opens the store and binds;
+//! [`run`] takes a bound listener and a shutdown future (so tests drive a real server on port
+//! 0) and owns the accept loop; each connection is served by hyper's HTTP/1 with one service
+//! function that logs, counts and hands the request to [`routes`], the table of handlers.
+//!
+//! Shutdown: when the shutdown future resolves, the listener is dropped (no new connections),
+//! SSE feeds are told to end, in-flight requests finish (hyper-util's graceful shutdown, bounded
+//! by a drain timeout), and then the store commits what is queued and closes.
+//!
+//! Modules, one job each: [`routes`] (the route table), [`wire`] (response shapes and the one
+//! error-to-status mapping), [`body`] (body type, capped reads, content types), [`query`] (query
+//! strings), [`events`], [`context`], [`notes`], [`streams`] (handlers), [`sse`]
+//! (subscriptions), [`auth`] (API keys), [`metrics`] (Prometheus text).
+
+pub mod auth;
+pub mod body;
+pub mod context;
+pub mod events;
+pub mod metrics;
+pub mod notes;
+pub mod query;
+pub mod routes;
+pub mod sse;
+pub mod streams;
+pub mod wire;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::event::EventLimits;
+use crate::store::{Store, StoreError};
+
+use self::auth::Keys;
+use self::body::Body;
+use self::metrics::Metrics;
+
+/// How long a client may take to send a request's headers (slow-loris protection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the
+/// loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How the HTTP layer behaves.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// API keys; `None` for an open, loopback-only server.
+    pub keys: Option<Keys>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Event validation limits.
+    pub limits: EventLimits,
+    /// Interval of SSE keepalive comments.
+    pub sse_keepalive: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            keys: None,
+            max_body_bytes: body::DEFAULT_MAX_BODY_BYTES,
+            limits: EventLimits::default(),
+            sse_keepalive: sse::DEFAULT_KEEPALIVE,
+            drain_timeout: crate::config::DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// No keys and a non-loopback listener.
+    #[error(
+        "refusing to serve on {addr} without API keys: anyone on the network could read and write every stream; configure keys (--keys FILE) or listen on 127.0.0.1"
+    )]
+    OpenToNetwork {
+        /// The listener's address.
+        addr: SocketAddr,
+    },
+    /// The address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}; is another server running there? pick another port with --addr"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A socket error.
+    #[error("network error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The store failed to open or to close.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What every handler shares.
+pub struct App {
+    store: Store,
+    options: ServerOptions,
+    metrics: Metrics,
+    /// Turns `true` when shutdown begins; SSE feeds end on it.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Opens the store, binds `config.addr` and serves until `shutdown` resolves.
+pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let store_options = config.store_options();
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(data_dir, store_options))
+        .await
+        .map_err(|error| StoreError::Storage(error.to_string()))??;
+    let listener = match TcpListener::bind(config.addr).await {
+        Ok(listener) => listener,
+        Err(source) => {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+            return Err(ServerError::Bind {
+                addr: config.addr,
+                source,
+            });
+        }
+    };
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), auth = config.keys.is_some(), "recap is serving");
+    run(listener, store, config.server_options(), shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains and closes `store`.
+pub async fn run(
+    listener: TcpListener,
+    store: Store,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    if options.keys.is_none() && !addr.ip().is_loopback() {
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        return Err(ServerError::OpenToNetwork { addr });
+    }
+    for encoding in crate::tokens::Encoding::ALL {
+        // Building the BPE tables takes a while; do it before the first context request.
+        tokio::task::spawn_blocking(move || encoding.warm_up());
+    }
+    let (stop_feeds, shutdown_seen) = watch::channel(false);
+    let drain_timeout = options.drain_timeout;
+    let app = Arc::new(App {
+        store,
+        options,
+        metrics: Metrics::default(),
+        shutdown: shutdown_seen,
+    });
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Small responses should leave at once, not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let service = service_fn(move |request| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, Infallible>(serve_request(&app, request).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+
+    tracing::info!("shutting down: draining in-flight requests");
+    drop(listener);
+    let _ = stop_feeds.send(true);
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain_timeout,
+            "some connections did not finish in time; closing anyway"
+        );
+    }
+    let store = app.store.clone();
+    drop(app);
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .map_err(|error| StoreError::Storage(error.to_string()))??;
+    tracing::info!("store closed; bye");
+    Ok(())
+}
+
+/// One request: route it, count it, log it (method, route template, status, latency; never
+/// keys or bodies).
+async fn serve_request(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    app.metrics.in_flight(1);
+    let (endpoint, response) = routes::handle(app, request).await;
+    app.metrics.in_flight(-1);
+    let status = response.status().as_u16();
+    app.metrics.count_request(endpoint, status);
+    tracing::debug!(
+        target: "recap::request",
+        %method,
+        route = endpoint.route(),
+        status,
+        micros = started.elapsed().as_micros() as u64,
+    );
+    response
+}
+
+impl App {
+    /// Requests being handled now.
+    pub fn requests_in_flight(&self) -> i64 {
+        self.metrics.requests_in_flight()
+    }
+}

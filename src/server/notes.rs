@@ -1,0 +1,124 @@
+//! `POST/GET /v1/streams/{s}/notes` and `DELETE /v1/streams/{s}/notes/{id}`: facts an agent must
+//! not forget, always put first in the context.
+
+use chrono::Utc;
+use http::{HeaderMap, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventError, Note, StreamName, parse_timestamp};
+
+use super::App;
+use super::body::{self, Body};
+use super::wire::{self, ApiError, REVISION_HEADER};
+
+/// A note as a client posts it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteInput {
+    /// The fact, verbatim.
+    text: String,
+    /// When it stops applying (RFC 3339), if ever.
+    expires_at: Option<String>,
+}
+
+/// `GET .../notes` answers `{"notes": [...]}`.
+#[derive(Serialize)]
+struct NoteList {
+    notes: Vec<Note>,
+}
+
+/// `POST /v1/streams/{s}/notes`: 201 with the note once durable.
+pub async fn post(
+    app: &App,
+    stream: StreamName,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    body::framing(headers, false)?;
+    let bytes = body::read_capped(body, headers, app.options.max_body_bytes).await?;
+    let input = parse(body::utf8(&bytes)?, app.options.limits.max_message_bytes)?;
+    let now = Utc::now();
+    let expires_at = input
+        .expires_at
+        .as_deref()
+        .map(|value| {
+            parse_timestamp(value).map_err(|_| EventError::InvalidTimestamp {
+                field: "expires_at",
+                value: value.to_owned(),
+            })
+        })
+        .transpose()?;
+    let note = app
+        .store
+        .add_note(&stream, input.text, expires_at, now)
+        .await?;
+    // Read after the durable write: at least the revision the note took.
+    let revision = app.store.revision(&stream);
+    let mut response = wire::json(StatusCode::CREATED, &note);
+    wire::set_number(&mut response, REVISION_HEADER, revision);
+    Ok(response)
+}
+
+/// `GET /v1/streams/{s}/notes`: the live notes, oldest first.
+pub fn list(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
+    let revision = app.store.revision(&stream);
+    let notes = app.store.notes(&stream, Utc::now())?;
+    let mut response = wire::json(StatusCode::OK, &NoteList { notes });
+    wire::set_number(&mut response, REVISION_HEADER, revision);
+    Ok(response)
+}
+
+/// `DELETE /v1/streams/{s}/notes/{id}`: 204, or 404 if there is no such note.
+pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<Body>, ApiError> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_note",
+            format!("note {id:?} does not exist; note ids are the numbers GET .../notes lists"),
+        )
+    })?;
+    if app.store.delete_note(&stream, id).await? {
+        let mut response = wire::empty(StatusCode::NO_CONTENT);
+        wire::set_number(&mut response, REVISION_HEADER, app.store.revision(&stream));
+        Ok(response)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_note",
+            format!("stream {stream} has no note {id}; GET .../notes lists the live ones"),
+        ))
+    }
+}
+
+fn parse(text: &str, max_bytes: usize) -> Result<NoteInput, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let input: NoteInput = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let code = if inner.is_syntax() || inner.is_eof() { "invalid_json" } else { "invalid_field" };
+        let api = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("{inner}; a note is {{\"text\": \"...\", \"expires_at\": \"2024-05-01T10:00:00Z\"}} (expires_at optional)"),
+        );
+        if path == "." || code == "invalid_json" { api } else { api.with_field(path) }
+    })?;
+    if input.text.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            "field `text` is empty; a note needs text",
+        )
+        .with_field("text"));
+    }
+    if input.text.len() > max_bytes {
+        return Err(EventError::TooLong {
+            field: "text",
+            len: input.text.len(),
+            max: max_bytes,
+        }
+        .into());
+    }
+    Ok(input)
+}

@@ -1,0 +1,328 @@
+//! The route table: one `match` from (method, path) to a handler, with the scope each needs.
+//!
+//! Order of checks for every request: route (404/405), key (401), stream name (400), scope and
+//! prefix (403), then the handler. Unknown routes and methods are answered before the key is
+//! checked: they reveal nothing about the data.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::event::StreamName;
+
+use super::App;
+use super::auth::Scope;
+use super::body::Body;
+use super::wire::{self, ApiError};
+use super::{context, events, notes, sse, streams};
+
+/// Every endpoint, for metrics labels and scope checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Endpoint {
+    Healthz,
+    Metrics,
+    ListStreams,
+    GetStream,
+    DeleteStream,
+    PutRetention,
+    PostEvents,
+    GetEvents,
+    PostRecords,
+    GetContext,
+    PostNote,
+    GetNotes,
+    DeleteNote,
+    Subscribe,
+    /// No route matched (404) or the method did not (405).
+    Unmatched,
+}
+
+impl Endpoint {
+    /// Every endpoint, in declaration order (`ALL[e as usize] == e`).
+    pub const ALL: [Endpoint; 15] = [
+        Endpoint::Healthz,
+        Endpoint::Metrics,
+        Endpoint::ListStreams,
+        Endpoint::GetStream,
+        Endpoint::DeleteStream,
+        Endpoint::PutRetention,
+        Endpoint::PostEvents,
+        Endpoint::GetEvents,
+        Endpoint::PostRecords,
+        Endpoint::GetContext,
+        Endpoint::PostNote,
+        Endpoint::GetNotes,
+        Endpoint::DeleteNote,
+        Endpoint::Subscribe,
+        Endpoint::Unmatched,
+    ];
+
+    /// The method, for metrics labels.
+    pub fn method(self) -> &'static str {
+        match self {
+            Endpoint::DeleteStream | Endpoint::DeleteNote => "DELETE",
+            Endpoint::PutRetention => "PUT",
+            Endpoint::PostEvents | Endpoint::PostRecords | Endpoint::PostNote => "POST",
+            Endpoint::Unmatched => "any",
+            _ => "GET",
+        }
+    }
+
+    /// The path template, for metrics labels and logs (never a stream name).
+    pub fn route(self) -> &'static str {
+        match self {
+            Endpoint::Healthz => "/healthz",
+            Endpoint::Metrics => "/metrics",
+            Endpoint::ListStreams => "/v1/streams",
+            Endpoint::GetStream | Endpoint::DeleteStream => "/v1/streams/{s}",
+            Endpoint::PutRetention => "/v1/streams/{s}/retention",
+            Endpoint::PostEvents | Endpoint::GetEvents => "/v1/streams/{s}/events",
+            Endpoint::PostRecords => "/v1/streams/{s}/records",
+            Endpoint::GetContext => "/v1/streams/{s}/context",
+            Endpoint::PostNote | Endpoint::GetNotes => "/v1/streams/{s}/notes",
+            Endpoint::DeleteNote => "/v1/streams/{s}/notes/{id}",
+            Endpoint::Subscribe => "/v1/streams/{s}/subscribe",
+            Endpoint::Unmatched => "unmatched",
+        }
+    }
+
+    /// The scope a key needs; `None` for endpoints open to any caller.
+    fn scope(self) -> Option<Scope> {
+        match self {
+            Endpoint::Healthz | Endpoint::Unmatched => None,
+            Endpoint::Metrics
+            | Endpoint::ListStreams
+            | Endpoint::GetStream
+            | Endpoint::GetEvents
+            | Endpoint::GetContext
+            | Endpoint::GetNotes
+            | Endpoint::Subscribe => Some(Scope::Read),
+            Endpoint::PostEvents
+            | Endpoint::PostRecords
+            | Endpoint::PostNote
+            | Endpoint::DeleteNote => Some(Scope::Write),
+            Endpoint::DeleteStream | Endpoint::PutRetention => Some(Scope::Admin),
+        }
+    }
+}
+
+/// A matched route: the endpoint and its path parameters (not yet validated).
+struct Matched<'a> {
+    endpoint: Endpoint,
+    stream: Option<&'a str>,
+    note_id: Option<&'a str>,
+}
+
+/// Matches a path and method.
+fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> {
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let (choices, allow, stream, note_id): (&[(Method, Endpoint)], &'static str, _, _) =
+        match segments.as_slice() {
+            ["healthz"] => (&[(Method::GET, Endpoint::Healthz)], "GET", None, None),
+            ["metrics"] => (&[(Method::GET, Endpoint::Metrics)], "GET", None, None),
+            ["v1", "streams"] => (&[(Method::GET, Endpoint::ListStreams)], "GET", None, None),
+            ["v1", "streams", s] => (
+                &[
+                    (Method::GET, Endpoint::GetStream),
+                    (Method::DELETE, Endpoint::DeleteStream),
+                ],
+                "GET, DELETE",
+                Some(*s),
+                None,
+            ),
+            ["v1", "streams", s, "events"] => (
+                &[
+                    (Method::POST, Endpoint::PostEvents),
+                    (Method::GET, Endpoint::GetEvents),
+                ],
+                "GET, POST",
+                Some(*s),
+                None,
+            ),
+            ["v1", "streams", s, "records"] => (
+                &[(Method::POST, Endpoint::PostRecords)],
+                "POST",
+                Some(*s),
+                None,
+            ),
+            ["v1", "streams", s, "context"] => (
+                &[(Method::GET, Endpoint::GetContext)],
+                "GET",
+                Some(*s),
+                None,
+            ),
+            ["v1", "streams", s, "notes"] => (
+                &[
+                    (Method::POST, Endpoint::PostNote),
+                    (Method::GET, Endpoint::GetNotes),
+                ],
+                "GET, POST",
+                Some(*s),
+                None,
+            ),
+            ["v1", "streams", s, "notes", id] => (
+                &[(Method::DELETE, Endpoint::DeleteNote)],
+                "DELETE",
+                Some(*s),
+                Some(*id),
+            ),
+            ["v1", "streams", s, "subscribe"] => {
+                (&[(Method::GET, Endpoint::Subscribe)], "GET", Some(*s), None)
+            }
+            ["v1", "streams", s, "retention"] => (
+                &[(Method::PUT, Endpoint::PutRetention)],
+                "PUT",
+                Some(*s),
+                None,
+            ),
+            _ => return Err(ApiError::not_found(path)),
+        };
+    choices
+        .iter()
+        .find(|(m, _)| m == method)
+        .map(|(_, endpoint)| Matched {
+            endpoint: *endpoint,
+            stream,
+            note_id,
+        })
+        .ok_or_else(|| ApiError::method_not_allowed(method, allow))
+}
+
+/// Handles one request; returns the endpoint (for logs and metrics) and the response. Errors
+/// become responses here, through [`ApiError::into_response`].
+pub async fn handle(
+    app: &std::sync::Arc<App>,
+    request: Request<Incoming>,
+) -> (Endpoint, Response<Body>) {
+    let (parts, body) = request.into_parts();
+    let matched = match resolve(&parts.method, parts.uri.path()) {
+        Ok(matched) => matched,
+        Err(error) => return (Endpoint::Unmatched, error.into_response()),
+    };
+    let endpoint = matched.endpoint;
+    let response = dispatch(app, matched, &parts, body)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    (endpoint, response)
+}
+
+async fn dispatch(
+    app: &std::sync::Arc<App>,
+    matched: Matched<'_>,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let endpoint = matched.endpoint;
+    let key = match (&app.options.keys, endpoint.scope()) {
+        (Some(keys), Some(_)) => Some(keys.authenticate(&parts.headers)?),
+        _ => None,
+    };
+    let stream = matched
+        .stream
+        .map(|raw| {
+            let decoded = percent_decode(raw).unwrap_or_else(|| raw.to_owned());
+            StreamName::new(&decoded)
+        })
+        .transpose()?;
+    if let (Some(key), Some(scope)) = (key, endpoint.scope()) {
+        key.authorize(scope, stream.as_ref())?;
+    }
+    let query = parts.uri.query();
+    let headers = &parts.headers;
+    // Every route with a `{s}` has a stream; the others have none.
+    let stream = || {
+        stream
+            .clone()
+            .ok_or_else(|| ApiError::internal("route without a stream"))
+    };
+    match endpoint {
+        Endpoint::Healthz => Ok(wire::json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        )),
+        Endpoint::Metrics => Ok(wire::text(StatusCode::OK, app.metrics.render())),
+        Endpoint::ListStreams => Ok(streams::list(app, key)),
+        Endpoint::GetStream => streams::get(app, stream()?),
+        Endpoint::DeleteStream => streams::delete(app, stream()?).await,
+        Endpoint::PutRetention => streams::set_retention(app, stream()?, headers, body).await,
+        Endpoint::PostEvents => events::post(app, stream()?, headers, body).await,
+        Endpoint::GetEvents => events::history(app, stream()?, query).await,
+        Endpoint::PostRecords => events::import(app, stream()?, headers, body).await,
+        Endpoint::GetContext => context::get(app, stream()?, query),
+        Endpoint::PostNote => notes::post(app, stream()?, headers, body).await,
+        Endpoint::GetNotes => notes::list(app, stream()?),
+        Endpoint::DeleteNote => notes::delete(app, stream()?, matched.note_id.unwrap_or("")).await,
+        Endpoint::Subscribe => sse::subscribe(app, stream()?, headers, query),
+        Endpoint::Unmatched => Err(ApiError::not_found(parts.uri.path())),
+    }
+}
+
+/// Decodes `%XX` escapes in a path segment (clients may escape `:`); `None` if malformed.
+fn percent_decode(segment: &str) -> Option<String> {
+    if !segment.contains('%') {
+        return Some(segment.to_owned());
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_index_their_table() {
+        for (index, endpoint) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(*endpoint as usize, index);
+        }
+    }
+
+    #[test]
+    fn resolves_routes_methods_and_allow() {
+        let matched = resolve(&Method::POST, "/v1/streams/a:b/events").unwrap();
+        assert_eq!(
+            (matched.endpoint, matched.stream),
+            (Endpoint::PostEvents, Some("a:b"))
+        );
+        let matched = resolve(&Method::DELETE, "/v1/streams/s/notes/3").unwrap();
+        assert_eq!(
+            (matched.endpoint, matched.note_id),
+            (Endpoint::DeleteNote, Some("3"))
+        );
+        let error = resolve(&Method::PUT, "/v1/streams/s/events").err().unwrap();
+        assert_eq!(
+            (error.status, error.allow),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("GET, POST"))
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/v2/x").err().unwrap().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/v1/streams/s/events/")
+                .err()
+                .unwrap()
+                .status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn decodes_escaped_segments() {
+        assert_eq!(percent_decode("a%3Ab").as_deref(), Some("a:b"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%zz"), None);
+    }
+}

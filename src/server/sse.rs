@@ -1,0 +1,307 @@
+//! `GET /v1/streams/{s}/subscribe`: server-sent events of a stream's changes.
+//!
+//! Frames: `id:` is the stream revision of the change; `event:` is `record` (a new record),
+//! `repeat` (a record's count went up), `note` (a note was added) or `note_deleted`. A client
+//! resumes with `Last-Event-ID: r` (or `?after=r`) and gets every change after `r` exactly once,
+//! in revision order. Without either it gets the changes from now on. If the changelog no longer
+//! holds what a client missed, an `event: gap` frame says which revisions are gone (re-read them
+//! with `GET .../events`) before the feed goes on.
+//!
+//! How there are no gaps and no duplicates while writers are busy: the feed subscribes to the
+//! store's live broadcast *first*, then replays the changelog after `r`, then follows the live
+//! feed, skipping every change with a revision it has already sent. A change committed between
+//! the subscription and the replay shows up in both and is sent once.
+//!
+//! A slow subscriber never slows writers: the store's broadcast never waits for receivers, and
+//! each subscriber has its own bounded buffer. A subscriber that falls behind the broadcast
+//! (`Lagged`) or sees a jump in revisions catches up from the store's changelog.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::event::{Note, StreamName, Timestamp};
+use crate::store::{Change, ChangeBody, CommittedChanges, Store, StoreError};
+
+use super::App;
+use super::body::Body;
+use super::query::Query;
+use super::wire::ApiError;
+
+/// Default interval between `: keepalive` comments on an idle subscription: under the usual
+/// 30 to 60 s idle timeouts of proxies and load balancers.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Frames buffered per subscriber before its feed waits (and its broadcast receiver may lag).
+const BUFFER_FRAMES: usize = 256;
+/// Changes read from the changelog per catch-up step.
+const REPLAY_PAGE: usize = 1_000;
+
+/// `GET /v1/streams/{s}/subscribe`.
+pub fn subscribe(
+    app: &Arc<App>,
+    stream: StreamName,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(query, &["after"])?;
+    let resume = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::parameter(
+                        "Last-Event-ID",
+                        "Last-Event-ID must be a revision (a whole number) this feed sent",
+                    )
+                })?,
+        ),
+        None => query.number::<u64>("after")?,
+    };
+    // Subscribe before reading where to start: nothing committed from here on can be missed.
+    let live = app.store.subscribe();
+    let after = resume.unwrap_or_else(|| app.store.revision(&stream));
+    let (sender, receiver) = mpsc::channel(BUFFER_FRAMES);
+    let feed = Feed {
+        app: Arc::clone(app),
+        stream,
+        last_sent: after,
+        sender,
+        shutdown: app.shutdown.clone(),
+    };
+    tokio::spawn(feed.run(live));
+
+    let mut response = Response::new(Body::Channel(receiver));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies not to buffer the feed.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Why a feed stopped.
+enum Stop {
+    /// The client went away.
+    Disconnected,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The store failed.
+    Store(StoreError),
+}
+
+/// One subscriber's feed.
+struct Feed {
+    app: Arc<App>,
+    stream: StreamName,
+    last_sent: u64,
+    sender: mpsc::Sender<Bytes>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Feed {
+    async fn run(mut self, mut live: broadcast::Receiver<CommittedChanges>) {
+        self.app.metrics.sse_subscribers(1);
+        let result = self.follow(&mut live).await;
+        // Dropping the sender (with `self`) ends the response body.
+        self.app.metrics.sse_subscribers(-1);
+        if let Err(Stop::Store(error)) = result {
+            tracing::error!(%error, stream = %self.stream, "subscription ended by a store error");
+        }
+    }
+
+    async fn follow(
+        &mut self,
+        live: &mut broadcast::Receiver<CommittedChanges>,
+    ) -> Result<(), Stop> {
+        let mut shutdown = self.shutdown.clone();
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        self.send(Bytes::from_static(b": subscribed\n\n")).await?;
+        self.catch_up().await?;
+        let keepalive = self.app.options.sse_keepalive;
+        let mut idle_until = Instant::now() + keepalive;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                () = self.sender.closed() => return Err(Stop::Disconnected),
+                () = tokio::time::sleep_until(idle_until) => {
+                    self.send(Bytes::from_static(b": keepalive\n\n")).await?;
+                }
+                received = live.recv() => match received {
+                    Ok(changes) => self.forward(&changes).await?,
+                    Err(RecvError::Lagged(_)) => self.catch_up().await?,
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+            }
+            idle_until = Instant::now() + keepalive;
+        }
+    }
+
+    /// Sends this stream's changes of one commit that were not sent yet.
+    async fn forward(&mut self, changes: &[Change]) -> Result<(), Stop> {
+        for change in changes {
+            if change.stream != self.stream || change.revision <= self.last_sent {
+                continue;
+            }
+            if change.revision > self.last_sent + 1 {
+                // Something between is missing from the live feed: the changelog has it (and
+                // this change too).
+                self.catch_up().await?;
+                continue;
+            }
+            self.send_change(change).await?;
+        }
+        Ok(())
+    }
+
+    /// Replays the changelog after the last revision sent.
+    async fn catch_up(&mut self) -> Result<(), Stop> {
+        loop {
+            let store: Store = self.app.store.clone();
+            let (stream, after) = (self.stream.clone(), self.last_sent);
+            let changes =
+                tokio::task::spawn_blocking(move || store.changes(&stream, after, REPLAY_PAGE))
+                    .await
+                    .map_err(|error| Stop::Store(StoreError::Storage(error.to_string())))?;
+            let changes = match changes {
+                Ok(changes) => changes,
+                // A stream not created yet has no changes; its first ones will come live.
+                Err(StoreError::UnknownStream(_)) => return Ok(()),
+                Err(error) => return Err(Stop::Store(error)),
+            };
+            let full_page = changes.len() == REPLAY_PAGE;
+            for change in &changes {
+                if change.revision <= self.last_sent {
+                    continue;
+                }
+                if change.revision > self.last_sent + 1 {
+                    self.send_gap(change.revision).await?;
+                }
+                self.send_change(change).await?;
+            }
+            if !full_page {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send_change(&mut self, change: &Change) -> Result<(), Stop> {
+        self.send(frame(change)).await?;
+        self.last_sent = change.revision;
+        Ok(())
+    }
+
+    async fn send_gap(&mut self, next: u64) -> Result<(), Stop> {
+        let data = serde_json::json!({
+            "after": self.last_sent,
+            "next": next,
+            "message": "the changes between these revisions are no longer in the changelog; re-read the records with GET .../events",
+        });
+        self.send(Bytes::from(format!("event: gap\ndata: {data}\n\n")))
+            .await
+    }
+
+    /// Sends a frame, waiting while the subscriber's buffer is full (this feed only: writers
+    /// and other subscribers go on), unless the server shuts down meanwhile.
+    async fn send(&mut self, bytes: Bytes) -> Result<(), Stop> {
+        tokio::select! {
+            sent = self.sender.send(bytes) => sent.map_err(|_| Stop::Disconnected),
+            _ = self.shutdown.wait_for(|stop| *stop) => Err(Stop::ShuttingDown),
+        }
+    }
+}
+
+/// A repeat as subscribers see it.
+#[derive(Serialize)]
+struct RepeatData {
+    seq: u64,
+    repeat_count: u64,
+    #[serde(serialize_with = "micros")]
+    last_ts: Timestamp,
+    revision: u64,
+}
+
+/// A note as subscribers see it: the note and the revision it took.
+#[derive(Serialize)]
+struct NoteData<'a> {
+    #[serde(flatten)]
+    note: &'a Note,
+    revision: u64,
+}
+
+fn micros<S: serde::Serializer>(ts: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::event::format_timestamp(ts))
+}
+
+/// The SSE frame of one change. JSON is written compactly, so `data:` is one line.
+fn frame(change: &Change) -> Bytes {
+    let revision = change.revision;
+    let (event, data) = match &change.body {
+        ChangeBody::Record(record) => ("record", serde_json::to_string(record)),
+        ChangeBody::Repeat {
+            seq,
+            repeat_count,
+            last_ts,
+        } => (
+            "repeat",
+            serde_json::to_string(&RepeatData {
+                seq: *seq,
+                repeat_count: *repeat_count,
+                last_ts: *last_ts,
+                revision,
+            }),
+        ),
+        ChangeBody::Note(note) => ("note", serde_json::to_string(&NoteData { note, revision })),
+        ChangeBody::NoteDeleted { id } => (
+            "note_deleted",
+            serde_json::to_string(&serde_json::json!({"id": id, "revision": revision})),
+        ),
+    };
+    let data = data.unwrap_or_else(|_| "{}".to_owned());
+    Bytes::from(format!("id: {revision}\nevent: {event}\ndata: {data}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Record, Severity, parse_timestamp};
+
+    #[test]
+    fn frames_carry_the_revision_and_one_data_line() {
+        let ts = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
+        let event = Event::new("tool", Severity::Error, "two\nlines").unwrap();
+        let change = Change {
+            stream: StreamName::new("s").unwrap(),
+            revision: 7,
+            body: ChangeBody::Record(Record::from_event(event, 3, 7, ts)),
+        };
+        let text = String::from_utf8(frame(&change).to_vec()).unwrap();
+        assert!(text.starts_with("id: 7\nevent: record\ndata: {"), "{text}");
+        assert_eq!(text.matches('\n').count(), 4, "{text}");
+        let repeat = Change {
+            body: ChangeBody::Repeat {
+                seq: 3,
+                repeat_count: 2,
+                last_ts: ts,
+            },
+            revision: 8,
+            ..change
+        };
+        let text = String::from_utf8(frame(&repeat).to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "id: 8\nevent: repeat\ndata: {\"seq\":3,\"repeat_count\":2,\"last_ts\":\"2024-05-01T10:00:00.000000Z\",\"revision\":8}\n\n"
+        );
+    }
+}

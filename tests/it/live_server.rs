@@ -1,0 +1,197 @@
+//! A real recap server on 127.0.0.1:0 with a temporary data directory, for the HTTP tests, and
+//! a raw HTTP helper that shows statuses, headers and bodies as they are.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use recap::client::Client;
+use recap::server::{self, ServerError, ServerOptions};
+use recap::store::{Store, StoreOptions};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Upper bound on anything a test waits for; reaching it is a failure, not a measurement.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running server; shut down (and its data removed) on drop.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+    _dir: TempDir,
+}
+
+/// A response as received.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.text()))
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    /// Asserts an error body: status, code, and (if given) field.
+    pub fn assert_error(&self, status: u16, code: &str, field: Option<&str>) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text());
+        let body = self.json();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        if let Some(field) = field {
+            assert_eq!(body["error"]["field"], field, "{body}");
+        }
+        self
+    }
+}
+
+impl TestServer {
+    /// A server without keys.
+    pub async fn start() -> TestServer {
+        TestServer::with_options(ServerOptions::default()).await
+    }
+
+    /// A server with these options.
+    pub async fn with_options(options: ServerOptions) -> TestServer {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let data_dir = dir.path().join("data");
+        let store = Store::open(&data_dir, StoreOptions::default()).expect("the store opens");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, store, options, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            _dir: dir,
+        }
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A recap client for this server.
+    pub fn client(&self, key: Option<&str>) -> Client {
+        Client::new(&self.url(), key).unwrap()
+    }
+
+    /// Sends a request with optional content type and extra headers.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url()));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = tokio::time::timeout(
+            DEADLINE,
+            self.http
+                .request(request.body(Full::new(body.into())).unwrap()),
+        )
+        .await
+        .expect("an answer before the deadline")
+        .expect("the server answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, None, Bytes::new(), &[])
+            .await
+    }
+
+    /// POST with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &str) -> Reply {
+        self.request(
+            Method::POST,
+            path,
+            Some("application/json"),
+            body.to_owned(),
+            &[],
+        )
+        .await
+    }
+
+    /// Triggers shutdown without waiting.
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and waits for the store to close; returns the data directory (kept alive by
+    /// the returned guard).
+    pub async fn shutdown(mut self) -> (PathBuf, TempDir) {
+        self.trigger_shutdown();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("shutdown finishes before the deadline")
+            .expect("the server task does not panic")
+            .expect("the server shuts down cleanly");
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        (self.data_dir.clone(), dir)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.trigger_shutdown();
+    }
+}

@@ -1,0 +1,963 @@
+//! The HTTP API against a real server on 127.0.0.1:0: the agent's round trip, every error
+//! path, SSE resume under concurrent writers, auth, import/export of the shared traces, and
+//! graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use recap::client::{export, import, tail};
+use recap::event::{Record, StreamName};
+use recap::server::ServerOptions;
+use recap::server::auth::Keys;
+use recap::store::{RecordQuery, Store, StoreOptions};
+use recap::tokens::Encoding;
+use serde_json::Value;
+
+use crate::live_server::{DEADLINE, TestServer};
+use crate::support::shared_traces;
+
+fn stream(name: &str) -> StreamName {
+    StreamName::new(name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_round_trip() {
+    let server = TestServer::start().await;
+
+    // First turn: no history yet, an empty valid window rather than a 404.
+    let first = server.get("/v1/streams/agent-1/context?budget=500").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-recap-tokens"), Some("0"));
+    assert_eq!(first.text(), "");
+
+    let events = r#"[
+        {"kind": "plan", "message": "find the flaky test", "ts": "2024-05-01T10:31:40Z"},
+        {"kind": "tool", "message": "search(\"redb durability\") -> 12 results", "ts": "2024-05-01T10:31:41Z"},
+        {"kind": "tool", "severity": "ERR", "message": "search timed out after 30s", "ts": "2024-05-01T10:31:44Z"},
+        {"kind": "tool", "severity": "error", "message": "search timed out after 30s", "ts": "2024-05-01T10:31:45Z"}
+    ]"#;
+    let written = server.post_json("/v1/streams/agent-1/events", events).await;
+    assert_eq!(written.status, 200, "{}", written.text());
+    let body = written.json();
+    let records = body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 4);
+    assert_eq!(records[3]["collapsed"], true);
+    assert_eq!(records[3]["seq"], records[2]["seq"]);
+    assert_eq!(records[3]["repeat_count"], 2);
+    let write_revision = body["revision"].as_u64().unwrap();
+    assert_eq!(
+        written.header("x-recap-revision"),
+        Some(write_revision.to_string().as_str())
+    );
+
+    let note = server
+        .post_json(
+            "/v1/streams/agent-1/notes",
+            r#"{"text": "the user wants a patch, not a report"}"#,
+        )
+        .await;
+    assert_eq!(note.status, 201, "{}", note.text());
+    let note_id = note.json()["id"].as_u64().unwrap();
+
+    let context = server.get("/v1/streams/agent-1/context?budget=300").await;
+    assert_eq!(context.status, 200);
+    let text = context.text();
+    let tokens: u32 = context.header("x-recap-tokens").unwrap().parse().unwrap();
+    assert_eq!(
+        tokens,
+        Encoding::Cl100kBase.count(&text),
+        "the header is the true count"
+    );
+    assert!(tokens <= 300);
+    assert!(
+        text.starts_with("## Notes\n- the user wants a patch, not a report\n"),
+        "{text}"
+    );
+    // A run shows the time of its latest event.
+    assert!(
+        text.contains("10:31:45 [tool] ERROR: search timed out after 30s x2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("10:31:41 [tool]: search(\"redb durability\") -> 12 results"),
+        "{text}"
+    );
+    let read_revision: u64 = context.header("x-recap-revision").unwrap().parse().unwrap();
+    assert!(
+        read_revision > write_revision,
+        "read-your-writes: the note's revision is seen"
+    );
+
+    // The JSON form carries the same text, the count and the receipt; model= picks o200k_base.
+    let json = server
+        .get("/v1/streams/agent-1/context?budget=300&format=json&model=gpt-4o")
+        .await
+        .json();
+    assert_eq!(json["encoding"], "o200k_base");
+    let json_text = json["text"].as_str().unwrap();
+    assert_eq!(
+        json["tokens"].as_u64().unwrap(),
+        u64::from(Encoding::O200kBase.count(json_text))
+    );
+    // Three event records and the `note` record logged for the audit trail.
+    assert_eq!(json["items"].as_array().unwrap().len(), 4);
+
+    // Filters apply: only errors.
+    let errors = server
+        .get("/v1/streams/agent-1/context?min_severity=error")
+        .await
+        .text();
+    assert!(
+        errors.contains("ERROR") && !errors.contains("12 results"),
+        "{errors}"
+    );
+
+    // History with a cursor.
+    let page = server
+        .get("/v1/streams/agent-1/events?limit=2")
+        .await
+        .json();
+    assert_eq!(page["records"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next"], 2);
+    let rest = server
+        .get("/v1/streams/agent-1/events?after=2")
+        .await
+        .json();
+    assert_eq!(rest["records"][0]["seq"], 3);
+    assert_eq!(rest["records"][0]["repeat_count"], 2);
+    assert_eq!(rest["next"], Value::Null);
+
+    // Notes list and delete.
+    let notes = server.get("/v1/streams/agent-1/notes").await.json();
+    assert_eq!(
+        notes["notes"][0]["text"],
+        "the user wants a patch, not a report"
+    );
+    let deleted = server
+        .request(
+            Method::DELETE,
+            &format!("/v1/streams/agent-1/notes/{note_id}"),
+            None,
+            Bytes::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    let again = server
+        .request(
+            Method::DELETE,
+            &format!("/v1/streams/agent-1/notes/{note_id}"),
+            None,
+            Bytes::new(),
+            &[],
+        )
+        .await;
+    again.assert_error(404, "unknown_note", None);
+    assert!(
+        !server
+            .get("/v1/streams/agent-1/context")
+            .await
+            .text()
+            .contains("## Notes")
+    );
+
+    // Stream stats, list, delete.
+    let stats = server.get("/v1/streams/agent-1").await.json();
+    assert_eq!(
+        (stats["records"].as_u64(), stats["events"].as_u64()),
+        (Some(4), Some(5))
+    );
+    assert_eq!(
+        server.get("/v1/streams").await.json()["streams"][0]["name"],
+        "agent-1"
+    );
+    let gone = server
+        .request(
+            Method::DELETE,
+            "/v1/streams/agent-1",
+            None,
+            Bytes::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(gone.status, 204);
+    server
+        .get("/v1/streams/agent-1")
+        .await
+        .assert_error(404, "unknown_stream", None);
+    server
+        .get("/v1/streams/agent-1/events")
+        .await
+        .assert_error(404, "unknown_stream", None);
+
+    assert_eq!(server.get("/healthz").await.status, 200);
+    let metrics = server.get("/metrics").await.text();
+    assert!(
+        metrics.contains("recap_ingest_events_total 4\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("recap_collapsed_repeats_total 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("recap_context_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("recap_store_commit_seconds_count"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_batches_are_accepted() {
+    let server = TestServer::start().await;
+    let body =
+        "{\"kind\": \"tool\", \"message\": \"a\"}\n\n{\"kind\": \"llm\", \"message\": \"b\"}\n";
+    let reply = server
+        .request(
+            Method::POST,
+            "/v1/streams/n/events",
+            Some("application/x-ndjson"),
+            body,
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["records"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_path_has_its_status_and_code() {
+    let server = TestServer::start().await;
+    let events = "/v1/streams/s/events";
+
+    server
+        .post_json(events, r#"{"kind": "tool", "message": "#)
+        .await
+        .assert_error(400, "invalid_json", None);
+    server
+        .request(
+            Method::POST,
+            events,
+            Some("application/json"),
+            Bytes::from_static(b"{\"kind\": \"tool\", \"message\": \"\xff\xfe\"}"),
+            &[],
+        )
+        .await
+        .assert_error(400, "invalid_utf8", None);
+    server
+        .post_json(events, r#"{"kind": "tool", "message": 5}"#)
+        .await
+        .assert_error(400, "invalid_field", Some("message"));
+    server
+        .post_json(
+            events,
+            r#"{"kind": "tool", "message": "m", "sevrity": "info"}"#,
+        )
+        .await
+        .assert_error(400, "invalid_json", None);
+    server
+        .post_json(events, r#"{"message": "m"}"#)
+        .await
+        .assert_error(400, "missing_field", Some("kind"));
+
+    // One bad event in a batch: the whole batch is refused, naming the index and the field.
+    let batch = r#"[{"kind": "tool", "message": "ok"}, {"kind": "tool", "message": "m", "severity": "loud"}]"#;
+    let reply = server.post_json(events, batch).await;
+    reply.assert_error(400, "unknown_severity", Some("severity"));
+    let error = &reply.json()["error"];
+    assert_eq!(error["index"], 1);
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("event 1") && message.contains("debug, info, warning, error, critical"),
+        "{message}"
+    );
+    server
+        .get(events)
+        .await
+        .assert_error(404, "unknown_stream", None);
+
+    server
+        .post_json(
+            "/v1/streams/bad%20name!/events",
+            r#"{"kind": "tool", "message": "m"}"#,
+        )
+        .await
+        .assert_error(400, "invalid_stream_name", Some("stream"));
+    server
+        .get(&format!("/v1/streams/{}/context", "x".repeat(129)))
+        .await
+        .assert_error(400, "invalid_stream_name", Some("stream"));
+    server
+        .request(Method::POST, events, Some("text/plain"), "{}", &[])
+        .await
+        .assert_error(415, "unsupported_media_type", None);
+    server
+        .get("/v2/anything")
+        .await
+        .assert_error(404, "not_found", None);
+    let wrong_method = server
+        .request(Method::PUT, events, None, Bytes::new(), &[])
+        .await;
+    wrong_method.assert_error(405, "method_not_allowed", None);
+    assert_eq!(wrong_method.header("allow"), Some("GET, POST"));
+    server
+        .get("/v1/streams/s/context?budjet=10")
+        .await
+        .assert_error(400, "invalid_parameter", Some("budjet"));
+    server
+        .get("/v1/streams/s/context?encoding=p50k")
+        .await
+        .assert_error(400, "invalid_parameter", Some("encoding"));
+    server
+        .get("/v1/streams/s/context?weights=kind.tool=-1")
+        .await
+        .assert_error(400, "invalid_parameter", Some("weights"));
+    server
+        .get("/v1/streams/s/events?min_severity=loud")
+        .await
+        .assert_error(400, "invalid_parameter", Some("min_severity"));
+    server
+        .post_json("/v1/streams/s/notes", r#"{"txt": "x"}"#)
+        .await
+        .assert_error(400, "invalid_field", None);
+}
+
+/// Sends raw bytes on a fresh connection and returns what comes back until the server closes.
+fn raw_exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp.write_all(head.as_bytes()).unwrap();
+    // The server may close before reading it all: that is the point.
+    let _ = tcp.write_all(body);
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_mib_body_gets_413_and_the_server_keeps_serving() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let big = vec![b' '; 2 * 1024 * 1024];
+
+    let declared = format!(
+        "POST /v1/streams/s/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    );
+    let body = big.clone();
+    let answer = tokio::task::spawn_blocking(move || raw_exchange(addr, &declared, &body))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"code\":\"body_too_large\""), "{answer}");
+
+    // Chunked, so the size is only known while reading: cut off at the cap.
+    let chunked_head = "POST /v1/streams/s/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    let mut chunked = Vec::new();
+    for piece in big.chunks(64 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = tokio::task::spawn_blocking(move || raw_exchange(addr, chunked_head, &chunked))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    let after = server
+        .post_json(
+            "/v1/streams/s/events",
+            r#"{"kind": "tool", "message": "still here"}"#,
+        )
+        .await;
+    assert_eq!(after.status, 200);
+    assert_eq!(server.get("/healthz").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resume_sees_every_revision_once_in_order_under_concurrent_writers() {
+    let server = TestServer::start().await;
+    let client = server.client(None);
+    let name = stream("live");
+    for i in 0..10 {
+        let reply = server
+            .post_json(
+                "/v1/streams/live/events",
+                &format!(r#"{{"kind": "tool", "message": "before {i}"}}"#),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+
+    const WRITERS: usize = 4;
+    const POSTS: usize = 40;
+    let url = server.url();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = recap::client::Client::new(&url, None).unwrap();
+                let name = StreamName::new("live").unwrap();
+                for post in 0..POSTS {
+                    // Every third post repeats the previous message: repeats take revisions too.
+                    let message =
+                        format!("writer {writer} post {}", post - usize::from(post % 3 == 2));
+                    let event =
+                        recap::event::Event::new("tool", recap::event::Severity::Info, message)
+                            .unwrap();
+                    recap::client::commands::post(&client, &name, &event)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+
+    // Resume from revision 5 while the writers are busy.
+    let mut subscription = tail::subscribe(&client, &name, Some(5)).await.unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let final_revision = server.get("/v1/streams/live").await.json()["revision"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(final_revision, 10 + (WRITERS * POSTS) as u64);
+
+    let mut seen = Vec::new();
+    let mut kinds = BTreeMap::new();
+    while seen.last().copied().unwrap_or(5) < final_revision {
+        let event = tokio::time::timeout(DEADLINE, subscription.next())
+            .await
+            .expect("the feed delivers before the deadline")
+            .unwrap()
+            .expect("the feed stays open");
+        let id: u64 = event.id.as_deref().unwrap().parse().unwrap();
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(data["revision"].as_u64(), Some(id), "{event:?}");
+        *kinds.entry(event.event).or_insert(0) += 1;
+        seen.push(id);
+    }
+    let expected: Vec<u64> = (6..=final_revision).collect();
+    assert_eq!(
+        seen, expected,
+        "every revision after 5 exactly once, in order"
+    );
+    assert!(kinds.get("repeat").copied().unwrap_or(0) > 0, "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_sends_keepalives_and_notes_while_idle() {
+    let options = ServerOptions {
+        sse_keepalive: Duration::from_millis(50),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::with_options(options).await;
+    let answer = tokio::task::spawn_blocking({
+        let addr = server.addr;
+        move || {
+            let mut tcp = TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+            tcp.write_all(b"GET /v1/streams/quiet/subscribe HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
+            let mut seen = String::new();
+            let mut buffer = [0u8; 4096];
+            while !seen.contains(": keepalive\n\n") {
+                let read = tcp.read(&mut buffer).unwrap();
+                assert!(read > 0, "the feed closed: {seen}");
+                seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+            }
+            seen
+        }
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("content-type: text/event-stream"),
+        "{answer}"
+    );
+
+    // Notes are changes too.
+    let client = server.client(None);
+    let name = stream("quiet");
+    let mut subscription = tail::subscribe(&client, &name, None).await.unwrap();
+    server
+        .post_json("/v1/streams/quiet/notes", r#"{"text": "remember me"}"#)
+        .await;
+    let event = tokio::time::timeout(DEADLINE, subscription.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.event, "note");
+    assert_eq!(tail::describe(&event).unwrap(), "note 1: remember me");
+}
+
+const KEYS: &str = r#"
+[[keys]]
+name = "team a"
+key = "team-a-secret-0123456789"
+scopes = ["read", "write"]
+prefix = "team-a."
+
+[[keys]]
+name = "reader"
+key = "reader-secret-0123456789"
+scopes = ["read"]
+
+[[keys]]
+name = "ops"
+key = "admin-secret-0123456789"
+scopes = ["admin"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_confine_callers_to_their_scope_and_prefix() {
+    let options = ServerOptions {
+        keys: Some(Keys::parse(KEYS).unwrap()),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::with_options(options).await;
+    let event = r#"{"kind": "tool", "message": "m"}"#;
+    let post = |path: &'static str, key: Option<&'static str>| {
+        let headers: Vec<(&str, &str)> =
+            key.map(|key| vec![("x-api-key", key)]).unwrap_or_default();
+        let server = &server;
+        async move {
+            server
+                .request(
+                    Method::POST,
+                    path,
+                    Some("application/json"),
+                    event,
+                    &headers,
+                )
+                .await
+        }
+    };
+
+    post("/v1/streams/team-a.x/events", None)
+        .await
+        .assert_error(401, "unauthorized", None);
+    post("/v1/streams/team-a.x/events", Some("wrong-key-0123456789"))
+        .await
+        .assert_error(401, "unauthorized", None);
+    assert_eq!(
+        post(
+            "/v1/streams/team-a.x/events",
+            Some("team-a-secret-0123456789")
+        )
+        .await
+        .status,
+        200
+    );
+    post(
+        "/v1/streams/team-b.x/events",
+        Some("team-a-secret-0123456789"),
+    )
+    .await
+    .assert_error(403, "forbidden", None);
+    let bearer = [("authorization", "Bearer team-a-secret-0123456789")];
+    server
+        .request(
+            Method::GET,
+            "/v1/streams/team-b.x/context",
+            None,
+            Bytes::new(),
+            &bearer,
+        )
+        .await
+        .assert_error(403, "forbidden", None);
+    let own = server
+        .request(
+            Method::GET,
+            "/v1/streams/team-a.x/context",
+            None,
+            Bytes::new(),
+            &bearer,
+        )
+        .await;
+    assert_eq!(own.status, 200);
+
+    // A read-only key reads anything and writes nothing.
+    post(
+        "/v1/streams/team-a.x/events",
+        Some("reader-secret-0123456789"),
+    )
+    .await
+    .assert_error(403, "forbidden", None);
+    let reader = [("x-api-key", "reader-secret-0123456789")];
+    assert_eq!(
+        server
+            .request(
+                Method::GET,
+                "/v1/streams/team-a.x/events",
+                None,
+                Bytes::new(),
+                &reader
+            )
+            .await
+            .status,
+        200
+    );
+
+    // Deleting a stream needs admin; the listing only shows what the key may see.
+    server
+        .request(
+            Method::DELETE,
+            "/v1/streams/team-a.x",
+            None,
+            Bytes::new(),
+            &bearer,
+        )
+        .await
+        .assert_error(403, "forbidden", None);
+    post(
+        "/v1/streams/team-b.y/events",
+        Some("admin-secret-0123456789"),
+    )
+    .await;
+    let listed = server
+        .request(Method::GET, "/v1/streams", None, Bytes::new(), &bearer)
+        .await
+        .json();
+    let names: Vec<&str> = listed["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["team-a.x"]);
+
+    // Liveness stays open; metrics need a key.
+    assert_eq!(server.get("/healthz").await.status, 200);
+    server
+        .get("/metrics")
+        .await
+        .assert_error(401, "unauthorized", None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_the_server_refuses_a_non_loopback_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let error = recap::server::run(
+        listener,
+        store,
+        ServerOptions::default(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("without API keys"), "{error}");
+}
+
+/// The fields a trace line and a record share, for comparing what went in with what came out.
+fn fingerprint(
+    kind: &Value,
+    severity: &Value,
+    actor: &Value,
+    message: &Value,
+    source: &Value,
+) -> String {
+    serde_json::json!([kind, severity, actor, message, source]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_then_export_round_trips_the_shared_traces() {
+    let server = TestServer::start().await;
+    let client = server.client(None);
+    let traces = [
+        "swe-agent__gpt4-pydicom__pydicom-1458.jsonl",
+        "swe-agent__ctf-web-i_got_id.jsonl",
+        "chatdev__WaterBreakv2_20231026175200.jsonl",
+    ];
+    for (index, file) in traces.iter().enumerate() {
+        let path = shared_traces().join(file);
+        let lines: Vec<Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+
+        // Trace → stream (repeats collapse) → export.
+        let name = stream(&format!("trace-{index}"));
+        let summary = import::import(&client, &name, &path, import::ImportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(summary.lines, lines.len());
+        assert!(!summary.records_format);
+        let mut exported = Vec::new();
+        let count = export::export(&client, &name, &mut exported).await.unwrap();
+        let records: Vec<Record> = String::from_utf8(exported.clone())
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(count, records.len());
+        assert_eq!(count, summary.new_records);
+
+        // Every line is accounted for: expanding each record by its repeat count gives back the
+        // trace's events (kind, severity, actor, message, source), and each record's first and
+        // last times are times of its own lines.
+        let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in &lines {
+            let key = fingerprint(
+                &line["kind"],
+                &line["severity"],
+                &line["actor"],
+                &line["message"],
+                &line["source"],
+            );
+            expected
+                .entry(key)
+                .or_default()
+                .push(line["ts"].as_str().unwrap().to_owned());
+        }
+        let mut actual: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for record in &records {
+            let json = serde_json::to_value(record).unwrap();
+            let key = fingerprint(
+                &json["kind"],
+                &json["severity"],
+                &json["actor"],
+                &json["message"],
+                &json["payload"]["source"],
+            );
+            let times = actual.entry(key.clone()).or_default();
+            let first = recap::event::format_timestamp(&record.first_ts);
+            let last = recap::event::format_timestamp(&record.last_ts);
+            assert!(
+                expected[&key].contains(&first) && expected[&key].contains(&last),
+                "{key}"
+            );
+            for _ in 0..record.repeat_count {
+                times.push(first.clone());
+            }
+        }
+        let counts = |map: &BTreeMap<String, Vec<String>>| {
+            map.iter()
+                .map(|(k, v)| (k.clone(), v.len()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(counts(&actual), counts(&expected), "{file}");
+        if file.contains("WaterBreak") {
+            assert!(summary.collapsed > 0, "the rate-limit storm collapses");
+        }
+
+        // Export → import → export gives the same records, but for seq and revision.
+        let export_path = server
+            .data_dir
+            .parent()
+            .unwrap()
+            .join(format!("export-{index}.jsonl"));
+        std::fs::write(&export_path, &exported).unwrap();
+        let copy = stream(&format!("copy-{index}"));
+        let summary = import::import(
+            &client,
+            &copy,
+            &export_path,
+            import::ImportOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert!(summary.records_format);
+        assert_eq!(summary.lines, records.len());
+        let mut again = Vec::new();
+        export::export(&client, &copy, &mut again).await.unwrap();
+        let strip = |bytes: &[u8]| -> Vec<Value> {
+            String::from_utf8(bytes.to_vec())
+                .unwrap()
+                .lines()
+                .map(|line| {
+                    let mut value: Value = serde_json::from_str(line).unwrap();
+                    value.as_object_mut().unwrap().remove("revision");
+                    value
+                })
+                .collect()
+        };
+        assert_eq!(strip(&again), strip(&exported), "{file}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_imports_all_or_nothing_and_exits_with_its_codes() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"kind\": \"tool\", \"message\": \"a\"}\n{\"kind\": \"tool\", \"message\": \"b\", \"severity\": \"loud\"}\n",
+    )
+    .unwrap();
+    let url = server.url();
+    let run = move |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_recap"))
+                .args(args)
+                .env("RECAP_URL", url)
+                .output()
+                .unwrap()
+        })
+    };
+
+    let output = run(vec![
+        "import".into(),
+        "cli".into(),
+        bad.display().to_string(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 2: field `severity`") && stderr.contains("--skip-invalid"),
+        "{stderr}"
+    );
+    server
+        .get("/v1/streams/cli/events")
+        .await
+        .assert_error(404, "unknown_stream", None);
+
+    let output = run(vec![
+        "import".into(),
+        "cli".into(),
+        bad.display().to_string(),
+        "--skip-invalid".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = run(vec![
+        "post".into(),
+        "cli".into(),
+        "--kind".into(),
+        "llm".into(),
+        "hello".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "new record #2, revision 2\n"
+    );
+    let output = run(vec![
+        "context".into(),
+        "cli".into(),
+        "--budget".into(),
+        "100".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("[llm]: hello"));
+    let output = run(vec![
+        "tail".into(),
+        "cli".into(),
+        "--after".into(),
+        "0".into(),
+        "--count".into(),
+        "2".into(),
+    ])
+    .await
+    .unwrap();
+    let tailed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        tailed.starts_with("#1 ") && tailed.contains("#2 ") && tailed.contains("[llm]: hello"),
+        "{tailed}"
+    );
+
+    let output = run(vec![
+        "post".into(),
+        "cli".into(),
+        "--kind".into(),
+        "llm".into(),
+        "--severity".into(),
+        "loud".into(),
+        "x".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2), "a usage error");
+    let output = run(vec![
+        "context".into(),
+        "cli".into(),
+        "--server".into(),
+        "http://127.0.0.1:1".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("recap serve"),
+        "the error says what to do"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_an_in_flight_request() {
+    let mut server = TestServer::start().await;
+    let addr = server.addr;
+    let body = r#"{"kind": "tool", "message": "in flight during shutdown"}"#;
+    let (half, rest) = body.split_at(10);
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        tcp,
+        "POST /v1/streams/drain/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{half}",
+        body.len()
+    )
+    .unwrap();
+
+    // Wait until the server is inside that request (the metrics request counts itself too).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let metrics = server.get("/metrics").await.text();
+        if metrics.contains("recap_http_requests_in_flight 2\n") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never started: {metrics}"
+        );
+        tokio::task::yield_now().await;
+    }
+    server.trigger_shutdown();
+
+    let rest = rest.to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        tcp.write_all(rest.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let (data_dir, _guard) = server.shutdown().await;
+    let page = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&data_dir, StoreOptions::default()).unwrap();
+        let page = store
+            .records(&stream("drain"), &RecordQuery::default())
+            .unwrap();
+        store.close().unwrap();
+        page
+    })
+    .await
+    .unwrap();
+    assert_eq!(page.records[0].message, "in flight during shutdown");
+}
