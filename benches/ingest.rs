@@ -5,6 +5,10 @@
 //! commits/s (group commits: how many requests shared each fsync) and the p50/p99 time from
 //! `append` to acknowledgement. `RECAP_BENCH_SECONDS` sets the time per row (default 3).
 
+/// The allocator the `recap` binary uses, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use chrono::Utc;

@@ -11,6 +11,11 @@ use recap::client::{self, Client, commands, export, import, tail};
 use recap::config::{Config, Overrides};
 use recap::event::{Event, Kind, Severity, StreamName};
 
+/// mimalloc instead of the system allocator: ingest allocates and frees small records across
+/// many threads, where glibc's malloc spent a third of the writer's time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// recap: an event memory for LLM agents.
 #[derive(Parser)]
 #[command(version, about, propagate_version = true)]
