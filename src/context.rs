@@ -40,6 +40,8 @@ pub const CANDIDATE_COST_FACTOR: u64 = 4;
 pub const TOKENS_PER_CANDIDATE: u32 = 4;
 /// At least this many of the newest records compete, however small the budget.
 pub const MIN_CANDIDATES: usize = 64;
+/// Payload key of a note's audit record that names the note.
+pub const NOTE_ID_KEY: &str = "note_id";
 /// Clipped lines kept per record: one per (encoding, cap) a client actually uses.
 const CLIPS_PER_RECORD: usize = 4;
 
@@ -346,6 +348,8 @@ struct Contender<'a> {
     candidate: Candidate,
     clip: Option<Arc<ClippedLine>>,
     admitted: bool,
+    /// The audit record of a note shown in the Notes section: shown there, not again here.
+    pinned: bool,
 }
 
 impl Contender<'_> {
@@ -364,7 +368,8 @@ pub fn build(view: &StreamView<'_>, request: &ContextRequest, now: Timestamp) ->
     let mut remaining = budget;
 
     let (notes, notes_cut) = select_notes(view.notes, encoding, now, &mut remaining);
-    let contenders = contenders(view, request);
+    let shown_notes: Vec<u64> = notes.iter().map(|note| note.note.id).collect();
+    let contenders = contenders(view, request, &shown_notes);
 
     let recent_header = header_tokens(encoding, render::RECENT_HEADER);
     let everything_listed = contenders.len() as u64 == view.totals.records;
@@ -377,7 +382,7 @@ pub fn build(view: &StreamView<'_>, request: &ContextRequest, now: Timestamp) ->
 
     // Everything fits: no ranking, no Earlier section.
     let fits_whole = everything_listed
-        && admitted.len() == contenders.len()
+        && contenders.iter().all(|c| c.admitted || c.pinned)
         && admitted_cost + u64::from(recent_header) <= u64::from(remaining);
     let (reasons, earlier) = if fits_whole || view.totals.records == 0 {
         (vec![Reason::Ranked; admitted.len()], None)
@@ -397,7 +402,9 @@ pub fn build(view: &StreamView<'_>, request: &ContextRequest, now: Timestamp) ->
     let final_reasons: Vec<Reason> = contenders
         .iter()
         .map(|c| {
-            if c.admitted {
+            if c.pinned {
+                Reason::Pinned
+            } else if c.admitted {
                 admitted_reasons.next().unwrap_or(Reason::Budget)
             } else {
                 Reason::Filtered
@@ -452,7 +459,11 @@ fn select_notes<'a>(
 /// The records that compete, oldest first: the newest ones, back until their lines cost
 /// [`CANDIDATE_COST_FACTOR`] budgets (at least [`MIN_CANDIDATES`], at most
 /// `budget / TOKENS_PER_CANDIDATE` records), and every severe record older than those.
-fn contenders<'a>(view: &StreamView<'a>, request: &ContextRequest) -> Vec<Contender<'a>> {
+fn contenders<'a>(
+    view: &StreamView<'a>,
+    request: &ContextRequest,
+    shown_notes: &[u64],
+) -> Vec<Contender<'a>> {
     let records = view.records;
     let Some(newest) = records.last().map(|r| r.record()) else {
         return Vec::new();
@@ -463,7 +474,8 @@ fn contenders<'a>(view: &StreamView<'a>, request: &ContextRequest) -> Vec<Conten
     let mut kind_weights: Vec<(&str, f64)> = Vec::with_capacity(16);
     let mut contend = |cached: &'a Arc<CachedRecord>| {
         let record = cached.record();
-        let admitted = request.filter.admits(record);
+        let pinned = note_id_of(record).is_some_and(|id| shown_notes.contains(&id));
+        let admitted = !pinned && request.filter.admits(record);
         let mut tokens = cached.tokens(encoding);
         let mut clip = None;
         if admitted && tokens > cap {
@@ -497,6 +509,7 @@ fn contenders<'a>(view: &StreamView<'a>, request: &ContextRequest) -> Vec<Conten
             },
             clip,
             admitted,
+            pinned,
         }
     };
 
@@ -524,6 +537,15 @@ fn contenders<'a>(view: &StreamView<'a>, request: &ContextRequest) -> Vec<Conten
         .collect();
     all.append(&mut recent);
     all
+}
+
+/// The note a record is the audit copy of (the store logs every note as a `note` event with
+/// `payload.note_id`).
+fn note_id_of(record: &Record) -> Option<u64> {
+    if record.kind.as_str() != "note" {
+        return None;
+    }
+    record.payload.as_ref()?.get(NOTE_ID_KEY)?.as_u64()
 }
 
 /// Selects admitted candidates leaving room for the Earlier section, whose size depends on what
@@ -614,7 +636,8 @@ fn earlier_summary(
     let mut admitted_reasons = admitted_reasons.iter();
     let mut shown_any = false;
     for contender in contenders {
-        let shown = contender.admitted && admitted_reasons.next().is_some_and(|r| r.included());
+        let shown = contender.pinned
+            || (contender.admitted && admitted_reasons.next().is_some_and(|r| r.included()));
         let record = contender.record.record();
         if shown {
             shown_any = true;
@@ -684,7 +707,7 @@ fn assemble(
         notes_cut,
         ..ReceiptTotals::default()
     };
-    if reasons.iter().any(|r| r.included()) {
+    if reasons.iter().any(|r| r.has_line()) {
         text.push_str(render::RECENT_HEADER);
         tokens += recent_header;
     }
@@ -692,13 +715,17 @@ fn assemble(
     let mut shown: Vec<&Contender<'_>> = contenders
         .iter()
         .zip(reasons)
-        .filter(|(_, reason)| reason.included())
+        .filter(|(_, reason)| reason.has_line())
         .map(|(contender, _)| contender)
         .collect();
     shown.sort_by_key(|c| (c.record.record().last_ts, c.candidate.seq));
     for contender in shown {
         text.push_str(contender.line());
         tokens += contender.candidate.tokens;
+        totals.shown_records += 1;
+        totals.shown_events += contender.record.record().repeat_count;
+    }
+    for contender in contenders.iter().filter(|c| c.pinned) {
         totals.shown_records += 1;
         totals.shown_events += contender.record.record().repeat_count;
     }

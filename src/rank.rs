@@ -196,11 +196,18 @@ pub enum Reason {
     Budget,
     /// Left out by the request's filters (`min_severity`, `kinds`, `since`).
     Filtered,
+    /// The audit record of a note shown in the Notes section: shown there, not repeated.
+    Pinned,
 }
 
 impl Reason {
-    /// Whether the candidate is shown.
+    /// Whether the candidate is shown (as a line, or as a pinned note).
     pub fn included(self) -> bool {
+        matches!(self, Reason::Newest | Reason::Ranked | Reason::Pinned)
+    }
+
+    /// Whether the candidate has a line in the Recent section.
+    pub fn has_line(self) -> bool {
         matches!(self, Reason::Newest | Reason::Ranked)
     }
 }

@@ -654,7 +654,7 @@ impl Writer {
                 work.ops
                     .push(Op::AddNote(target.slot.clone(), note.clone()));
                 // The audit trail: the note is also an event of the stream (DESIGN section 2).
-                let event = note_event(text);
+                let event = note_event(text, note.id);
                 let appended = target.shadow.append(event.clone(), now);
                 store_appended(target, tables, &appended, &mut buf, work)?;
                 work.ops.push(Op::Append(target.slot.clone(), event, now));
@@ -1190,8 +1190,11 @@ fn replay(live: &mut Live, op: Op) {
     }
 }
 
-/// The `note` event that records a note in the event log.
-fn note_event(text: String) -> Event {
+/// The `note` event that records a note in the event log; `payload.note_id` lets the context
+/// leave it out while the note itself is pinned.
+fn note_event(text: String, id: u64) -> Event {
+    let mut payload = serde_json::Map::new();
+    payload.insert(crate::context::NOTE_ID_KEY.into(), id.into());
     Event {
         message: text,
         kind: crate::event::Kind::new("note").expect("`note` is a valid kind"),
@@ -1200,7 +1203,7 @@ fn note_event(text: String) -> Event {
         display_message: None,
         actor: None,
         step_id: None,
-        payload: None,
+        payload: Some(payload),
     }
 }
 

@@ -1307,3 +1307,50 @@ fn writes_after_close_are_refused() {
     drop(other);
     open(dir.path()).close().unwrap();
 }
+
+/// A note is shown once: in the Notes section while it is pinned, and its audit record takes a
+/// line in Recent only once the note is gone.
+#[test]
+fn pinned_notes_are_not_repeated_as_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let stream = name("agent");
+    store
+        .append(
+            &stream,
+            vec![event("tool", Severity::Error, "boom", 0)],
+            ts(0),
+        )
+        .wait()
+        .unwrap();
+    let note = store
+        .add_note(&stream, "the user wants a patch".into(), None, ts(1))
+        .wait()
+        .unwrap();
+    let request = ContextRequest::new(500, Encoding::Cl100kBase);
+    let window = store.context(&stream, &request, ts(2)).unwrap();
+    assert_eq!(
+        window.text.matches("the user wants a patch").count(),
+        1,
+        "{}",
+        window.text
+    );
+    assert!(
+        window
+            .text
+            .starts_with("## Notes\n- the user wants a patch\n")
+    );
+    assert!(
+        !window.text.contains("## Earlier"),
+        "the audit record counts as shown"
+    );
+    assert_eq!(window.totals.elided_events, 0);
+    assert!(store.delete_note(&stream, note.id).wait().unwrap());
+    let window = store.context(&stream, &request, ts(3)).unwrap();
+    assert!(!window.text.contains("## Notes"));
+    assert!(
+        window.text.contains("[note]: the user wants a patch"),
+        "{}",
+        window.text
+    );
+}
