@@ -74,7 +74,7 @@ pub enum ClientError {
     },
     /// Writing the output failed.
     #[error("cannot write the output: {0}")]
-    Output(std::io::Error),
+    Output(#[source] std::io::Error),
     /// An import file has invalid lines; nothing was written.
     #[error(
         "{path}: {count} invalid line(s), nothing was imported:\n{listing}\nfix them, or pass --skip-invalid to import the valid lines only"
