@@ -14,6 +14,7 @@
 //!
 //! Pure: no clock, no I/O. The store and the offline replay both drive a [`Collapser`].
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
@@ -93,47 +94,40 @@ impl Default for CollapsePolicy {
     }
 }
 
-/// What makes two events "the same" for collapsing.
+/// What makes two events "the same" for collapsing: kind, severity, actor and the message
+/// (masked in `template` mode). Borrows from the event it describes, so that deciding a repeat
+/// allocates nothing in `exact` mode; only a new record's fingerprint is kept, owned.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Fingerprint {
-    kind: Kind,
+pub struct Fingerprint<'a> {
+    kind: Cow<'a, str>,
     severity: Severity,
-    actor: Option<String>,
-    body: String,
+    actor: Option<Cow<'a, str>>,
+    body: Cow<'a, str>,
 }
 
-impl Fingerprint {
-    /// A 64-bit digest for a quick first comparison; equal fingerprints have equal digests.
-    /// A fast non-cryptographic hash is enough: a collision only costs a full comparison.
-    fn digest(&self) -> u64 {
-        use std::hash::BuildHasher;
-        rustc_hash::FxBuildHasher.hash_one(self)
-    }
-}
-
-impl Fingerprint {
+impl<'a> Fingerprint<'a> {
     /// The fingerprint of an event's fields under `mode`.
     pub fn new(
         mode: CollapseMode,
-        kind: &Kind,
+        kind: &'a Kind,
         severity: Severity,
-        actor: Option<&str>,
-        message: &str,
-    ) -> Fingerprint {
+        actor: Option<&'a str>,
+        message: &'a str,
+    ) -> Fingerprint<'a> {
         let body = match mode {
-            CollapseMode::Exact => message.to_owned(),
-            CollapseMode::Template => template(message),
+            CollapseMode::Exact => Cow::Borrowed(message),
+            CollapseMode::Template => Cow::Owned(template(message)),
         };
         Fingerprint {
-            kind: kind.clone(),
+            kind: Cow::Borrowed(kind.as_str()),
             severity,
-            actor: actor.map(str::to_owned),
+            actor: actor.map(Cow::Borrowed),
             body,
         }
     }
 
     /// The fingerprint of an incoming event.
-    pub fn of_event(mode: CollapseMode, event: &Event) -> Fingerprint {
+    pub fn of_event(mode: CollapseMode, event: &'a Event) -> Fingerprint<'a> {
         Fingerprint::new(
             mode,
             &event.kind,
@@ -144,7 +138,7 @@ impl Fingerprint {
     }
 
     /// The fingerprint of a stored record (its latest message).
-    pub fn of_record(mode: CollapseMode, record: &Record) -> Fingerprint {
+    pub fn of_record(mode: CollapseMode, record: &'a Record) -> Fingerprint<'a> {
         Fingerprint::new(
             mode,
             &record.kind,
@@ -152,6 +146,23 @@ impl Fingerprint {
             record.actor.as_deref(),
             &record.message,
         )
+    }
+
+    /// The same fingerprint, owning its text.
+    pub fn into_owned(self) -> Fingerprint<'static> {
+        Fingerprint {
+            kind: Cow::Owned(self.kind.into_owned()),
+            severity: self.severity,
+            actor: self.actor.map(|actor| Cow::Owned(actor.into_owned())),
+            body: Cow::Owned(self.body.into_owned()),
+        }
+    }
+
+    /// A 64-bit digest for a quick first comparison; equal fingerprints have equal digests.
+    /// A fast non-cryptographic hash is enough: a collision only costs a full comparison.
+    fn digest(&self) -> u64 {
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(self)
     }
 }
 
@@ -189,7 +200,7 @@ struct RecentRecord {
     seq: u64,
     last_ts: Timestamp,
     digest: u64,
-    fingerprint: Fingerprint,
+    fingerprint: Fingerprint<'static>,
 }
 
 /// The collapse state of one stream: the fingerprints of its newest records and the next seq.
@@ -227,7 +238,7 @@ impl Collapser {
                     seq: record.seq,
                     last_ts: record.last_ts,
                     digest: fingerprint.digest(),
-                    fingerprint,
+                    fingerprint: fingerprint.into_owned(),
                 }
             })
             .collect();
@@ -264,7 +275,7 @@ impl Collapser {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.remember(seq, ts, digest, fingerprint);
+        self.remember(seq, ts, digest, fingerprint.into_owned());
         Placement::New { seq }
     }
 
@@ -284,12 +295,18 @@ impl Collapser {
         let seq = self.next_seq;
         self.next_seq += 1;
         let fingerprint = Fingerprint::of_event(self.policy.mode, event);
-        self.remember(seq, last_ts, fingerprint.digest(), fingerprint);
+        self.remember(seq, last_ts, fingerprint.digest(), fingerprint.into_owned());
         seq
     }
 
     /// Makes a new record a collapse target, dropping the oldest beyond the lookback.
-    fn remember(&mut self, seq: u64, last_ts: Timestamp, digest: u64, fingerprint: Fingerprint) {
+    fn remember(
+        &mut self,
+        seq: u64,
+        last_ts: Timestamp,
+        digest: u64,
+        fingerprint: Fingerprint<'static>,
+    ) {
         if self.policy.lookback == 0 {
             return;
         }

@@ -475,7 +475,15 @@ impl Writer {
         now: Timestamp,
         maintain: bool,
     ) -> Result<(), StoreError> {
-        let mut work = Work::default();
+        // Sized up front: a group commit can carry thousands of events, and growing these
+        // vectors one push at a time showed up as a tenth of the writer's time.
+        let events: usize = batch.iter().map(Request::events).sum();
+        let mut work = Work {
+            ops: Vec::with_capacity(events),
+            answers: Vec::with_capacity(batch.len()),
+            changes: Vec::with_capacity(events),
+            ..Work::default()
+        };
         let result = self.begin().and_then(|txn| {
             self.write(&txn, batch, now, maintain, &mut work)?;
             txn.commit()?;
