@@ -137,16 +137,7 @@ impl StreamState {
         match placement {
             Placement::New { seq } => {
                 let record = Record::from_event(event, seq, self.revision, ts);
-                let cached = Arc::new(CachedRecord::new(record.clone()));
-                if is_severe(&record) {
-                    self.severe.push(cached.clone());
-                }
-                self.records.push(cached);
-                self.trim();
-                Appended {
-                    record,
-                    collapsed: false,
-                }
+                self.push_record(record)
             }
             Placement::Repeat { seq } => {
                 let position = self
@@ -186,6 +177,11 @@ impl StreamState {
         let mut record = Record::from_event(event, seq, self.revision, first_ts);
         record.last_ts = last_ts;
         record.repeat_count = repeat_count;
+        self.push_record(record)
+    }
+
+    /// Adds a new record to the tail (and the severe list).
+    fn push_record(&mut self, record: Record) -> Appended {
         let cached = Arc::new(CachedRecord::new(record.clone()));
         if is_severe(&record) {
             self.severe.push(cached.clone());

@@ -125,31 +125,11 @@ pub fn parse_events(
     framing: Framing,
     limits: &EventLimits,
 ) -> Result<Vec<Event>, ApiError> {
-    let text = body::utf8(bytes)?;
-    let parse = |json: &str| {
+    parse_batch(bytes, framing, |json| {
         check_syntax(json)
             .and_then(|()| EventInput::from_json(json.as_bytes()))
             .and_then(|input| input.validate(limits))
-    };
-    match framing {
-        Framing::Ndjson => ndjson_lines(text)
-            .enumerate()
-            .map(|(index, (line_number, line))| {
-                parse(line).map_err(|error| ApiError::in_batch(error, index, Some(line_number)))
-            })
-            .collect(),
-        Framing::Json => match first_byte(text) {
-            None => Err(empty_body()),
-            Some(b'[') => json_array(text)?
-                .iter()
-                .enumerate()
-                .map(|(index, raw)| {
-                    parse(raw.get()).map_err(|error| ApiError::in_batch(error, index, None))
-                })
-                .collect(),
-            Some(_) => Ok(vec![parse(text).map_err(ApiError::from)?]),
-        },
-    }
+    })
 }
 
 /// Parses a body of exported records, all or nothing.
@@ -158,8 +138,7 @@ pub fn parse_records(
     framing: Framing,
     limits: &EventLimits,
 ) -> Result<Vec<ImportedRecord>, ApiError> {
-    let text = body::utf8(bytes)?;
-    let parse = |json: &str| {
+    parse_batch(bytes, framing, |json| {
         check_syntax(json)?;
         serde_json::from_str::<Map<String, Value>>(json)
             .map_err(|error| EventError::Json {
@@ -169,7 +148,17 @@ pub fn parse_records(
                 ),
             })
             .and_then(|object| jsonl::parse_record(object, limits))
-    };
+    })
+}
+
+/// Splits a body into items by its framing (NDJSON lines, a JSON array, or one object) and
+/// parses each; the first bad item fails the whole body, named by its index (and line).
+fn parse_batch<T>(
+    bytes: &[u8],
+    framing: Framing,
+    parse: impl Fn(&str) -> Result<T, EventError>,
+) -> Result<Vec<T>, ApiError> {
+    let text = body::utf8(bytes)?;
     match framing {
         Framing::Ndjson => ndjson_lines(text)
             .enumerate()
