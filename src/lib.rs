@@ -13,7 +13,9 @@
 //! - [`stream`]: one stream's live state in memory, shared by the store and offline replay.
 //! - [`store`]: durable history in one redb file; group-commit writer; tail caches; changelog.
 //! - [`trace`]: reading JSONL agent traces (the shared trace format) into events.
+//! - [`budgets`]: `recap bench budgets`: replays traces over a budget matrix against baselines.
 
+pub mod budgets;
 pub mod collapse;
 pub mod context;
 pub mod event;
