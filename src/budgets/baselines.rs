@@ -33,6 +33,10 @@ use crate::tokens::Encoding;
 #[derive(Debug, Default)]
 pub struct RawLog {
     lines: Vec<CachedRecord>,
+    /// Events per kind and per severity over the whole log: a roll-up counts these minus the
+    /// few events shown, instead of walking the whole history on every build.
+    kind_totals: Vec<(String, u64)>,
+    severity_totals: [u64; 5],
     /// Clipped lines by (index, encoding, cap); `None` when not even the line's head fits.
     clips: HashMap<(usize, Encoding, u32), Option<Arc<ClippedLine>>>,
 }
@@ -61,6 +65,12 @@ impl RawLog {
 
     /// Appends an event, as a record of its own (no collapse).
     pub fn push(&mut self, record: Record) {
+        let kind = record.kind.as_str();
+        match self.kind_totals.iter_mut().find(|(known, _)| known == kind) {
+            Some((_, count)) => *count += 1,
+            None => self.kind_totals.push((kind.to_owned(), 1)),
+        }
+        self.severity_totals[record.severity.index()] += 1;
         self.lines.push(CachedRecord::new(record));
     }
 
@@ -85,6 +95,12 @@ impl RawLog {
         for line in &self.lines[from.min(self.lines.len())..] {
             line.tokens(encoding);
         }
+    }
+
+    /// Clips, untimed, every line a window of `budget` could show, so that a timed build finds
+    /// them cached as recap's builds find theirs.
+    pub fn prepare(&mut self, budget: u32, encoding: Encoding, cap: u32) {
+        self.newest_that_fit(budget, encoding, cap);
     }
 
     /// What event `index`'s line costs under the per-line `cap`: its full line, or its clipped
@@ -204,7 +220,7 @@ impl RawLog {
         }
         // The roll-up of every event names every kind and severity: reserve for that, then
         // settle() trims further should the real roll-up come out longer.
-        let reserve = encoding.count(&self.rollup_line(self.lines.len()));
+        let reserve = encoding.count_fragments(&self.rollup_line(self.lines.len()));
         let Some(available) = budget.checked_sub(reserve) else {
             return self.recency(budget, encoding, cap);
         };
@@ -215,18 +231,22 @@ impl RawLog {
     /// The rule-based roll-up of events `..end`, in the reference agent's shape: how many, over
     /// which time window, and counts per kind and per severity (names sorted).
     pub fn rollup_line(&self, end: usize) -> String {
-        let rolled = &self.lines[..end.min(self.lines.len())];
-        let mut kinds: Vec<(&str, u64)> = Vec::new();
-        let mut severities = [0u64; 5];
-        for line in rolled {
+        let end = end.min(self.lines.len());
+        let rolled = &self.lines[..end];
+        let mut kinds: Vec<(&str, u64)> = self
+            .kind_totals
+            .iter()
+            .map(|(kind, count)| (kind.as_str(), *count))
+            .collect();
+        let mut severities = self.severity_totals;
+        for line in &self.lines[end..] {
             let record = line.record();
-            let kind = record.kind.as_str();
-            match kinds.iter_mut().find(|(known, _)| *known == kind) {
-                Some((_, count)) => *count += 1,
-                None => kinds.push((kind, 1)),
+            if let Some((_, count)) = kinds.iter_mut().find(|(k, _)| *k == record.kind.as_str()) {
+                *count -= 1;
             }
-            severities[record.severity.index()] += 1;
+            severities[record.severity.index()] -= 1;
         }
+        kinds.retain(|(_, count)| *count > 0);
         kinds.sort_unstable();
         let mut out = String::with_capacity(160);
         let _ = write!(out, "Rolled up {} events", rolled.len());

@@ -1,7 +1,10 @@
 //! Needles: facts planted in a replay whose survival the benchmark checks.
 //!
 //! Each trace gets `count` notes and `count` critical events, each carrying a unique marker
-//! (`NEEDLE-` and 8 hex digits) at the start of its text, so a clipped line still shows it. The
+//! (`NEEDLE-` and 8 lower-case letters) at the start of its text, so a clipped line still shows
+//! it. Markers have no digits so that `template` collapse, which masks numbers and hex ids,
+//! never mistakes two needles for repeats of one another; for the same reason the needles of
+//! one type state different facts (as long as there are facts enough). The
 //! plan is a pure function of the trace and the seed: the same seed plants the same needles at
 //! the same places, which is what makes a run reproducible.
 //!
@@ -9,7 +12,7 @@
 //! needle lands at a seeded position inside its segment, so needles are planted early, in the
 //! middle and late, and each measurement moment asks about needles of many ages.
 
-use crate::event::{Kind, Severity};
+use crate::event::Kind;
 use crate::trace::Trace;
 
 /// Seed used when none is given.
@@ -105,13 +108,18 @@ pub fn plan(trace: &Trace, count: usize, seed: u64) -> Vec<Needle> {
         (NeedleType::Note, &NOTE_FACTS),
         (NeedleType::Critical, &CRITICAL_FACTS),
     ] {
+        // Facts drawn without replacement: two different needles say two different things.
+        let mut order: Vec<usize> = (0..facts.len()).collect();
+        for index in (1..order.len()).rev() {
+            order.swap(index, rng.below(index + 1));
+        }
         for segment in 0..count {
             let start = segment * len / count;
             let end = ((segment + 1) * len / count).max(start + 1).min(len);
             let after = start + 1 + rng.below(end - start);
             let marker = fresh_marker(&mut rng, trace, &markers);
             markers.push(marker.clone());
-            let fact = facts[rng.below(facts.len())];
+            let fact = facts[order[segment % order.len()]];
             needles.push(Needle {
                 needle_type,
                 after,
@@ -129,7 +137,10 @@ pub fn plan(trace: &Trace, count: usize, seed: u64) -> Vec<Needle> {
 /// can only mean the needle is shown.
 fn fresh_marker(rng: &mut SplitMix64, trace: &Trace, taken: &[String]) -> String {
     loop {
-        let marker = format!("{MARKER_PREFIX}{:08x}", rng.next_u64() as u32);
+        let letters: String = (0..8)
+            .map(|_| char::from(b'a' + rng.below(26) as u8))
+            .collect();
+        let marker = format!("{MARKER_PREFIX}{letters}");
         let clash = taken.contains(&marker)
             || trace
                 .events
@@ -141,9 +152,6 @@ fn fresh_marker(rng: &mut SplitMix64, trace: &Trace, taken: &[String]) -> String
     }
 }
 
-/// The severity critical needles are planted with.
-pub const CRITICAL_SEVERITY: Severity = Severity::Critical;
-
 /// FNV-1a: a stable hash of the trace name (std's hashers may change between releases).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
@@ -154,7 +162,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
+    use crate::event::{Event, Severity};
 
     fn trace(len: usize) -> Trace {
         Trace {
@@ -190,6 +198,13 @@ mod tests {
         markers.sort_unstable();
         markers.dedup();
         assert_eq!(markers.len(), 6);
+        let mut texts: Vec<String> = needles
+            .iter()
+            .map(|n| crate::collapse::template(&n.text))
+            .collect();
+        texts.sort_unstable();
+        texts.dedup();
+        assert_eq!(texts.len(), 6, "template collapse never folds two needles");
         for needle in &needles {
             assert!(needle.text.starts_with(&needle.marker));
             assert_eq!(needle.kind, trace.events[needle.after - 1].kind);
