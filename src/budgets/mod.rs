@@ -314,10 +314,7 @@ pub fn bench(
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
-                loop {
-                    let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        break;
-                    };
+                while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let result = bench_trace(&traces[index], options, progress);
                     let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
                     results[index] = Some(result);
