@@ -499,7 +499,7 @@ fn contenders<'a>(
                 weight
             }
         };
-        let score = kind_weight * request.weights.severity_score(record.severity, age);
+        let score = request.weights.combine(kind_weight, record.severity, age);
         Contender {
             record: cached,
             candidate: Candidate {

@@ -18,7 +18,9 @@
 //! - [`server`]: the HTTP API on hyper: routes, wire types and error mapping, SSE, auth, metrics.
 //! - [`config`]: flags, environment and config file merged into a validated server `Config`.
 //! - [`client`]: the CLI's client commands (post, context, tail, import, export) over HTTP.
+//! - [`budgets`]: `recap bench budgets`: replays traces over a budget matrix against baselines.
 
+pub mod budgets;
 pub mod client;
 pub mod collapse;
 pub mod config;

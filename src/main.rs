@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+use recap::budgets::{self, BudgetsArgs};
 use recap::client::{self, Client, commands, export, import, tail};
 use recap::config::{Config, Overrides};
 use recap::event::{Event, Kind, Severity, StreamName};
@@ -38,6 +39,16 @@ enum Command {
     Import(ImportArgs),
     /// Write a stream's records as JSONL (what `import` reads back).
     Export(ExportArgs),
+    /// Offline benchmarks (no server needed).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Replay traces over a budget matrix and compare recap with the recency and head+tail
+    /// baselines (table, --json, --svg).
+    Budgets(BudgetsArgs),
 }
 
 #[derive(Args)]
@@ -175,12 +186,24 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         // `recap export s | head`: the reader has what it wanted; that is not a failure.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_budgets(args: &BudgetsArgs) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match budgets::run(args, &mut stdout, progress) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(if error.is_usage() { 2 } else { 1 })
         }
     }
 }
@@ -204,7 +227,8 @@ fn init_logging() {
         .init();
 }
 
-async fn run(command: Command) -> Result<()> {
+/// Runs a command; `Ok` carries the exit code of a command that reports its own.
+async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let config = Config::load(&Overrides {
@@ -289,8 +313,12 @@ async fn run(command: Command) -> Result<()> {
             let count = export::export(&client, &args.stream, &mut out).await?;
             eprintln!("exported {count} records from {}", args.stream);
         }
+        // Offline and CPU-bound: its own exit code (2 for usage errors) says how it went.
+        Command::Bench(BenchCommand::Budgets(args)) => {
+            return Ok(tokio::task::block_in_place(|| bench_budgets(&args)));
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn connect(args: &ServerArgs) -> Result<Client> {

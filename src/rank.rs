@@ -45,6 +45,9 @@ pub const DEFAULT_SEVERITY_WEIGHTS: [f64; 5] = [0.25, 1.0, 2.0, 4.0, 8.0];
 /// Lowest decay per severity: errors keep a quarter and critical events half of their weight
 /// however old they are; the rest fades out.
 pub const SEVERITY_DECAY_FLOORS: [f64; 5] = [0.0, 0.0, 0.0, 0.25, 0.5];
+/// Records of severity `error` and above weigh at least this much whatever their kind, so that a
+/// critical `metric` event does not rank below fresh routine chatter.
+pub const SEVERE_MIN_KIND_WEIGHT: f64 = 1.0;
 /// Records of age after which a score has halved.
 pub const DEFAULT_HALF_LIFE_RECORDS: f64 = 64.0;
 /// How many of the newest records are kept ahead of ranking when they fit.
@@ -161,7 +164,17 @@ impl Weights {
 
     /// The score of a record of `kind` and `severity` that is `age` records old.
     pub fn score(&self, kind: &str, severity: Severity, age: u64) -> f64 {
-        self.kind(kind) * self.severity_score(severity, age)
+        self.combine(self.kind(kind), severity, age)
+    }
+
+    /// The score given the kind's weight (looked up once per build by the caller).
+    pub fn combine(&self, kind_weight: f64, severity: Severity, age: u64) -> f64 {
+        let kind_weight = if severity >= Severity::Error {
+            kind_weight.max(SEVERE_MIN_KIND_WEIGHT)
+        } else {
+            kind_weight
+        };
+        kind_weight * self.severity_score(severity, age)
     }
 
     /// The score without the kind weight: severity weight × decay.
@@ -288,6 +301,12 @@ mod tests {
         );
         assert!(weights.score("tool", Severity::Info, 1_000_000) < 1e-9);
         assert_eq!(weights.kind("observation"), UNKNOWN_KIND_WEIGHT);
+        // A critical event of a low-weight kind still outranks fresh routine work.
+        assert!(
+            weights.score("metric", Severity::Critical, 1_000)
+                > weights.score("task", Severity::Info, 0)
+        );
+        assert_eq!(weights.score("metric", Severity::Error, 0), 1.0 * 4.0);
     }
 
     #[test]

@@ -1,0 +1,236 @@
+//! Replaying one trace: the events go through [`StreamState::append`] (the server's own ingest,
+//! collapse and tail cache) and, untouched, into a [`RawLog`] for the baselines; needles are
+//! planted on the way.
+//!
+//! Times come from the trace: each event is appended at its `ts`, a needle at the time of the
+//! event it follows, and a context is built "now" = the latest time appended.
+
+use crate::collapse::CollapsePolicy;
+use crate::event::{Event, Record, Severity, Timestamp};
+use crate::stream::{StreamState, TailCapacity};
+use crate::trace::Trace;
+
+use super::BudgetsError;
+use super::baselines::RawLog;
+use super::needles::{Needle, NeedleType};
+
+/// A trace event of severity `error` or above, located in both replays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SevereEvent {
+    /// The recap record it landed in (a repeat lands in an earlier record).
+    pub record_seq: u64,
+    /// Its index in the raw log.
+    pub raw_index: usize,
+}
+
+/// One trace being replayed.
+#[derive(Debug)]
+pub struct Replay<'t> {
+    trace: &'t Trace,
+    needles: &'t [Needle],
+    applied: usize,
+    planted: usize,
+    state: StreamState,
+    log: RawLog,
+    severe: Vec<SevereEvent>,
+    now: Option<Timestamp>,
+}
+
+impl<'t> Replay<'t> {
+    /// A replay of `trace` under `policy`, planting `needles` (ordered by position). Every event
+    /// must carry a `ts`: the replay runs on the trace's clock, never on the machine's.
+    pub fn new(
+        trace: &'t Trace,
+        needles: &'t [Needle],
+        policy: CollapsePolicy,
+    ) -> Result<Replay<'t>, BudgetsError> {
+        if let Some(line) = trace.events.iter().position(|e| e.ts.is_none()) {
+            return Err(BudgetsError::MissingTimestamp {
+                trace: trace.name.clone(),
+                event: line + 1,
+            });
+        }
+        Ok(Replay {
+            trace,
+            needles,
+            applied: 0,
+            planted: 0,
+            state: StreamState::new(policy, TailCapacity::default()),
+            log: RawLog::new(),
+            severe: Vec::new(),
+            now: None,
+        })
+    }
+
+    /// Appends trace events (and the needles planted after them) until `count` trace events
+    /// have been applied.
+    pub fn advance_to(&mut self, count: usize) {
+        let target = count.min(self.trace.events.len());
+        while self.applied < target {
+            let event = self.trace.events[self.applied].clone();
+            let ts = event.ts.expect("checked in Replay::new");
+            let severe = event.severity >= Severity::Error;
+            let appended = self.state.append(event.clone(), ts);
+            if severe {
+                self.severe.push(SevereEvent {
+                    record_seq: appended.record.seq,
+                    raw_index: self.log.len(),
+                });
+            }
+            self.push_raw(event, ts);
+            self.applied += 1;
+            self.now = Some(ts);
+            while let Some(needle) = self.needles.get(self.planted) {
+                if needle.after != self.applied {
+                    break;
+                }
+                self.plant(needle, ts);
+                self.planted += 1;
+            }
+        }
+    }
+
+    fn plant(&mut self, needle: &Needle, ts: Timestamp) {
+        match needle.needle_type {
+            NeedleType::Note => {
+                self.state.add_note(needle.text.clone(), ts, None);
+                // A naive agent keeps its notes where it keeps everything else: in the stream.
+                let event = Event::new("note", Severity::Info, needle.text.clone())
+                    .expect("`note` is a valid kind");
+                self.push_raw(event, ts);
+            }
+            NeedleType::Critical => {
+                let event = Event {
+                    kind: needle.kind.clone(),
+                    ..Event::new("note", Severity::Critical, needle.text.clone())
+                        .expect("`note` is a valid kind")
+                };
+                self.state.append(event.clone(), ts);
+                self.push_raw(event, ts);
+            }
+        }
+    }
+
+    fn push_raw(&mut self, event: Event, ts: Timestamp) {
+        let index = self.log.len() as u64 + 1;
+        self.log.push(Record::from_event(event, index, index, ts));
+    }
+
+    /// Trace events applied so far.
+    pub fn applied(&self) -> usize {
+        self.applied
+    }
+
+    /// recap's state of the stream.
+    pub fn state(&self) -> &StreamState {
+        &self.state
+    }
+
+    /// The raw events (trace events, note events and critical needles) for the baselines.
+    pub fn log(&self) -> &RawLog {
+        &self.log
+    }
+
+    /// The raw log, for baselines that memoize clipped lines.
+    pub fn log_mut(&mut self) -> &mut RawLog {
+        &mut self.log
+    }
+
+    /// The trace's severe events applied so far (planted critical needles are not among them:
+    /// they are measured as needles).
+    pub fn severe(&self) -> &[SevereEvent] {
+        &self.severe
+    }
+
+    /// The markers of the needles planted so far.
+    pub fn planted_markers(&self) -> impl Iterator<Item = &'t str> + '_ {
+        self.needles[..self.planted]
+            .iter()
+            .map(|n| n.marker.as_str())
+    }
+
+    /// The latest time appended: the "now" a context is built at.
+    pub fn now(&self) -> Option<Timestamp> {
+        self.now
+    }
+}
+
+/// The moments at which contexts are taken: after every `every` trace events, and at the end.
+pub fn moments(events: usize, every: usize) -> Vec<usize> {
+    let every = every.max(1);
+    let mut moments: Vec<usize> = (1..=events / every).map(|k| k * every).collect();
+    if events > 0 && moments.last() != Some(&events) {
+        moments.push(events);
+    }
+    moments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budgets::needles;
+    use crate::event::parse_timestamp;
+    use chrono::TimeDelta;
+
+    #[test]
+    fn moments_cover_every_n_and_the_end() {
+        assert_eq!(moments(120, 50), vec![50, 100, 120]);
+        assert_eq!(moments(100, 50), vec![50, 100]);
+        assert_eq!(moments(28, 50), vec![28]);
+        assert!(moments(0, 50).is_empty());
+    }
+
+    #[test]
+    fn replay_plants_needles_and_tracks_severe_events_in_both_logs() {
+        let t0 = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
+        let events = (0..40)
+            .map(|i| {
+                let severity = if i % 10 == 3 {
+                    Severity::Error
+                } else {
+                    Severity::Info
+                };
+                // Every error repeats the same text: recap folds them, the raw log does not.
+                let message = if severity == Severity::Error {
+                    "boom".to_owned()
+                } else {
+                    format!("step {i}")
+                };
+                Event::new("tool", severity, message)
+                    .unwrap()
+                    .at(t0 + TimeDelta::seconds(i))
+            })
+            .collect();
+        let trace = Trace {
+            name: "t".into(),
+            events,
+        };
+        let plan = needles::plan(&trace, 2, 3);
+        let mut replay = Replay::new(&trace, &plan, CollapsePolicy::default()).unwrap();
+        replay.advance_to(40);
+        assert_eq!(replay.applied(), 40);
+        assert_eq!(replay.planted_markers().count(), 4);
+        assert_eq!(replay.state().notes().count(), 2);
+        // 40 trace events + 2 note events + 2 critical needles.
+        assert_eq!(replay.log().len(), 44);
+        assert_eq!(replay.state().totals().events, 42);
+        let severe = replay.severe();
+        assert_eq!(severe.len(), 4);
+        assert!(severe.iter().all(|s| s.record_seq == severe[0].record_seq));
+        for s in severe {
+            assert_eq!(replay.log().record(s.raw_index).message, "boom");
+        }
+    }
+
+    #[test]
+    fn events_without_time_are_refused() {
+        let trace = Trace {
+            name: "t".into(),
+            events: vec![Event::new("tool", Severity::Info, "x").unwrap()],
+        };
+        assert!(matches!(
+            Replay::new(&trace, &[], CollapsePolicy::default()),
+            Err(BudgetsError::MissingTimestamp { event: 1, .. })
+        ));
+    }
+}
