@@ -60,6 +60,9 @@ pub struct Appended {
 #[derive(Debug)]
 pub struct StreamState {
     collapser: Collapser,
+    /// False once records were adopted without a collapse decision here ([`Self::adopt`]); the
+    /// collapser is then rebuilt from the records when it is needed again ([`Self::fork`]).
+    collapser_current: bool,
     capacity: TailCapacity,
     /// Newest records, oldest first; trimmed to `capacity.records` in amortized batches.
     records: Vec<Arc<CachedRecord>>,
@@ -76,6 +79,7 @@ impl StreamState {
     pub fn new(policy: CollapsePolicy, capacity: TailCapacity) -> StreamState {
         StreamState {
             collapser: Collapser::new(policy),
+            collapser_current: true,
             capacity: capacity.for_policy(&policy),
             records: Vec::new(),
             severe: Vec::new(),
@@ -130,6 +134,12 @@ impl StreamState {
 
     /// Appends an event that happened at `ts`: a new record or a repeat of a recent one.
     pub fn append(&mut self, event: Event, ts: Timestamp) -> Appended {
+        self.append_shared(event, ts).0
+    }
+
+    /// [`Self::append`], also returning the cached record, which another state of the same
+    /// stream can [`Self::adopt`] instead of deciding the same placement again.
+    pub fn append_shared(&mut self, event: Event, ts: Timestamp) -> (Appended, Arc<CachedRecord>) {
         self.revision += 1;
         let placement = self.collapser.place(&event, ts);
         self.totals
@@ -148,14 +158,12 @@ impl StreamState {
                 let mut record = self.records[position].record().clone();
                 record.absorb(event, self.revision, ts);
                 let cached = Arc::new(CachedRecord::new(record.clone()));
-                if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
-                    *severe = cached.clone();
-                }
-                self.records[position] = cached;
-                Appended {
+                self.replace_record(position, cached.clone());
+                let appended = Appended {
                     record,
                     collapsed: true,
-                }
+                };
+                (appended, cached)
             }
         }
     }
@@ -177,21 +185,55 @@ impl StreamState {
         let mut record = Record::from_event(event, seq, self.revision, first_ts);
         record.last_ts = last_ts;
         record.repeat_count = repeat_count;
-        self.push_record(record)
+        self.push_record(record).0
+    }
+
+    /// Takes a record placed by another state of this stream (the store's writer decides
+    /// placements on a private copy and hands the durable results to the state readers see):
+    /// the tail, the severe list, the totals and the revision follow as if the event that made
+    /// it, at `ts`, had been appended here.
+    pub fn adopt(&mut self, cached: Arc<CachedRecord>, collapsed: bool, ts: Timestamp) {
+        let record = cached.record();
+        self.revision = record.revision;
+        self.totals
+            .count(&record.kind, record.severity, ts, !collapsed);
+        self.collapser_current = false;
+        if collapsed {
+            let seq = record.seq;
+            if let Some(position) = self.records.iter().rposition(|r| r.record().seq == seq) {
+                self.replace_record(position, cached);
+            }
+        } else {
+            self.push_cached(cached);
+        }
     }
 
     /// Adds a new record to the tail (and the severe list).
-    fn push_record(&mut self, record: Record) -> Appended {
+    fn push_record(&mut self, record: Record) -> (Appended, Arc<CachedRecord>) {
         let cached = Arc::new(CachedRecord::new(record.clone()));
-        if is_severe(&record) {
+        self.push_cached(cached.clone());
+        let appended = Appended {
+            record,
+            collapsed: false,
+        };
+        (appended, cached)
+    }
+
+    fn push_cached(&mut self, cached: Arc<CachedRecord>) {
+        if is_severe(cached.record()) {
             self.severe.push(cached.clone());
         }
         self.records.push(cached);
         self.trim();
-        Appended {
-            record,
-            collapsed: false,
+    }
+
+    /// Puts a record's new version in place of the old one in the tail (and the severe list).
+    fn replace_record(&mut self, position: usize, cached: Arc<CachedRecord>) {
+        let seq = cached.record().seq;
+        if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
+            *severe = cached.clone();
         }
+        self.records[position] = cached;
     }
 
     /// Forgets every record with seq up to `seq` (retention removed them from the file): they
@@ -212,8 +254,14 @@ impl StreamState {
     /// store's writer decides placements on such a copy before a commit, so that the state
     /// readers see changes only once the commit is durable.
     pub fn fork(&self, capacity: TailCapacity) -> StreamState {
-        let mut fork = StreamState::new(self.collapser.policy(), capacity);
-        fork.collapser = self.collapser.clone();
+        let policy = self.collapser.policy();
+        let mut fork = StreamState::new(policy, capacity);
+        fork.collapser = if self.collapser_current {
+            self.collapser.clone()
+        } else {
+            let newest = &self.records[self.records.len().saturating_sub(policy.lookback)..];
+            Collapser::resume(policy, self.next_seq(), newest.iter().map(|r| r.record()))
+        };
         let keep = self.records.len().min(fork.capacity.records);
         let skip = self.records.len() - keep;
         fork.older_last_ts = self.records[..skip]
@@ -248,7 +296,8 @@ impl StreamState {
 
     /// The seq the next new record will get.
     pub fn next_seq(&self) -> u64 {
-        self.collapser.next_seq()
+        // Seqs are dense from 1 and every record ever created is counted.
+        self.totals.records + 1
     }
 
     /// The severe records in memory, oldest first (they may overlap [`Self::records`]).
@@ -355,4 +404,56 @@ impl StreamState {
 
 fn is_severe(record: &Record) -> bool {
     record.severity >= Severity::Error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collapse::CollapseMode;
+    use crate::event::parse_timestamp;
+    use chrono::TimeDelta;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A state that adopts another's placements ends up the same as the state that decided
+        /// them, and a fork of it (collapser rebuilt from its records) decides the same
+        /// placements for what comes next.
+        #[test]
+        fn adopting_matches_appending(
+            events in prop::collection::vec((0usize..4, 0usize..3, 0i64..400), 1..150),
+            next in prop::collection::vec((0usize..4, 0usize..3), 1..20),
+            template in any::<bool>(),
+        ) {
+            let policy = CollapsePolicy {
+                mode: if template { CollapseMode::Template } else { CollapseMode::Exact },
+                lookback: 8,
+                ..CollapsePolicy::default()
+            };
+            let capacity = TailCapacity { records: 16, severe: 4 };
+            let event = |message: usize, kind: usize| {
+                let kinds = ["tool", "llm", "retry"];
+                let severity = if message == 3 { Severity::Error } else { Severity::Info };
+                Event::new(kinds[kind], severity, format!("message {message} try {}", message * 7)).unwrap()
+            };
+            let mut at = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
+            let mut decider = StreamState::new(policy, capacity);
+            let mut adopter = StreamState::new(policy, capacity);
+            for &(message, kind, gap) in &events {
+                at += TimeDelta::seconds(gap);
+                let (appended, cached) = decider.append_shared(event(message, kind), at);
+                adopter.adopt(cached, appended.collapsed, at);
+            }
+            let records = |state: &StreamState| state.records().cloned().collect::<Vec<_>>();
+            prop_assert_eq!(records(&decider), records(&adopter));
+            prop_assert_eq!(decider.totals(), adopter.totals());
+            prop_assert_eq!(decider.revision(), adopter.revision());
+            prop_assert_eq!(decider.next_seq(), adopter.next_seq());
+            let mut forked = adopter.fork(capacity);
+            for &(message, kind) in &next {
+                at += TimeDelta::seconds(1);
+                let decided = decider.append(event(message, kind), at);
+                prop_assert_eq!(forked.append(event(message, kind), at), decided);
+            }
+        }
+    }
 }

@@ -29,6 +29,7 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::collapse::MAX_COLLAPSE_LOOKBACK;
+use crate::context::CachedRecord;
 use crate::event::{Event, Note, Severity, StreamName, Timestamp};
 use crate::stream::{Appended, StreamState, TailCapacity};
 
@@ -190,7 +191,9 @@ impl WriterStream {
 enum Op {
     Created(StreamName, Arc<Slot>),
     Deleted(StreamName),
-    Append(Arc<Slot>, Event, Timestamp),
+    /// A record the shadow placed (new or repeated) by an event at the timestamp: the live
+    /// state adopts the same cached record instead of deciding the placement again.
+    Adopt(Arc<Slot>, Arc<CachedRecord>, bool, Timestamp),
     Import(Arc<Slot>, ImportedRecord),
     AddNote(Arc<Slot>, Note),
     RemoveNote(Arc<Slot>, u64),
@@ -588,9 +591,10 @@ impl Writer {
                 let mut results = Vec::with_capacity(events.len());
                 for event in events {
                     let ts = at_micros(event.ts.unwrap_or(now));
-                    let appended = target.shadow.append(event.clone(), ts);
+                    let (appended, cached) = target.shadow.append_shared(event, ts);
                     store_appended(target, tables, &appended, &mut buf, work)?;
-                    work.ops.push(Op::Append(target.slot.clone(), event, ts));
+                    let adopt = Op::Adopt(target.slot.clone(), cached, appended.collapsed, ts);
+                    work.ops.push(adopt);
                     results.push(appended);
                 }
                 let over = needs_maintenance(target, default_retention, changelog_keep);
@@ -663,9 +667,10 @@ impl Writer {
                     .push(Op::AddNote(target.slot.clone(), note.clone()));
                 // The audit trail: the note is also an event of the stream (DESIGN section 2).
                 let event = note_event(text, note.id);
-                let appended = target.shadow.append(event.clone(), now);
+                let (appended, cached) = target.shadow.append_shared(event, now);
                 store_appended(target, tables, &appended, &mut buf, work)?;
-                work.ops.push(Op::Append(target.slot.clone(), event, now));
+                let adopt = Op::Adopt(target.slot.clone(), cached, appended.collapsed, now);
+                work.ops.push(adopt);
                 let over = needs_maintenance(target, default_retention, changelog_keep);
                 self.buf = buf;
                 if expires_at.is_some() || over {
@@ -1138,7 +1143,7 @@ fn apply_to_live(shared: &Shared, ops: Vec<Op>) {
                 write(&shared.streams).remove(&name);
                 continue;
             }
-            Op::Append(ref slot, ..)
+            Op::Adopt(ref slot, ..)
             | Op::Import(ref slot, ..)
             | Op::AddNote(ref slot, ..)
             | Op::RemoveNote(ref slot, ..)
@@ -1158,7 +1163,7 @@ impl Op {
     fn is_for(&self, slot: &Arc<Slot>) -> bool {
         match self {
             Op::Created(..) | Op::Deleted(..) => false,
-            Op::Append(held, ..)
+            Op::Adopt(held, ..)
             | Op::Import(held, ..)
             | Op::AddNote(held, ..)
             | Op::RemoveNote(held, ..)
@@ -1170,9 +1175,7 @@ impl Op {
 
 fn replay(live: &mut Live, op: Op) {
     match op {
-        Op::Append(_, event, ts) => {
-            live.state.append(event, ts);
-        }
+        Op::Adopt(_, cached, collapsed, ts) => live.state.adopt(cached, collapsed, ts),
         Op::Import(_, imported) => {
             live.state.import(
                 imported.event,
