@@ -5,7 +5,8 @@
 //! window of the record's `last_ts`. The record's `repeat_count` goes up by one, so the sum of
 //! `repeat_count` over a stream's records always equals the number of events it accepted.
 //!
-//! "Recent" means one of the stream's last [`CollapsePolicy::lookback`] records, newest first.
+//! "Recent" means one of the stream's last [`CollapsePolicy::lookback`] records, newest first
+//! (in `template` mode a record whose latest message is the very same text is tried first).
 //! With a lookback of 1 this is the literal "same as the previous record" rule. The default of
 //! 128 also folds the interleaved storms real agents produce: in the ChatDev rate-limit trace an
 //! error line and its retry warning alternate 831 times, in three variants, with bursts of other
@@ -201,6 +202,26 @@ struct RecentRecord {
     last_ts: Timestamp,
     digest: u64,
     fingerprint: Fingerprint<'static>,
+    /// Template mode only: the exact fingerprint of the record's latest message, a first match
+    /// that needs no masking (storms mostly repeat the very same text).
+    latest: Option<(u64, Fingerprint<'static>)>,
+}
+
+impl RecentRecord {
+    fn new(
+        seq: u64,
+        last_ts: Timestamp,
+        (digest, fingerprint): (u64, Fingerprint<'_>),
+        latest: Option<(u64, Fingerprint<'_>)>,
+    ) -> Self {
+        RecentRecord {
+            seq,
+            last_ts,
+            digest,
+            fingerprint: fingerprint.into_owned(),
+            latest: latest.map(|(digest, exact)| (digest, exact.into_owned())),
+        }
+    }
 }
 
 /// The collapse state of one stream: the fingerprints of its newest records and the next seq.
@@ -234,12 +255,16 @@ impl Collapser {
             .iter()
             .map(|record| {
                 let fingerprint = Fingerprint::of_record(policy.mode, record);
-                RecentRecord {
-                    seq: record.seq,
-                    last_ts: record.last_ts,
-                    digest: fingerprint.digest(),
-                    fingerprint: fingerprint.into_owned(),
-                }
+                let latest = (policy.mode == CollapseMode::Template).then(|| {
+                    let exact = Fingerprint::of_record(CollapseMode::Exact, record);
+                    (exact.digest(), exact)
+                });
+                RecentRecord::new(
+                    record.seq,
+                    record.last_ts,
+                    (fingerprint.digest(), fingerprint),
+                    latest,
+                )
             })
             .collect();
         Collapser {
@@ -261,21 +286,46 @@ impl Collapser {
 
     /// Decides where `event`, happening at `ts`, lands, and updates the state accordingly.
     pub fn place(&mut self, event: &Event, ts: Timestamp) -> Placement {
-        let fingerprint = Fingerprint::of_event(self.policy.mode, event);
-        let digest = fingerprint.digest();
         let window = self.policy.window;
+        let within = |recent: &RecentRecord| (ts - recent.last_ts).abs() <= window;
+        let exact = Fingerprint::of_event(CollapseMode::Exact, event);
+        let exact_digest = exact.digest();
+        let template_mode = self.policy.mode == CollapseMode::Template;
+        if template_mode {
+            // A record whose latest message is this very text is a repeat without masking.
+            let same_text = self.recent.iter_mut().rev().find(|recent| {
+                recent
+                    .latest
+                    .as_ref()
+                    .is_some_and(|(digest, latest)| *digest == exact_digest && *latest == exact)
+                    && within(recent)
+            });
+            if let Some(recent) = same_text {
+                recent.last_ts = recent.last_ts.max(ts);
+                return Placement::Repeat { seq: recent.seq };
+            }
+        }
+        let (digest, fingerprint) = if template_mode {
+            let fingerprint = Fingerprint::of_event(CollapseMode::Template, event);
+            (fingerprint.digest(), fingerprint)
+        } else {
+            (exact_digest, exact.clone())
+        };
         let matched = self.recent.iter_mut().rev().find(|recent| {
-            recent.digest == digest
-                && recent.fingerprint == fingerprint
-                && (ts - recent.last_ts).abs() <= window
+            recent.digest == digest && recent.fingerprint == fingerprint && within(recent)
         });
         if let Some(recent) = matched {
             recent.last_ts = recent.last_ts.max(ts);
+            if template_mode {
+                // The record shows the latest message from now on.
+                recent.latest = Some((exact_digest, exact.into_owned()));
+            }
             return Placement::Repeat { seq: recent.seq };
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.remember(seq, ts, digest, fingerprint.into_owned());
+        let latest = template_mode.then_some((exact_digest, exact));
+        self.remember(RecentRecord::new(seq, ts, (digest, fingerprint), latest));
         Placement::New { seq }
     }
 
@@ -295,30 +345,28 @@ impl Collapser {
         let seq = self.next_seq;
         self.next_seq += 1;
         let fingerprint = Fingerprint::of_event(self.policy.mode, event);
-        self.remember(seq, last_ts, fingerprint.digest(), fingerprint.into_owned());
+        let latest = (self.policy.mode == CollapseMode::Template).then(|| {
+            let exact = Fingerprint::of_event(CollapseMode::Exact, event);
+            (exact.digest(), exact)
+        });
+        self.remember(RecentRecord::new(
+            seq,
+            last_ts,
+            (fingerprint.digest(), fingerprint),
+            latest,
+        ));
         seq
     }
 
     /// Makes a new record a collapse target, dropping the oldest beyond the lookback.
-    fn remember(
-        &mut self,
-        seq: u64,
-        last_ts: Timestamp,
-        digest: u64,
-        fingerprint: Fingerprint<'static>,
-    ) {
+    fn remember(&mut self, recent: RecentRecord) {
         if self.policy.lookback == 0 {
             return;
         }
         if self.recent.len() == self.policy.lookback {
             self.recent.pop_front();
         }
-        self.recent.push_back(RecentRecord {
-            seq,
-            last_ts,
-            digest,
-            fingerprint,
-        });
+        self.recent.push_back(recent);
     }
 }
 
