@@ -3,6 +3,7 @@
 
 mod context_golden;
 mod live_server;
+mod openintent;
 mod server;
 mod store;
 mod support;
