@@ -283,22 +283,34 @@ class Listener:
 
     def __init__(self, stream):
         self.stream = stream
+        self.stopping = False
         self.events: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
-        for event in self.stream:
-            self.events.put(event)
+        try:
+            for event in self.stream:
+                self.events.put(event)
+        except Exception as error:
+            # Closing the stream from the test thread interrupts a blocking read; anything
+            # else is handed to the test.
+            if not self.stopping:
+                self.events.put(error)
 
     def take(self, count: int) -> list:
         taken = []
         for _ in range(count):
-            taken.append(self.events.get(timeout=WAIT_SECONDS))
+            item = self.events.get(timeout=WAIT_SECONDS)
+            if isinstance(item, Exception):
+                raise item
+            taken.append(item)
         return taken
 
     def stop(self):
+        self.stopping = True
         self.stream.stop()
+        self.thread.join(timeout=WAIT_SECONDS)
 
 
 def test_subscribe_sse_receives_events_posted_after_connecting(client, intent, recap):
