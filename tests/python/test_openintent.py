@@ -369,8 +369,13 @@ def stop_recap(process: subprocess.Popen):
 
 
 def test_sse_reconnect_resumes_without_gaps(recap, tmp_path):
-    """The client's own reconnect (with the Last-Event-ID it keeps) gets the events posted while
-    it was away, once each: recap is restarted on the same port and data under a subscription."""
+    """The client's own reconnect, with the Last-Event-ID it keeps, gets the events written while
+    it was away, once each and in order.
+
+    recap is stopped under the subscription, the missed events are written by a recap on another
+    port over the same data (so the client cannot reach it and cannot see them live), and recap
+    comes back on the client's port.
+    """
     keys = tmp_path / "keys.toml"
     keys.write_text(f'[[keys]]\nname = "pytest"\nkey = "{API_KEY}"\nscopes = ["admin"]\n')
     port, data_dir, log = free_port(), tmp_path / "data", tmp_path / "recap.log"
@@ -381,26 +386,34 @@ def test_sse_reconnect_resumes_without_gaps(recap, tmp_path):
     try:
         intent = client.create_intent(title="resume")
         stream = client.subscribe_sse(intent.id)
-        # The client's own knob (a constructor parameter of SSEStream): how long it waits before
-        # reconnecting after a connection error. Long enough that the events below are written
-        # while it is away.
-        stream.reconnect_delay = 3.0
+        # The client's own knob (a constructor parameter of SSEStream): the pause between
+        # reconnect attempts after a connection error (it makes 10 before giving up).
+        stream.reconnect_delay = 1.0
         listener = Listener(stream)
         wait_for(lambda: sse_subscribers(url) == 1, "the SSE connection")
         first = [client.log_event(intent.id, EventType.TASK_PROGRESS, {"step": n}) for n in (1, 2)]
         assert [e.data["id"] for e in listener.take(2)] == [e.id for e in first]
 
-        # Shutdown ends the feed; the client reconnects at once, is refused, and waits.
+        # Shutdown ends the feed; the client tries to reconnect and is refused meanwhile.
+        stop_recap(process)
+        other_port = free_port()
+        process = start_recap(other_port, data_dir, keys, log)
+        elsewhere = OpenIntentClient(
+            base_url=f"http://127.0.0.1:{other_port}", api_key=API_KEY, agent_id=AGENT
+        )
+        missed = [elsewhere.log_event(intent.id, EventType.TASK_PROGRESS, {"step": n}) for n in (3, 4)]
+        elsewhere.close()
         stop_recap(process)
         process = start_recap(port, data_dir, keys, log)
-        missed = [client.log_event(intent.id, EventType.TASK_PROGRESS, {"step": n}) for n in (3, 4)]
-        assert sse_subscribers(url) == 0, "the client came back before the events were written"
 
         wait_for(lambda: sse_subscribers(url) == 1, "the client to reconnect")
         live = client.log_event(intent.id, EventType.TASK_COMPLETED, {"step": 5})
         resumed = listener.take(3)
         assert [e.data["id"] for e in resumed] == [e.id for e in missed + [live]]
-        assert listener.events.empty(), "nothing is sent twice"
+        assert [e.data["payload"]["step"] for e in resumed] == [3, 4, 5]
+        # Nothing is sent twice: the next frame is the next event.
+        marker = client.log_event(intent.id, EventType.COMMENT, {"note": "end"})
+        assert [e.data["id"] for e in listener.take(1)] == [marker.id]
         ids = [int(e.id) for e in resumed]
         assert ids == sorted(ids)
     finally:
