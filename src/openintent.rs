@@ -819,4 +819,30 @@ mod tests {
         );
         assert_eq!(outgoing_event(&stream, &native)["event_type"], "comment");
     }
+
+    /// The full table in docs/openintent.md is generated from `classify`; this keeps the two
+    /// in step (on a mismatch it prints the table to paste between the markers).
+    #[test]
+    fn the_documented_table_is_the_mapping() {
+        let doc = include_str!("../docs/openintent.md");
+        let begin = "<!-- table:begin -->\n";
+        let end = "<!-- table:end -->";
+        let mut expected = String::from("| event_type | kind | severity |\n|---|---|---|\n");
+        for event_type in EVENT_TYPES {
+            let (kind, severity) = classify(event_type).unwrap();
+            expected.push_str(&format!(
+                "| `{event_type}` | {kind} | {} |\n",
+                severity.as_str()
+            ));
+        }
+        let documented = doc
+            .split_once(begin)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(table, _)| table);
+        assert_eq!(
+            documented,
+            Some(expected.as_str()),
+            "docs/openintent.md's table is out of date; between the markers it should read:\n{expected}"
+        );
+    }
 }
