@@ -476,7 +476,8 @@ async fn sse_frames_are_events_and_resume_after_last_event_id() {
     log_event(&server, "live", "task.started", json!({"n": 1})).await;
     log_event(&server, "live", "llm_chunk", json!({"n": 2})).await;
 
-    // Resume after revision 1: the second event is replayed, then a third arrives live.
+    // Resume after revision 1: the second event is replayed, then a third arrives live, then a
+    // repeat of it (the same record again, with its new count).
     let (connected, ready) = mpsc::channel();
     let reader = tokio::task::spawn_blocking({
         let addr = server.addr;
@@ -485,7 +486,7 @@ async fn sse_frames_are_events_and_resume_after_last_event_id() {
                 addr,
                 "/api/v1/intents/live/subscribe",
                 Some(1),
-                2,
+                3,
                 connected,
             )
         }
@@ -493,14 +494,17 @@ async fn sse_frames_are_events_and_resume_after_last_event_id() {
     tokio::task::spawn_blocking(move || ready.recv_timeout(DEADLINE).unwrap())
         .await
         .unwrap();
-    let live = log_event(
-        &server,
-        "live",
-        "tool_call_failed",
-        json!({"tool_name": "t", "arguments": {}, "error": "e", "n": 3}),
-    )
-    .await
-    .json();
+    let failure = json!({"tool_name": "t", "arguments": {}, "error": "e", "n": 3});
+    let live = log_event(&server, "live", "tool_call_failed", failure.clone())
+        .await
+        .json();
+    let repeat = log_event(&server, "live", "tool_call_failed", failure)
+        .await
+        .json();
+    assert_eq!(
+        (&repeat["id"], &repeat["repeat_count"]),
+        (&live["id"], &json!(2))
+    );
     let text = reader.await.unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("content-type: text/event-stream"), "{text}");
@@ -509,10 +513,18 @@ async fn sse_frames_are_events_and_resume_after_last_event_id() {
         got.iter()
             .map(|(id, event, _)| (*id, event.as_str()))
             .collect::<Vec<_>>(),
-        [(2, "comment"), (3, "tool_call_failed")]
+        [
+            (2, "comment"),
+            (3, "tool_call_failed"),
+            (4, "tool_call_failed")
+        ]
     );
     assert_eq!(got[0].2["payload"]["original_event_type"], "llm_chunk");
     assert_eq!(got[1].2, live, "data is the event object the POST answered");
+    assert_eq!(
+        got[2].2, repeat,
+        "a repeat is the record again, with its count"
+    );
 
     // The other path the reference server uses, from the start of the stream.
     let (connected, _ready) = mpsc::channel();
