@@ -1,5 +1,5 @@
 # `make check` runs exactly what CI runs (.ci/run calls it).
-.PHONY: check fmt clippy test doc bench golden
+.PHONY: check fmt clippy test doc pytest bench golden
 
 check: fmt clippy test doc
 
@@ -14,6 +14,16 @@ test:
 
 doc:
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+
+# The unmodified openintent client and the aegeantic bridge against a real recap (tests/python),
+# in a virtualenv with the pinned packages of tests/python/requirements.txt. CI runs it after
+# `check`.
+VENV ?= target/pytest-venv
+pytest:
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	cargo build --locked --bin recap
+	RECAP_BIN=$(CURDIR)/target/debug/recap $(VENV)/bin/python -m pytest tests/python -q -p no:cacheprovider
 
 # Benchmarks print tables; they are never part of the test suite.
 bench:

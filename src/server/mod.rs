@@ -12,7 +12,8 @@
 //! Modules, one job each: [`routes`] (the route table), [`wire`] (response shapes and the one
 //! error-to-status mapping), [`body`] (body type, capped reads, content types), [`query`] (query
 //! strings), [`events`], [`context`], [`notes`], [`streams`] (handlers), [`sse`]
-//! (subscriptions), [`auth`] (API keys), [`metrics`] (Prometheus text).
+//! (subscriptions), [`openintent`] (the OpenIntent-compatible routes), [`auth`] (API keys),
+//! [`metrics`] (Prometheus text).
 
 pub mod auth;
 pub mod body;
@@ -20,6 +21,7 @@ pub mod context;
 pub mod events;
 pub mod metrics;
 pub mod notes;
+pub mod openintent;
 pub mod query;
 pub mod routes;
 pub mod sse;

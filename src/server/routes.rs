@@ -12,8 +12,8 @@ use crate::event::StreamName;
 use super::App;
 use super::auth::Scope;
 use super::body::Body;
-use super::wire::{self, ApiError};
-use super::{context, events, notes, sse, streams};
+use super::wire::{self, ApiError, ErrorStyle};
+use super::{context, events, notes, openintent, sse, streams};
 
 /// Every endpoint, for metrics labels and scope checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,13 +33,23 @@ pub enum Endpoint {
     GetNotes,
     DeleteNote,
     Subscribe,
+    /// `POST /api/v1/intents` (OpenIntent).
+    CreateIntent,
+    /// `GET /api/v1/intents/{id}` (OpenIntent).
+    GetIntent,
+    /// `POST /api/v1/intents/{id}/events` (OpenIntent).
+    PostIntentEvent,
+    /// `GET /api/v1/intents/{id}/events` (OpenIntent).
+    GetIntentEvents,
+    /// `GET /api/v1/intents/{id}/subscribe` or `/api/v1/subscribe/intents/{id}` (OpenIntent).
+    SubscribeIntent,
     /// No route matched (404) or the method did not (405).
     Unmatched,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order (`ALL[e as usize] == e`).
-    pub const ALL: [Endpoint; 15] = [
+    pub const ALL: [Endpoint; 20] = [
         Endpoint::Healthz,
         Endpoint::Metrics,
         Endpoint::ListStreams,
@@ -54,6 +64,11 @@ impl Endpoint {
         Endpoint::GetNotes,
         Endpoint::DeleteNote,
         Endpoint::Subscribe,
+        Endpoint::CreateIntent,
+        Endpoint::GetIntent,
+        Endpoint::PostIntentEvent,
+        Endpoint::GetIntentEvents,
+        Endpoint::SubscribeIntent,
         Endpoint::Unmatched,
     ];
 
@@ -62,7 +77,11 @@ impl Endpoint {
         match self {
             Endpoint::DeleteStream | Endpoint::DeleteNote => "DELETE",
             Endpoint::PutRetention => "PUT",
-            Endpoint::PostEvents | Endpoint::PostRecords | Endpoint::PostNote => "POST",
+            Endpoint::PostEvents
+            | Endpoint::PostRecords
+            | Endpoint::PostNote
+            | Endpoint::CreateIntent
+            | Endpoint::PostIntentEvent => "POST",
             Endpoint::Unmatched => "any",
             _ => "GET",
         }
@@ -82,6 +101,10 @@ impl Endpoint {
             Endpoint::PostNote | Endpoint::GetNotes => "/v1/streams/{s}/notes",
             Endpoint::DeleteNote => "/v1/streams/{s}/notes/{id}",
             Endpoint::Subscribe => "/v1/streams/{s}/subscribe",
+            Endpoint::CreateIntent => "/api/v1/intents",
+            Endpoint::GetIntent => "/api/v1/intents/{id}",
+            Endpoint::PostIntentEvent | Endpoint::GetIntentEvents => "/api/v1/intents/{id}/events",
+            Endpoint::SubscribeIntent => "/api/v1/intents/{id}/subscribe",
             Endpoint::Unmatched => "unmatched",
         }
     }
@@ -96,11 +119,16 @@ impl Endpoint {
             | Endpoint::GetEvents
             | Endpoint::GetContext
             | Endpoint::GetNotes
-            | Endpoint::Subscribe => Some(Scope::Read),
+            | Endpoint::Subscribe
+            | Endpoint::GetIntent
+            | Endpoint::GetIntentEvents
+            | Endpoint::SubscribeIntent => Some(Scope::Read),
             Endpoint::PostEvents
             | Endpoint::PostRecords
             | Endpoint::PostNote
-            | Endpoint::DeleteNote => Some(Scope::Write),
+            | Endpoint::DeleteNote
+            | Endpoint::CreateIntent
+            | Endpoint::PostIntentEvent => Some(Scope::Write),
             Endpoint::DeleteStream | Endpoint::PutRetention => Some(Scope::Admin),
         }
     }
@@ -175,6 +203,35 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
                 Some(*s),
                 None,
             ),
+            // OpenIntent (docs/openintent.md): an intent id is a stream name.
+            ["api", "v1", "intents"] => (
+                &[(Method::POST, Endpoint::CreateIntent)],
+                "POST",
+                None,
+                None,
+            ),
+            ["api", "v1", "intents", id] => (
+                &[(Method::GET, Endpoint::GetIntent)],
+                "GET",
+                Some(*id),
+                None,
+            ),
+            ["api", "v1", "intents", id, "events"] => (
+                &[
+                    (Method::POST, Endpoint::PostIntentEvent),
+                    (Method::GET, Endpoint::GetIntentEvents),
+                ],
+                "GET, POST",
+                Some(*id),
+                None,
+            ),
+            ["api", "v1", "intents", id, "subscribe"]
+            | ["api", "v1", "subscribe", "intents", id] => (
+                &[(Method::GET, Endpoint::SubscribeIntent)],
+                "GET",
+                Some(*id),
+                None,
+            ),
             _ => return Err(ApiError::not_found(path)),
         };
     choices
@@ -195,14 +252,15 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> (Endpoint, Response<Body>) {
     let (parts, body) = request.into_parts();
+    let style = ErrorStyle::for_path(parts.uri.path());
     let matched = match resolve(&parts.method, parts.uri.path()) {
         Ok(matched) => matched,
-        Err(error) => return (Endpoint::Unmatched, error.into_response()),
+        Err(error) => return (Endpoint::Unmatched, error.into_response_as(style)),
     };
     let endpoint = matched.endpoint;
     let response = dispatch(app, matched, &parts, body)
         .await
-        .unwrap_or_else(ApiError::into_response);
+        .unwrap_or_else(|error| error.into_response_as(style));
     (endpoint, response)
 }
 
@@ -221,7 +279,10 @@ async fn dispatch(
         .stream
         .map(|raw| {
             let decoded = percent_decode(raw).unwrap_or_else(|| raw.to_owned());
-            StreamName::new(&decoded)
+            StreamName::new(&decoded).map_err(|error| match endpoint.route().starts_with("/api/") {
+                true => openintent::invalid_intent_id(&decoded),
+                false => ApiError::from(error),
+            })
         })
         .transpose()?;
     if let (Some(key), Some(scope)) = (key, endpoint.scope()) {
@@ -253,6 +314,11 @@ async fn dispatch(
         Endpoint::GetNotes => notes::list(app, stream()?),
         Endpoint::DeleteNote => notes::delete(app, stream()?, matched.note_id.unwrap_or("")).await,
         Endpoint::Subscribe => sse::subscribe(app, stream()?, headers, query),
+        Endpoint::CreateIntent => openintent::create_intent(app, key, headers, body).await,
+        Endpoint::GetIntent => openintent::get_intent(app, stream()?, query).await,
+        Endpoint::PostIntentEvent => openintent::post_event(app, stream()?, headers, body).await,
+        Endpoint::GetIntentEvents => openintent::list_events(app, stream()?, query).await,
+        Endpoint::SubscribeIntent => openintent::subscribe(app, stream()?, headers, query),
         Endpoint::Unmatched => Err(ApiError::not_found(parts.uri.path())),
     }
 }
@@ -305,6 +371,25 @@ mod tests {
         assert_eq!(
             (error.status, error.allow),
             (StatusCode::METHOD_NOT_ALLOWED, Some("GET, POST"))
+        );
+        for path in [
+            "/api/v1/intents/i-1/subscribe",
+            "/api/v1/subscribe/intents/i-1",
+        ] {
+            let matched = resolve(&Method::GET, path).unwrap();
+            assert_eq!(
+                (matched.endpoint, matched.stream),
+                (Endpoint::SubscribeIntent, Some("i-1"))
+            );
+        }
+        let matched = resolve(&Method::POST, "/api/v1/intents/i-1/events").unwrap();
+        assert_eq!(matched.endpoint, Endpoint::PostIntentEvent);
+        assert_eq!(
+            resolve(&Method::GET, "/api/v1/intents")
+                .err()
+                .unwrap()
+                .allow,
+            Some("POST")
         );
         assert_eq!(
             resolve(&Method::GET, "/v2/x").err().unwrap().status,

@@ -1,4 +1,5 @@
-//! `GET /v1/streams/{s}/subscribe`: server-sent events of a stream's changes.
+//! `GET /v1/streams/{s}/subscribe`: server-sent events of a stream's changes (and the same feed
+//! in OpenIntent's dialect for `/api/v1/intents/{id}/subscribe`, see [`Dialect`]).
 //!
 //! Frames: `id:` is the stream revision of the change; `event:` is `record` (a new record),
 //! `repeat` (a record's count went up), `note` (a note was added) or `note_deleted`. A client
@@ -28,10 +29,11 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::event::{Note, StreamName, Timestamp};
-use crate::store::{Change, ChangeBody, CommittedChanges, Store, StoreError};
+use crate::store::{Change, ChangeBody, CommittedChanges, RecordQuery, Store, StoreError};
 
 use super::App;
 use super::body::Body;
+use super::openintent;
 use super::query::Query;
 use super::wire::ApiError;
 
@@ -43,6 +45,17 @@ const BUFFER_FRAMES: usize = 256;
 /// Changes read from the changelog per catch-up step.
 const REPLAY_PAGE: usize = 1_000;
 
+/// Which frames a feed writes: recap's own (`record`, `repeat`, `note`, ...) or OpenIntent's
+/// (`event:` the event type, `data:` the event object; see [`super::openintent`]). The
+/// machinery (resume, replay, live feed, keepalives, shutdown) is the same for both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// `GET /v1/streams/{s}/subscribe`.
+    Recap,
+    /// `GET /api/v1/intents/{id}/subscribe` and `/api/v1/subscribe/intents/{id}`.
+    OpenIntent,
+}
+
 /// `GET /v1/streams/{s}/subscribe`.
 pub fn subscribe(
     app: &Arc<App>,
@@ -51,8 +64,18 @@ pub fn subscribe(
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(query, &["after"])?;
-    let resume = match headers.get("last-event-id") {
-        Some(value) => Some(
+    let resume = match last_event_id(headers)? {
+        Some(revision) => Some(revision),
+        None => query.number::<u64>("after")?,
+    };
+    Ok(open(app, stream, resume, Dialect::Recap))
+}
+
+/// The revision a reconnecting client names in `Last-Event-ID`, if it sent one.
+pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|value| {
             value
                 .to_str()
                 .ok()
@@ -62,10 +85,19 @@ pub fn subscribe(
                         "Last-Event-ID",
                         "Last-Event-ID must be a revision (a whole number) this feed sent",
                     )
-                })?,
-        ),
-        None => query.number::<u64>("after")?,
-    };
+                })
+        })
+        .transpose()
+}
+
+/// Starts a feed of `stream`'s changes after revision `resume` (from now on when `None`) and
+/// returns the streaming response.
+pub fn open(
+    app: &Arc<App>,
+    stream: StreamName,
+    resume: Option<u64>,
+    dialect: Dialect,
+) -> Response<Body> {
     // Subscribe before reading where to start: nothing committed from here on can be missed.
     let live = app.store.subscribe();
     let after = resume.unwrap_or_else(|| app.store.revision(&stream));
@@ -73,6 +105,7 @@ pub fn subscribe(
     let feed = Feed {
         app: Arc::clone(app),
         stream,
+        dialect,
         last_sent: after,
         sender,
         shutdown: app.shutdown.clone(),
@@ -86,7 +119,7 @@ pub fn subscribe(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style proxies not to buffer the feed.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// Why a feed stopped.
@@ -103,6 +136,7 @@ enum Stop {
 struct Feed {
     app: Arc<App>,
     stream: StreamName,
+    dialect: Dialect,
     last_sent: u64,
     sender: mpsc::Sender<Bytes>,
     shutdown: watch::Receiver<bool>,
@@ -196,20 +230,79 @@ impl Feed {
         }
     }
 
+    /// Sends one change (if this dialect shows it) and moves the resume point past it either
+    /// way, so that `Last-Event-ID` stays a stream revision in both dialects.
     async fn send_change(&mut self, change: &Change) -> Result<(), Stop> {
-        self.send(frame(change)).await?;
+        let bytes = match self.dialect {
+            Dialect::Recap => Some(frame(change)),
+            Dialect::OpenIntent => self.openintent_frame(change).await?,
+        };
+        if let Some(bytes) = bytes {
+            self.send(bytes).await?;
+        }
         self.last_sent = change.revision;
         Ok(())
     }
 
+    /// The OpenIntent frame of a change: a new record as its event; a repeat as the record's
+    /// event again, with the new count (the record is read back: the change carries only the
+    /// count); notes not at all (each note is also logged as a `note` record, which is sent).
+    async fn openintent_frame(&self, change: &Change) -> Result<Option<Bytes>, Stop> {
+        let record = match &change.body {
+            ChangeBody::Record(record) => record.clone(),
+            ChangeBody::Repeat {
+                seq,
+                repeat_count,
+                last_ts,
+            } => {
+                let store: Store = self.app.store.clone();
+                let stream = self.stream.clone();
+                let query = RecordQuery {
+                    after: Some(seq - 1),
+                    limit: 1,
+                    ..RecordQuery::default()
+                };
+                let page = match tokio::task::spawn_blocking(move || store.records(&stream, &query))
+                    .await
+                    .map_err(|error| Stop::Store(StoreError::Storage(error.to_string())))?
+                {
+                    Ok(page) => page,
+                    // Deleted meanwhile: nothing to show.
+                    Err(StoreError::UnknownStream(_)) => return Ok(None),
+                    Err(error) => return Err(Stop::Store(error)),
+                };
+                // Retention may have removed the record since; then there is nothing to show.
+                let Some(mut record) = page.records.into_iter().find(|r| r.seq == *seq) else {
+                    return Ok(None);
+                };
+                record.repeat_count = *repeat_count;
+                record.last_ts = *last_ts;
+                record
+            }
+            ChangeBody::Note(_) | ChangeBody::NoteDeleted { .. } => return Ok(None),
+        };
+        Ok(Some(openintent::sse_frame(
+            &self.stream,
+            change.revision,
+            &record,
+        )))
+    }
+
     async fn send_gap(&mut self, next: u64) -> Result<(), Stop> {
-        let data = serde_json::json!({
-            "after": self.last_sent,
-            "next": next,
-            "message": "the changes between these revisions are no longer in the changelog; re-read the records with GET .../events",
-        });
-        self.send(Bytes::from(format!("event: gap\ndata: {data}\n\n")))
-            .await
+        let bytes = match self.dialect {
+            Dialect::Recap => {
+                let data = serde_json::json!({
+                    "after": self.last_sent,
+                    "next": next,
+                    "message": "the changes between these revisions are no longer in the changelog; re-read the records with GET .../events",
+                });
+                Bytes::from(format!("event: gap\ndata: {data}\n\n"))
+            }
+            Dialect::OpenIntent => {
+                openintent::gap_frame(&self.stream, self.last_sent, next, chrono::Utc::now())
+            }
+        };
+        self.send(bytes).await
     }
 
     /// Sends a frame, waiting while the subscriber's buffer is full (this feed only: writers

@@ -83,12 +83,15 @@ impl ApiError {
 
     /// No route at this path.
     pub fn not_found(path: &str) -> ApiError {
+        let hint = if path.starts_with("/api/") {
+            "recap serves these OpenIntent routes: POST /api/v1/intents, GET /api/v1/intents/{id}, POST and GET /api/v1/intents/{id}/events, GET /api/v1/intents/{id}/subscribe (docs/openintent.md)"
+        } else {
+            "the API lives under /v1/streams (see the README's API table)"
+        };
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!(
-                "no route for {path}; the API lives under /v1/streams (see the README's API table)"
-            ),
+            format!("no route for {path}; {hint}"),
         )
     }
 
@@ -125,30 +128,22 @@ impl ApiError {
         )
     }
 
-    /// The response for this error.
-    pub fn into_response(self) -> Response<Body> {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            error: Inner<'a>,
-        }
-        #[derive(Serialize)]
-        struct Inner<'a> {
-            code: &'a str,
-            message: &'a str,
-            field: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            index: Option<usize>,
-        }
-        let body = serde_json::to_vec(&Envelope {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-                field: self.field.as_deref(),
-                index: self.index,
-            },
-        })
-        .unwrap_or_default();
-        let mut response = json_bytes(self.status, body);
+    /// The response for this error in the given style.
+    pub fn into_response_as(self, style: ErrorStyle) -> Response<Body> {
+        let error = self.error_object();
+        let body = match style {
+            ErrorStyle::Recap => serde_json::json!({ "error": error }),
+            // The `openintent` client reads a top-level `message` (and, on 400, `errors`); recap's
+            // own `error` object rides along for clients that know it.
+            ErrorStyle::OpenIntent => serde_json::json!({
+                "message": self.message,
+                "errors": self.field.iter()
+                    .map(|field| serde_json::json!({"field": field, "message": self.message}))
+                    .collect::<Vec<_>>(),
+                "error": error,
+            }),
+        };
+        let mut response = json_bytes(self.status, serde_json::to_vec(&body).unwrap_or_default());
         if let Some(allow) = self.allow {
             response
                 .headers_mut()
@@ -161,6 +156,45 @@ impl ApiError {
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+
+    /// The response for this error, in recap's style.
+    pub fn into_response(self) -> Response<Body> {
+        self.into_response_as(ErrorStyle::Recap)
+    }
+
+    /// `{"code", "message", "field", "index"?}`.
+    fn error_object(&self) -> serde_json::Value {
+        let mut error = serde_json::json!({
+            "code": self.code,
+            "message": self.message,
+            "field": self.field,
+        });
+        if let Some(index) = self.index {
+            error["index"] = index.into();
+        }
+        error
+    }
+}
+
+/// How an error body is shaped: recap's `{"error": {...}}`, or, on the OpenIntent routes (paths
+/// under `/api/`), the same with a top-level `message` and `errors` the `openintent` client reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorStyle {
+    /// `{"error": {"code", "message", "field"}}`.
+    Recap,
+    /// `{"message", "errors": [{"field", "message"}], "error": {...}}`.
+    OpenIntent,
+}
+
+impl ErrorStyle {
+    /// The style for a request path.
+    pub fn for_path(path: &str) -> ErrorStyle {
+        if path.starts_with("/api/") {
+            ErrorStyle::OpenIntent
+        } else {
+            ErrorStyle::Recap
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 mod budgets;
 mod context_golden;
 mod live_server;
+mod openintent;
 mod server;
 mod store;
 mod support;
