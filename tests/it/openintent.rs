@@ -526,7 +526,8 @@ async fn sse_frames_are_events_and_resume_after_last_event_id() {
         "a repeat is the record again, with its count"
     );
 
-    // The other path the reference server uses, from the start of the stream.
+    // The other path the reference server uses, from the start of the stream: every revision
+    // so far (the repeat too), replayed in one go.
     let (connected, _ready) = mpsc::channel();
     let text = tokio::task::spawn_blocking({
         let addr = server.addr;
@@ -535,7 +536,7 @@ async fn sse_frames_are_events_and_resume_after_last_event_id() {
                 addr,
                 "/api/v1/subscribe/intents/live",
                 Some(0),
-                3,
+                4,
                 connected,
             )
         }
@@ -543,5 +544,5 @@ async fn sse_frames_are_events_and_resume_after_last_event_id() {
     .await
     .unwrap();
     let ids: Vec<u64> = frames(&text).iter().map(|(id, _, _)| *id).collect();
-    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(ids, [1, 2, 3, 4]);
 }
