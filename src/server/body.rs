@@ -154,6 +154,13 @@ fn too_large(cap: usize) -> ApiError {
     )
 }
 
+/// Reads a JSON body (one object, no NDJSON): checks the content type, then reads at most `cap`
+/// bytes.
+pub async fn read_json(body: Incoming, headers: &HeaderMap, cap: usize) -> Result<Bytes, ApiError> {
+    framing(headers, false)?;
+    read_capped(body, headers, cap).await
+}
+
 /// The body as UTF-8 text, or a 400 saying where the bad byte is.
 pub fn utf8(bytes: &[u8]) -> Result<&str, ApiError> {
     std::str::from_utf8(bytes).map_err(|error| {

@@ -131,8 +131,7 @@ pub async fn post_event(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    body::framing(headers, false)?;
-    let bytes = body::read_capped(body, headers, app.options.max_body_bytes).await?;
+    let bytes = body::read_json(body, headers, app.options.max_body_bytes).await?;
     let input: EventBody = decode(&bytes)?;
     let event_type = input
         .event_type
@@ -368,8 +367,7 @@ pub async fn create_intent(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    body::framing(headers, false)?;
-    let bytes = body::read_capped(body, headers, app.options.max_body_bytes).await?;
+    let bytes = body::read_json(body, headers, app.options.max_body_bytes).await?;
     let mut fields: Map<String, Value> = decode(&bytes)?;
     match fields.get("title") {
         Some(Value::String(title)) if !title.trim().is_empty() => {}
