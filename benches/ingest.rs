@@ -1,6 +1,9 @@
 //! Durable ingest through the store API: W writer threads, each appending batches of B events
 //! and waiting for each acknowledgement (so every event counted is durable), for a fixed time.
 //!
+//! Writers are OS threads blocked on each acknowledgement, or tokio tasks awaiting it (how the
+//! HTTP server's handlers wait).
+//!
 //! Run with `cargo bench --bench ingest`. Prints one row per (writers, batch) with events/s,
 //! commits/s (group commits: how many requests shared each fsync) and the p50/p99 time from
 //! `append` to acknowledgement. `RECAP_BENCH_SECONDS` sets the time per row (default 3).
@@ -28,7 +31,29 @@ struct Row {
     latencies: Vec<Duration>,
 }
 
-fn run(writers: usize, batch: usize, seconds: f64) -> Row {
+/// How the writers wait for their acknowledgements.
+#[derive(Clone, Copy, PartialEq)]
+enum Writers {
+    /// One OS thread per writer, blocked in `Pending::wait`.
+    Threads,
+    /// One tokio task per writer on a 2-worker runtime, awaiting the `Pending`: what the HTTP
+    /// server's request handlers do.
+    Tasks,
+}
+
+/// One event of about 100 bytes, distinct, so that every event is a new record.
+fn bench_event(writer: usize, counter: u64) -> Event {
+    let message = format!(
+        "writer {writer} call {counter}: search(\"durable group commit\") -> {} results",
+        counter % 97
+    );
+    Event::new("tool", Severity::Info, message).expect("a valid event")
+}
+
+fn run(mode: Writers, writers: usize, batch: usize, seconds: f64) -> Row {
+    if mode == Writers::Tasks {
+        return run_tasks(writers, batch, seconds);
+    }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = Store::open(dir.path(), StoreOptions::default()).expect("the store opens");
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -47,12 +72,7 @@ fn run(writers: usize, batch: usize, seconds: f64) -> Row {
                     let batch_events: Vec<Event> = (0..batch)
                         .map(|_| {
                             counter += 1;
-                            // About 100 bytes, distinct, so that every event is a new record.
-                            let message = format!(
-                                "writer {writer} call {counter}: search(\"durable group commit\") -> {} results",
-                                counter % 97
-                            );
-                            Event::new("tool", Severity::Info, message).expect("a valid event")
+                            bench_event(writer, counter)
                         })
                         .collect();
                     let sent = Instant::now();
@@ -88,6 +108,68 @@ fn run(writers: usize, batch: usize, seconds: f64) -> Row {
     }
 }
 
+fn run_tasks(writers: usize, batch: usize, seconds: f64) -> Row {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::open(dir.path(), StoreOptions::default()).expect("the store opens");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let before = store.metrics();
+    let results = runtime.block_on(async {
+        let tasks: Vec<_> = (0..writers)
+            .map(|writer| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let stream = StreamName::new(&format!("agent-{}", writer % STREAMS))
+                        .expect("a valid stream name");
+                    let mut latencies = Vec::new();
+                    let mut events = 0u64;
+                    let mut counter = 0u64;
+                    while Instant::now() < deadline {
+                        let batch_events: Vec<Event> = (0..batch)
+                            .map(|_| {
+                                counter += 1;
+                                bench_event(writer, counter)
+                            })
+                            .collect();
+                        let sent = Instant::now();
+                        store
+                            .append(&stream, batch_events, Utc::now())
+                            .await
+                            .expect("the append is acknowledged");
+                        latencies.push(sent.elapsed());
+                        events += batch as u64;
+                    }
+                    (events, latencies)
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            results.push(task.await.expect("a writer task"));
+        }
+        results
+    });
+    let elapsed = started.elapsed();
+    let commits = store.metrics().commits - before.commits;
+    store.close().expect("the store closes");
+    let events = results.iter().map(|(events, _)| events).sum();
+    let mut latencies: Vec<Duration> = results.into_iter().flat_map(|(_, l)| l).collect();
+    latencies.sort_unstable();
+    Row {
+        writers,
+        batch,
+        events,
+        commits,
+        elapsed,
+        latencies,
+    }
+}
+
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -105,34 +187,39 @@ fn main() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(3.0);
-    // `cargo bench` passes `--bench`; a name filter is accepted as "writers,batch" rows to run.
+    // `cargo bench` passes `--bench`; a name filter is accepted as "writers,batch" (or
+    // "tasks:writers,batch") rows to run.
     let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     println!("durable ingest through Store::append ({seconds} s per row, {STREAMS} streams)");
     println!();
     println!(
-        "{:>7} {:>6} {:>12} {:>10} {:>12} {:>9} {:>9}",
-        "writers", "batch", "events/s", "commits/s", "events/commit", "p50 ms", "p99 ms"
+        "{:>8} {:>7} {:>6} {:>12} {:>10} {:>12} {:>9} {:>9}",
+        "writers", "count", "batch", "events/s", "commits/s", "events/commit", "p50 ms", "p99 ms"
     );
-    for writers in [1, 8, 64] {
-        for batch in [1, 100] {
-            if filter
-                .as_deref()
-                .is_some_and(|filter| filter != format!("{writers},{batch}"))
-            {
-                continue;
+    for (mode, label) in [(Writers::Threads, "threads"), (Writers::Tasks, "tasks")] {
+        for writers in [1, 8, 64] {
+            for batch in [1, 100] {
+                let name = match mode {
+                    Writers::Threads => format!("{writers},{batch}"),
+                    Writers::Tasks => format!("tasks:{writers},{batch}"),
+                };
+                if filter.as_deref().is_some_and(|filter| filter != name) {
+                    continue;
+                }
+                let row = run(mode, writers, batch, seconds);
+                let secs = row.elapsed.as_secs_f64();
+                println!(
+                    "{:>8} {:>7} {:>6} {:>12.0} {:>10.0} {:>12.1} {:>9} {:>9}",
+                    label,
+                    row.writers,
+                    row.batch,
+                    row.events as f64 / secs,
+                    row.commits as f64 / secs,
+                    row.events as f64 / row.commits.max(1) as f64,
+                    millis(percentile(&row.latencies, 0.50)),
+                    millis(percentile(&row.latencies, 0.99)),
+                );
             }
-            let row = run(writers, batch, seconds);
-            let secs = row.elapsed.as_secs_f64();
-            println!(
-                "{:>7} {:>6} {:>12.0} {:>10.0} {:>12.1} {:>9} {:>9}",
-                row.writers,
-                row.batch,
-                row.events as f64 / secs,
-                row.commits as f64 / secs,
-                row.events as f64 / row.commits.max(1) as f64,
-                millis(percentile(&row.latencies, 0.50)),
-                millis(percentile(&row.latencies, 0.99)),
-            );
         }
     }
 }
