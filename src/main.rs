@@ -33,7 +33,7 @@ enum Command {
     Post(PostArgs),
     /// Print a stream's context window.
     Context(ContextArgs),
-    /// Follow a stream's changes (SSE), one line each.
+    /// Follow a stream's changes (SSE), one line each; reconnects and resumes if the feed drops.
     Tail(TailArgs),
     /// Import a JSONL file (events, a trace, or an export) into a stream.
     Import(ImportArgs),

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::time::Duration;
 
 use http::Method;
 use http_body_util::BodyExt;
@@ -135,7 +136,13 @@ pub fn describe(event: &SseEvent) -> Option<String> {
     match event.event.as_str() {
         "record" => serde_json::from_str::<Record>(&event.data)
             .ok()
-            .map(|record| format!("#{} {}", record.seq, render::record_line(&record))),
+            .map(|record| {
+                format!(
+                    "#{} {}",
+                    record.seq,
+                    render::record_line(&record).trim_end()
+                )
+            }),
         "repeat" => serde_json::from_str::<RepeatData>(&event.data)
             .ok()
             .map(|repeat| format!("#{} repeated x{}", repeat.seq, repeat.repeat_count)),
@@ -151,8 +158,15 @@ pub fn describe(event: &SseEvent) -> Option<String> {
     }
 }
 
-/// Follows a stream, printing a line per change, until the server ends the feed or `count`
-/// changes were printed. Returns how many were printed.
+/// First wait before reconnecting a dropped feed; it doubles up to [`RECONNECT_MAX`].
+pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between reconnection attempts.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Follows a stream, printing a line per change, until `count` changes were printed (or forever).
+/// When the feed ends or the connection drops (a server restart), it reconnects with backoff and
+/// resumes after the last revision it saw, so nothing is missed or printed twice. Only the first
+/// connection's failure is an error. Returns how many changes were printed.
 pub async fn tail(
     client: &Client,
     stream: &StreamName,
@@ -160,12 +174,29 @@ pub async fn tail(
     count: Option<usize>,
     out: &mut impl Write,
 ) -> Result<usize, ClientError> {
-    let mut subscription = subscribe(client, stream, after).await?;
+    // Without --after, start from the stream's current revision: a reconnect then knows exactly
+    // where to resume.
+    let mut last_seen = match after {
+        Some(after) => after,
+        None => current_revision(client, stream).await?,
+    };
     let mut printed = 0;
+    let mut subscription = subscribe(client, stream, Some(last_seen)).await?;
+    let mut backoff = RECONNECT_MIN;
     while count.is_none_or(|count| printed < count) {
-        let Some(event) = subscription.next().await? else {
-            break;
+        let event = match subscription.next().await {
+            Ok(Some(event)) => event,
+            // The feed ended or broke: resume after what was printed.
+            Ok(None) | Err(ClientError::Protocol(_)) => {
+                subscription = reconnect(client, stream, last_seen, &mut backoff).await;
+                continue;
+            }
+            Err(error) => return Err(error),
         };
+        backoff = RECONNECT_MIN;
+        if let Some(revision) = event.id.as_deref().and_then(|id| id.parse().ok()) {
+            last_seen = revision;
+        }
         if let Some(line) = describe(&event) {
             writeln!(out, "{line}")
                 .and_then(|()| out.flush())
@@ -174,6 +205,43 @@ pub async fn tail(
         }
     }
     Ok(printed)
+}
+
+/// The stream's revision now (0 for a stream that does not exist yet).
+async fn current_revision(client: &Client, stream: &StreamName) -> Result<u64, ClientError> {
+    #[derive(Deserialize)]
+    struct Stats {
+        revision: u64,
+    }
+    match client
+        .json::<Stats>(Method::GET, &format!("/v1/streams/{stream}"), None)
+        .await
+    {
+        Ok(stats) => Ok(stats.revision),
+        Err(ClientError::Api { status, .. }) if status == http::StatusCode::NOT_FOUND => Ok(0),
+        Err(error) => Err(error),
+    }
+}
+
+/// Subscribes again after `last_seen`, waiting with doubling backoff between attempts.
+async fn reconnect(
+    client: &Client,
+    stream: &StreamName,
+    last_seen: u64,
+    backoff: &mut Duration,
+) -> Subscription {
+    loop {
+        eprintln!(
+            "(feed ended; reconnecting in {:.1} s, resuming after revision {last_seen})",
+            backoff.as_secs_f64(),
+        );
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(RECONNECT_MAX);
+        match subscribe(client, stream, Some(last_seen)).await {
+            Ok(subscription) => return subscription,
+            Err(error) => eprintln!("({error})"),
+        }
+    }
 }
 
 #[cfg(test)]

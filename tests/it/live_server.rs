@@ -87,8 +87,25 @@ impl TestServer {
     pub async fn with_options(options: ServerOptions) -> TestServer {
         let dir = tempfile::tempdir().expect("a temp dir");
         let data_dir = dir.path().join("data");
+        TestServer::serve("127.0.0.1:0", data_dir, dir, options).await
+    }
+
+    /// Shuts the server down and starts a new one on the same address and data directory, as
+    /// an operator's restart would.
+    pub async fn restart(self) -> TestServer {
+        let addr = self.addr;
+        let (data_dir, dir) = self.shutdown().await;
+        TestServer::serve(&addr.to_string(), data_dir, dir, ServerOptions::default()).await
+    }
+
+    async fn serve(
+        addr: &str,
+        data_dir: PathBuf,
+        dir: TempDir,
+        options: ServerOptions,
+    ) -> TestServer {
         let store = Store::open(&data_dir, StoreOptions::default()).expect("the store opens");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(listener, store, options, async {

@@ -961,3 +961,48 @@ async fn graceful_shutdown_drains_an_in_flight_request() {
     .unwrap();
     assert_eq!(page.records[0].message, "in flight during shutdown");
 }
+
+/// `recap tail` outlives a server restart: it reconnects and resumes after the last revision it
+/// printed, so the change posted while it was away is printed once, and nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reconnects_across_a_server_restart() {
+    let server = TestServer::start().await;
+    let stream = StreamName::new("watched").unwrap();
+    let post = |server: &TestServer, message: &str| {
+        let body = format!(r#"{{"kind": "tool", "message": "{message}"}}"#);
+        let server_url = server.url();
+        async move {
+            let client = recap::client::Client::new(&server_url, None).unwrap();
+            client
+                .send(
+                    Method::POST,
+                    "/v1/streams/watched/events",
+                    Some(("application/json", Bytes::from(body))),
+                    &[],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    post(&server, "before the tail").await;
+    let client = server.client(None);
+    let follower = tokio::spawn({
+        let stream = stream.clone();
+        async move {
+            let mut out = Vec::new();
+            let printed = tail::tail(&client, &stream, None, Some(2), &mut out).await;
+            (printed.unwrap(), String::from_utf8(out).unwrap())
+        }
+    });
+    post(&server, "first while tailing").await;
+    let server = server.restart().await;
+    post(&server, "after the restart").await;
+    let (printed, out) = tokio::time::timeout(DEADLINE, follower)
+        .await
+        .expect("the tail ends before the deadline")
+        .unwrap();
+    assert_eq!(printed, 2, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("first while tailing"), "{out}");
+    assert!(lines[1].contains("after the restart"), "{out}");
+}
