@@ -17,6 +17,8 @@
 //! drain_timeout_seconds = 30
 //! collapse_mode = "exact"          # or "template"
 //! collapse_window_seconds = 600
+//! tail_records = 4096              # newest records kept in memory per stream
+//! severe_records = 256             # older error/critical records kept in reach per stream
 //! ```
 
 use std::net::SocketAddr;
@@ -33,12 +35,15 @@ use crate::server::auth::{Keys, KeysError};
 use crate::server::body::DEFAULT_MAX_BODY_BYTES;
 use crate::server::sse::DEFAULT_KEEPALIVE;
 use crate::store::{DEFAULT_DATA_DIR, StoreOptions};
+use crate::stream::TailCapacity;
 
 /// Default listen address: loopback, so a fresh `recap serve` is not reachable from the network
 /// until keys are configured.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7070";
 /// How long shutdown waits for in-flight requests before closing the store anyway.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Smallest per-stream tail accepted: the context's minimum candidate window.
+pub const MIN_TAIL_RECORDS: usize = crate::context::MIN_CANDIDATES;
 /// Smallest body cap accepted: one maximal event must fit.
 pub const MIN_MAX_BODY_BYTES: usize = 4 * 1024;
 
@@ -68,6 +73,8 @@ pub struct FileConfig {
     drain_timeout_seconds: Option<u64>,
     collapse_mode: Option<String>,
     collapse_window_seconds: Option<i64>,
+    tail_records: Option<usize>,
+    severe_records: Option<usize>,
 }
 
 /// The validated configuration of `recap serve`.
@@ -89,6 +96,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Repeat-collapse policy.
     pub collapse: CollapsePolicy,
+    /// How much of each stream is kept in memory.
+    pub tail: TailCapacity,
 }
 
 /// Why the configuration was refused.
@@ -216,6 +225,21 @@ impl Config {
                     invalid("collapse_window_seconds", "must be a number of seconds ≥ 0")
                 })?;
         }
+        let mut tail = TailCapacity::default();
+        if let Some(records) = file.tail_records {
+            if records < MIN_TAIL_RECORDS {
+                return Err(invalid(
+                    "tail_records",
+                    format!(
+                        "must be at least {MIN_TAIL_RECORDS} (a context needs recent records to choose from)"
+                    ),
+                ));
+            }
+            tail.records = records;
+        }
+        if let Some(severe) = file.severe_records {
+            tail.severe = severe;
+        }
         Ok(Config {
             addr,
             data_dir,
@@ -225,6 +249,7 @@ impl Config {
             sse_keepalive,
             drain_timeout,
             collapse,
+            tail,
         })
     }
 
@@ -232,6 +257,7 @@ impl Config {
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             collapse: self.collapse,
+            tail: self.tail,
             ..StoreOptions::default()
         }
     }
@@ -298,5 +324,25 @@ mod tests {
         let file: FileConfig = toml::from_str("max_body_bytes = 10").unwrap();
         assert!(Config::merge(&Overrides::default(), file, Path::new("")).is_err());
         assert!(toml::from_str::<FileConfig>("adr = \"x\"").is_err());
+    }
+
+    #[test]
+    fn tail_sizes_are_configurable_within_bounds() {
+        let load = |text: &str| {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            Config::merge(&Overrides::default(), file, Path::new(""))
+        };
+        let config = load("tail_records = 512\nsevere_records = 16").unwrap();
+        assert_eq!(
+            config.store_options().tail,
+            TailCapacity {
+                records: 512,
+                severe: 16
+            }
+        );
+        assert_eq!(
+            load("tail_records = 3").unwrap_err().to_string(),
+            "invalid setting `tail_records`: must be at least 64 (a context needs recent records to choose from)"
+        );
     }
 }
