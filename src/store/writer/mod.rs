@@ -17,6 +17,12 @@
 //! commit fails, every touched shadow is forked again from its live state, which is exactly the
 //! committed state, and every caller of that commit gets the error.
 
+mod live;
+mod maintenance;
+
+use live::{Notice, notify};
+use maintenance::{maintain_stream, needs_maintenance, purge_rows};
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
@@ -858,44 +864,6 @@ impl Writer {
     }
 }
 
-/// What the writer hands the notifier.
-enum Notice {
-    /// A durable commit: replay it on the live states, publish its changes, answer its callers.
-    Committed {
-        ops: Vec<Op>,
-        changes: Vec<Change>,
-        answers: Vec<Answer>,
-    },
-    /// Answers once everything sent before it is done.
-    Flush(mpsc::Sender<()>),
-}
-
-/// The notifier thread: makes durable commits visible, in commit order. Running it beside the
-/// writer lets the next commit's work and fsync overlap with waking the last commit's callers.
-fn notify(shared: Arc<Shared>, notices: Receiver<Notice>) {
-    for notice in notices {
-        match notice {
-            Notice::Committed {
-                ops,
-                changes,
-                answers,
-            } => {
-                apply_to_live(&shared, ops);
-                // Published before answering, so a caller that subscribed before writing has
-                // the change in its feed by the time its write is acknowledged.
-                if !changes.is_empty() {
-                    // No subscriber is not an error.
-                    drop(shared.changes.send(Arc::new(changes)));
-                }
-                for answer in answers {
-                    answer.send(None);
-                }
-            }
-            Notice::Flush(done) => drop(done.send(())),
-        }
-    }
-}
-
 /// The metadata row of a stream, with restore hints from its live state.
 fn stream_meta(stream: &WriterStream) -> StreamMeta {
     let mut meta = StreamMeta {
@@ -1003,204 +971,6 @@ fn remove_note(
     Ok(true)
 }
 
-/// One stream's share of a maintenance step; `true` when it has nothing left to do.
-#[allow(clippy::too_many_arguments)]
-fn maintain_stream(
-    target: &mut WriterStream,
-    tables: &mut Tables<'_>,
-    now: Timestamp,
-    default_retention: Retention,
-    changelog_keep: u64,
-    budget: &mut usize,
-    buf: &mut Vec<u8>,
-    work: &mut Work,
-) -> Result<bool, StoreError> {
-    let id = target.slot.id;
-    // Notes past their expiry: each deletion is a change with its own revision.
-    let expired: Vec<u64> = target
-        .shadow
-        .notes()
-        .filter(|note| !note.is_live(now))
-        .map(|note| note.id)
-        .take(*budget)
-        .collect();
-    for note_id in expired {
-        remove_note(target, tables, note_id, buf, work)?;
-        *budget -= 1;
-    }
-
-    // Retention removes the oldest records: a prefix, so stored seqs stay one dense range.
-    let retention = target.retention.unwrap_or(default_retention);
-    let last_seq = target.shadow.totals().records;
-    let stored = (last_seq + 1).saturating_sub(target.first_seq);
-    let mut through = target.first_seq - 1;
-    if let Some(max_records) = retention.max_records {
-        through += stored.saturating_sub(max_records);
-    }
-    let cutoff = retention
-        .max_age
-        .and_then(|age| now.checked_sub_signed(age));
-    let limit = (target.first_seq - 1).saturating_add(*budget as u64);
-    through = through.min(limit).min(last_seq);
-    let mut max_revision = 0;
-    let mut seq = target.first_seq;
-    while seq <= last_seq && seq <= limit {
-        if seq > through {
-            // Past the count limit: only the age limit can remove more.
-            let Some(cutoff) = cutoff else { break };
-            let Some(stored) = tables.records.get((id, seq))? else {
-                break;
-            };
-            let (record, _) = schema::decode_record(seq, stored.value())
-                .map_err(|error| StoreError::Storage(error.to_string()))?;
-            if record.last_ts >= cutoff {
-                break;
-            }
-            through = seq;
-        }
-        if let Some(removed) = tables.records.remove((id, seq))? {
-            let revision = schema::last_revision(removed.value())
-                .map_err(|error| StoreError::Storage(error.to_string()))?;
-            max_revision = max_revision.max(revision);
-        }
-        tables.severe.remove((id, seq))?;
-        *budget = budget.saturating_sub(1);
-        seq += 1;
-    }
-    if through >= target.first_seq {
-        target.first_seq = through + 1;
-        // Changes that touched removed records cannot be replayed any more.
-        target.changelog_floor = target.changelog_floor.max(max_revision);
-        target.shadow.forget_through(through);
-        work.ops.push(Op::Forget(target.slot.clone(), through));
-        work.touched.insert(target.name.clone());
-    }
-    let mut done = seq > last_seq || seq <= limit && seq > through;
-    if let Some(max_records) = retention.max_records {
-        done &= (last_seq + 1).saturating_sub(target.first_seq) <= max_records;
-    }
-
-    // The changelog keeps the newest `changelog_keep` revisions; trimmed with some slack so
-    // that a busy stream trims in chunks rather than on every commit.
-    let revision = target.shadow.revision();
-    let keep_floor = revision.saturating_sub(changelog_keep);
-    let slack = changelog_keep / 16;
-    if keep_floor > target.changelog_floor + slack {
-        target.changelog_floor = keep_floor;
-        work.touched.insert(target.name.clone());
-    }
-    let floor = target.changelog_floor;
-    let keys: Vec<(u64, u64)> = tables
-        .changes
-        .range((id, 0)..=(id, floor))?
-        .take(*budget + 1)
-        .map(|entry| entry.map(|(key, _)| key.value()))
-        .collect::<Result<_, _>>()?;
-    let more_changes = keys.len() > *budget;
-    for key in keys.into_iter().take(*budget) {
-        tables.changes.remove(key)?;
-        *budget -= 1;
-    }
-    Ok(done && !more_changes && target.shadow.notes().all(|n| n.is_live(now)))
-}
-
-/// Removes up to `budget` rows of a deleted stream; returns how many it removed (fewer than
-/// `budget` means the stream is gone).
-fn purge_rows(tables: &mut Tables<'_>, id: u64, budget: usize) -> Result<usize, StoreError> {
-    fn purge_table<V: redb::Value + 'static>(
-        table: &mut Table<'_, (u64, u64), V>,
-        id: u64,
-        budget: usize,
-    ) -> Result<usize, StoreError> {
-        let keys: Vec<(u64, u64)> = table
-            .range((id, 0)..=(id, u64::MAX))?
-            .take(budget)
-            .map(|entry| entry.map(|(key, _)| key.value()))
-            .collect::<Result<_, _>>()?;
-        for key in &keys {
-            table.remove(*key)?;
-        }
-        Ok(keys.len())
-    }
-    let mut removed = purge_table(&mut tables.records, id, budget)?;
-    removed += purge_table(&mut tables.severe, id, budget - removed)?;
-    removed += purge_table(&mut tables.changes, id, budget - removed)?;
-    removed += purge_table(&mut tables.notes, id, budget - removed)?;
-    Ok(removed)
-}
-
-/// Replays a durable commit's operations on the live states, taking each stream's lock once
-/// per run of its operations.
-fn apply_to_live(shared: &Shared, ops: Vec<Op>) {
-    let mut ops = ops.into_iter().peekable();
-    while let Some(op) = ops.next() {
-        let slot = match op {
-            Op::Created(name, slot) => {
-                write(&shared.streams).insert(name, slot);
-                continue;
-            }
-            Op::Deleted(name) => {
-                write(&shared.streams).remove(&name);
-                continue;
-            }
-            Op::Adopt(ref slot, ..)
-            | Op::Import(ref slot, ..)
-            | Op::AddNote(ref slot, ..)
-            | Op::RemoveNote(ref slot, ..)
-            | Op::Forget(ref slot, ..)
-            | Op::Settings(ref slot, ..) => slot.clone(),
-        };
-        let mut live = write(&slot.live);
-        replay(&mut live, op);
-        while let Some(next) = ops.next_if(|next| next.is_for(&slot)) {
-            replay(&mut live, next);
-        }
-    }
-}
-
-impl Op {
-    /// Whether the operation changes the state of `slot`'s stream.
-    fn is_for(&self, slot: &Arc<Slot>) -> bool {
-        match self {
-            Op::Created(..) | Op::Deleted(..) => false,
-            Op::Adopt(held, ..)
-            | Op::Import(held, ..)
-            | Op::AddNote(held, ..)
-            | Op::RemoveNote(held, ..)
-            | Op::Forget(held, ..)
-            | Op::Settings(held, ..) => Arc::ptr_eq(held, slot),
-        }
-    }
-}
-
-fn replay(live: &mut Live, op: Op) {
-    match op {
-        Op::Adopt(_, cached, collapsed, ts) => live.state.adopt(cached, collapsed, ts),
-        Op::Import(_, imported) => {
-            live.state.import(
-                imported.event,
-                imported.first_ts,
-                imported.last_ts,
-                imported.repeat_count,
-            );
-        }
-        Op::AddNote(_, note) => {
-            live.state
-                .add_note(note.text, note.created_at, note.expires_at);
-        }
-        Op::RemoveNote(_, id) => {
-            live.state.remove_note(id);
-        }
-        Op::Forget(_, through) => live.state.forget_through(through),
-        Op::Settings(_, retention, first_seq, floor) => {
-            live.retention = retention;
-            live.first_seq = first_seq;
-            live.changelog_floor = floor;
-        }
-        Op::Created(..) | Op::Deleted(..) => {}
-    }
-}
-
 /// The `note` event that records a note in the event log; `payload.note_id` lets the context
 /// leave it out while the note itself is pinned.
 fn note_event(text: String, id: u64) -> Event {
@@ -1216,19 +986,6 @@ fn note_event(text: String, id: u64) -> Event {
         step_id: None,
         payload: Some(payload),
     }
-}
-
-/// Whether a stream has outgrown its record limit or its changelog (age limits and expiry are
-/// found by the periodic sweep).
-fn needs_maintenance(stream: &WriterStream, default: Retention, changelog_keep: u64) -> bool {
-    let stored = (stream.shadow.totals().records + 1).saturating_sub(stream.first_seq);
-    let over_records = stream
-        .retention
-        .unwrap_or(default)
-        .max_records
-        .is_some_and(|max| stored > max);
-    let keep_floor = stream.shadow.revision().saturating_sub(changelog_keep);
-    over_records || keep_floor > stream.changelog_floor + changelog_keep / 16
 }
 
 /// Times are kept to the microsecond; normalizing before anything is decided makes what a
