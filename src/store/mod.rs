@@ -1,7 +1,8 @@
 //! Durable history in one redb file (DESIGN section 4).
 //!
-//! The file's layout is in `schema.rs` and `docs/design.md`; the writer in `writer/` (commits, `live.rs` to publish them, `maintenance.rs`); reads
-//! (open, history pages, changelog replay) in `reads.rs`.
+//! The file's layout is in `schema.rs` and `docs/design.md`; the writer in `writer/` (commits,
+//! publication to the live states, maintenance); reads (open, history pages, changelog replay)
+//! in `reads.rs`.
 //!
 //! - One writer thread commits many callers' batches per durable transaction (group commit) and
 //!   answers each caller only after its commit is durable.
