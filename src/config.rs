@@ -272,6 +272,7 @@ impl Config {
             },
             sse_keepalive: self.sse_keepalive,
             drain_timeout: self.drain_timeout,
+            ..ServerOptions::default()
         }
     }
 }

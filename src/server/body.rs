@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -11,6 +12,8 @@ use http::StatusCode;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
+
+use super::ServerOptions;
 use tokio::sync::mpsc;
 
 use super::wire::ApiError;
@@ -118,14 +121,19 @@ pub fn framing(headers: &HeaderMap, ndjson_allowed: bool) -> Result<Framing, Api
     }
 }
 
+/// Default for how long a request body may take to arrive: a client trickling bytes cannot
+/// hold a connection and its handler forever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Reads a whole request body, refusing (413) anything over `cap` without reading past it: a
 /// declared `Content-Length` over the cap is refused before a byte is read, and a chunked body
 /// is cut off at the cap.
 pub async fn read_capped(
     body: Incoming,
     headers: &HeaderMap,
-    cap: usize,
+    options: &ServerOptions,
 ) -> Result<Bytes, ApiError> {
+    let cap = options.max_body_bytes;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -133,7 +141,19 @@ pub async fn read_capped(
     if declared.is_some_and(|length| length > cap as u64) {
         return Err(too_large(cap));
     }
-    match Limited::new(body, cap).collect().await {
+    let timeout = options.body_read_timeout;
+    let read = tokio::time::timeout(timeout, Limited::new(body, cap).collect());
+    let Ok(collected) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s; send it in one go",
+                timeout.as_secs_f64()
+            ),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(too_large(cap)),
         Err(error) => Err(ApiError::new(
@@ -154,11 +174,15 @@ fn too_large(cap: usize) -> ApiError {
     )
 }
 
-/// Reads a JSON body (one object, no NDJSON): checks the content type, then reads at most `cap`
-/// bytes.
-pub async fn read_json(body: Incoming, headers: &HeaderMap, cap: usize) -> Result<Bytes, ApiError> {
+/// Reads a JSON body (one object, no NDJSON): checks the content type, then reads it within the
+/// options' size cap and time limit.
+pub async fn read_json(
+    body: Incoming,
+    headers: &HeaderMap,
+    options: &ServerOptions,
+) -> Result<Bytes, ApiError> {
     framing(headers, false)?;
-    read_capped(body, headers, cap).await
+    read_capped(body, headers, options).await
 }
 
 /// The body as UTF-8 text, or a 400 saying where the bad byte is.

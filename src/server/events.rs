@@ -46,7 +46,7 @@ pub async fn post(
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let framing = body::framing(headers, true)?;
-    let bytes = body::read_capped(body, headers, app.options.max_body_bytes).await?;
+    let bytes = body::read_capped(body, headers, &app.options).await?;
     let limits = app.options.limits;
     let events =
         off_runtime_if_large(bytes.len(), move || parse_events(&bytes, framing, &limits)).await?;
@@ -71,7 +71,7 @@ pub async fn import(
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let framing = body::framing(headers, true)?;
-    let bytes = body::read_capped(body, headers, app.options.max_body_bytes).await?;
+    let bytes = body::read_capped(body, headers, &app.options).await?;
     let limits = app.options.limits;
     let records =
         off_runtime_if_large(bytes.len(), move || parse_records(&bytes, framing, &limits)).await?;

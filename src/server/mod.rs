@@ -70,6 +70,8 @@ pub struct ServerOptions {
     pub sse_keepalive: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Longest a request body may take to arrive (408 after).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -80,6 +82,7 @@ impl Default for ServerOptions {
             limits: EventLimits::default(),
             sse_keepalive: sse::DEFAULT_KEEPALIVE,
             drain_timeout: crate::config::DEFAULT_DRAIN_TIMEOUT,
+            body_read_timeout: body::BODY_READ_TIMEOUT,
         }
     }
 }

@@ -35,7 +35,7 @@ pub async fn post(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = body::read_json(body, headers, app.options.max_body_bytes).await?;
+    let bytes = body::read_json(body, headers, &app.options).await?;
     let input = parse(body::utf8(&bytes)?, app.options.limits.max_message_bytes)?;
     let now = Utc::now();
     let expires_at = input

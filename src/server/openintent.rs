@@ -131,7 +131,7 @@ pub async fn post_event(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = body::read_json(body, headers, app.options.max_body_bytes).await?;
+    let bytes = body::read_json(body, headers, &app.options).await?;
     let input: EventBody = decode(&bytes)?;
     let event_type = input
         .event_type
@@ -367,7 +367,7 @@ pub async fn create_intent(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = body::read_json(body, headers, app.options.max_body_bytes).await?;
+    let bytes = body::read_json(body, headers, &app.options).await?;
     let mut fields: Map<String, Value> = decode(&bytes)?;
     match fields.get("title") {
         Some(Value::String(title)) if !title.trim().is_empty() => {}

@@ -65,7 +65,7 @@ pub async fn set_retention(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = body::read_json(body, headers, app.options.max_body_bytes).await?;
+    let bytes = body::read_json(body, headers, &app.options).await?;
     let input: RetentionInput = serde_json::from_slice(&bytes).map_err(|error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

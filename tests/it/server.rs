@@ -1006,3 +1006,37 @@ async fn tail_reconnects_across_a_server_restart() {
     assert!(lines[0].contains("first while tailing"), "{out}");
     assert!(lines[1].contains("after the restart"), "{out}");
 }
+
+/// A client that sends headers and then trickles (here: stops sending) its body gets 408 once
+/// the body time limit passes, instead of holding a handler forever; the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_the_server_keeps_serving() {
+    let server = TestServer::with_options(ServerOptions {
+        body_read_timeout: Duration::from_millis(300),
+        ..ServerOptions::default()
+    })
+    .await;
+    let addr = server.addr;
+    let head = "POST /v1/streams/s/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        tcp.write_all(head.as_bytes()).unwrap();
+        tcp.write_all(b"{\"kind\": \"tool\",").unwrap();
+        // Nothing more is sent; read the server's answer.
+        let mut buffer = [0u8; 4096];
+        let read = tcp.read(&mut buffer).unwrap();
+        String::from_utf8_lossy(&buffer[..read]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"body_timeout\""), "{answer}");
+    let reply = server
+        .post_json(
+            "/v1/streams/s/events",
+            r#"{"kind": "tool", "message": "still here"}"#,
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
+}
