@@ -28,9 +28,15 @@ pub fn clock(ts: &Timestamp) -> String {
 }
 
 /// Appends `text` as the body of a piece: its first line as is, each further line on its own
-/// line indented by two spaces. `\r\n` line ends become `\n`; trailing line breaks are dropped.
+/// line indented by two spaces. `\r\n` line ends become `\n`; leading blank lines and trailing
+/// line breaks are dropped.
 fn push_body(out: &mut String, text: &str) {
     let text = text.trim_end_matches(['\n', '\r']);
+    // Leading blank lines carry nothing but tokens.
+    let text = match text.find(|c: char| !c.is_whitespace()) {
+        Some(first) => &text[text[..first].rfind('\n').map_or(0, |newline| newline + 1)..],
+        None => "",
+    };
     for (index, line) in text.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if index > 0 {
@@ -249,6 +255,11 @@ mod tests {
         assert_eq!(note_piece("budget is 2k"), "- budget is 2k\n");
         assert_eq!(note_piece("a\nb"), "- a\n  b\n");
         assert_eq!(note_piece("a\n\nb"), "- a\n\n  b\n");
+        assert_eq!(
+            note_piece("\n  \n  indented\nnext"),
+            "-   indented\n  next\n"
+        );
+        assert_eq!(note_piece(" \n\n"), "- \n");
     }
 
     #[test]
