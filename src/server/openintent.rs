@@ -17,7 +17,6 @@
 
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -38,7 +37,6 @@ use super::App;
 use super::auth::ApiKey;
 use super::body::{self, Body};
 use super::query::Query;
-use super::sse::{self, Dialect};
 use super::wire::{self, ApiError, REVISION_HEADER};
 
 /// `limit` when the client gives none: the client's own default.
@@ -278,23 +276,6 @@ fn since(query: &Query) -> Result<Option<Timestamp>, ApiError> {
         .map_err(|error| {
             ApiError::parameter("since", error.to_string().replace("field `ts`", "since"))
         })
-}
-
-/// `GET /api/v1/intents/{id}/subscribe` (and `/api/v1/subscribe/intents/{id}`): the stream's
-/// changes as OpenIntent events. `id:` is the stream revision; a reconnecting client's
-/// `Last-Event-ID` (the client sends it by itself) resumes without gaps or duplicates.
-pub fn subscribe(
-    app: &Arc<App>,
-    stream: StreamName,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(query, &["after"])?;
-    let resume = match sse::last_event_id(headers)? {
-        Some(revision) => Some(revision),
-        None => query.number::<u64>("after")?,
-    };
-    Ok(sse::open(app, stream, resume, Dialect::OpenIntent))
 }
 
 /// The SSE frame of a record for OpenIntent subscribers: `event:` the event type, `data:` the

@@ -12,8 +12,9 @@ use crate::event::StreamName;
 use super::App;
 use super::auth::Scope;
 use super::body::Body;
+use super::sse::{self, Dialect};
 use super::wire::{self, ApiError, ErrorStyle};
-use super::{context, events, notes, openintent, sse, streams};
+use super::{context, events, notes, openintent, streams};
 
 /// Every endpoint, for metrics labels and scope checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,12 +314,15 @@ async fn dispatch(
         Endpoint::PostNote => notes::post(app, stream()?, headers, body).await,
         Endpoint::GetNotes => notes::list(app, stream()?),
         Endpoint::DeleteNote => notes::delete(app, stream()?, matched.note_id.unwrap_or("")).await,
-        Endpoint::Subscribe => sse::subscribe(app, stream()?, headers, query),
+        Endpoint::Subscribe => sse::subscribe(app, stream()?, headers, query, Dialect::Recap),
         Endpoint::CreateIntent => openintent::create_intent(app, key, headers, body).await,
         Endpoint::GetIntent => openintent::get_intent(app, stream()?, query).await,
         Endpoint::PostIntentEvent => openintent::post_event(app, stream()?, headers, body).await,
         Endpoint::GetIntentEvents => openintent::list_events(app, stream()?, query).await,
-        Endpoint::SubscribeIntent => openintent::subscribe(app, stream()?, headers, query),
+        // A reconnecting OpenIntent client sends `Last-Event-ID` by itself.
+        Endpoint::SubscribeIntent => {
+            sse::subscribe(app, stream()?, headers, query, Dialect::OpenIntent)
+        }
         Endpoint::Unmatched => Err(ApiError::not_found(parts.uri.path())),
     }
 }

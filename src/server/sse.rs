@@ -56,23 +56,25 @@ pub enum Dialect {
     OpenIntent,
 }
 
-/// `GET /v1/streams/{s}/subscribe`.
+/// `GET /v1/streams/{s}/subscribe` (recap's frames) and the OpenIntent subscribe routes: the
+/// feed resumes after `Last-Event-ID`, or `?after=`, or starts from now.
 pub fn subscribe(
     app: &Arc<App>,
     stream: StreamName,
     headers: &HeaderMap,
     query: Option<&str>,
+    dialect: Dialect,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(query, &["after"])?;
     let resume = match last_event_id(headers)? {
         Some(revision) => Some(revision),
         None => query.number::<u64>("after")?,
     };
-    Ok(open(app, stream, resume, Dialect::Recap))
+    Ok(open(app, stream, resume, dialect))
 }
 
 /// The revision a reconnecting client names in `Last-Event-ID`, if it sent one.
-pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     headers
         .get("last-event-id")
         .map(|value| {
