@@ -41,124 +41,121 @@ enum Writers {
     Tasks,
 }
 
-/// One event of about 100 bytes, distinct, so that every event is a new record.
-fn bench_event(writer: usize, counter: u64) -> Event {
-    let message = format!(
-        "writer {writer} call {counter}: search(\"durable group commit\") -> {} results",
-        counter % 97
-    );
-    Event::new("tool", Severity::Info, message).expect("a valid event")
+/// One writer's loop state: the batches it makes and what it measured.
+struct Tally {
+    writer: usize,
+    stream: StreamName,
+    batch: usize,
+    counter: u64,
+    events: u64,
+    latencies: Vec<Duration>,
+}
+
+impl Tally {
+    fn new(writer: usize, batch: usize) -> Tally {
+        Tally {
+            writer,
+            stream: StreamName::new(&format!("agent-{}", writer % STREAMS))
+                .expect("a valid stream name"),
+            batch,
+            counter: 0,
+            events: 0,
+            latencies: Vec::new(),
+        }
+    }
+
+    /// The next batch: events of about 100 bytes, distinct, so that every event is a new record.
+    fn next_batch(&mut self) -> Vec<Event> {
+        (0..self.batch)
+            .map(|_| {
+                self.counter += 1;
+                let message = format!(
+                    "writer {} call {}: search(\"durable group commit\") -> {} results",
+                    self.writer,
+                    self.counter,
+                    self.counter % 97
+                );
+                Event::new("tool", Severity::Info, message).expect("a valid event")
+            })
+            .collect()
+    }
+
+    /// Counts a batch acknowledged after being sent at `sent`.
+    fn acknowledged(&mut self, sent: Instant) {
+        self.latencies.push(sent.elapsed());
+        self.events += self.batch as u64;
+    }
 }
 
 fn run(mode: Writers, writers: usize, batch: usize, seconds: f64) -> Row {
-    if mode == Writers::Tasks {
-        return run_tasks(writers, batch, seconds);
-    }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = Store::open(dir.path(), StoreOptions::default()).expect("the store opens");
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let before = store.metrics();
-    let threads: Vec<_> = (0..writers)
-        .map(|writer| {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                let stream = StreamName::new(&format!("agent-{}", writer % STREAMS))
-                    .expect("a valid stream name");
-                let mut latencies = Vec::new();
-                let mut events = 0u64;
-                let mut counter = 0u64;
-                while Instant::now() < deadline {
-                    let batch_events: Vec<Event> = (0..batch)
-                        .map(|_| {
-                            counter += 1;
-                            bench_event(writer, counter)
-                        })
-                        .collect();
-                    let sent = Instant::now();
-                    store
-                        .append(&stream, batch_events, Utc::now())
-                        .wait()
-                        .expect("the append is acknowledged");
-                    latencies.push(sent.elapsed());
-                    events += batch as u64;
-                }
-                (events, latencies)
-            })
-        })
-        .collect();
-    let mut events = 0;
-    let mut latencies = Vec::new();
-    for thread in threads {
-        let (thread_events, thread_latencies) = thread.join().expect("a writer thread");
-        events += thread_events;
-        latencies.extend(thread_latencies);
-    }
-    let elapsed = started.elapsed();
-    let commits = store.metrics().commits - before.commits;
-    store.close().expect("the store closes");
-    latencies.sort_unstable();
-    Row {
-        writers,
-        batch,
-        events,
-        commits,
-        elapsed,
-        latencies,
-    }
-}
-
-fn run_tasks(writers: usize, batch: usize, seconds: f64) -> Row {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = Store::open(dir.path(), StoreOptions::default()).expect("the store opens");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let before = store.metrics();
-    let results = runtime.block_on(async {
-        let tasks: Vec<_> = (0..writers)
-            .map(|writer| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let stream = StreamName::new(&format!("agent-{}", writer % STREAMS))
-                        .expect("a valid stream name");
-                    let mut latencies = Vec::new();
-                    let mut events = 0u64;
-                    let mut counter = 0u64;
-                    while Instant::now() < deadline {
-                        let batch_events: Vec<Event> = (0..batch)
-                            .map(|_| {
-                                counter += 1;
-                                bench_event(writer, counter)
-                            })
-                            .collect();
-                        let sent = Instant::now();
-                        store
-                            .append(&stream, batch_events, Utc::now())
-                            .await
-                            .expect("the append is acknowledged");
-                        latencies.push(sent.elapsed());
-                        events += batch as u64;
-                    }
-                    (events, latencies)
+    let tallies: Vec<Tally> = match mode {
+        Writers::Threads => {
+            let threads: Vec<_> = (0..writers)
+                .map(|writer| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        let mut tally = Tally::new(writer, batch);
+                        while Instant::now() < deadline {
+                            let events = tally.next_batch();
+                            let sent = Instant::now();
+                            store
+                                .append(&tally.stream, events, Utc::now())
+                                .wait()
+                                .expect("the append is acknowledged");
+                            tally.acknowledged(sent);
+                        }
+                        tally
+                    })
                 })
-            })
-            .collect();
-        let mut results = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            results.push(task.await.expect("a writer task"));
+                .collect();
+            threads
+                .into_iter()
+                .map(|thread| thread.join().expect("a writer thread"))
+                .collect()
         }
-        results
-    });
+        Writers::Tasks => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..writers)
+                    .map(|writer| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            let mut tally = Tally::new(writer, batch);
+                            while Instant::now() < deadline {
+                                let events = tally.next_batch();
+                                let sent = Instant::now();
+                                store
+                                    .append(&tally.stream, events, Utc::now())
+                                    .await
+                                    .expect("the append is acknowledged");
+                                tally.acknowledged(sent);
+                            }
+                            tally
+                        })
+                    })
+                    .collect();
+                let mut tallies = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    tallies.push(task.await.expect("a writer task"));
+                }
+                tallies
+            })
+        }
+    };
     let elapsed = started.elapsed();
     let commits = store.metrics().commits - before.commits;
     store.close().expect("the store closes");
-    let events = results.iter().map(|(events, _)| events).sum();
-    let mut latencies: Vec<Duration> = results.into_iter().flat_map(|(_, l)| l).collect();
+    let events = tallies.iter().map(|tally| tally.events).sum();
+    let mut latencies: Vec<Duration> = tallies.into_iter().flat_map(|t| t.latencies).collect();
     latencies.sort_unstable();
     Row {
         writers,
