@@ -56,6 +56,20 @@ pub struct Appended {
     pub collapsed: bool,
 }
 
+/// What made a record another state hands to [`StreamState::adopt`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// An event at `ts`: a new record, or a repeat of an existing one when `collapsed`.
+    Event {
+        /// When the event happened.
+        ts: Timestamp,
+        /// Whether it collapsed into an existing record.
+        collapsed: bool,
+    },
+    /// A whole record of an export, with its own times and repeat count.
+    Import,
+}
+
 /// One stream, in memory.
 #[derive(Debug)]
 pub struct StreamState {
@@ -177,6 +191,17 @@ impl StreamState {
         last_ts: Timestamp,
         repeat_count: u64,
     ) -> Appended {
+        self.import_shared(event, first_ts, last_ts, repeat_count).0
+    }
+
+    /// [`Self::import`], also returning the cached record for [`Self::adopt`].
+    pub fn import_shared(
+        &mut self,
+        event: Event,
+        first_ts: Timestamp,
+        last_ts: Timestamp,
+        repeat_count: u64,
+    ) -> (Appended, Arc<CachedRecord>) {
         let repeat_count = repeat_count.max(1);
         self.revision += 1;
         let seq = self.collapser.place_new(&event, last_ts);
@@ -185,27 +210,39 @@ impl StreamState {
         let mut record = Record::from_event(event, seq, self.revision, first_ts);
         record.last_ts = last_ts;
         record.repeat_count = repeat_count;
-        self.push_record(record).0
+        self.push_record(record)
     }
 
     /// Takes a record placed by another state of this stream (the store's writer decides
     /// placements on a private copy and hands the durable results to the state readers see):
-    /// the tail, the severe list, the totals and the revision follow as if the event that made
-    /// it, at `ts`, had been appended here.
-    pub fn adopt(&mut self, cached: Arc<CachedRecord>, collapsed: bool, ts: Timestamp) {
+    /// the tail, the severe list, the totals and the revision follow as if the event or import
+    /// that made it had happened here.
+    pub fn adopt(&mut self, cached: Arc<CachedRecord>, origin: Origin) {
         let record = cached.record();
         self.revision = record.revision;
-        self.totals
-            .count(&record.kind, record.severity, ts, !collapsed);
         self.collapser_current = false;
-        if collapsed {
-            let seq = record.seq;
-            if let Some(position) = self.records.iter().rposition(|r| r.record().seq == seq) {
-                self.replace_record(position, cached);
+        match origin {
+            Origin::Event { ts, collapsed } => {
+                self.totals
+                    .count(&record.kind, record.severity, ts, !collapsed);
+                if collapsed {
+                    let seq = record.seq;
+                    if let Some(position) = self.records.iter().rposition(|r| r.record().seq == seq)
+                    {
+                        self.replace_record(position, cached);
+                    }
+                    return;
+                }
             }
-        } else {
-            self.push_cached(cached);
+            Origin::Import => self.totals.count_run(
+                &record.kind,
+                record.severity,
+                record.first_ts,
+                record.last_ts,
+                record.repeat_count,
+            ),
         }
+        self.push_cached(cached);
     }
 
     /// Adds a new record to the tail (and the severe list).
@@ -438,10 +475,17 @@ mod tests {
             let mut at = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
             let mut decider = StreamState::new(policy, capacity);
             let mut adopter = StreamState::new(policy, capacity);
-            for &(message, kind, gap) in &events {
+            for (index, &(message, kind, gap)) in events.iter().enumerate() {
                 at += TimeDelta::seconds(gap);
-                let (appended, cached) = decider.append_shared(event(message, kind), at);
-                adopter.adopt(cached, appended.collapsed, at);
+                if index % 7 == 3 {
+                    // An imported run of `gap` events that ended at `at`.
+                    let first = at - TimeDelta::seconds(gap);
+                    let (_, cached) = decider.import_shared(event(message, kind), first, at, gap as u64);
+                    adopter.adopt(cached, Origin::Import);
+                } else {
+                    let (appended, cached) = decider.append_shared(event(message, kind), at);
+                    adopter.adopt(cached, Origin::Event { ts: at, collapsed: appended.collapsed });
+                }
             }
             let records = |state: &StreamState| state.records().cloned().collect::<Vec<_>>();
             prop_assert_eq!(records(&decider), records(&adopter));

@@ -56,7 +56,6 @@ fn apply_to_live(shared: &Shared, ops: Vec<Op>) {
                 continue;
             }
             Op::Adopt(ref slot, ..)
-            | Op::Import(ref slot, ..)
             | Op::AddNote(ref slot, ..)
             | Op::RemoveNote(ref slot, ..)
             | Op::Forget(ref slot, ..)
@@ -76,7 +75,6 @@ impl Op {
         match self {
             Op::Created(..) | Op::Deleted(..) => false,
             Op::Adopt(held, ..)
-            | Op::Import(held, ..)
             | Op::AddNote(held, ..)
             | Op::RemoveNote(held, ..)
             | Op::Forget(held, ..)
@@ -87,15 +85,7 @@ impl Op {
 
 fn replay(live: &mut Live, op: Op) {
     match op {
-        Op::Adopt(_, cached, collapsed, ts) => live.state.adopt(cached, collapsed, ts),
-        Op::Import(_, imported) => {
-            live.state.import(
-                imported.event,
-                imported.first_ts,
-                imported.last_ts,
-                imported.repeat_count,
-            );
-        }
+        Op::Adopt(_, cached, origin) => live.state.adopt(cached, origin),
         Op::AddNote(_, note) => {
             live.state
                 .add_note(note.text, note.created_at, note.expires_at);

@@ -8,12 +8,13 @@
 //! 2. Each request is applied to the writer's *shadow* [`StreamState`] of its stream (which
 //!    decides collapse, seq and revision) and written into one redb write transaction.
 //! 3. The transaction commits with immediate durability (one fsync for the whole group).
-//! 4. Only then is every operation replayed, in the same order, on the *live* [`StreamState`]
-//!    that readers see, the callers are answered and the changes are published.
+//! 4. Only then does every operation reach, in the same order, the *live* [`StreamState`] that
+//!    readers see (records are adopted exactly as the shadow placed them), the changes are
+//!    published and the callers are answered.
 //!
 //! Why a shadow: readers must never see a change that is not durable, and a failed commit must
 //! leave no trace. The shadow is a small fork of the live state (just the collapse lookback), so
-//! keeping it costs little; replaying on the live state is deterministic, so both agree. When a
+//! keeping it costs little; the live state adopts the shadow's records, so both agree. When a
 //! commit fails, every touched shadow is forked again from its live state, which is exactly the
 //! committed state, and every caller of that commit gets the error.
 
@@ -37,7 +38,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::collapse::MAX_COLLAPSE_LOOKBACK;
 use crate::context::CachedRecord;
 use crate::event::{Event, Note, Severity, StreamName, Timestamp};
-use crate::stream::{Appended, StreamState, TailCapacity};
+use crate::stream::{Appended, Origin, StreamState, TailCapacity};
 
 use super::schema::{self, ChangeEntry, Created, StreamMeta};
 use super::{
@@ -193,14 +194,13 @@ impl WriterStream {
     }
 }
 
-/// One operation to replay on a live state once its commit is durable.
+/// One operation to apply to a live state once its commit is durable.
 enum Op {
     Created(StreamName, Arc<Slot>),
     Deleted(StreamName),
-    /// A record the shadow placed (new or repeated) by an event at the timestamp: the live
-    /// state adopts the same cached record instead of deciding the placement again.
-    Adopt(Arc<Slot>, Arc<CachedRecord>, bool, Timestamp),
-    Import(Arc<Slot>, ImportedRecord),
+    /// A record the shadow placed (a new record, a repeat, or an import): the live state adopts
+    /// the same cached record instead of deciding the placement again.
+    Adopt(Arc<Slot>, Arc<CachedRecord>, Origin),
     AddNote(Arc<Slot>, Note),
     RemoveNote(Arc<Slot>, u64),
     Forget(Arc<Slot>, u64),
@@ -599,8 +599,12 @@ impl Writer {
                     let ts = at_micros(event.ts.unwrap_or(now));
                     let (appended, cached) = target.shadow.append_shared(event, ts);
                     store_appended(target, tables, &appended, &mut buf, work)?;
-                    let adopt = Op::Adopt(target.slot.clone(), cached, appended.collapsed, ts);
-                    work.ops.push(adopt);
+                    let origin = Origin::Event {
+                        ts,
+                        collapsed: appended.collapsed,
+                    };
+                    work.ops
+                        .push(Op::Adopt(target.slot.clone(), cached, origin));
                     results.push(appended);
                 }
                 let over = needs_maintenance(target, default_retention, changelog_keep);
@@ -622,18 +626,16 @@ impl Writer {
                 let mut buf = std::mem::take(&mut self.buf);
                 let target = self.stream_or_create(&stream, work);
                 let mut results = Vec::with_capacity(records.len());
-                for mut imported in records {
-                    imported.first_ts = at_micros(imported.first_ts);
-                    imported.last_ts = at_micros(imported.last_ts);
-                    imported.repeat_count = imported.repeat_count.max(1);
-                    let appended = target.shadow.import(
-                        imported.event.clone(),
-                        imported.first_ts,
-                        imported.last_ts,
+                for imported in records {
+                    let (appended, cached) = target.shadow.import_shared(
+                        imported.event,
+                        at_micros(imported.first_ts),
+                        at_micros(imported.last_ts),
                         imported.repeat_count,
                     );
                     store_appended(target, tables, &appended, &mut buf, work)?;
-                    work.ops.push(Op::Import(target.slot.clone(), imported));
+                    work.ops
+                        .push(Op::Adopt(target.slot.clone(), cached, Origin::Import));
                     results.push(appended);
                 }
                 let over = needs_maintenance(target, default_retention, changelog_keep);
@@ -675,7 +677,11 @@ impl Writer {
                 let event = note_event(text, note.id);
                 let (appended, cached) = target.shadow.append_shared(event, now);
                 store_appended(target, tables, &appended, &mut buf, work)?;
-                let adopt = Op::Adopt(target.slot.clone(), cached, appended.collapsed, now);
+                let origin = Origin::Event {
+                    ts: now,
+                    collapsed: appended.collapsed,
+                };
+                let adopt = Op::Adopt(target.slot.clone(), cached, origin);
                 work.ops.push(adopt);
                 let over = needs_maintenance(target, default_retention, changelog_keep);
                 self.buf = buf;
