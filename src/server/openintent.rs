@@ -8,7 +8,7 @@
 //! - `GET /api/v1/intents/{id}/events`: a bare JSON array, newest first (as the reference server
 //!   answers), honouring `event_type`, `since`, `limit` (and `offset`).
 //! - `GET /api/v1/intents/{id}/subscribe` and `/api/v1/subscribe/intents/{id}`: SSE in the
-//!   OpenIntent dialect of [`sse`].
+//!   OpenIntent dialect of [`super::sse`].
 //!
 //! An intent id is a stream name. A stream is created by its first write, so posting to an
 //! intent nobody created works (the reference server answers 404 there); ids that are not

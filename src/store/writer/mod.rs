@@ -1001,7 +1001,7 @@ fn at_micros(ts: Timestamp) -> Timestamp {
 }
 
 /// Locks for reading; a panic elsewhere while holding the lock does not make the data invalid
-/// (every mutation is a replay of a committed operation), so poisoning is ignored.
+/// (every mutation applies a committed operation), so poisoning is ignored.
 pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
