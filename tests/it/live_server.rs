@@ -173,16 +173,23 @@ impl TestServer {
             .await
     }
 
-    /// POST with a JSON body.
-    pub async fn post_json(&self, path: &str, body: &str) -> Reply {
+    /// POST with a JSON body and `X-API-Key: key` when a key is given.
+    pub async fn post_json_as(&self, path: &str, body: &str, key: Option<&str>) -> Reply {
+        let headers: Vec<(&str, &str)> =
+            key.map(|key| vec![("x-api-key", key)]).unwrap_or_default();
         self.request(
             Method::POST,
             path,
             Some("application/json"),
             body.to_owned(),
-            &[],
+            &headers,
         )
         .await
+    }
+
+    /// POST with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &str) -> Reply {
+        self.post_json_as(path, body, None).await
     }
 
     /// Triggers shutdown without waiting.

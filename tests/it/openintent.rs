@@ -343,22 +343,8 @@ async fn x_api_key_is_required_when_keys_are_configured() {
     };
     let server = TestServer::with_options(options).await;
     let event = r#"{"event_type": "comment", "actor": "a", "payload": {}}"#;
-    let post = |path: &'static str, key: Option<&'static str>| {
-        let headers: Vec<(&str, &str)> =
-            key.map(|key| vec![("x-api-key", key)]).unwrap_or_default();
-        let server = &server;
-        async move {
-            server
-                .request(
-                    Method::POST,
-                    path,
-                    Some("application/json"),
-                    event,
-                    &headers,
-                )
-                .await
-        }
-    };
+    let post =
+        |path: &'static str, key: Option<&'static str>| server.post_json_as(path, event, key);
     for reply in [
         post("/api/v1/intents/team-a.i/events", None).await,
         post(

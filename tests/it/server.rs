@@ -524,22 +524,8 @@ async fn keys_confine_callers_to_their_scope_and_prefix() {
     };
     let server = TestServer::with_options(options).await;
     let event = r#"{"kind": "tool", "message": "m"}"#;
-    let post = |path: &'static str, key: Option<&'static str>| {
-        let headers: Vec<(&str, &str)> =
-            key.map(|key| vec![("x-api-key", key)]).unwrap_or_default();
-        let server = &server;
-        async move {
-            server
-                .request(
-                    Method::POST,
-                    path,
-                    Some("application/json"),
-                    event,
-                    &headers,
-                )
-                .await
-        }
-    };
+    let post =
+        |path: &'static str, key: Option<&'static str>| server.post_json_as(path, event, key);
 
     post("/v1/streams/team-a.x/events", None)
         .await
