@@ -15,6 +15,9 @@ mod reads;
 mod schema;
 mod writer;
 
+#[cfg(test)]
+mod failure_tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
@@ -380,6 +383,8 @@ impl Store {
             streams: RwLock::new(loaded.streams),
             changes,
             counters: writer::Counters::default(),
+            #[cfg(test)]
+            failures_to_inject: Default::default(),
         });
         let (sender, receiver) = mpsc::channel();
         let writer = Writer::new(

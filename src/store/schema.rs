@@ -220,7 +220,7 @@ const HAS_ACTOR: u8 = 2;
 const HAS_STEP_ID: u8 = 4;
 const HAS_PAYLOAD: u8 = 8;
 
-/// Encodes a record (its seq is in the key) into `out`:
+/// Encodes a record (its seq is in the key) onto the end of `out`:
 ///
 /// `created.revision, revision, repeat_count, created.repeat_count` (varints),
 /// `first_ts` (zigzag varint, µs), `last_ts - first_ts`, `created.last_ts - first_ts` (zigzag
@@ -228,7 +228,6 @@ const HAS_PAYLOAD: u8 = 8;
 /// `actor`, `step_id`, `payload` (compact JSON) when their flag is set; strings are a varint
 /// length and UTF-8 bytes.
 pub fn encode_record(record: &Record, created: &Created, out: &mut Vec<u8>) {
-    out.clear();
     let first = micros(record.first_ts);
     put_varint(out, created.revision);
     put_varint(out, record.revision);
@@ -326,10 +325,9 @@ pub fn last_revision(bytes: &[u8]) -> Result<u64, DecodeError> {
     input.varint()
 }
 
-/// Encodes a note (its id is in the key) into `out`: `created_at` (zigzag varint, µs), a flag
+/// Encodes a note (its id is in the key) onto the end of `out`: `created_at` (zigzag varint, µs), a flag
 /// byte and `expires_at` when set, then the text.
 pub fn encode_note(note: &Note, out: &mut Vec<u8>) {
-    out.clear();
     put_note(note, out);
 }
 
@@ -394,9 +392,8 @@ const TAG_REPEAT: u8 = 1;
 const TAG_NOTE: u8 = 2;
 const TAG_NOTE_DELETED: u8 = 3;
 
-/// Encodes a changelog entry into `out`.
+/// Encodes a changelog entry onto the end of `out`.
 pub fn encode_change(entry: &ChangeEntry, out: &mut Vec<u8>) {
-    out.clear();
     match entry {
         ChangeEntry::Repeat {
             seq,

@@ -1,5 +1,6 @@
 //! Making durable commits visible: the notifier thread applies each commit's operations to the
-//! live states readers use, publishes the changes and answers the callers, in commit order.
+//! live states readers use, publishes the changes and answers the callers, in commit order
+//! (callers of failed commits get their error in the same order).
 
 use super::*;
 
@@ -11,12 +12,17 @@ pub(super) enum Notice {
         changes: Vec<Change>,
         answers: Vec<Answer>,
     },
+    /// A failed commit: nothing of it is visible; its callers get the error.
+    Failed {
+        answers: Vec<Answer>,
+        detail: String,
+    },
     /// Answers once everything sent before it is done.
     Flush(mpsc::Sender<()>),
 }
 
 /// The notifier thread: makes durable commits visible, in commit order. Running it beside the
-/// writer lets the next commit's work and fsync overlap with waking the last commit's callers.
+/// committer lets the next commit's fsync overlap with waking the last commit's callers.
 pub(super) fn notify(shared: Arc<Shared>, notices: Receiver<Notice>) {
     for notice in notices {
         match notice {
@@ -34,6 +40,11 @@ pub(super) fn notify(shared: Arc<Shared>, notices: Receiver<Notice>) {
                 }
                 for answer in answers {
                     answer.send(None);
+                }
+            }
+            Notice::Failed { answers, detail } => {
+                for answer in answers {
+                    answer.send(Some(&detail));
                 }
             }
             Notice::Flush(done) => drop(done.send(())),

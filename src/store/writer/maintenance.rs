@@ -12,7 +12,6 @@ pub(super) fn maintain_stream(
     default_retention: Retention,
     changelog_keep: u64,
     budget: &mut usize,
-    buf: &mut Vec<u8>,
     work: &mut Work,
 ) -> Result<bool, StoreError> {
     let id = target.slot.id;
@@ -24,10 +23,12 @@ pub(super) fn maintain_stream(
         .map(|note| note.id)
         .take(*budget)
         .collect();
+    let mut rows = Rows::default();
     for note_id in expired {
-        remove_note(target, tables, note_id, buf, work)?;
+        remove_note(target, &mut rows, note_id, work);
         *budget -= 1;
     }
+    rows.write(tables)?;
 
     // Retention removes the oldest records: a prefix, so stored seqs stay one dense range.
     let retention = target.retention.unwrap_or(default_retention);

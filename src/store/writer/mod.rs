@@ -1,28 +1,40 @@
-//! The one writer thread: group commit, the shadow state that assigns seqs and revisions, and
-//! background maintenance (retention, note expiry, changelog trimming, purging deleted streams).
+//! The writer: the thread that decides every change, the committer thread that makes changes
+//! durable, and background maintenance (retention, note expiry, changelog trimming, purging
+//! deleted streams).
 //!
-//! # How a commit goes
+//! # How a write goes
 //!
 //! 1. The writer blocks for one request, then drains whatever else is queued, up to
 //!    [`MAX_EVENTS_PER_COMMIT`] events (one caller's batch is never split).
 //! 2. Each request is applied to the writer's *shadow* [`StreamState`] of its stream (which
-//!    decides collapse, seq and revision) and written into one redb write transaction.
-//! 3. The transaction commits with immediate durability (one fsync for the whole group).
+//!    decides collapse, seq and revision) and encoded into [`Rows`]; the batch goes down the
+//!    pipe to the [committer](committer).
+//! 3. The committer writes every batch that is ready into one redb transaction and commits it
+//!    with immediate durability (one fsync for the whole group). Meanwhile the writer is
+//!    already placing the next requests, on the other core.
 //! 4. Only then does every operation reach, in the same order, the *live* [`StreamState`] that
 //!    readers see (records are adopted exactly as the shadow placed them), the changes are
-//!    published and the callers are answered.
+//!    published and the callers are answered, by the [notifier](live).
 //!
 //! Why a shadow: readers must never see a change that is not durable, and a failed commit must
 //! leave no trace. The shadow is a small fork of the live state (just the collapse lookback), so
 //! keeping it costs little; the live state adopts the shadow's records, so both agree. When a
-//! commit fails, every touched shadow is forked again from its live state, which is exactly the
-//! committed state, and every caller of that commit gets the error.
+//! commit fails, the writer waits until the pipe is empty, forks every shadow again from its
+//! live state, which is exactly the committed state, and every caller of the failed commit and
+//! of the batches placed after it gets the error.
+//!
+//! Operations that read tables while deciding (deleting a stream, maintenance) and the final
+//! save on shutdown wait for the pipe to empty and commit on the writer thread itself.
 
+mod committer;
 mod live;
 mod maintenance;
+mod rows;
 
+use committer::{Committer, Piped, Placed};
 use live::{Notice, notify};
 use maintenance::{maintain_stream, needs_maintenance, purge_rows};
+use rows::{Rows, Tables};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{SubsecRound, Utc};
 use indexmap::IndexSet;
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::collapse::MAX_COLLAPSE_LOOKBACK;
@@ -51,6 +63,9 @@ pub(super) const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Rows one maintenance step removes at most: retention and purges never make a transaction
 /// long enough to hold up writers noticeably.
 pub(super) const MAINTENANCE_CHUNK_ROWS: usize = 2_048;
+/// While writes keep coming, pending maintenance still takes one step this often (each step
+/// empties the pipe and commits on its own).
+const BUSY_MAINTENANCE_INTERVAL: Duration = Duration::from_millis(10);
 /// Commits published but not yet received that a slow subscriber may lag behind before it
 /// misses some (it then resumes from the changelog).
 pub(super) const BROADCAST_CAPACITY: usize = 1_024;
@@ -114,6 +129,33 @@ impl Request {
             _ => 1,
         }
     }
+
+    /// Answers the request with a storage error, without doing anything.
+    fn fail(self, detail: &str) {
+        let error = || StoreError::Storage(detail.to_owned());
+        match self {
+            Request::Append { reply, .. } | Request::Import { reply, .. } => {
+                drop(reply.send(Err(error())))
+            }
+            Request::AddNote { reply, .. } => drop(reply.send(Err(error()))),
+            Request::DeleteNote { reply, .. } | Request::DeleteStream { reply, .. } => {
+                drop(reply.send(Err(error())))
+            }
+            Request::SetRetention { reply, .. } | Request::Maintain { reply, .. } => {
+                drop(reply.send(Err(error())))
+            }
+            Request::Shutdown { reply } => drop(reply.send(Err(error()))),
+        }
+    }
+
+    /// Whether the writer decides it from its shadows alone, so that it can be placed while
+    /// earlier batches are still being committed. The others read tables or end the writer.
+    fn is_pipelined(&self) -> bool {
+        !matches!(
+            self,
+            Request::DeleteStream { .. } | Request::Maintain { .. } | Request::Shutdown { .. }
+        )
+    }
 }
 
 /// What readers and the writer share.
@@ -126,6 +168,24 @@ pub(super) struct Shared {
     pub streams: RwLock<HashMap<StreamName, Arc<Slot>>>,
     pub changes: broadcast::Sender<CommittedChanges>,
     pub counters: Counters,
+    /// Commits still to fail on purpose (tests of the failure path only).
+    #[cfg(test)]
+    pub failures_to_inject: AtomicU64,
+}
+
+impl Shared {
+    /// An error when a test has asked for a failed commit; nothing otherwise.
+    fn injected_failure(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self
+            .failures_to_inject
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Storage("injected commit failure".into()));
+        }
+        Ok(())
+    }
 }
 
 /// What [`super::StoreMetrics`] reports.
@@ -135,6 +195,22 @@ pub(super) struct Counters {
     pub failed_commits: AtomicU64,
     pub events: AtomicU64,
     pub requests: AtomicU64,
+}
+
+impl Counters {
+    /// Counts committed requests and the events they appended.
+    fn count_requests(&self, answers: &[Answer]) {
+        let events: usize = answers
+            .iter()
+            .map(|answer| match answer {
+                Answer::Appended(_, appended) => appended.len(),
+                _ => 0,
+            })
+            .sum();
+        self.requests
+            .fetch_add(answers.len() as u64, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+    }
 }
 
 /// One committed stream as readers see it.
@@ -231,7 +307,7 @@ impl Answer {
     }
 }
 
-/// What one commit did, applied or undone once the commit's fate is known.
+/// What one batch did, applied or undone once its commit's fate is known.
 #[derive(Default)]
 struct Work {
     ops: Vec<Op>,
@@ -245,28 +321,16 @@ struct Work {
     purged: Vec<u64>,
 }
 
-/// Every table, open in one write transaction.
-struct Tables<'txn> {
-    meta: Table<'txn, &'static str, u64>,
-    streams: Table<'txn, &'static str, &'static [u8]>,
-    records: Table<'txn, (u64, u64), &'static [u8]>,
-    severe: Table<'txn, (u64, u64), ()>,
-    changes: Table<'txn, (u64, u64), &'static [u8]>,
-    notes: Table<'txn, (u64, u64), &'static [u8]>,
-    purge: Table<'txn, u64, ()>,
-}
-
-impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
-        Ok(Tables {
-            meta: txn.open_table(schema::META)?,
-            streams: txn.open_table(schema::STREAMS)?,
-            records: txn.open_table(schema::RECORDS)?,
-            severe: txn.open_table(schema::SEVERE)?,
-            changes: txn.open_table(schema::CHANGES)?,
-            notes: txn.open_table(schema::NOTES)?,
-            purge: txn.open_table(schema::PURGE)?,
-        })
+impl Work {
+    /// Sized up front: a batch can carry thousands of events, and growing these vectors one
+    /// push at a time showed up as a tenth of the writer's time.
+    fn with_capacity(events: usize, requests: usize) -> Work {
+        Work {
+            ops: Vec::with_capacity(events),
+            answers: Vec::with_capacity(requests),
+            changes: Vec::with_capacity(events),
+            ..Work::default()
+        }
     }
 }
 
@@ -277,17 +341,25 @@ pub(super) struct Writer {
     requests: Receiver<Request>,
     streams: HashMap<StreamName, WriterStream>,
     next_stream_id: u64,
-    committed_next_stream_id: u64,
+    /// The `next_stream_id` the last batch wrote (0: must be written again).
+    written_next_stream_id: u64,
     /// Deleted streams whose rows are still in the file.
     purges: BTreeSet<u64>,
     /// Streams that may have retention, expiry or changelog trimming to do.
     dirty: BTreeSet<StreamName>,
     next_sweep: Instant,
+    /// When maintenance last took a step.
+    last_maintenance: Instant,
     /// No background maintenance before this (set after a failed maintenance commit).
     backoff_until: Option<Instant>,
+    /// Batches placed since the last failure carry this; see [`committer`].
+    epoch: u64,
+    /// The newest epoch the committer failed (0: none).
+    failed_epoch: Arc<AtomicU64>,
+    pipe: Option<mpsc::Sender<Piped>>,
+    committer: Option<std::thread::JoinHandle<()>>,
     notices: Option<mpsc::Sender<Notice>>,
     notifier: Option<std::thread::JoinHandle<()>>,
-    buf: Vec<u8>,
 }
 
 impl Writer {
@@ -298,45 +370,71 @@ impl Writer {
         next_stream_id: u64,
         purges: BTreeSet<u64>,
     ) -> Result<Writer, StoreError> {
-        let streams = read(&shared.streams)
-            .iter()
-            .map(|(name, slot)| {
-                (
-                    name.clone(),
-                    WriterStream::from_slot(name.clone(), slot.clone()),
-                )
-            })
-            .collect();
+        let start = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(body)
+                .map_err(|error| StoreError::Storage(format!("cannot start {name}: {error}")))
+        };
         let (notices, receiver) = mpsc::channel();
         let notifier = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("recap-store-notifier".into())
-                .spawn(move || notify(shared, receiver))
-                .map_err(|error| {
-                    StoreError::Storage(format!("cannot start the notifier: {error}"))
-                })?
+            start(
+                "recap-store-notifier",
+                Box::new(move || notify(shared, receiver)),
+            )?
         };
-        Ok(Writer {
+        let (pipe, receiver) = mpsc::channel();
+        let failed_epoch = Arc::new(AtomicU64::new(0));
+        let committer = Committer {
+            shared: shared.clone(),
+            db: db.clone(),
+            pipe: receiver,
+            notices: notices.clone(),
+            failed_epoch: failed_epoch.clone(),
+        };
+        let committer = start("recap-store-committer", Box::new(move || committer.run()))?;
+        let mut writer = Writer {
             shared,
             db,
             requests,
-            streams,
+            streams: HashMap::new(),
             next_stream_id,
-            committed_next_stream_id: next_stream_id,
+            written_next_stream_id: next_stream_id,
             purges,
             dirty: BTreeSet::new(),
             // Look at every stream once soon after opening.
             next_sweep: Instant::now(),
+            last_maintenance: Instant::now(),
             backoff_until: None,
+            epoch: 1,
+            failed_epoch,
+            pipe: Some(pipe),
+            committer: Some(committer),
             notices: Some(notices),
             notifier: Some(notifier),
-            buf: Vec::with_capacity(1024),
-        })
+        };
+        writer.fork_all();
+        Ok(writer)
     }
 
-    /// Lets the notifier finish every answer, then stops it.
-    fn stop_notifier(&mut self) {
+    /// Forks every shadow again from the committed (live) state.
+    fn fork_all(&mut self) {
+        self.streams = read(&self.shared.streams)
+            .iter()
+            .map(|(name, slot)| {
+                let stream = WriterStream::from_slot(name.clone(), slot.clone());
+                (name.clone(), stream)
+            })
+            .collect();
+    }
+
+    /// Lets the committer and then the notifier finish everything sent, then stops both.
+    fn stop(&mut self) {
+        self.pipe.take();
+        if let Some(committer) = self.committer.take() {
+            drop(committer.join());
+        }
         self.notices.take();
         if let Some(notifier) = self.notifier.take() {
             drop(notifier.join());
@@ -363,56 +461,55 @@ impl Writer {
             if Instant::now() >= self.next_sweep {
                 self.sweep();
             }
+            self.recover_if_failed();
             let Some(first) = first else {
-                // Idle: one bounded maintenance step in its own transaction. After a failure
-                // (already logged) wait a while rather than spin on a failing disk.
-                if self.maintenance_pending() && self.commit(Vec::new(), Utc::now(), true).is_err()
-                {
-                    self.backoff_until = Some(Instant::now() + MAINTENANCE_INTERVAL);
-                }
+                // Idle: one bounded maintenance step.
+                self.maintenance_step_now();
                 continue;
             };
             let mut batch = Vec::new();
             let mut events = first.events();
             let mut control = None;
-            match first {
-                request @ (Request::Maintain { .. } | Request::Shutdown { .. }) => {
-                    control = Some(request)
-                }
-                request => batch.push(request),
+            if first.is_pipelined() {
+                batch.push(first);
+            } else {
+                control = Some(first);
             }
             while control.is_none() && events < MAX_EVENTS_PER_COMMIT {
                 match self.requests.try_recv() {
-                    Ok(request @ (Request::Maintain { .. } | Request::Shutdown { .. })) => {
-                        control = Some(request)
-                    }
-                    Ok(request) => {
+                    Ok(request) if request.is_pipelined() => {
                         events += request.events();
                         batch.push(request);
                     }
+                    Ok(request) => control = Some(request),
                     Err(_) => break,
                 }
             }
             if !batch.is_empty() {
-                // A failure has been logged and answered to every caller of the batch.
-                let _ = self.commit(batch, Utc::now(), true);
+                self.place(batch, events);
             }
             match control {
+                Some(Request::DeleteStream { stream, reply }) => self.delete_stream(stream, reply),
                 Some(Request::Maintain { now, reply }) => self.maintain_fully(now, reply),
                 Some(Request::Shutdown { reply }) => {
                     let result = self.save_restore_hints();
-                    self.stop_notifier();
+                    self.stop();
                     drop(reply.send(result));
                     return;
                 }
                 _ => {}
+            }
+            if self.maintenance_pending()
+                && self.last_maintenance.elapsed() >= BUSY_MAINTENANCE_INTERVAL
+            {
+                self.maintenance_step_now();
             }
         }
         // Every handle is gone: leave exact restore hints behind for the next open.
         if let Err(error) = self.save_restore_hints() {
             tracing::warn!(%error, "could not save restore hints on shutdown");
         }
-        self.stop_notifier();
+        self.stop();
     }
 
     fn maintenance_pending(&self) -> bool {
@@ -420,6 +517,15 @@ impl Writer {
             .backoff_until
             .is_some_and(|until| Instant::now() < until);
         !backing_off && (!self.purges.is_empty() || !self.dirty.is_empty())
+    }
+
+    /// One bounded maintenance step in its own transaction. After a failure (already logged)
+    /// wait a while rather than spin on a failing disk.
+    fn maintenance_step_now(&mut self) {
+        self.last_maintenance = Instant::now();
+        if self.maintenance_pending() && self.commit_here(None, Utc::now()).is_err() {
+            self.backoff_until = Some(Instant::now() + MAINTENANCE_INTERVAL);
+        }
     }
 
     /// Marks the streams that time alone can give work: age limits and expiring notes.
@@ -441,20 +547,20 @@ impl Writer {
         self.dirty.extend(names);
         self.backoff_until = None;
         while self.maintenance_pending() {
-            if let Err(error) = self.commit(Vec::new(), now, true) {
+            if let Err(error) = self.commit_here(None, now) {
                 drop(reply.send(Err(error)));
                 return;
             }
         }
         // What maintenance did is visible before the caller hears it is done.
-        self.flush();
+        self.settle();
         drop(reply.send(Ok(())));
     }
 
     /// Writes every stream's metadata with restore hints taken from its live state, which is
     /// exact now that nothing is pending.
     fn save_restore_hints(&mut self) -> Result<(), StoreError> {
-        self.flush();
+        self.settle();
         let txn = self.begin()?;
         {
             let mut tables = Tables::open(&txn)?;
@@ -476,25 +582,130 @@ impl Writer {
         Ok(txn)
     }
 
-    /// Applies `batch` (and one maintenance step, if `maintain` and any is due) in one durable
-    /// transaction, then publishes or undoes it.
-    fn commit(
-        &mut self,
-        batch: Vec<Request>,
-        now: Timestamp,
-        maintain: bool,
-    ) -> Result<(), StoreError> {
-        // Sized up front: a group commit can carry thousands of events, and growing these
-        // vectors one push at a time showed up as a tenth of the writer's time.
-        let events: usize = batch.iter().map(Request::events).sum();
-        let mut work = Work {
-            ops: Vec::with_capacity(events),
-            answers: Vec::with_capacity(batch.len()),
-            changes: Vec::with_capacity(events),
-            ..Work::default()
+    /// Places a batch on the shadows and hands it to the committer.
+    fn place(&mut self, batch: Vec<Request>, events: usize) {
+        let mut work = Work::with_capacity(events, batch.len());
+        let mut rows = Rows::with_capacity(events);
+        let mut requests = batch.into_iter();
+        while let Some(request) = requests.next() {
+            if let Err(error) = self.apply(request, &mut rows, &mut work) {
+                tracing::error!(%error, "a batch could not be placed; nothing of it was written");
+                // Earlier batches do not depend on this one: let them commit, then start over
+                // from what they committed.
+                self.settle();
+                let detail = error.to_string();
+                for request in requests {
+                    request.fail(&detail);
+                }
+                self.notify(Notice::Failed {
+                    answers: work.answers,
+                    detail,
+                });
+                self.settle();
+                self.recover();
+                return;
+            }
+        }
+        self.seal(&mut rows, &mut work);
+        let placed = Placed {
+            epoch: self.epoch,
+            events,
+            rows,
+            ops: work.ops,
+            answers: work.answers,
+            changes: work.changes,
         };
+        if let Some(pipe) = &self.pipe {
+            // The committer only stops after the writer drops the pipe.
+            drop(pipe.send(Piped::Batch(placed)));
+        }
+    }
+
+    /// The rows every batch ends with: the metadata of each stream it touched, and the next
+    /// stream id when it changed.
+    fn seal(&mut self, rows: &mut Rows, work: &mut Work) {
+        for name in &work.touched {
+            if let Some(stream) = self.streams.get(name) {
+                let meta = stream_meta(stream);
+                rows.stream(name.clone(), &schema::encode_meta(&meta));
+                work.ops.push(Op::Settings(
+                    stream.slot.clone(),
+                    stream.retention,
+                    stream.first_seq,
+                    stream.changelog_floor,
+                ));
+            }
+        }
+        if self.next_stream_id != self.written_next_stream_id {
+            rows.next_stream_id(self.next_stream_id);
+            self.written_next_stream_id = self.next_stream_id;
+        }
+    }
+
+    /// Waits until the committer has finished everything placed so far and the notifier has
+    /// made it visible: the live states are then exactly the committed state.
+    fn settle(&self) {
+        if let Some(pipe) = &self.pipe {
+            let (done, finished) = mpsc::channel();
+            if pipe.send(Piped::Barrier(done)).is_ok() {
+                // An error means the committer is gone, and with it anything to wait for.
+                let _ = finished.recv();
+            }
+        }
+        let (done, finished) = mpsc::channel();
+        self.notify(Notice::Flush(done));
+        let _ = finished.recv();
+    }
+
+    /// After the committer failed a commit: start over from the committed state.
+    fn recover_if_failed(&mut self) {
+        let failed = self.failed_epoch.load(Ordering::Acquire);
+        if failed < self.epoch {
+            return;
+        }
+        self.settle();
+        self.recover();
+        self.epoch = failed + 1;
+    }
+
+    /// Rebuilds every shadow from the committed state (the pipe must be empty and the notifier
+    /// flushed). Retention and trimming may have been undone too, so every stream is looked at.
+    fn recover(&mut self) {
+        self.fork_all();
+        self.dirty.extend(self.streams.keys().cloned());
+        // Ids taken by streams that were never committed stay unused; the id must be written
+        // again in case the lost commit was the one that wrote it.
+        self.written_next_stream_id = 0;
+    }
+
+    /// Deletes a stream: its row goes now, its other rows in the background.
+    fn delete_stream(&mut self, stream: StreamName, reply: Reply<bool>) {
+        let delete = Request::DeleteStream { stream, reply };
+        // A failure has been logged and answered.
+        let _ = self.commit_here(Some(delete), Utc::now());
+    }
+
+    /// Commits on the writer thread, once the pipe is empty: `request` (if any) and one
+    /// maintenance step (if any is due), in one durable transaction.
+    fn commit_here(&mut self, request: Option<Request>, now: Timestamp) -> Result<(), StoreError> {
+        self.settle();
+        let mut work = Work::with_capacity(1, 1);
         let result = self.begin().and_then(|txn| {
-            self.write(&txn, batch, now, maintain, &mut work)?;
+            {
+                let mut tables = Tables::open(&txn)?;
+                let mut rows = Rows::default();
+                if let Some(request) = request {
+                    self.apply(request, &mut rows, &mut work)?;
+                }
+                rows.write(&mut tables)?;
+                if self.maintenance_pending() {
+                    self.maintenance_step(&mut tables, now, &mut work)?;
+                }
+                let mut rows = Rows::default();
+                self.seal(&mut rows, &mut work);
+                rows.write(&mut tables)?;
+            }
+            self.shared.injected_failure()?;
             txn.commit()?;
             Ok(())
         });
@@ -505,47 +716,44 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, "commit failed; its writes were not acknowledged");
-                self.undo(work, &error.to_string());
+                self.shared
+                    .counters
+                    .failed_commits
+                    .fetch_add(1, Ordering::Relaxed);
+                let detail = error.to_string();
+                self.notify(Notice::Failed {
+                    answers: work.answers,
+                    detail,
+                });
+                self.settle();
+                self.recover();
                 Err(error)
             }
         }
     }
 
-    fn write(
-        &mut self,
-        txn: &WriteTransaction,
-        batch: Vec<Request>,
-        now: Timestamp,
-        maintain: bool,
-        work: &mut Work,
-    ) -> Result<(), StoreError> {
-        let mut tables = Tables::open(txn)?;
-        for request in batch {
-            self.apply(&mut tables, request, work)?;
+    /// After a durable commit on the writer thread: book its purges, then let the notifier
+    /// make it visible and answer.
+    fn publish(&mut self, work: Work) {
+        let counters = &self.shared.counters;
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters.count_requests(&work.answers);
+        self.purges.extend(work.deleted_ids);
+        for id in work.purged {
+            self.purges.remove(&id);
         }
-        if maintain && self.maintenance_pending() {
-            self.maintenance_step(&mut tables, now, work)?;
+        self.notify(Notice::Committed {
+            ops: work.ops,
+            changes: work.changes,
+            answers: work.answers,
+        });
+    }
+
+    fn notify(&self, notice: Notice) {
+        if let Some(notices) = &self.notices {
+            // The notifier only stops after the writer drops this sender.
+            drop(notices.send(notice));
         }
-        for name in &work.touched {
-            if let Some(stream) = self.streams.get(name) {
-                let meta = stream_meta(stream);
-                tables
-                    .streams
-                    .insert(name.as_str(), schema::encode_meta(&meta).as_slice())?;
-                work.ops.push(Op::Settings(
-                    stream.slot.clone(),
-                    stream.retention,
-                    stream.first_seq,
-                    stream.changelog_floor,
-                ));
-            }
-        }
-        if self.next_stream_id != self.committed_next_stream_id {
-            tables
-                .meta
-                .insert(schema::NEXT_STREAM_ID_KEY, self.next_stream_id)?;
-        }
-        Ok(())
     }
 
     /// The stream named `name`, created (with a fresh id) if it does not exist.
@@ -573,14 +781,18 @@ impl Writer {
             .expect("the stream was just looked up or created")
     }
 
+    /// Decides one request on the shadows and encodes its writes into `rows`. On an error (a
+    /// record that could not be read) the request's answer is in `work` and the shadows are
+    /// suspect: the caller fails the batch and forks them again.
     fn apply(
         &mut self,
-        tables: &mut Tables<'_>,
         request: Request,
+        rows: &mut Rows,
         work: &mut Work,
     ) -> Result<(), StoreError> {
         let default_retention = self.shared.options.retention;
         let changelog_keep = self.shared.options.changelog_keep;
+        let db = self.db.clone();
         match request {
             Request::Append {
                 stream,
@@ -592,13 +804,16 @@ impl Writer {
                     work.answers.push(Answer::Appended(reply, Vec::new()));
                     return Ok(());
                 }
-                let mut buf = std::mem::take(&mut self.buf);
                 let target = self.stream_or_create(&stream, work);
                 let mut results = Vec::with_capacity(events.len());
+                let mut failure = None;
                 for event in events {
                     let ts = at_micros(event.ts.unwrap_or(now));
                     let (appended, cached) = target.shadow.append_shared(event, ts);
-                    store_appended(target, tables, &appended, &mut buf, work)?;
+                    if let Err(error) = store_appended(target, rows, &db, &appended, work) {
+                        failure = Some(error);
+                        break;
+                    }
                     let origin = Origin::Event {
                         ts,
                         collapsed: appended.collapsed,
@@ -608,11 +823,13 @@ impl Writer {
                     results.push(appended);
                 }
                 let over = needs_maintenance(target, default_retention, changelog_keep);
-                self.buf = buf;
+                work.answers.push(Answer::Appended(reply, results));
+                if let Some(error) = failure {
+                    return Err(error);
+                }
                 if over {
                     self.dirty.insert(stream);
                 }
-                work.answers.push(Answer::Appended(reply, results));
             }
             Request::Import {
                 stream,
@@ -623,9 +840,9 @@ impl Writer {
                     work.answers.push(Answer::Appended(reply, Vec::new()));
                     return Ok(());
                 }
-                let mut buf = std::mem::take(&mut self.buf);
                 let target = self.stream_or_create(&stream, work);
                 let mut results = Vec::with_capacity(records.len());
+                let mut failure = None;
                 for imported in records {
                     let (appended, cached) = target.shadow.import_shared(
                         imported.event,
@@ -633,17 +850,22 @@ impl Writer {
                         at_micros(imported.last_ts),
                         imported.repeat_count,
                     );
-                    store_appended(target, tables, &appended, &mut buf, work)?;
+                    if let Err(error) = store_appended(target, rows, &db, &appended, work) {
+                        failure = Some(error);
+                        break;
+                    }
                     work.ops
                         .push(Op::Adopt(target.slot.clone(), cached, Origin::Import));
                     results.push(appended);
                 }
                 let over = needs_maintenance(target, default_retention, changelog_keep);
-                self.buf = buf;
+                work.answers.push(Answer::Appended(reply, results));
+                if let Some(error) = failure {
+                    return Err(error);
+                }
                 if over {
                     self.dirty.insert(stream);
                 }
-                work.answers.push(Answer::Appended(reply, results));
             }
             Request::AddNote {
                 stream,
@@ -654,18 +876,13 @@ impl Writer {
             } => {
                 let now = at_micros(now);
                 let expires_at = expires_at.map(at_micros);
-                let mut buf = std::mem::take(&mut self.buf);
                 let target = self.stream_or_create(&stream, work);
                 let note = target.shadow.add_note(text.clone(), now, expires_at);
-                schema::encode_note(&note, &mut buf);
-                tables
-                    .notes
-                    .insert((target.slot.id, note.id), buf.as_slice())?;
+                let id = target.slot.id;
+                rows.note(id, note.id, |out| schema::encode_note(&note, out));
                 let revision = target.shadow.revision();
-                schema::encode_change(&ChangeEntry::Note(note.clone()), &mut buf);
-                tables
-                    .changes
-                    .insert((target.slot.id, revision), buf.as_slice())?;
+                let entry = ChangeEntry::Note(note.clone());
+                rows.change(id, revision, |out| schema::encode_change(&entry, out));
                 work.changes.push(Change {
                     stream: stream.clone(),
                     revision,
@@ -673,39 +890,36 @@ impl Writer {
                 });
                 work.ops
                     .push(Op::AddNote(target.slot.clone(), note.clone()));
+                let note_id = note.id;
+                work.answers.push(Answer::Note(reply, note));
                 // The audit trail: the note is also an event of the stream (DESIGN section 2).
-                let event = note_event(text, note.id);
+                let event = note_event(text, note_id);
                 let (appended, cached) = target.shadow.append_shared(event, now);
-                store_appended(target, tables, &appended, &mut buf, work)?;
+                store_appended(target, rows, &db, &appended, work)?;
                 let origin = Origin::Event {
                     ts: now,
                     collapsed: appended.collapsed,
                 };
-                let adopt = Op::Adopt(target.slot.clone(), cached, origin);
-                work.ops.push(adopt);
+                work.ops
+                    .push(Op::Adopt(target.slot.clone(), cached, origin));
                 let over = needs_maintenance(target, default_retention, changelog_keep);
-                self.buf = buf;
                 if expires_at.is_some() || over {
                     self.dirty.insert(stream);
                 }
-                work.answers.push(Answer::Note(reply, note));
             }
             Request::DeleteNote { stream, id, reply } => {
                 if !self.streams.contains_key(&stream) {
                     drop(reply.send(Err(StoreError::UnknownStream(stream.to_string()))));
                     return Ok(());
                 }
-                let mut buf = std::mem::take(&mut self.buf);
                 let target = self.stream_or_create(&stream, work);
-                let removed = remove_note(target, tables, id, &mut buf, work)?;
-                self.buf = buf;
+                let removed = remove_note(target, rows, id, work);
                 work.answers.push(Answer::Flag(reply, removed));
             }
             Request::DeleteStream { stream, reply } => {
                 let existed = match self.streams.remove(&stream) {
                     Some(target) => {
-                        tables.streams.remove(stream.as_str())?;
-                        tables.purge.insert(target.slot.id, ())?;
+                        rows.stream_removed(stream.clone(), target.slot.id);
                         work.deleted_ids.push(target.slot.id);
                         work.ops.push(Op::Deleted(stream.clone()));
                         work.touched.insert(stream.clone());
@@ -762,7 +976,6 @@ impl Writer {
         let default_retention = self.shared.options.retention;
         let keep = self.shared.options.changelog_keep;
         let names: Vec<StreamName> = self.dirty.iter().cloned().collect();
-        let mut buf = std::mem::take(&mut self.buf);
         for name in names {
             if budget == 0 {
                 break;
@@ -778,95 +991,13 @@ impl Writer {
                 default_retention,
                 keep,
                 &mut budget,
-                &mut buf,
                 work,
             )?;
             if done {
                 self.dirty.remove(&name);
             }
         }
-        self.buf = buf;
         Ok(())
-    }
-
-    /// After a durable commit: replay on the live states, answer, publish.
-    fn publish(&mut self, work: Work) {
-        let counters = &self.shared.counters;
-        counters.commits.fetch_add(1, Ordering::Relaxed);
-        counters
-            .requests
-            .fetch_add(work.answers.len() as u64, Ordering::Relaxed);
-        let events: usize = work
-            .answers
-            .iter()
-            .map(|answer| match answer {
-                Answer::Appended(_, appended) => appended.len(),
-                _ => 0,
-            })
-            .sum();
-        counters.events.fetch_add(events as u64, Ordering::Relaxed);
-        let Work {
-            ops,
-            answers,
-            changes,
-            deleted_ids,
-            purged,
-            ..
-        } = work;
-        self.committed_next_stream_id = self.next_stream_id;
-        self.purges.extend(deleted_ids);
-        for id in purged {
-            self.purges.remove(&id);
-        }
-        self.notify(Notice::Committed {
-            ops,
-            changes,
-            answers,
-        });
-    }
-
-    fn notify(&self, notice: Notice) {
-        if let Some(notices) = &self.notices {
-            // The notifier only stops after the writer drops this sender.
-            drop(notices.send(notice));
-        }
-    }
-
-    /// Waits until the notifier has applied every commit to the live states.
-    fn flush(&self) {
-        let (done, finished) = mpsc::channel();
-        self.notify(Notice::Flush(done));
-        // An error means the notifier is gone, and with it anything to wait for.
-        let _ = finished.recv();
-    }
-
-    /// After a failed commit: fail every caller and rebuild every touched stream from its live
-    /// (committed) state.
-    fn undo(&mut self, work: Work, detail: &str) {
-        self.shared
-            .counters
-            .failed_commits
-            .fetch_add(1, Ordering::Relaxed);
-        // The live states must be the committed ones before they are forked again.
-        self.flush();
-        for answer in work.answers {
-            answer.send(Some(detail));
-        }
-        self.next_stream_id = self.committed_next_stream_id;
-        let live = read(&self.shared.streams);
-        for name in work.touched {
-            match live.get(&name) {
-                Some(slot) => {
-                    let stream = WriterStream::from_slot(name.clone(), slot.clone());
-                    self.streams.insert(name.clone(), stream);
-                    // Retention or trimming may have been undone too.
-                    self.dirty.insert(name);
-                }
-                None => {
-                    self.streams.remove(&name);
-                }
-            }
-        }
     }
 }
 
@@ -888,13 +1019,13 @@ fn stream_meta(stream: &WriterStream) -> StreamMeta {
     meta
 }
 
-/// Writes what one append or import did to a record: the record row, its severe index entry,
+/// Encodes what one append or import did to a record: the record row, its severe index entry,
 /// and for a repeat the changelog entry.
 fn store_appended(
     target: &mut WriterStream,
-    tables: &mut Tables<'_>,
+    rows: &mut Rows,
+    db: &Database,
     appended: &Appended,
-    buf: &mut Vec<u8>,
     work: &mut Work,
 ) -> Result<(), StoreError> {
     let record = &appended.record;
@@ -902,26 +1033,20 @@ fn store_appended(
     if appended.collapsed {
         let created = match target.created.iter().rev().find(|(s, _)| *s == record.seq) {
             Some((_, created)) => *created,
-            None => {
-                let stored = tables.records.get((id, record.seq))?.ok_or_else(|| {
-                    StoreError::Storage(format!("record {} is missing", record.seq))
-                })?;
-                schema::decode_record(record.seq, stored.value())
-                    .map_err(|error| StoreError::Storage(error.to_string()))?
-                    .1
-            }
+            // Created before this shadow was forked, so committed: the file has it.
+            None => committed_creation(db, id, record.seq)?,
         };
-        schema::encode_record(record, &created, buf);
-        tables.records.insert((id, record.seq), buf.as_slice())?;
+        rows.record(id, record.seq, |out| {
+            schema::encode_record(record, &created, out)
+        });
         let entry = ChangeEntry::Repeat {
             seq: record.seq,
             repeat_count: record.repeat_count,
             last_ts: record.last_ts,
         };
-        schema::encode_change(&entry, buf);
-        tables
-            .changes
-            .insert((id, record.revision), buf.as_slice())?;
+        rows.change(id, record.revision, |out| {
+            schema::encode_change(&entry, out)
+        });
         work.changes.push(Change {
             stream: target.name.clone(),
             revision: record.revision,
@@ -933,10 +1058,11 @@ fn store_appended(
         });
     } else {
         let created = Created::of(record);
-        schema::encode_record(record, &created, buf);
-        tables.records.insert((id, record.seq), buf.as_slice())?;
+        rows.record(id, record.seq, |out| {
+            schema::encode_record(record, &created, out)
+        });
         if record.severity >= Severity::Error {
-            tables.severe.insert((id, record.seq), ())?;
+            rows.severe(id, record.seq);
         }
         if target.created.len() == MAX_COLLAPSE_LOOKBACK {
             target.created.pop_front();
@@ -951,22 +1077,28 @@ fn store_appended(
     Ok(())
 }
 
-fn remove_note(
-    target: &mut WriterStream,
-    tables: &mut Tables<'_>,
-    id: u64,
-    buf: &mut Vec<u8>,
-    work: &mut Work,
-) -> Result<bool, StoreError> {
+/// How a committed record was created, read from the file.
+fn committed_creation(db: &Database, stream: u64, seq: u64) -> Result<Created, StoreError> {
+    let txn = db.begin_read()?;
+    let records = txn.open_table(schema::RECORDS)?;
+    let stored = records
+        .get((stream, seq))?
+        .ok_or_else(|| StoreError::Storage(format!("record {seq} is missing")))?;
+    let (_, created) = schema::decode_record(seq, stored.value())
+        .map_err(|error| StoreError::Storage(error.to_string()))?;
+    Ok(created)
+}
+
+/// Removes a live note (a change with its own revision); `false` when there is none.
+fn remove_note(target: &mut WriterStream, rows: &mut Rows, id: u64, work: &mut Work) -> bool {
     if !target.shadow.remove_note(id) {
-        return Ok(false);
+        return false;
     }
     let revision = target.shadow.revision();
-    tables.notes.remove((target.slot.id, id))?;
-    schema::encode_change(&ChangeEntry::NoteDeleted { id }, buf);
-    tables
-        .changes
-        .insert((target.slot.id, revision), buf.as_slice())?;
+    let stream = target.slot.id;
+    rows.note_removed(stream, id);
+    let entry = ChangeEntry::NoteDeleted { id };
+    rows.change(stream, revision, |out| schema::encode_change(&entry, out));
     work.changes.push(Change {
         stream: target.name.clone(),
         revision,
@@ -974,7 +1106,7 @@ fn remove_note(
     });
     work.ops.push(Op::RemoveNote(target.slot.clone(), id));
     work.touched.insert(target.name.clone());
-    Ok(true)
+    true
 }
 
 /// The `note` event that records a note in the event log; `payload.note_id` lets the context

@@ -1,0 +1,187 @@
+//! The writer's failure path: a failed commit fails its callers (and the batches placed on top
+//! of it), loses nothing that was acknowledged, and the store goes on from the committed state.
+//! Failures are injected through `Shared::failures_to_inject`: a real disk error cannot be
+//! produced on demand.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use chrono::Utc;
+
+use super::{RecordQuery, Store, StoreError, StoreOptions};
+use crate::event::{Event, Severity, StreamName};
+
+fn name(value: &str) -> StreamName {
+    StreamName::new(value).unwrap()
+}
+
+fn event(message: &str) -> Event {
+    Event::new("tool", Severity::Info, message).unwrap()
+}
+
+fn inject(store: &Store, failures: u64) {
+    store
+        .inner
+        .shared
+        .failures_to_inject
+        .store(failures, Ordering::Release);
+}
+
+/// Every stored record of `stream`, by seq: (message, repeat count).
+fn stored(store: &Store, stream: &StreamName) -> BTreeMap<u64, (String, u64)> {
+    let mut all = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let query = RecordQuery {
+            after: Some(after),
+            limit: 500,
+            ..RecordQuery::default()
+        };
+        let page = store.records(stream, &query).unwrap();
+        for record in page.records {
+            all.insert(record.seq, (record.message, record.repeat_count));
+        }
+        match page.next {
+            Some(next) => after = next,
+            None => return all,
+        }
+    }
+}
+
+#[test]
+fn a_failed_commit_loses_nothing_acknowledged_and_the_store_goes_on() {
+    const THREADS: usize = 8;
+    const EVENTS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let stream = name("agent");
+    store
+        .append(&stream, vec![event("warm up")], Utc::now())
+        .wait()
+        .unwrap();
+    inject(&store, 2);
+
+    // Unique events, and a heartbeat that collapses: repeats of a record made before the
+    // failure must survive it with the right count.
+    let outcomes: Vec<(String, Result<(u64, bool), StoreError>)> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let (store, stream) = (&store, &stream);
+                scope.spawn(move || {
+                    (0..EVENTS)
+                        .map(|i| {
+                            let message = if i % 3 == 0 {
+                                "heartbeat".to_owned()
+                            } else {
+                                format!("writer {thread} event {i}")
+                            };
+                            let result = store
+                                .append(stream, vec![event(&message)], Utc::now())
+                                .wait()
+                                .map(|appended| (appended[0].record.seq, appended[0].collapsed));
+                            (message, result)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .flat_map(|writer| writer.join().unwrap())
+            .collect()
+    });
+
+    let failed = outcomes.iter().filter(|(_, r)| r.is_err()).count();
+    assert!(failed >= 1, "the injected failures reached some callers");
+    for (_, result) in &outcomes {
+        if let Err(error) = result {
+            assert!(matches!(error, StoreError::Storage(_)), "{error}");
+        }
+    }
+    let acknowledged: Vec<(&String, u64)> = outcomes
+        .iter()
+        .filter_map(|(message, result)| result.as_ref().ok().map(|(seq, _)| (message, *seq)))
+        .collect();
+    let heartbeats = acknowledged
+        .iter()
+        .filter(|(message, _)| *message == "heartbeat")
+        .count() as u64;
+
+    let check = |store: &Store| {
+        let records = stored(store, &stream);
+        // Dense seqs: failed placements left no hole.
+        let seqs: Vec<u64> = records.keys().copied().collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        // Every acknowledged event is where its caller was told, and nothing else is stored.
+        for (message, seq) in &acknowledged {
+            assert_eq!(&&records[seq].0, message, "seq {seq}");
+        }
+        let events: u64 = records.values().map(|(_, repeats)| repeats).sum();
+        assert_eq!(events, acknowledged.len() as u64 + 1);
+        let stored_heartbeats: u64 = records
+            .values()
+            .filter(|(message, _)| message == "heartbeat")
+            .map(|(_, repeats)| repeats)
+            .sum();
+        assert_eq!(stored_heartbeats, heartbeats);
+        let stats = store.stream(&stream).unwrap();
+        assert_eq!(stats.events, acknowledged.len() as u64 + 1);
+        assert_eq!(stats.records, seqs.len() as u64);
+    };
+    check(&store);
+
+    // It goes on: the next write is acknowledged, and everything reads back after a reopen.
+    store
+        .append(&stream, vec![event("after the failure")], Utc::now())
+        .wait()
+        .unwrap();
+    store.close().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let records = stored(&store, &stream);
+    assert_eq!(
+        records.values().last().unwrap().0,
+        "after the failure",
+        "the write after the failure is the newest record"
+    );
+}
+
+#[test]
+fn a_failed_commit_creates_no_stream_and_a_failed_delete_keeps_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let kept = name("kept");
+    store
+        .append(&kept, vec![event("one")], Utc::now())
+        .wait()
+        .unwrap();
+
+    inject(&store, 1);
+    let lost = name("never-committed");
+    let error = store
+        .append(&lost, vec![event("lost")], Utc::now())
+        .wait()
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Storage(_)), "{error}");
+    assert!(store.stream(&lost).is_none());
+
+    // Deleting commits on the writer thread itself: the same guarantee holds there.
+    inject(&store, 1);
+    assert!(store.delete_stream(&kept).wait().is_err());
+    assert_eq!(store.stream(&kept).unwrap().events, 1);
+    store
+        .append(&kept, vec![event("two")], Utc::now())
+        .wait()
+        .unwrap();
+    assert!(store.delete_stream(&kept).wait().unwrap());
+    assert!(store.stream(&kept).is_none());
+
+    // The stream that never committed is absent from the file too, and its name is free.
+    store.close().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(store.streams().is_empty());
+    store
+        .append(&lost, vec![event("now")], Utc::now())
+        .wait()
+        .unwrap();
+    assert_eq!(stored(&store, &lost).len(), 1);
+}

@@ -1,0 +1,182 @@
+//! Table writes decided before their transaction begins.
+//!
+//! The writer places a batch (collapse, seqs, revisions, encoding) into [`Rows`] while the
+//! committer is still making the previous batches durable; the committer then only copies rows
+//! into redb. Values share one byte arena per batch, so placing a record allocates nothing of
+//! its own.
+
+use std::ops::Range;
+
+use redb::{Table, WriteTransaction};
+
+use crate::event::StreamName;
+
+use super::super::StoreError;
+use super::super::schema;
+
+/// Every table, open in one write transaction.
+pub(super) struct Tables<'txn> {
+    pub meta: Table<'txn, &'static str, u64>,
+    pub streams: Table<'txn, &'static str, &'static [u8]>,
+    pub records: Table<'txn, (u64, u64), &'static [u8]>,
+    pub severe: Table<'txn, (u64, u64), ()>,
+    pub changes: Table<'txn, (u64, u64), &'static [u8]>,
+    pub notes: Table<'txn, (u64, u64), &'static [u8]>,
+    pub purge: Table<'txn, u64, ()>,
+}
+
+impl<'txn> Tables<'txn> {
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            meta: txn.open_table(schema::META)?,
+            streams: txn.open_table(schema::STREAMS)?,
+            records: txn.open_table(schema::RECORDS)?,
+            severe: txn.open_table(schema::SEVERE)?,
+            changes: txn.open_table(schema::CHANGES)?,
+            notes: txn.open_table(schema::NOTES)?,
+            purge: txn.open_table(schema::PURGE)?,
+        })
+    }
+}
+
+/// One deferred write; `value` is a range of the batch's arena.
+enum Row {
+    Record {
+        stream: u64,
+        seq: u64,
+        value: Range<usize>,
+    },
+    Severe {
+        stream: u64,
+        seq: u64,
+    },
+    Change {
+        stream: u64,
+        revision: u64,
+        value: Range<usize>,
+    },
+    Note {
+        stream: u64,
+        id: u64,
+        value: Range<usize>,
+    },
+    NoteRemoved {
+        stream: u64,
+        id: u64,
+    },
+    Stream {
+        name: StreamName,
+        value: Range<usize>,
+    },
+    StreamRemoved {
+        name: StreamName,
+        id: u64,
+    },
+    NextStreamId(u64),
+}
+
+/// A batch's table writes, in the order they were decided.
+#[derive(Default)]
+pub(super) struct Rows {
+    arena: Vec<u8>,
+    rows: Vec<Row>,
+}
+
+/// Encoded bytes of a typical record: enough to size the arena once per batch.
+const TYPICAL_VALUE_BYTES: usize = 160;
+
+impl Rows {
+    pub fn with_capacity(rows: usize) -> Rows {
+        Rows {
+            arena: Vec::with_capacity(rows * TYPICAL_VALUE_BYTES),
+            rows: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Appends what `encode` writes to the arena and returns its range.
+    fn value(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+        let start = self.arena.len();
+        encode(&mut self.arena);
+        start..self.arena.len()
+    }
+
+    pub fn record(&mut self, stream: u64, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+        let value = self.value(encode);
+        self.rows.push(Row::Record { stream, seq, value });
+    }
+
+    pub fn severe(&mut self, stream: u64, seq: u64) {
+        self.rows.push(Row::Severe { stream, seq });
+    }
+
+    pub fn change(&mut self, stream: u64, revision: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+        let value = self.value(encode);
+        self.rows.push(Row::Change {
+            stream,
+            revision,
+            value,
+        });
+    }
+
+    pub fn note(&mut self, stream: u64, id: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+        let value = self.value(encode);
+        self.rows.push(Row::Note { stream, id, value });
+    }
+
+    pub fn note_removed(&mut self, stream: u64, id: u64) {
+        self.rows.push(Row::NoteRemoved { stream, id });
+    }
+
+    pub fn stream(&mut self, name: StreamName, meta: &[u8]) {
+        let value = self.value(|arena| arena.extend_from_slice(meta));
+        self.rows.push(Row::Stream { name, value });
+    }
+
+    /// The stream's row goes, and its id is queued for the background purge of its other rows.
+    pub fn stream_removed(&mut self, name: StreamName, id: u64) {
+        self.rows.push(Row::StreamRemoved { name, id });
+    }
+
+    pub fn next_stream_id(&mut self, id: u64) {
+        self.rows.push(Row::NextStreamId(id));
+    }
+
+    /// Performs the writes, in order, in `tables`' transaction.
+    pub fn write(&self, tables: &mut Tables<'_>) -> Result<(), StoreError> {
+        let bytes = |range: &Range<usize>| &self.arena[range.clone()];
+        for row in &self.rows {
+            match row {
+                Row::Record { stream, seq, value } => {
+                    tables.records.insert((*stream, *seq), bytes(value))?;
+                }
+                Row::Severe { stream, seq } => {
+                    tables.severe.insert((*stream, *seq), ())?;
+                }
+                Row::Change {
+                    stream,
+                    revision,
+                    value,
+                } => {
+                    tables.changes.insert((*stream, *revision), bytes(value))?;
+                }
+                Row::Note { stream, id, value } => {
+                    tables.notes.insert((*stream, *id), bytes(value))?;
+                }
+                Row::NoteRemoved { stream, id } => {
+                    tables.notes.remove((*stream, *id))?;
+                }
+                Row::Stream { name, value } => {
+                    tables.streams.insert(name.as_str(), bytes(value))?;
+                }
+                Row::StreamRemoved { name, id } => {
+                    tables.streams.remove(name.as_str())?;
+                    tables.purge.insert(*id, ())?;
+                }
+                Row::NextStreamId(id) => {
+                    tables.meta.insert(schema::NEXT_STREAM_ID_KEY, *id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
