@@ -7,6 +7,10 @@
 //! Run with `cargo bench --bench ingest`. Prints one row per (writers, batch) with events/s,
 //! commits/s (group commits: how many requests shared each fsync) and the p50/p99 time from
 //! `append` to acknowledgement. `RECAP_BENCH_SECONDS` sets the time per row (default 3).
+//!
+//! A last table measures redb alone, with no recap code: one thread committing durable
+//! transactions shaped like the store's (records keyed by stream and seq over the same streams,
+//! or one sequential table). It is the ceiling any writer built on redb reaches on this disk.
 
 /// The allocator the `recap` binary uses, so the figures are the server's.
 #[global_allocator]
@@ -167,6 +171,63 @@ fn run(mode: Writers, writers: usize, batch: usize, seconds: f64) -> Row {
     }
 }
 
+/// Durable commits of `per_commit` records of about the size the store writes, for `seconds`,
+/// by one thread with nothing else to do; returns records/s and commits/s.
+fn redb_alone(per_commit: u64, streams: u64, seconds: f64) -> (f64, f64) {
+    const RECORDS: redb::TableDefinition<(u64, u64), &[u8]> = redb::TableDefinition::new("records");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = redb::Database::create(dir.path().join("alone.redb")).expect("the file opens");
+    let value = vec![7u8; 150];
+    let mut seqs = vec![0u64; streams as usize];
+    let (mut records, mut commits) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed().as_secs_f64() < seconds {
+        let txn = db.begin_write().expect("a write transaction");
+        {
+            let mut table = txn.open_table(RECORDS).expect("the table");
+            for _ in 0..per_commit {
+                let stream = records % streams;
+                seqs[stream as usize] += 1;
+                table
+                    .insert((stream, seqs[stream as usize]), value.as_slice())
+                    .expect("an insert");
+                records += 1;
+            }
+        }
+        txn.commit().expect("a durable commit");
+        commits += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (records as f64 / secs, commits as f64 / secs)
+}
+
+fn print_redb_alone(seconds: f64) {
+    println!();
+    println!("redb alone: one thread, durable commits of 150-byte records keyed (stream, seq)");
+    println!();
+    println!(
+        "{:>8} {:>12} {:>12} {:>10} {:>12}",
+        "streams", "per commit", "records/s", "commits/s", "µs/commit"
+    );
+    for (streams, per_commit) in [
+        (STREAMS, 1),
+        (STREAMS, 32),
+        (STREAMS, 64),
+        (1, 64),
+        (STREAMS, 3_000),
+    ] {
+        let (records, commits) = redb_alone(per_commit, streams as u64, seconds);
+        println!(
+            "{:>8} {:>12} {:>12.0} {:>10.0} {:>12.0}",
+            streams,
+            per_commit,
+            records,
+            commits,
+            1e6 / commits
+        );
+    }
+}
+
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -185,7 +246,7 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(3.0);
     // `cargo bench` passes `--bench`; a name filter is accepted as "writers,batch" (or
-    // "tasks:writers,batch") rows to run.
+    // "tasks:writers,batch", or "redb" for the redb-alone table) rows to run.
     let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     println!("durable ingest through Store::append ({seconds} s per row, {STREAMS} streams)");
     println!();
@@ -218,5 +279,8 @@ fn main() {
                 );
             }
         }
+    }
+    if filter.as_deref().is_none_or(|filter| filter == "redb") {
+        print_redb_alone(seconds);
     }
 }
