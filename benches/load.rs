@@ -2,7 +2,8 @@
 //! data directory, driven by hyper clients over loopback, bounded in time.
 //!
 //! Scenarios: single-event durable POSTs at 1 and 64 connections, batched POSTs of 100 events,
-//! and context GETs on a 100,000-record stream. Prints events/s and p50/p99 latency.
+//! and context GETs on a 100,000-record stream. Prints events/s, p50/p99 latency and, for
+//! writes, how many events shared each durable commit.
 //!
 //! `cargo bench --bench load` (each scenario runs `RECAP_LOAD_SECONDS`, default 5;
 //! `RECAP_LOAD_ONLY=post1,post64,batch,context` picks scenarios, for profiling one).
@@ -57,6 +58,10 @@ fn main() {
         .unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let commits = {
+        let store = store.clone();
+        move || store.metrics().commits
+    };
     let server = server_runtime.spawn(server::run(
         listener,
         store,
@@ -76,28 +81,37 @@ fn main() {
         "recap load benchmark: {seconds} s per scenario, server and load generator on this machine"
     );
     println!(
-        "{:<44} {:>10} {:>12} {:>10} {:>10}",
-        "scenario", "requests", "events/s", "p50", "p99"
+        "{:<44} {:>10} {:>12} {:>10} {:>10} {:>12}",
+        "scenario", "requests", "events/s", "p50", "p99", "events/commit"
     );
     let only = std::env::var("RECAP_LOAD_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|n| n.trim() == name);
     client_runtime.block_on(async {
         if wanted("post1") {
+            let before = commits();
+            let outcome = run(&addr, 1, duration, single).await;
             report(
                 "POST 1 event, 1 connection",
-                run(&addr, 1, duration, single).await,
+                outcome,
+                Some(commits() - before),
             );
         }
         if wanted("post64") {
+            let before = commits();
+            let outcome = run(&addr, 64, duration, single).await;
             report(
                 "POST 1 event, 64 connections",
-                run(&addr, 64, duration, single).await,
+                outcome,
+                Some(commits() - before),
             );
         }
         if wanted("batch") {
+            let before = commits();
+            let outcome = run(&addr, 16, duration, |w, i| batch(w, i, 100)).await;
             report(
                 "POST 100 events, 16 connections",
-                run(&addr, 16, duration, |w, i| batch(w, i, 100)).await,
+                outcome,
+                Some(commits() - before),
             );
         }
         if wanted("context") {
@@ -105,10 +119,12 @@ fn main() {
             report(
                 "GET context (budget 2000), 1 connection",
                 run_get(&addr, 1, duration, "/v1/streams/big/context?budget=2000").await,
+                None,
             );
             report(
                 "GET context (budget 2000), 4 connections",
                 run_get(&addr, 4, duration, "/v1/streams/big/context?budget=2000").await,
+                None,
             );
         }
     });
@@ -286,19 +302,24 @@ async fn preload(addr: &str) {
     );
 }
 
-fn report(name: &str, mut outcome: Outcome) {
+/// Prints a scenario's row; `commits` (for writes) gives how many events shared each commit.
+fn report(name: &str, mut outcome: Outcome, commits: Option<u64>) {
     outcome.latencies.sort_unstable();
     let percentile = |p: f64| {
         let index = ((outcome.latencies.len() as f64 - 1.0) * p).round() as usize;
         outcome.latencies.get(index).copied().unwrap_or_default()
     };
     let per_second = outcome.events as f64 / outcome.elapsed.as_secs_f64();
+    let per_commit = commits.map_or("-".to_owned(), |commits| {
+        format!("{:.1}", outcome.events as f64 / commits.max(1) as f64)
+    });
     println!(
-        "{name:<44} {:>10} {:>12.0} {:>10} {:>10}",
+        "{name:<44} {:>10} {:>12.0} {:>10} {:>10} {:>12}",
         outcome.requests,
         per_second,
         format_duration(percentile(0.50)),
         format_duration(percentile(0.99)),
+        per_commit,
     );
 }
 

@@ -392,6 +392,7 @@ impl Writer {
             pipe: receiver,
             notices: notices.clone(),
             failed_epoch: failed_epoch.clone(),
+            gather: Default::default(),
         };
         let committer = start("recap-store-committer", Box::new(move || committer.run()))?;
         let mut writer = Writer {
