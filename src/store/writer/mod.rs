@@ -591,9 +591,6 @@ impl Writer {
         while let Some(request) = requests.next() {
             if let Err(error) = self.apply(request, &mut rows, &mut work) {
                 tracing::error!(%error, "a batch could not be placed; nothing of it was written");
-                // Earlier batches do not depend on this one: let them commit, then start over
-                // from what they committed.
-                self.settle();
                 let detail = error.to_string();
                 for request in requests {
                     request.fail(&detail);
@@ -602,6 +599,8 @@ impl Writer {
                     answers: work.answers,
                     detail,
                 });
+                // Earlier batches do not depend on this one: let them commit, then start over
+                // from what they committed.
                 self.settle();
                 self.recover();
                 return;
@@ -644,8 +643,9 @@ impl Writer {
     }
 
     /// Waits until the committer has finished everything placed so far and the notifier has
-    /// made it visible: the live states are then exactly the committed state.
-    fn settle(&self) {
+    /// made it visible: the live states are then exactly the committed state, and the shadows
+    /// are forked again from them if a commit failed meanwhile.
+    fn settle(&mut self) {
         if let Some(pipe) = &self.pipe {
             let (done, finished) = mpsc::channel();
             if pipe.send(Piped::Barrier(done)).is_ok() {
@@ -656,21 +656,23 @@ impl Writer {
         let (done, finished) = mpsc::channel();
         self.notify(Notice::Flush(done));
         let _ = finished.recv();
+        let failed = self.failed_epoch.load(Ordering::Acquire);
+        if failed >= self.epoch {
+            self.recover();
+            self.epoch = failed + 1;
+        }
     }
 
-    /// After the committer failed a commit: start over from the committed state.
+    /// After the committer failed a commit: start over from the committed state before placing
+    /// anything on top of it.
     fn recover_if_failed(&mut self) {
-        let failed = self.failed_epoch.load(Ordering::Acquire);
-        if failed < self.epoch {
-            return;
+        if self.failed_epoch.load(Ordering::Acquire) >= self.epoch {
+            self.settle();
         }
-        self.settle();
-        self.recover();
-        self.epoch = failed + 1;
     }
 
     /// Rebuilds every shadow from the committed state (the pipe must be empty and the notifier
-    /// flushed). Retention and trimming may have been undone too, so every stream is looked at.
+    /// flushed, as [`Writer::settle`] leaves them). Retention and trimming may have been undone too, so every stream is looked at.
     fn recover(&mut self) {
         self.fork_all();
         self.dirty.extend(self.streams.keys().cloned());
