@@ -57,8 +57,8 @@ pub(super) struct Committer {
 /// the first few of them leaves the rest for the commit after, and two half-full commits cost
 /// nearly twice one full one (the fsync and redb's per-commit pages dominate). So when fewer
 /// requests are ready than the last commit carried, the committer waits for more, for at most
-/// half as long as the last commit took: a lone writer never waits, and the wait is bounded by
-/// what it saves.
+/// half as long as the last commit took and never more than [`MAX_LINGER`]: a lone writer never
+/// waits, and the wait is bounded by what it saves.
 #[derive(Default)]
 pub(super) struct Gather {
     last_requests: usize,

@@ -1,10 +1,10 @@
 //! Making durable commits visible: the notifier thread applies each commit's operations to the
-//! live states readers use, publishes the changes and answers the callers, in commit order
-//! (callers of failed commits get their error in the same order).
+//! live states readers use, publishes the changes and answers the callers, in commit order.
+//! Callers of failed commits get their error through it too.
 
 use super::*;
 
-/// What the writer hands the notifier.
+/// What the committer (and the writer, for its own commits and failures) hands the notifier.
 pub(super) enum Notice {
     /// A durable commit: replay it on the live states, publish its changes, answer its callers.
     Committed {

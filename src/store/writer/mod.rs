@@ -228,14 +228,19 @@ pub(super) struct Live {
 }
 
 impl Live {
+    /// Where a restore should start. A row is encoded before its own batch is applied, so the
+    /// hints may be several commits old; they stay right because they only ever point at or
+    /// before the live tail: an empty tail points at the next seq, so whatever is added after
+    /// the hints were taken is restored too.
     pub fn restore_hints(&self, meta: &mut StreamMeta) {
-        meta.tail_start = self.state.tail_start_seq();
+        meta.tail_start = self.state.tail_start_seq().or(Some(self.state.next_seq()));
         meta.severe_start = self.state.severe_start_seq();
         meta.older_last_ts = self.state.older_last_ts();
     }
 }
 
-/// The writer's view of one stream: committed state plus what the current commit added.
+/// The writer's view of one stream: the committed state plus everything placed since, committed
+/// or not yet.
 struct WriterStream {
     name: StreamName,
     slot: Arc<Slot>,
@@ -615,9 +620,19 @@ impl Writer {
             answers: work.answers,
             changes: work.changes,
         };
-        if let Some(pipe) = &self.pipe {
-            // The committer only stops after the writer drops the pipe.
-            drop(pipe.send(Piped::Batch(placed)));
+        let sent = match &self.pipe {
+            Some(pipe) => pipe.send(Piped::Batch(placed)),
+            None => Err(mpsc::SendError(Piped::Batch(placed))),
+        };
+        // The committer only stops after the writer drops the pipe, unless it panicked: then
+        // nothing can be committed any more, and the shadows must not keep what never was.
+        if let Err(mpsc::SendError(Piped::Batch(placed))) = sent {
+            tracing::error!("the committer has stopped; writes fail until recap restarts");
+            self.notify(Notice::Failed {
+                answers: placed.answers,
+                detail: "the store's committer has stopped; restart recap".into(),
+            });
+            self.failed_epoch.fetch_max(self.epoch, Ordering::AcqRel);
         }
     }
 
@@ -648,9 +663,10 @@ impl Writer {
     fn settle(&mut self) {
         if let Some(pipe) = &self.pipe {
             let (done, finished) = mpsc::channel();
-            if pipe.send(Piped::Barrier(done)).is_ok() {
-                // An error means the committer is gone, and with it anything to wait for.
-                let _ = finished.recv();
+            let emptied = pipe.send(Piped::Barrier(done)).is_ok() && finished.recv().is_ok();
+            if !emptied {
+                // The committer panicked: what it had not committed never will be.
+                self.failed_epoch.fetch_max(self.epoch, Ordering::AcqRel);
             }
         }
         let (done, finished) = mpsc::channel();
@@ -947,11 +963,11 @@ impl Writer {
                 self.dirty.insert(stream);
                 work.answers.push(Answer::Done(reply));
             }
-            Request::Maintain { reply, .. } => {
-                // The run loop takes these out of batches; answering keeps a caller from hanging.
-                work.answers.push(Answer::Done(reply));
+            // The run loop handles these itself and never puts them in a batch; answering
+            // keeps a caller from hanging if that ever changes.
+            request @ (Request::Maintain { .. } | Request::Shutdown { .. }) => {
+                request.fail("internal error: a control request reached a batch");
             }
-            Request::Shutdown { reply } => drop(reply.send(Ok(()))),
         }
         Ok(())
     }
