@@ -6,7 +6,8 @@
 //!
 //! Run with `cargo bench --bench ingest`. Prints one row per (writers, batch) with events/s,
 //! commits/s (group commits: how many requests shared each fsync) and the p50/p99 time from
-//! `append` to acknowledgement. `RECAP_BENCH_SECONDS` sets the time per row (default 3).
+//! `append` to acknowledgement. `RECAP_BENCH_SECONDS` sets the time per row (default 3),
+//! `RECAP_BENCH_STREAMS` the number of streams the writers spread over (default 16).
 //!
 //! A last table measures redb alone, with no recap code: one thread committing durable
 //! transactions shaped like the store's (records keyed by stream and seq over the same streams,
@@ -25,6 +26,15 @@ use recap::store::{Store, StoreOptions};
 /// Streams the writers spread over: enough that collapse and per-stream work look like a
 /// server with several agents, few enough that each stream's tail stays warm.
 const STREAMS: usize = 16;
+
+/// The streams the writers spread over: [`STREAMS`], or `RECAP_BENCH_STREAMS`.
+fn streams() -> usize {
+    std::env::var("RECAP_BENCH_STREAMS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .filter(|&streams| streams > 0)
+        .unwrap_or(STREAMS)
+}
 
 struct Row {
     writers: usize,
@@ -59,7 +69,7 @@ impl Tally {
     fn new(writer: usize, batch: usize) -> Tally {
         Tally {
             writer,
-            stream: StreamName::new(&format!("agent-{}", writer % STREAMS))
+            stream: StreamName::new(&format!("agent-{}", writer % streams()))
                 .expect("a valid stream name"),
             batch,
             counter: 0,
@@ -248,7 +258,10 @@ fn main() {
     // `cargo bench` passes `--bench`; a name filter is accepted as "writers,batch" (or
     // "tasks:writers,batch", or "redb" for the redb-alone table) rows to run.
     let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    println!("durable ingest through Store::append ({seconds} s per row, {STREAMS} streams)");
+    println!(
+        "durable ingest through Store::append ({seconds} s per row, {} streams)",
+        streams()
+    );
     println!();
     println!(
         "{:>8} {:>7} {:>6} {:>12} {:>10} {:>12} {:>9} {:>9}",
