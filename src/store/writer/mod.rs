@@ -182,6 +182,9 @@ impl Shared {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok()
         {
+            // A failing disk is slow too; meanwhile later batches pile up in the pipe on top
+            // of this one, which is what the failure path must get right.
+            std::thread::sleep(Duration::from_millis(5));
             return Err(StoreError::Storage("injected commit failure".into()));
         }
         Ok(())
