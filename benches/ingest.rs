@@ -9,6 +9,9 @@
 //! `append` to acknowledgement. `RECAP_BENCH_SECONDS` sets the time per row (default 3),
 //! `RECAP_BENCH_STREAMS` the number of streams the writers spread over (default 16).
 //!
+//! The `retained` rows are 64 task-writers with every stream limited to its newest 1,000
+//! records, so that retention removes as many rows as arrive.
+//!
 //! A last table measures redb alone, with no recap code: one thread committing durable
 //! transactions shaped like the store's (records keyed by stream and seq over the same streams,
 //! or one sequential table). It is the ceiling any writer built on redb reaches on this disk.
@@ -21,11 +24,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use recap::event::{Event, Severity, StreamName};
-use recap::store::{Store, StoreOptions};
+use recap::store::{Retention, Store, StoreOptions};
 
 /// Streams the writers spread over: enough that collapse and per-stream work look like a
 /// server with several agents, few enough that each stream's tail stays warm.
 const STREAMS: usize = 16;
+/// Records each stream keeps in the `retained` rows.
+const RETAINED: u64 = 1_000;
 
 /// The streams the writers spread over: [`STREAMS`], or `RECAP_BENCH_STREAMS`.
 fn streams() -> usize {
@@ -43,6 +48,8 @@ struct Row {
     commits: u64,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// The most records any stream still stored at the end.
+    most_stored: u64,
 }
 
 /// How the writers wait for their acknowledgements.
@@ -101,9 +108,9 @@ impl Tally {
     }
 }
 
-fn run(mode: Writers, writers: usize, batch: usize, seconds: f64) -> Row {
+fn run(mode: Writers, writers: usize, batch: usize, seconds: f64, options: StoreOptions) -> Row {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = Store::open(dir.path(), StoreOptions::default()).expect("the store opens");
+    let store = Store::open(dir.path(), options).expect("the store opens");
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let before = store.metrics();
@@ -167,6 +174,12 @@ fn run(mode: Writers, writers: usize, batch: usize, seconds: f64) -> Row {
     };
     let elapsed = started.elapsed();
     let commits = store.metrics().commits - before.commits;
+    let most_stored = store
+        .streams()
+        .iter()
+        .map(|stream| stream.stored_records)
+        .max()
+        .unwrap_or(0);
     store.close().expect("the store closes");
     let events = tallies.iter().map(|tally| tally.events).sum();
     let mut latencies: Vec<Duration> = tallies.into_iter().flat_map(|t| t.latencies).collect();
@@ -178,6 +191,7 @@ fn run(mode: Writers, writers: usize, batch: usize, seconds: f64) -> Row {
         commits,
         elapsed,
         latencies,
+        most_stored,
     }
 }
 
@@ -256,7 +270,8 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(3.0);
     // `cargo bench` passes `--bench`; a name filter is accepted as "writers,batch" (or
-    // "tasks:writers,batch", or "redb" for the redb-alone table) rows to run.
+    // "tasks:writers,batch", "retained:64,batch", or "redb" for the redb-alone table) rows to
+    // run.
     let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     println!(
         "durable ingest through Store::append ({seconds} s per row, {} streams)",
@@ -267,30 +282,65 @@ fn main() {
         "{:>8} {:>7} {:>6} {:>12} {:>10} {:>12} {:>9} {:>9}",
         "writers", "count", "batch", "events/s", "commits/s", "events/commit", "p50 ms", "p99 ms"
     );
-    for (mode, label) in [(Writers::Threads, "threads"), (Writers::Tasks, "tasks")] {
-        for writers in [1, 8, 64] {
-            for batch in [1, 100] {
-                let name = match mode {
-                    Writers::Threads => format!("{writers},{batch}"),
-                    Writers::Tasks => format!("tasks:{writers},{batch}"),
-                };
-                if filter.as_deref().is_some_and(|filter| filter != name) {
-                    continue;
-                }
-                let row = run(mode, writers, batch, seconds);
-                let secs = row.elapsed.as_secs_f64();
-                println!(
-                    "{:>8} {:>7} {:>6} {:>12.0} {:>10.0} {:>12.1} {:>9} {:>9}",
+    // Every stream kept to its newest RETAINED records: the writer removes as many rows as
+    // arrive, in maintenance steps between commits.
+    let retained = StoreOptions {
+        retention: Retention {
+            max_records: Some(RETAINED),
+            max_age: None,
+        },
+        ..StoreOptions::default()
+    };
+    let rows = [
+        (Writers::Threads, "threads", ""),
+        (Writers::Tasks, "tasks", "tasks:"),
+    ]
+    .into_iter()
+    .flat_map(|(mode, label, prefix)| {
+        [1, 8, 64].into_iter().flat_map(move |writers| {
+            [1, 100].map(|batch| {
+                (
+                    mode,
                     label,
-                    row.writers,
-                    row.batch,
-                    row.events as f64 / secs,
-                    row.commits as f64 / secs,
-                    row.events as f64 / row.commits.max(1) as f64,
-                    millis(percentile(&row.latencies, 0.50)),
-                    millis(percentile(&row.latencies, 0.99)),
-                );
-            }
+                    format!("{prefix}{writers},{batch}"),
+                    writers,
+                    batch,
+                    false,
+                )
+            })
+        })
+    })
+    .chain([1, 100].map(|batch| {
+        let name = format!("retained:64,{batch}");
+        (Writers::Tasks, "retained", name, 64, batch, true)
+    }));
+    for (mode, label, name, writers, batch, retain) in rows {
+        if filter.as_deref().is_some_and(|filter| filter != name) {
+            continue;
+        }
+        let options = if retain {
+            retained.clone()
+        } else {
+            StoreOptions::default()
+        };
+        let row = run(mode, writers, batch, seconds, options);
+        let secs = row.elapsed.as_secs_f64();
+        println!(
+            "{:>8} {:>7} {:>6} {:>12.0} {:>10.0} {:>12.1} {:>9} {:>9}",
+            label,
+            row.writers,
+            row.batch,
+            row.events as f64 / secs,
+            row.commits as f64 / secs,
+            row.events as f64 / row.commits.max(1) as f64,
+            millis(percentile(&row.latencies, 0.50)),
+            millis(percentile(&row.latencies, 0.99)),
+        );
+        if retain {
+            println!(
+                "{:>8} (at most {} records stored per stream at the end)",
+                "", row.most_stored
+            );
         }
     }
     if filter.as_deref().is_none_or(|filter| filter == "redb") {

@@ -38,7 +38,7 @@ use rows::{Rows, Tables};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,11 @@ pub(super) const MAINTENANCE_CHUNK_ROWS: usize = 2_048;
 /// While writes keep coming, pending maintenance still takes one step this often (each step
 /// empties the pipe and commits on its own).
 const BUSY_MAINTENANCE_INTERVAL: Duration = Duration::from_millis(10);
+/// The most a maintenance step's row budget grows to, in `MAINTENANCE_CHUNK_ROWS`.
+const MAX_MAINTENANCE_SCALE: usize = 8;
+/// Requests that pause this long leave the writer idle: pending maintenance steps then follow
+/// one another.
+const MAINTENANCE_IDLE_GAP: Duration = Duration::from_millis(2);
 /// Commits published but not yet received that a slow subscriber may lag behind before it
 /// misses some (it then resumes from the changelog).
 pub(super) const BROADCAST_CAPACITY: usize = 1_024;
@@ -358,6 +363,10 @@ pub(super) struct Writer {
     next_sweep: Instant,
     /// When maintenance last took a step.
     last_maintenance: Instant,
+    /// When the last request arrived.
+    last_request: Instant,
+    /// The next maintenance step's row budget, in `MAINTENANCE_CHUNK_ROWS`.
+    maintenance_scale: usize,
     /// No background maintenance before this (set after a failed maintenance commit).
     backoff_until: Option<Instant>,
     /// Batches placed since the last failure carry this; see [`committer`].
@@ -415,6 +424,8 @@ impl Writer {
             // Look at every stream once soon after opening.
             next_sweep: Instant::now(),
             last_maintenance: Instant::now(),
+            last_request: Instant::now(),
+            maintenance_scale: 1,
             backoff_until: None,
             epoch: 1,
             failed_epoch,
@@ -453,19 +464,26 @@ impl Writer {
     /// Serves requests until shut down or until every `Store` handle is gone.
     pub(super) fn run(mut self) {
         loop {
-            let first = if self.maintenance_pending() {
-                match self.requests.try_recv() {
-                    Ok(request) => Some(request),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => break,
+            // Pending maintenance takes a step once requests pause for MAINTENANCE_IDLE_GAP,
+            // and at least every BUSY_MAINTENANCE_INTERVAL while they keep coming (below). A
+            // queue that is empty for a moment is not idle: callers waiting for the commit in
+            // flight are about to send their next requests.
+            let mut due = self.next_sweep;
+            if self.maintenance_pending() {
+                let busy_due = self.last_maintenance + BUSY_MAINTENANCE_INTERVAL;
+                let idle_due = self.last_request + MAINTENANCE_IDLE_GAP;
+                due = due.min(busy_due).min(idle_due);
+            }
+            let first = match self
+                .requests
+                .recv_timeout(due.saturating_duration_since(Instant::now()))
+            {
+                Ok(request) => {
+                    self.last_request = Instant::now();
+                    Some(request)
                 }
-            } else {
-                let wait = self.next_sweep.saturating_duration_since(Instant::now());
-                match self.requests.recv_timeout(wait) {
-                    Ok(request) => Some(request),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             if Instant::now() >= self.next_sweep {
                 self.sweep();
@@ -977,20 +995,40 @@ impl Writer {
 
     /// One bounded step of background work: purge deleted streams, expire notes, apply
     /// retention, trim changelogs.
+    ///
+    /// A step removes `MAINTENANCE_CHUNK_ROWS` rows, doubled after every step that used its
+    /// whole budget (up to [`MAX_MAINTENANCE_SCALE`] times): under a firehose, retention has to
+    /// remove as many rows as arrive, and steps only come every `BUSY_MAINTENANCE_INTERVAL`.
     fn maintenance_step(
         &mut self,
         tables: &mut Tables<'_>,
         now: Timestamp,
         work: &mut Work,
     ) -> Result<(), StoreError> {
-        let mut budget = MAINTENANCE_CHUNK_ROWS;
+        let mut budget = MAINTENANCE_CHUNK_ROWS * self.maintenance_scale;
+        self.maintain_within(tables, now, &mut budget, work)?;
+        self.maintenance_scale = if budget == 0 {
+            (self.maintenance_scale * 2).min(MAX_MAINTENANCE_SCALE)
+        } else {
+            1
+        };
+        Ok(())
+    }
+
+    fn maintain_within(
+        &mut self,
+        tables: &mut Tables<'_>,
+        now: Timestamp,
+        budget: &mut usize,
+        work: &mut Work,
+    ) -> Result<(), StoreError> {
         for id in self.purges.clone() {
-            if budget == 0 {
+            if *budget == 0 {
                 return Ok(());
             }
-            let removed = purge_rows(tables, id, budget)?;
-            budget -= removed.min(budget);
-            if budget > 0 {
+            let removed = purge_rows(tables, id, *budget)?;
+            *budget -= removed.min(*budget);
+            if *budget > 0 {
                 tables.purge.remove(id)?;
                 work.purged.push(id);
             }
@@ -999,22 +1037,14 @@ impl Writer {
         let keep = self.shared.options.changelog_keep;
         let names: Vec<StreamName> = self.dirty.iter().cloned().collect();
         for name in names {
-            if budget == 0 {
+            if *budget == 0 {
                 break;
             }
             let Some(target) = self.streams.get_mut(&name) else {
                 self.dirty.remove(&name);
                 continue;
             };
-            let done = maintain_stream(
-                target,
-                tables,
-                now,
-                default_retention,
-                keep,
-                &mut budget,
-                work,
-            )?;
+            let done = maintain_stream(target, tables, now, default_retention, keep, budget, work)?;
             if done {
                 self.dirty.remove(&name);
             }
