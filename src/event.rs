@@ -602,7 +602,21 @@ pub enum EventError {
         /// What the client sent.
         value: String,
     },
-    /// The JSON is malformed, has a field of the wrong type, or a field recap does not know.
+    /// A field recap does not know (a typo such as `sevrity` is an error, not a default).
+    #[error("{detail}")]
+    UnknownField {
+        /// The field as the client spelled it.
+        field: String,
+        /// serde's message, with the fields that are allowed.
+        detail: String,
+    },
+    /// A field given twice.
+    #[error("field `{field}` is given twice")]
+    DuplicateField {
+        /// The field.
+        field: String,
+    },
+    /// The JSON is malformed or has a field of the wrong type.
     #[error("{}", match field { Some(field) => format!("field `{field}`: {detail}"), None => detail.clone() })]
     Json {
         /// The path of the offending field, when there is one.
@@ -623,6 +637,9 @@ impl EventError {
             EventError::UnknownSeverity { .. } => Some("severity"),
             EventError::InvalidStreamName { .. } => Some("stream"),
             EventError::Json { field, .. } => field.as_deref(),
+            EventError::UnknownField { field, .. } | EventError::DuplicateField { field } => {
+                Some(field)
+            }
         }
     }
 
@@ -641,12 +658,17 @@ impl EventError {
             .inner()
             .to_string()
             .replace("struct EventInput", "an event object");
-        if detail.starts_with("unknown field") {
-            let detail = strip_position(&detail);
-            return EventError::Json {
-                field: None,
-                detail,
+        let stripped = strip_position(&detail);
+        if let Some(field) = serde_named_field(&stripped, "unknown field") {
+            let field = field.to_owned();
+            return EventError::UnknownField {
+                field,
+                detail: stripped,
             };
+        }
+        if let Some(field) = serde_named_field(&stripped, "duplicate field") {
+            let field = field.to_owned();
+            return EventError::DuplicateField { field };
         }
         // Syntax errors have no field ("?" or "."); their line and column help find the fault.
         if path == "." || path == "?" || path.is_empty() {
@@ -657,9 +679,16 @@ impl EventError {
         }
         EventError::Json {
             field: Some(path),
-            detail: strip_position(&detail),
+            detail: stripped,
         }
     }
+}
+
+/// The field in serde's own wording of a struct-level problem: `problem` is "unknown field",
+/// "duplicate field" or "missing field", as in ``unknown field `x`, expected ...``.
+pub fn serde_named_field<'a>(detail: &'a str, problem: &str) -> Option<&'a str> {
+    let rest = detail.strip_prefix(problem)?.strip_prefix(" `")?;
+    Some(&rest[..rest.find('`')?])
 }
 
 /// serde_json appends " at line 1 column 17"; the field name says more and the position of a

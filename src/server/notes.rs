@@ -91,18 +91,10 @@ pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<
 }
 
 fn parse(text: &str, max_bytes: usize) -> Result<NoteInput, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let input: NoteInput = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        let code = if inner.is_syntax() || inner.is_eof() { "invalid_json" } else { "invalid_field" };
-        let api = ApiError::new(
-            StatusCode::BAD_REQUEST,
-            code,
-            format!("{inner}; a note is {{\"text\": \"...\", \"expires_at\": \"2024-05-01T10:00:00Z\"}} (expires_at optional)"),
-        );
-        if path == "." || code == "invalid_json" { api } else { api.with_field(path) }
-    })?;
+    let input: NoteInput = wire::decode_object(
+        text,
+        r#"{"text": "...", "expires_at": "2024-05-01T10:00:00Z"} (expires_at optional)"#,
+    )?;
     if input.text.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

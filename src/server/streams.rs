@@ -66,13 +66,10 @@ pub async fn set_retention(
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let bytes = body::read_json(body, headers, &app.options).await?;
-    let input: RetentionInput = serde_json::from_slice(&bytes).map_err(|error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("{error}; send {{\"max_records\": 10000, \"max_age_seconds\": 86400}} (either may be null)"),
-        )
-    })?;
+    let input: RetentionInput = wire::decode_object(
+        body::utf8(&bytes)?,
+        r#"{"max_records": 10000, "max_age_seconds": 86400} (either may be null)"#,
+    )?;
     if input.max_records == Some(0) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

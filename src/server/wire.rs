@@ -21,7 +21,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::event::EventError;
+use crate::event::{EventError, serde_named_field};
 use crate::rank::WeightError;
 use crate::store::StoreError;
 use crate::tokens::EncodingError;
@@ -198,6 +198,63 @@ impl ErrorStyle {
     }
 }
 
+/// Decodes a small JSON object body (a note, a retention) into `T`, with an error that names
+/// what is wrong the way event errors do: `invalid_json` for syntax, `unknown_field`,
+/// `duplicate_field`, `missing_field` and `invalid_field` naming the field. `shape` is appended
+/// to every message as an example of what to send.
+pub fn decode_object<T: serde::de::DeserializeOwned>(
+    text: &str,
+    shape: &str,
+) -> Result<T, ApiError> {
+    let bad = |code, message: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("{message}; send {shape}"),
+        )
+    };
+    // serde's derive would also take a positional array; these bodies are always objects.
+    match text.trim_start().chars().next() {
+        Some('{') => {}
+        None => return Err(bad("invalid_json", "the body is empty".into())),
+        Some(_) => return Err(bad("invalid_json", "the body must be a JSON object".into())),
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let decoded = serde_path_to_error::deserialize(&mut deserializer)
+        .map(|value| (value, deserializer.end()));
+    let error = match decoded {
+        Ok((value, Ok(()))) => return Ok(value),
+        Ok((_, Err(trailing))) => return Err(bad("invalid_json", trailing.to_string())),
+        Err(error) => error,
+    };
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return Err(bad("invalid_json", inner.to_string()));
+    }
+    let detail = inner.to_string();
+    let detail = match detail.rfind(" at line ") {
+        Some(at) => &detail[..at],
+        None => &detail,
+    };
+    Err(match named_field_error(detail) {
+        Some((code, field)) => bad(code, detail.to_owned()).with_field(field),
+        None if path == "." || path.is_empty() => bad("invalid_json", detail.to_owned()),
+        None => bad("invalid_field", detail.to_owned()).with_field(path),
+    })
+}
+
+/// The error code and field of a struct-level serde problem, if `detail` is one.
+fn named_field_error(detail: &str) -> Option<(&'static str, &str)> {
+    [
+        ("unknown field", "unknown_field"),
+        ("duplicate field", "duplicate_field"),
+        ("missing field", "missing_field"),
+    ]
+    .into_iter()
+    .find_map(|(problem, code)| Some((code, serde_named_field(detail, problem)?)))
+}
+
 impl From<EventError> for ApiError {
     fn from(error: EventError) -> ApiError {
         let code = match &error {
@@ -209,6 +266,8 @@ impl From<EventError> for ApiError {
             EventError::InvalidTimestamp { .. } => "invalid_timestamp",
             EventError::Json { field: None, .. } => "invalid_json",
             EventError::Json { field: Some(_), .. } => "invalid_field",
+            EventError::UnknownField { .. } => "unknown_field",
+            EventError::DuplicateField { .. } => "duplicate_field",
         };
         let field = error.field().map(str::to_owned);
         ApiError {

@@ -99,8 +99,9 @@ pub enum StoreError {
 pub struct Retention {
     /// Keep at most this many records.
     pub max_records: Option<u64>,
-    /// Remove records whose `last_ts` is older than this.
-    #[serde(serialize_with = "serialize_seconds")]
+    /// Remove records whose `last_ts` is older than this (in JSON `max_age_seconds`, as
+    /// clients set it).
+    #[serde(rename = "max_age_seconds", serialize_with = "serialize_seconds")]
     pub max_age: Option<TimeDelta>,
 }
 

@@ -258,7 +258,16 @@ async fn every_error_path_has_its_status_and_code() {
             r#"{"kind": "tool", "message": "m", "sevrity": "info"}"#,
         )
         .await
-        .assert_error(400, "invalid_json", None);
+        .assert_error(400, "unknown_field", Some("sevrity"));
+    server
+        .post_json(events, r#"{"kind": "tool", "message": "m", "kind": "llm"}"#)
+        .await
+        .assert_error(400, "duplicate_field", Some("kind"));
+    let batch =
+        r#"[{"kind": "tool", "message": "ok"}, {"kind": "tool", "message": "m", "extra": 1}]"#;
+    let reply = server.post_json(events, batch).await;
+    reply.assert_error(400, "unknown_field", Some("extra"));
+    assert_eq!(reply.json()["error"]["index"], 1);
     server
         .post_json(events, r#"{"message": "m"}"#)
         .await
@@ -320,10 +329,48 @@ async fn every_error_path_has_its_status_and_code() {
         .get("/v1/streams/s/events?min_severity=loud")
         .await
         .assert_error(400, "invalid_parameter", Some("min_severity"));
+    // Notes and retention name their fields the same way.
+    let notes = "/v1/streams/s/notes";
     server
-        .post_json("/v1/streams/s/notes", r#"{"txt": "x"}"#)
+        .post_json(notes, r#"{"txt": "x"}"#)
         .await
-        .assert_error(400, "invalid_field", None);
+        .assert_error(400, "unknown_field", Some("txt"));
+    server
+        .post_json(notes, "{}")
+        .await
+        .assert_error(400, "missing_field", Some("text"));
+    server
+        .post_json(notes, r#"{"text": 5}"#)
+        .await
+        .assert_error(400, "invalid_field", Some("text"));
+    server
+        .post_json(notes, r#"[{"text": "x"}]"#)
+        .await
+        .assert_error(400, "invalid_json", None);
+    server
+        .post_json(notes, r#"{"text": "x"} trailing"#)
+        .await
+        .assert_error(400, "invalid_json", None);
+    let put = |body: &'static [u8]| {
+        server.request(
+            Method::PUT,
+            "/v1/streams/s/retention",
+            Some("application/json"),
+            Bytes::from_static(body),
+            &[],
+        )
+    };
+    put(br#"{"max_records": "many"}"#).await.assert_error(
+        400,
+        "invalid_field",
+        Some("max_records"),
+    );
+    put(br#"{"max_recods": 5}"#)
+        .await
+        .assert_error(400, "unknown_field", Some("max_recods"));
+    put(b"{\"max_records\": 5, \"x\": \"\xff\"}")
+        .await
+        .assert_error(400, "invalid_utf8", None);
 }
 
 /// Sends raw bytes on a fresh connection and returns what comes back until the server closes.
