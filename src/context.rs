@@ -56,6 +56,9 @@ pub struct CachedRecord {
     line: OnceLock<String>,
     tokens: TokenCounts,
     clips: Mutex<Vec<Clip>>,
+    /// Per encoding, where the message's tokens end; kept once a clip needed them, so that a
+    /// client asking for a new `line_cap` does not make every long record tokenize again.
+    token_ends: [OnceLock<Box<[u32]>>; 2],
 }
 
 impl CachedRecord {
@@ -66,6 +69,7 @@ impl CachedRecord {
             line: OnceLock::new(),
             tokens: TokenCounts::new(),
             clips: Mutex::new(Vec::new()),
+            token_ends: [OnceLock::new(), OnceLock::new()],
         }
     }
 
@@ -94,7 +98,9 @@ impl CachedRecord {
         if let Some((_, _, clip)) = clips.iter().find(|(e, c, _)| *e == encoding && *c == cap) {
             return clip.clone();
         }
-        let clip = render::clip_record(&self.record, encoding, cap).map(Arc::new);
+        let ends = self.token_ends[encoding.index()]
+            .get_or_init(|| encoding.token_ends(&self.record.message).into());
+        let clip = render::clip_record_at(&self.record, encoding, cap, ends).map(Arc::new);
         if clips.len() == CLIPS_PER_RECORD {
             clips.remove(0);
         }
@@ -781,6 +787,28 @@ mod tests {
         "<|endoftext|> is just text here",
         "ok",
     ];
+
+    proptest! {
+        /// Clipping from the kept token ends gives exactly what clipping from scratch gives,
+        /// whatever caps a client cycles through.
+        #[test]
+        fn clips_from_kept_token_ends_equal_fresh_clips(
+            message in 0usize..10,
+            repeat in 1usize..60,
+            caps in prop::collection::vec(8u32..400, 1..6),
+        ) {
+            let text = MESSAGES[message].repeat(repeat);
+            let event = Event::new("tool", Severity::Info, text).unwrap();
+            let record = Record::from_event(event, 1, 1, t0());
+            let cached = CachedRecord::new(record.clone());
+            for cap in caps {
+                for encoding in Encoding::ALL {
+                    let fresh = render::clip_record(&record, encoding, cap).map(Arc::new);
+                    prop_assert_eq!(cached.clipped(encoding, cap), fresh);
+                }
+            }
+        }
+    }
 
     fn arb_stream() -> impl Strategy<Value = (Vec<GeneratedEvent>, Vec<GeneratedNote>)> {
         let event = (0usize..10, 0usize..6, 0usize..5, 0i64..120, 0usize..600);

@@ -102,13 +102,28 @@ pub struct ClippedLine {
 /// The longest line for `record` whose token count is at most `max_tokens`, with the message
 /// cut short and marked; `None` when not even the line's head and marker fit.
 pub fn clip_record(record: &Record, encoding: Encoding, max_tokens: u32) -> Option<ClippedLine> {
+    clip_record_at(
+        record,
+        encoding,
+        max_tokens,
+        &encoding.token_ends(&record.message),
+    )
+}
+
+/// [`clip_record`] with the message's [`Encoding::token_ends`] already known: a caller that
+/// keeps them clips to any other cap without tokenizing the whole message again.
+pub fn clip_record_at(
+    record: &Record,
+    encoding: Encoding,
+    max_tokens: u32,
+    ends: &[u32],
+) -> Option<ClippedLine> {
     let total_chars = record.message.chars().count();
     // The head with an empty message and the widest marker bounds what the message may use.
     let overhead = encoding.count(&record_line_with(record, "", total_chars.max(1)));
     let mut allowance = max_tokens.checked_sub(overhead)?;
-    let ends = encoding.token_ends(&record.message);
     loop {
-        let prefix = encoding.prefix_within(&record.message, &ends, allowance);
+        let prefix = encoding.prefix_within(&record.message, ends, allowance);
         let clipped_chars = total_chars - prefix.chars().count();
         let text = record_line_with(record, prefix, clipped_chars.max(1));
         let tokens = encoding.count(&text);

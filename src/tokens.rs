@@ -151,14 +151,16 @@ impl Encoding {
     /// The byte offsets at which `text`'s tokens end, in order: the prefix of `text` up to
     /// `ends[k - 1]` is its first `k` tokens. An offset can fall inside a character when a token
     /// holds part of one; [`Encoding::prefix_within`] rounds those down.
-    pub fn token_ends(self, text: &str) -> Vec<usize> {
+    ///
+    /// Offsets are `u32` (texts here are at most a few MiB): callers keep them per record.
+    pub fn token_ends(self, text: &str) -> Vec<u32> {
         let bpe = self.bpe();
         let mut end = 0;
         bpe.encode_ordinary(text)
             .into_iter()
             .map(|token| {
                 end += bpe.decode_bytes(&[token]).map_or(0, |bytes| bytes.len());
-                end.min(text.len())
+                u32::try_from(end.min(text.len())).unwrap_or(u32::MAX)
             })
             .collect()
     }
@@ -166,13 +168,18 @@ impl Encoding {
     /// The longest prefix of `text` made of at most `max_tokens` of its first tokens and whose
     /// own count is at most `max_tokens`, cut at a character boundary. `ends` is
     /// [`Encoding::token_ends`] of `text`, so that callers trying several limits tokenize once.
-    pub fn prefix_within<'t>(self, text: &'t str, ends: &[usize], max_tokens: u32) -> &'t str {
+    pub fn prefix_within<'t>(self, text: &'t str, ends: &[u32], max_tokens: u32) -> &'t str {
         let mut take = (max_tokens as usize).min(ends.len());
         loop {
             if take == ends.len() {
                 return text;
             }
-            let mut end = if take == 0 { 0 } else { ends[take - 1] };
+            let mut end = if take == 0 {
+                0
+            } else {
+                ends[take - 1] as usize
+            }
+            .min(text.len());
             while !text.is_char_boundary(end) {
                 end -= 1;
             }
@@ -343,7 +350,7 @@ mod tests {
         for encoding in Encoding::ALL {
             let ends = encoding.token_ends(&text);
             assert_eq!(ends.len() as u32, encoding.count(&text));
-            assert_eq!(*ends.last().unwrap(), text.len());
+            assert_eq!(*ends.last().unwrap() as usize, text.len());
             for limit in [0, 1, 2, 3, 7, 50, 10_000] {
                 let prefix = encoding.prefix_within(&text, &ends, limit);
                 assert!(text.starts_with(prefix));
