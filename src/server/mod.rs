@@ -42,6 +42,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::event::EventLimits;
@@ -193,7 +194,7 @@ pub async fn run(
         let app = Arc::clone(&app);
         let service = service_fn(move |request| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(serve_request(&app, request).await) }
+            async move { Ok::<_, Infallible>(serve_request(&app, request, peer).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
@@ -224,21 +225,35 @@ pub async fn run(
     Ok(())
 }
 
-/// One request: route it, count it, log it (method, route template, status, latency; never
-/// keys or bodies).
-async fn serve_request(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+/// One request: route it, count it, log it (method, peer, the key's name, route template,
+/// status, error code, latency; never keys or bodies). The log is at debug level: its span
+/// costs nothing unless `RUST_LOG=recap::request=debug` asks for it.
+async fn serve_request(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
+    let span = tracing::debug_span!(
+        target: "recap::request",
+        "request",
+        %method,
+        %peer,
+        key = tracing::field::Empty,
+    );
     app.metrics.in_flight(1);
-    let (endpoint, response) = routes::handle(app, request).await;
+    let (endpoint, response) = routes::handle(app, request).instrument(span.clone()).await;
     app.metrics.in_flight(-1);
     let status = response.status().as_u16();
     app.metrics.count_request(endpoint, status);
+    let error = response.extensions().get::<wire::ErrorCode>();
     tracing::debug!(
         target: "recap::request",
-        %method,
+        parent: &span,
         route = endpoint.route(),
         status,
+        error = error.map_or("", |code| code.0),
         micros = started.elapsed().as_micros() as u64,
     );
     response

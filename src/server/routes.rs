@@ -276,6 +276,10 @@ async fn dispatch(
         (Some(keys), Some(_)) => Some(keys.authenticate(&parts.headers)?),
         _ => None,
     };
+    if let Some(key) = key {
+        // The request log names the key (its label, never the key itself).
+        tracing::Span::current().record("key", key.name.as_str());
+    }
     let stream = matched
         .stream
         .map(|raw| {

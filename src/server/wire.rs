@@ -39,6 +39,10 @@ pub const ENCODING_HEADER: &str = "x-recap-encoding";
 /// Response header set when some live notes did not fit the budget.
 pub const NOTES_CUT_HEADER: &str = "x-recap-notes-cut";
 
+/// The code of an error response, for the request log.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
 /// A refused request: status, machine-readable code, a message that says what to fix, and the
 /// offending field (and batch index) when there is one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,6 +159,15 @@ impl ApiError {
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 9110: a 401 says how to authenticate.
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"recap\""),
+            );
+        }
+        // The request log names the error; extensions never leave the server.
+        response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
 

@@ -574,9 +574,12 @@ async fn keys_confine_callers_to_their_scope_and_prefix() {
     let post =
         |path: &'static str, key: Option<&'static str>| server.post_json_as(path, event, key);
 
-    post("/v1/streams/team-a.x/events", None)
-        .await
-        .assert_error(401, "unauthorized", None);
+    let no_key = post("/v1/streams/team-a.x/events", None).await;
+    no_key.assert_error(401, "unauthorized", None);
+    assert_eq!(
+        no_key.header("www-authenticate"),
+        Some("Bearer realm=\"recap\"")
+    );
     post("/v1/streams/team-a.x/events", Some("wrong-key-0123456789"))
         .await
         .assert_error(401, "unauthorized", None);
