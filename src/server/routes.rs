@@ -145,6 +145,10 @@ struct Matched<'a> {
 /// Matches a path and method.
 fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    // `/v1/streams/` and `//` name no route (an empty stream name is not a bad stream name).
+    if segments.iter().any(|segment| segment.is_empty()) {
+        return Err(ApiError::not_found(path));
+    }
     let (choices, allow, stream, note_id): (&[(Method, Endpoint)], &'static str, _, _) =
         match segments.as_slice() {
             ["healthz"] => (&[(Method::GET, Endpoint::Healthz)], "GET", None, None),
@@ -375,6 +379,10 @@ mod tests {
             (matched.endpoint, matched.note_id),
             (Endpoint::DeleteNote, Some("3"))
         );
+        for path in ["/v1/streams/", "/v1/streams//events", "/healthz/"] {
+            let error = resolve(&Method::GET, path).err().unwrap();
+            assert_eq!(error.status, StatusCode::NOT_FOUND, "{path}");
+        }
         let error = resolve(&Method::PUT, "/v1/streams/s/events").err().unwrap();
         assert_eq!(
             (error.status, error.allow),
