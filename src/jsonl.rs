@@ -12,15 +12,21 @@
 //!   `chatdev/Poker1` are not valid stream names); `source` (where the event came from) is kept
 //!   as `payload.source`, so nothing in the file is lost.
 //!
+//! A record line may carry `note` (`{"created_at", "expires_at"?}`): `recap export` adds it to
+//! the audit record of each live pinned note (a `note` record whose `payload.note_id` names the
+//! note). Imported, such a line makes the note again, with the record's message as its text, its
+//! times, and a new id of the target stream that the record's `payload.note_id` then names; the
+//! audit record itself is imported like any other record, so nothing is duplicated.
+//!
 //! A line is a record if it has `repeat_count` or `first_ts`; anything else is an event.
 
 use serde_json::{Map, Value};
 
 use crate::event::{
-    Event, EventError, EventInput, EventLimits, Record, Timestamp, format_timestamp,
+    Event, EventError, EventInput, EventLimits, Note, Record, Timestamp, format_timestamp,
     parse_timestamp,
 };
-use crate::store::ImportedRecord;
+use crate::store::{ImportedNote, ImportedRecord};
 
 /// One parsed line.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +39,9 @@ pub enum Line {
 
 /// Record fields that the target stream assigns afresh: read, then ignored.
 const ASSIGNED_FIELDS: [&str; 2] = ["seq", "revision"];
+
+/// The field of an exported record that makes it a pinned note's audit record.
+const NOTE_FIELD: &str = "note";
 
 /// Parses and validates one line.
 pub fn parse_line(line: &str, limits: &EventLimits) -> Result<Line, EventError> {
@@ -62,8 +71,33 @@ pub fn parse_record(
     for field in ASSIGNED_FIELDS {
         object.remove(field);
     }
-    let first_ts = take_timestamp(&mut object, "first_ts")?;
-    let last_ts = take_timestamp(&mut object, "last_ts")?;
+    let note = match object.remove(NOTE_FIELD) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(mut note)) => {
+            let created_at = take_timestamp(&mut note, "created_at", "note.created_at")?;
+            let expires_at = match note.get("expires_at") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(take_timestamp(&mut note, "expires_at", "note.expires_at")?),
+            };
+            note.remove("expires_at");
+            if let Some(unknown) = note.keys().next() {
+                return Err(note_error(format!(
+                    "unknown field `{unknown}` in `note`; it holds `created_at` and optionally `expires_at`"
+                )));
+            }
+            Some(ImportedNote {
+                created_at,
+                expires_at,
+            })
+        }
+        Some(_) => {
+            return Err(note_error(
+                "`note` must be an object with `created_at` and optionally `expires_at`".into(),
+            ));
+        }
+    };
+    let first_ts = take_timestamp(&mut object, "first_ts", "first_ts")?;
+    let last_ts = take_timestamp(&mut object, "last_ts", "last_ts")?;
     if last_ts < first_ts {
         return Err(EventError::Json {
             field: Some("last_ts".to_owned()),
@@ -85,11 +119,25 @@ pub fn parse_record(
     })?;
     let mut event = EventInput::from_value(Value::Object(object))?.validate(limits)?;
     event.ts = Some(first_ts);
+    if note.is_some() {
+        if event.kind.as_str() != "note" {
+            return Err(note_error(format!(
+                "only a note's audit record (kind `note`) carries `note`, not a `{}` record",
+                event.kind.as_str()
+            )));
+        }
+        if event.message.trim().is_empty() {
+            return Err(note_error(
+                "a note's audit record needs the note's text as its message".into(),
+            ));
+        }
+    }
     Ok(ImportedRecord {
         event,
         first_ts,
         last_ts,
         repeat_count,
+        note,
     })
 }
 
@@ -132,6 +180,12 @@ pub fn imported_record_json(record: &ImportedRecord) -> Map<String, Value> {
         Value::from(format_timestamp(&record.last_ts)),
     );
     object.insert("repeat_count".to_owned(), Value::from(record.repeat_count));
+    if let Some(note) = &record.note {
+        object.insert(
+            NOTE_FIELD.to_owned(),
+            note_json(note.created_at, note.expires_at),
+        );
+    }
     object
 }
 
@@ -140,11 +194,49 @@ pub fn record_line(record: &Record) -> String {
     serde_json::to_string(record).expect("a record always serializes")
 }
 
+/// The line `recap export` writes for the audit record of a live pinned note: the record with
+/// the note's times under `note`, which `recap import` turns back into the note.
+pub fn note_record_line(record: &Record, note: &Note) -> String {
+    // The record's own line, fields in the same order, with `note` added last.
+    let mut line = record_line(record);
+    debug_assert!(line.ends_with('}'));
+    line.pop();
+    line.push_str(&format!(
+        ",\"{NOTE_FIELD}\":{}}}",
+        note_json(note.created_at, note.expires_at)
+    ));
+    line
+}
+
+fn note_json(created_at: Timestamp, expires_at: Option<Timestamp>) -> Value {
+    let mut note = Map::new();
+    note.insert(
+        "created_at".to_owned(),
+        Value::from(format_timestamp(&created_at)),
+    );
+    if let Some(expires_at) = expires_at {
+        note.insert(
+            "expires_at".to_owned(),
+            Value::from(format_timestamp(&expires_at)),
+        );
+    }
+    Value::Object(note)
+}
+
+fn note_error(detail: String) -> EventError {
+    EventError::Json {
+        field: Some(NOTE_FIELD.to_owned()),
+        detail,
+    }
+}
+
+/// Takes the timestamp under `key`; errors name it as `field`.
 fn take_timestamp(
     object: &mut Map<String, Value>,
+    key: &str,
     field: &'static str,
 ) -> Result<Timestamp, EventError> {
-    match object.remove(field) {
+    match object.remove(key) {
         Some(Value::String(value)) => {
             parse_timestamp(&value).map_err(|_| EventError::InvalidTimestamp { field, value })
         }
@@ -213,6 +305,7 @@ mod tests {
             first_ts: ts,
             last_ts: ts,
             repeat_count: 4,
+            note: None,
         };
         let again = parse_line(
             &Value::Object(imported_record_json(&imported)).to_string(),
@@ -220,6 +313,83 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again, Line::Record(imported));
+    }
+
+    #[test]
+    fn a_pinned_note_travels_on_its_audit_record() {
+        let ts = parse_timestamp("2024-05-01T10:00:00.25Z").unwrap();
+        let mut payload = Map::new();
+        payload.insert("note_id".to_owned(), Value::from(3));
+        let mut event = Event::new("note", Severity::Info, "the repo uses tabs").unwrap();
+        event.payload = Some(payload);
+        let record = Record::from_event(event, 4, 9, ts);
+        let note = Note {
+            id: 3,
+            text: "the repo uses tabs".to_owned(),
+            created_at: ts,
+            expires_at: Some(parse_timestamp("2999-01-01T00:00:00Z").unwrap()),
+        };
+        let line = note_record_line(&record, &note);
+        // The record's own line with `note` added: what an older recap wrote is a prefix.
+        let plain = record_line(&record);
+        assert!(line.starts_with(&plain[..plain.len() - 1]), "{line}");
+        let Line::Record(imported) = parse_line(&line, &limits()).unwrap() else {
+            panic!("a record line")
+        };
+        let expected = ImportedNote {
+            created_at: ts,
+            expires_at: note.expires_at,
+        };
+        assert_eq!(imported.note.as_ref(), Some(&expected));
+        assert_eq!(imported.event.message, "the repo uses tabs");
+        // The object sent to `POST .../records` keeps it.
+        let again = parse_line(
+            &Value::Object(imported_record_json(&imported)).to_string(),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(again, Line::Record(imported));
+        // Without it, the same record is a plain record.
+        let Line::Record(plain) = parse_line(&plain, &limits()).unwrap() else {
+            panic!("a record line")
+        };
+        assert_eq!(plain.note, None);
+    }
+
+    #[test]
+    fn bad_note_fields_are_named() {
+        let record = |kind: &str, note: &str| {
+            format!(
+                r#"{{"kind": "{kind}", "message": "m", "first_ts": "2024-05-01T10:00:00Z", "last_ts": "2024-05-01T10:00:00Z", "repeat_count": 1, "note": {note}}}"#
+            )
+        };
+        let cases = [
+            (
+                record("tool", r#"{"created_at": "2024-05-01T10:00:00Z"}"#),
+                "note",
+            ),
+            (record("note", r#"{}"#), "note.created_at"),
+            (
+                record("note", r#"{"created_at": "soon"}"#),
+                "note.created_at",
+            ),
+            (
+                record(
+                    "note",
+                    r#"{"created_at": "2024-05-01T10:00:00Z", "expires_at": 5}"#,
+                ),
+                "note.expires_at",
+            ),
+            (
+                record("note", r#"{"created_at": "2024-05-01T10:00:00Z", "id": 1}"#),
+                "note",
+            ),
+            (record("note", "true"), "note"),
+        ];
+        for (line, field) in cases {
+            let error = parse_line(&line, &limits()).unwrap_err();
+            assert_eq!(error.field(), Some(field), "{line}: {error}");
+        }
     }
 
     #[test]

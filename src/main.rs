@@ -190,7 +190,8 @@ fn main() -> ExitCode {
         // `recap export s | head`: the reader has what it wanted; that is not a failure.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Each cause once: most errors' messages already end with their source.
+            eprintln!("error: {}", client::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -310,8 +311,17 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Export(args) => {
             let client = connect(&args.server)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let count = export::export(&client, &args.stream, &mut out).await?;
-            eprintln!("exported {count} records from {}", args.stream);
+            let summary = export::export(&client, &args.stream, &mut out).await?;
+            eprintln!(
+                "exported {} records ({} with a pinned note) from {}",
+                summary.records, summary.notes, args.stream
+            );
+            for note in &summary.notes_left_out {
+                eprintln!(
+                    "note {} was not exported: its audit record is no longer stored (retention removed it, or the same note added again right after it took over its record); add it again after importing: {:?}",
+                    note.id, note.text
+                );
+            }
         }
         // Offline and CPU-bound: its own exit code (2 for usage errors) says how it went.
         Command::Bench(BenchCommand::Budgets(args)) => {

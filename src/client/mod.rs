@@ -60,6 +60,29 @@ pub enum ClientError {
         message: String,
         /// The offending field.
         field: Option<String>,
+        /// For a batch: the position (from 0) of the offending event in the request.
+        index: Option<usize>,
+    },
+    /// The server refused one line of an import file (the server's message names it by the
+    /// file's line number, not by its place in the batch).
+    #[error("line {line}: {source}")]
+    LineRefused {
+        /// The line of the file.
+        line: usize,
+        /// What the server said.
+        source: Box<ClientError>,
+    },
+    /// One line of an import file is over the server's request body cap even when sent alone.
+    #[error(
+        "line {line} is {bytes} bytes as sent, over the server's request body limit even alone (the server answered {status}); shorten it, or raise max_body_bytes in the server's config"
+    )]
+    LineTooLarge {
+        /// The line of the file.
+        line: usize,
+        /// Its size in the request.
+        bytes: usize,
+        /// The status (413).
+        status: StatusCode,
     },
     /// The server's answer was not what recap sends.
     #[error("unexpected answer from the server: {0}; is --server pointing at a recap server?")]
@@ -87,7 +110,8 @@ pub enum ClientError {
         /// The first few, with line numbers.
         listing: String,
     },
-    /// An import stopped part way (a batch was refused or the server went away).
+    /// An import stopped part way (a batch was refused or the server went away); the batches
+    /// before it stay written.
     #[error("the import stopped after {written} of {total} lines were written: {source}")]
     ImportStopped {
         /// Lines written before the failure.
@@ -220,6 +244,7 @@ async fn api_error(response: Response<Incoming>) -> ClientError {
         code: String,
         message: String,
         field: Option<String>,
+        index: Option<usize>,
     }
     let status = response.status();
     let bytes = read_body(response).await.unwrap_or_default();
@@ -229,23 +254,34 @@ async fn api_error(response: Response<Incoming>) -> ClientError {
             code: envelope.error.code,
             message: envelope.error.message,
             field: envelope.error.field,
+            index: envelope.error.index,
         },
         Err(_) => ClientError::Api {
             status,
             code: "unknown".to_owned(),
             message: String::from_utf8_lossy(&bytes).into_owned(),
             field: None,
+            index: None,
         },
     }
 }
 
-/// An error with its causes, for people: hyper's top-level messages alone say little.
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error with its causes, for people, each said once.
+///
+/// Some errors' messages stop short of their cause (hyper's top-level "client error (Connect)"
+/// says little), while recap's own errors, like most `thiserror` types, already end with their
+/// cause *and* return it as their `source`: printing every link of the chain (as anyhow's `{:#}`
+/// does) would say it twice ("file: bad byte: bad byte"). So a cause is added only when the
+/// text so far does not already say it. The binary prints every error through this.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let said = cause.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text
@@ -254,4 +290,37 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// Percent-encodes a query value (stream names never need it; kinds, timestamps and weights may).
 pub fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad byte");
+        // recap's errors end with their cause and also return it as their source.
+        let error = ClientError::Io {
+            path: PathBuf::from("f.jsonl"),
+            source: io(),
+        };
+        assert_eq!(error_chain(&error), "f.jsonl: bad byte");
+        let stopped = ClientError::ImportStopped {
+            written: 1,
+            total: 2,
+            source: Box::new(ClientError::Output(io())),
+        };
+        assert_eq!(
+            error_chain(&stopped),
+            "the import stopped after 1 of 2 lines were written: cannot write the output: bad byte"
+        );
+        // An error whose message leaves its cause out gets it appended.
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Terse(#[source] std::io::Error);
+        assert_eq!(
+            error_chain(&Terse(io())),
+            "client error (Connect): bad byte"
+        );
+    }
 }

@@ -151,6 +151,18 @@ pub struct ImportedRecord {
     pub last_ts: Timestamp,
     /// Events in the run (≥ 1).
     pub repeat_count: u64,
+    /// Set when the record is the audit record of a pinned note: the note is made again with
+    /// the record's message as its text, and the record's `payload.note_id` names its new id.
+    pub note: Option<ImportedNote>,
+}
+
+/// A pinned note brought in by `recap import` of an export, with its times.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportedNote {
+    /// When the note was added.
+    pub created_at: Timestamp,
+    /// When it stops applying, if ever.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// A committed change, as subscribers see it.

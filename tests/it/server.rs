@@ -731,7 +731,10 @@ async fn import_then_export_round_trips_the_shared_traces() {
         assert_eq!(summary.lines, lines.len());
         assert!(!summary.records_format);
         let mut exported = Vec::new();
-        let count = export::export(&client, &name, &mut exported).await.unwrap();
+        let count = export::export(&client, &name, &mut exported)
+            .await
+            .unwrap()
+            .records;
         let records: Vec<Record> = String::from_utf8(exported.clone())
             .unwrap()
             .lines()

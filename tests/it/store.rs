@@ -636,6 +636,7 @@ fn fill_fixture(store: &Store) {
                 first_ts: ts(100),
                 last_ts: ts(160),
                 repeat_count: 7,
+                note: None,
             }],
         )
         .wait()
@@ -1318,12 +1319,14 @@ fn imports_keep_times_and_counts() {
                     first_ts: ts(0),
                     last_ts: ts(5),
                     repeat_count: 3,
+                    note: None,
                 },
                 ImportedRecord {
                     event: Event::new("tool", Severity::Info, "same").unwrap(),
                     first_ts: ts(6),
                     last_ts: ts(6),
                     repeat_count: 1,
+                    note: None,
                 },
             ],
         )

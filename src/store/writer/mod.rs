@@ -883,9 +883,29 @@ impl Writer {
                 let target = self.stream_or_create(&stream, work);
                 let mut results = Vec::with_capacity(records.len());
                 let mut failure = None;
+                let mut notes_expire = false;
                 for imported in records {
+                    let mut event = imported.event;
+                    if let Some(note) = imported.note {
+                        // An exported pinned note comes back as a note (with an id of this
+                        // stream) and its audit record, linked as `add_note` links them.
+                        let note = place_note(
+                            target,
+                            rows,
+                            work,
+                            &stream,
+                            event.message.clone(),
+                            at_micros(note.created_at),
+                            note.expires_at.map(at_micros),
+                        );
+                        notes_expire |= note.expires_at.is_some();
+                        event
+                            .payload
+                            .get_or_insert_with(serde_json::Map::new)
+                            .insert(crate::context::NOTE_ID_KEY.into(), note.id.into());
+                    }
                     let (appended, cached) = target.shadow.import_shared(
-                        imported.event,
+                        event,
                         at_micros(imported.first_ts),
                         at_micros(imported.last_ts),
                         imported.repeat_count,
@@ -903,7 +923,7 @@ impl Writer {
                 if let Some(error) = failure {
                     return Err(error);
                 }
-                if over {
+                if over || notes_expire {
                     self.dirty.insert(stream);
                 }
             }
@@ -917,19 +937,7 @@ impl Writer {
                 let now = at_micros(now);
                 let expires_at = expires_at.map(at_micros);
                 let target = self.stream_or_create(&stream, work);
-                let note = target.shadow.add_note(text.clone(), now, expires_at);
-                let id = target.slot.id;
-                rows.note(id, note.id, |out| schema::encode_note(&note, out));
-                let revision = target.shadow.revision();
-                let entry = ChangeEntry::Note(note.clone());
-                rows.change(id, revision, |out| schema::encode_change(&entry, out));
-                work.changes.push(Change {
-                    stream: stream.clone(),
-                    revision,
-                    body: ChangeBody::Note(note.clone()),
-                });
-                work.ops
-                    .push(Op::AddNote(target.slot.clone(), note.clone()));
+                let note = place_note(target, rows, work, &stream, text.clone(), now, expires_at);
                 let note_id = note.id;
                 work.answers.push(Answer::Note(reply, note));
                 // The audit trail: the note is also an event of the stream (DESIGN section 2).
@@ -1142,6 +1150,33 @@ fn committed_creation(db: &Database, stream: u64, seq: u64) -> Result<Created, S
 }
 
 /// Removes a live note (a change with its own revision); `false` when there is none.
+/// Adds a note to a stream's shadow and encodes its row and changelog entry; the caller adds
+/// its audit record (`add_note` logs a new one, an import brings the exported one).
+fn place_note(
+    target: &mut WriterStream,
+    rows: &mut Rows,
+    work: &mut Work,
+    stream: &StreamName,
+    text: String,
+    created_at: Timestamp,
+    expires_at: Option<Timestamp>,
+) -> Note {
+    let note = target.shadow.add_note(text, created_at, expires_at);
+    let id = target.slot.id;
+    rows.note(id, note.id, |out| schema::encode_note(&note, out));
+    let revision = target.shadow.revision();
+    let entry = ChangeEntry::Note(note.clone());
+    rows.change(id, revision, |out| schema::encode_change(&entry, out));
+    work.changes.push(Change {
+        stream: stream.clone(),
+        revision,
+        body: ChangeBody::Note(note.clone()),
+    });
+    work.ops
+        .push(Op::AddNote(target.slot.clone(), note.clone()));
+    note
+}
+
 fn remove_note(target: &mut WriterStream, rows: &mut Rows, id: u64, work: &mut Work) -> bool {
     if !target.shadow.remove_note(id) {
         return false;
