@@ -1149,7 +1149,6 @@ fn committed_creation(db: &Database, stream: u64, seq: u64) -> Result<Created, S
     Ok(created)
 }
 
-/// Removes a live note (a change with its own revision); `false` when there is none.
 /// Adds a note to a stream's shadow and encodes its row and changelog entry; the caller adds
 /// its audit record (`add_note` logs a new one, an import brings the exported one).
 fn place_note(
@@ -1177,6 +1176,7 @@ fn place_note(
     note
 }
 
+/// Removes a live note (a change with its own revision); `false` when there is none.
 fn remove_note(target: &mut WriterStream, rows: &mut Rows, id: u64, work: &mut Work) -> bool {
     if !target.shadow.remove_note(id) {
         return false;
