@@ -16,6 +16,9 @@
 //! A slow subscriber never slows writers: the store's broadcast never waits for receivers, and
 //! each subscriber has its own bounded buffer. A subscriber that falls behind the broadcast
 //! (`Lagged`) or sees a jump in revisions catches up from the store's changelog.
+//!
+//! `: keepalive` comments go out whenever nothing was written to the client for a keepalive
+//! interval: commits to other streams wake every feed, but do not count.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,6 +113,7 @@ pub fn open(
         dialect,
         last_sent: after,
         sender,
+        last_write: Instant::now(),
         shutdown: app.shutdown.clone(),
     };
     tokio::spawn(feed.run(live));
@@ -141,6 +145,8 @@ struct Feed {
     dialect: Dialect,
     last_sent: u64,
     sender: mpsc::Sender<Bytes>,
+    /// When a frame or comment was last written to this client.
+    last_write: Instant,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -166,8 +172,9 @@ impl Feed {
         self.send(Bytes::from_static(b": subscribed\n\n")).await?;
         self.catch_up().await?;
         let keepalive = self.app.options.sse_keepalive;
-        let mut idle_until = Instant::now() + keepalive;
         loop {
+            // Only writes to this client count: every commit, to any stream, wakes the feed.
+            let idle_until = self.last_write + keepalive;
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
                 () = self.sender.closed() => return Err(Stop::Disconnected),
@@ -180,7 +187,6 @@ impl Feed {
                     Err(RecvError::Closed) => return Ok(()),
                 },
             }
-            idle_until = Instant::now() + keepalive;
         }
     }
 
@@ -311,9 +317,11 @@ impl Feed {
     /// and other subscribers go on), unless the server shuts down meanwhile.
     async fn send(&mut self, bytes: Bytes) -> Result<(), Stop> {
         tokio::select! {
-            sent = self.sender.send(bytes) => sent.map_err(|_| Stop::Disconnected),
-            _ = self.shutdown.wait_for(|stop| *stop) => Err(Stop::ShuttingDown),
+            sent = self.sender.send(bytes) => sent.map_err(|_| Stop::Disconnected)?,
+            _ = self.shutdown.wait_for(|stop| *stop) => return Err(Stop::ShuttingDown),
         }
+        self.last_write = Instant::now();
+        Ok(())
     }
 }
 
