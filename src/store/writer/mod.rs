@@ -925,6 +925,7 @@ impl Writer {
                 rows.change(id, revision, |out| schema::encode_change(&entry, out));
                 work.changes.push(Change {
                     stream: stream.clone(),
+                    stream_id: id,
                     revision,
                     body: ChangeBody::Note(note.clone()),
                 });
@@ -1101,6 +1102,7 @@ fn store_appended(
         });
         work.changes.push(Change {
             stream: target.name.clone(),
+            stream_id: id,
             revision: record.revision,
             body: ChangeBody::Repeat {
                 seq: record.seq,
@@ -1122,6 +1124,7 @@ fn store_appended(
         target.created.push_back((record.seq, created));
         work.changes.push(Change {
             stream: target.name.clone(),
+            stream_id: id,
             revision: record.revision,
             body: ChangeBody::Record(record.clone()),
         });
@@ -1153,6 +1156,7 @@ fn remove_note(target: &mut WriterStream, rows: &mut Rows, id: u64, work: &mut W
     rows.change(stream, revision, |out| schema::encode_change(&entry, out));
     work.changes.push(Change {
         stream: target.name.clone(),
+        stream_id: stream,
         revision,
         body: ChangeBody::NoteDeleted { id },
     });
