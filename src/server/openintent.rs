@@ -309,6 +309,30 @@ pub fn gap_frame(stream: &StreamName, after: u64, next: u64, now: Timestamp) -> 
     Bytes::from(format!("event: {NATIVE_EVENT_TYPE}\ndata: {event}\n\n"))
 }
 
+/// The frame that tells an OpenIntent subscriber that revision `after`, where it stands, is not
+/// one of the intent's stream as it is now (the stream was deleted, and maybe created again:
+/// revisions start over at 1): a `comment` event saying so, before the events from the start.
+/// Its `id: 0` makes a client that reconnects after it resume from the start too.
+pub fn reset_frame(stream: &StreamName, after: u64, now: Timestamp) -> Bytes {
+    let event = json!({
+        "id": format!("{stream}:reset:{after}"),
+        "intent_id": stream.as_str(),
+        "event_type": NATIVE_EVENT_TYPE,
+        "actor": "recap",
+        "payload": {
+            "kind": "status",
+            "severity": "warning",
+            "message": format!("revision {after} is not one of this intent's revisions (its stream was deleted, and maybe created again, since); its events start over from the beginning"),
+            "after": after,
+            "reset": true,
+        },
+        "created_at": mapping::created_at(&now),
+    });
+    Bytes::from(format!(
+        "id: 0\nevent: {NATIVE_EVENT_TYPE}\ndata: {event}\n\n"
+    ))
+}
+
 /// A fresh random intent id in UUID form, after the key's stream prefix (so that a key confined
 /// to `team-a.` creates intents it may use).
 ///
@@ -494,5 +518,11 @@ mod tests {
         assert_eq!(frame.matches('\n').count(), 4, "one data line: {frame}");
         let gap = String::from_utf8(gap_frame(&stream, 3, 7, ts).to_vec()).unwrap();
         assert!(gap.starts_with("event: comment\ndata: {"), "{gap}");
+        let reset = String::from_utf8(reset_frame(&stream, 6, ts).to_vec()).unwrap();
+        assert!(
+            reset.starts_with("id: 0\nevent: comment\ndata: {"),
+            "{reset}"
+        );
+        assert_eq!(reset.matches('\n').count(), 4, "one data line: {reset}");
     }
 }

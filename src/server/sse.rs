@@ -8,6 +8,16 @@
 //! holds what a client missed, an `event: gap` frame says which revisions are gone (re-read them
 //! with `GET .../events`) before the feed goes on.
 //!
+//! A revision means something only for the stream as it is now: deleting a stream and creating it
+//! again restarts its revisions at 1 (under a new stream id, see [`StreamPosition`]). So a resume
+//! point beyond the stream's revision is not skipped to: the feed sends a *reset*, an `event: gap`
+//! frame with `"reset": true` and `id: 0` (a client that reconnects after it resumes from the
+//! start), and replays the stream from its first stored change. A feed whose stream is deleted
+//! sends the same reset once it notices (at the new stream's first change, or at the next
+//! keepalive while the stream stays gone) and follows the new stream from revision 1. A resume
+//! point at or below the revision of a stream created again cannot be told from a real one:
+//! `id:` is a bare revision.
+//!
 //! How there are no gaps and no duplicates while writers are busy: the feed subscribes to the
 //! store's live broadcast *first*, then replays the changelog after `r`, then follows the live
 //! feed, skipping every change with a revision it has already sent. A change committed between
@@ -16,7 +26,11 @@
 //! A slow subscriber never slows writers: the store's broadcast never waits for receivers, and
 //! each subscriber has its own bounded buffer. A subscriber that falls behind the broadcast
 //! (`Lagged`) or sees a jump in revisions catches up from the store's changelog.
+//!
+//! `: keepalive` comments go out whenever nothing was written to the client for a keepalive
+//! interval: commits to other streams wake every feed, but do not count.
 
+use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +43,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::event::{Note, StreamName, Timestamp};
-use crate::store::{Change, ChangeBody, CommittedChanges, RecordQuery, Store, StoreError};
+use crate::store::{
+    Change, ChangeBody, CommittedChanges, RecordQuery, Store, StoreError, StreamPosition,
+};
 
 use super::App;
 use super::body::Body;
@@ -102,14 +118,26 @@ pub fn open(
 ) -> Response<Body> {
     // Subscribe before reading where to start: nothing committed from here on can be missed.
     let live = app.store.subscribe();
-    let after = resume.unwrap_or_else(|| app.store.revision(&stream));
+    let (incarnation, revision) = match app.store.position(&stream) {
+        Some(StreamPosition {
+            stream_id,
+            revision,
+        }) => (Incarnation::Of(stream_id), revision),
+        None => (Incarnation::Next(0), 0),
+    };
+    let after = resume.unwrap_or(revision);
+    // Beyond the stream's revision: a revision of a deleted stream (or of another one).
+    let stale_resume = (after > revision).then_some(after);
     let (sender, receiver) = mpsc::channel(BUFFER_FRAMES);
     let feed = Feed {
         app: Arc::clone(app),
         stream,
         dialect,
-        last_sent: after,
+        incarnation,
+        last_sent: if stale_resume.is_some() { 0 } else { after },
+        stale_resume,
         sender,
+        last_write: Instant::now(),
         shutdown: app.shutdown.clone(),
     };
     tokio::spawn(feed.run(live));
@@ -134,13 +162,41 @@ enum Stop {
     Store(StoreError),
 }
 
+/// Which stream of the feed's name `last_sent` counts revisions of. Each stream created gets a
+/// new id and ids only grow, so a change with a smaller id is of a stream deleted since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Incarnation {
+    /// The stream with this id.
+    Of(u64),
+    /// None (not created yet, or deleted): the next one created, whose id is at least this.
+    /// `last_sent` is 0 meanwhile.
+    Next(u64),
+}
+
+impl Incarnation {
+    /// How the stream with id `stream_id` compares with this one: `Less` is a deleted stream,
+    /// `Greater` one created since.
+    fn compare(self, stream_id: u64) -> Ordering {
+        match self {
+            Incarnation::Of(own) => stream_id.cmp(&own),
+            Incarnation::Next(from) if stream_id >= from => Ordering::Greater,
+            Incarnation::Next(_) => Ordering::Less,
+        }
+    }
+}
+
 /// One subscriber's feed.
 struct Feed {
     app: Arc<App>,
     stream: StreamName,
     dialect: Dialect,
+    incarnation: Incarnation,
     last_sent: u64,
+    /// The client's resume point, when it is beyond the stream's revision (a reset is due).
+    stale_resume: Option<u64>,
     sender: mpsc::Sender<Bytes>,
+    /// When a frame or comment was last written to this client.
+    last_write: Instant,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -164,30 +220,84 @@ impl Feed {
             return Ok(());
         }
         self.send(Bytes::from_static(b": subscribed\n\n")).await?;
+        if let Some(resume) = self.stale_resume.take() {
+            self.send_reset(resume).await?;
+        }
         self.catch_up().await?;
         let keepalive = self.app.options.sse_keepalive;
-        let mut idle_until = Instant::now() + keepalive;
         loop {
+            // Only writes to this client count: every commit, to any stream, wakes the feed.
+            let idle_until = self.last_write + keepalive;
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
                 () = self.sender.closed() => return Err(Stop::Disconnected),
-                () = tokio::time::sleep_until(idle_until) => {
-                    self.send(Bytes::from_static(b": keepalive\n\n")).await?;
-                }
+                () = tokio::time::sleep_until(idle_until) => self.idle().await?,
                 received = live.recv() => match received {
                     Ok(changes) => self.forward(&changes).await?,
                     Err(RecvError::Lagged(_)) => self.catch_up().await?,
                     Err(RecvError::Closed) => return Ok(()),
                 },
             }
-            idle_until = Instant::now() + keepalive;
         }
+    }
+
+    /// Nothing was written for a keepalive interval: notices a deleted stream (no change says
+    /// so), then keeps the connection open.
+    async fn idle(&mut self) -> Result<(), Stop> {
+        let before = self.last_write;
+        if let Some(next) = self.replaced() {
+            self.restart(next).await?;
+            self.catch_up().await?;
+        }
+        if self.last_write == before {
+            self.send(Bytes::from_static(b": keepalive\n\n")).await?;
+        }
+        Ok(())
+    }
+
+    /// What the store has under the feed's name now, if that is not the stream the feed
+    /// follows: the stream was deleted (and maybe created again).
+    fn replaced(&self) -> Option<Incarnation> {
+        match (self.app.store.position(&self.stream), self.incarnation) {
+            (Some(now), followed) if followed.compare(now.stream_id) == Ordering::Greater => {
+                Some(Incarnation::Of(now.stream_id))
+            }
+            (None, Incarnation::Of(deleted)) => Some(Incarnation::Next(deleted + 1)),
+            _ => None,
+        }
+    }
+
+    /// Whether a change of the feed's stream name is of the stream it follows; one of a stream
+    /// created since restarts the feed on that stream first.
+    async fn admit(&mut self, change: &Change) -> Result<bool, Stop> {
+        match self.incarnation.compare(change.stream_id) {
+            Ordering::Less => Ok(false),
+            Ordering::Equal => Ok(true),
+            Ordering::Greater => {
+                self.restart(Incarnation::Of(change.stream_id)).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Follows `next` from its start: the stream followed so far was deleted, and revisions
+    /// start over. A client that holds one of the old stream's revisions is told so.
+    async fn restart(&mut self, next: Incarnation) -> Result<(), Stop> {
+        if self.last_sent > 0 {
+            self.send_reset(self.last_sent).await?;
+        }
+        self.incarnation = next;
+        self.last_sent = 0;
+        Ok(())
     }
 
     /// Sends this stream's changes of one commit that were not sent yet.
     async fn forward(&mut self, changes: &[Change]) -> Result<(), Stop> {
         for change in changes {
-            if change.stream != self.stream || change.revision <= self.last_sent {
+            if change.stream != self.stream
+                || !self.admit(change).await?
+                || change.revision <= self.last_sent
+            {
                 continue;
             }
             if change.revision > self.last_sent + 1 {
@@ -203,6 +313,9 @@ impl Feed {
 
     /// Replays the changelog after the last revision sent.
     async fn catch_up(&mut self) -> Result<(), Stop> {
+        if let Some(next) = self.replaced() {
+            self.restart(next).await?;
+        }
         loop {
             let store: Store = self.app.store.clone();
             let (stream, after) = (self.stream.clone(), self.last_sent);
@@ -216,6 +329,17 @@ impl Feed {
                 Err(StoreError::UnknownStream(_)) => return Ok(()),
                 Err(error) => return Err(Stop::Store(error)),
             };
+            let Some(first) = changes.first() else {
+                return Ok(());
+            };
+            // One read is of one stream. A stream created since restarts the feed: read it again
+            // from its start.
+            if !self.admit(first).await? {
+                return Ok(());
+            }
+            if self.last_sent < after {
+                continue;
+            }
             let full_page = changes.len() == REPLAY_PAGE;
             for change in &changes {
                 if change.revision <= self.last_sent {
@@ -307,13 +431,34 @@ impl Feed {
         self.send(bytes).await
     }
 
+    /// Tells the client that revision `after`, where it stands, is not one of the stream as it
+    /// is now: it was deleted (and maybe created again) since. `id: 0` moves the client's
+    /// resume point to the start, which is where the feed goes on from.
+    async fn send_reset(&mut self, after: u64) -> Result<(), Stop> {
+        let bytes = match self.dialect {
+            Dialect::Recap => {
+                let data = serde_json::json!({
+                    "after": after,
+                    "next": 1,
+                    "reset": true,
+                    "message": format!("revision {after} is not one of this stream's revisions (the stream was deleted, and maybe created again, since: revisions start over at 1); the feed starts over from the stream's first change"),
+                });
+                Bytes::from(format!("id: 0\nevent: gap\ndata: {data}\n\n"))
+            }
+            Dialect::OpenIntent => openintent::reset_frame(&self.stream, after, chrono::Utc::now()),
+        };
+        self.send(bytes).await
+    }
+
     /// Sends a frame, waiting while the subscriber's buffer is full (this feed only: writers
     /// and other subscribers go on), unless the server shuts down meanwhile.
     async fn send(&mut self, bytes: Bytes) -> Result<(), Stop> {
         tokio::select! {
-            sent = self.sender.send(bytes) => sent.map_err(|_| Stop::Disconnected),
-            _ = self.shutdown.wait_for(|stop| *stop) => Err(Stop::ShuttingDown),
+            sent = self.sender.send(bytes) => sent.map_err(|_| Stop::Disconnected)?,
+            _ = self.shutdown.wait_for(|stop| *stop) => return Err(Stop::ShuttingDown),
         }
+        self.last_write = Instant::now();
+        Ok(())
     }
 }
 
@@ -378,6 +523,7 @@ mod tests {
         let event = Event::new("tool", Severity::Error, "two\nlines").unwrap();
         let change = Change {
             stream: StreamName::new("s").unwrap(),
+            stream_id: 1,
             revision: 7,
             body: ChangeBody::Record(Record::from_event(event, 3, 7, ts)),
         };

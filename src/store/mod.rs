@@ -170,6 +170,9 @@ pub struct ImportedNote {
 pub struct Change {
     /// The stream changed.
     pub stream: StreamName,
+    /// The stream's id: a new one each time a stream of that name is created (ids only grow),
+    /// so a revision means something only together with it (see [`StreamPosition`]).
+    pub stream_id: u64,
     /// The stream revision this change took.
     pub revision: u64,
     /// What changed.
@@ -197,6 +200,16 @@ pub enum ChangeBody {
         /// The note's id.
         id: u64,
     },
+}
+
+/// Where a stream is. Deleting a stream and creating it again restarts its revisions at 1 under
+/// a new id, so the id tells whether a revision someone holds is one of this stream's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// The stream's id (see [`Change::stream_id`]).
+    pub stream_id: u64,
+    /// Its revision: the number of changes it took.
+    pub revision: u64,
 }
 
 /// Changes from one durable commit, published after the commit: one entry per change, in
@@ -616,6 +629,15 @@ impl Store {
     pub fn revision(&self, stream: &StreamName) -> u64 {
         self.slot(stream)
             .map_or(0, |slot| writer::read(&slot.live).state.revision())
+    }
+
+    /// A stream's id and current revision, read together; `None` for a stream that does not
+    /// exist.
+    pub fn position(&self, stream: &StreamName) -> Option<StreamPosition> {
+        self.slot(stream).map(|slot| StreamPosition {
+            stream_id: slot.id,
+            revision: writer::read(&slot.live).state.revision(),
+        })
     }
 
     /// Changes of a stream with revision greater than `after`, oldest first, at most `limit`:

@@ -391,6 +391,7 @@ pub(super) fn changes(
             record.last_ts = created.last_ts;
             out.push(Change {
                 stream: stream.clone(),
+                stream_id: id,
                 revision: created.revision,
                 body: ChangeBody::Record(record),
             });
@@ -415,6 +416,7 @@ pub(super) fn changes(
             };
             out.push(Change {
                 stream: stream.clone(),
+                stream_id: id,
                 revision,
                 body,
             });

@@ -7,6 +7,7 @@ mod context_golden;
 mod live_server;
 mod openintent;
 mod server;
+mod sse_edges;
 mod store;
 mod support;
 mod traces;

@@ -1109,6 +1109,7 @@ fn store_appended(
         });
         work.changes.push(Change {
             stream: target.name.clone(),
+            stream_id: id,
             revision: record.revision,
             body: ChangeBody::Repeat {
                 seq: record.seq,
@@ -1130,6 +1131,7 @@ fn store_appended(
         target.created.push_back((record.seq, created));
         work.changes.push(Change {
             stream: target.name.clone(),
+            stream_id: id,
             revision: record.revision,
             body: ChangeBody::Record(record.clone()),
         });
@@ -1168,6 +1170,7 @@ fn place_note(
     rows.change(id, revision, |out| schema::encode_change(&entry, out));
     work.changes.push(Change {
         stream: stream.clone(),
+        stream_id: id,
         revision,
         body: ChangeBody::Note(note.clone()),
     });
@@ -1188,6 +1191,7 @@ fn remove_note(target: &mut WriterStream, rows: &mut Rows, id: u64, work: &mut W
     rows.change(stream, revision, |out| schema::encode_change(&entry, out));
     work.changes.push(Change {
         stream: target.name.clone(),
+        stream_id: stream,
         revision,
         body: ChangeBody::NoteDeleted { id },
     });

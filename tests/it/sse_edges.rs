@@ -1,0 +1,324 @@
+//! SSE edge cases against a real server on 127.0.0.1:0, read on a raw socket so that comments
+//! show: keepalives reach a quiet subscriber while other streams are busy, and a resume point
+//! that is not a revision of the stream as it is now (beyond its revision, or of a stream
+//! deleted and created again) gets a reset and the stream from its start, never a silent skip.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use recap::server::ServerOptions;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::live_server::{DEADLINE, TestServer};
+
+/// One SSE frame with data, as the client got it.
+#[derive(Debug)]
+struct Frame {
+    id: Option<u64>,
+    event: String,
+    data: Value,
+}
+
+/// An SSE response on a raw socket: everything that arrived so far, comments included.
+struct RawFeed {
+    tcp: TcpStream,
+    text: String,
+}
+
+impl RawFeed {
+    /// Subscribes at `path` (with `Last-Event-ID: resume` when given) and waits until the feed
+    /// is set up.
+    async fn open(server: &TestServer, path: &str, resume: Option<u64>) -> RawFeed {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let resume = resume
+            .map(|id| format!("last-event-id: {id}\r\n"))
+            .unwrap_or_default();
+        let head = format!("GET {path} HTTP/1.1\r\nhost: x\r\n{resume}\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut feed = RawFeed {
+            tcp,
+            text: String::new(),
+        };
+        feed.read_until(|feed| feed.text.contains(": subscribed\n\n"))
+            .await;
+        assert!(feed.text.starts_with("HTTP/1.1 200"), "{}", feed.text);
+        feed
+    }
+
+    /// Reads until `done` holds; failing at the deadline.
+    async fn read_until(&mut self, done: impl Fn(&RawFeed) -> bool) {
+        tokio::time::timeout(DEADLINE, async {
+            while !done(self) {
+                self.read_some().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not seen before the deadline: {}", self.text));
+    }
+
+    /// Reads whatever arrives within `window`.
+    async fn read_for(&mut self, window: Duration) {
+        let _ = tokio::time::timeout(window, async {
+            loop {
+                self.read_some().await;
+            }
+        })
+        .await;
+    }
+
+    async fn read_some(&mut self) {
+        let mut buffer = [0u8; 4096];
+        let read = self.tcp.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "the feed closed: {}", self.text);
+        self.text
+            .push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+
+    /// `: keepalive` comments so far.
+    fn keepalives(&self) -> usize {
+        self.text.matches(": keepalive\n\n").count()
+    }
+
+    /// The frames with data so far, in order. The body is chunked, but each frame is one chunk:
+    /// the chunk sizes are lines of their own, which no field name matches.
+    fn frames(&self) -> Vec<Frame> {
+        let body = &self.text[self.text.find("\r\n\r\n").unwrap() + 4..];
+        body.split("\n\n")
+            .filter_map(|frame| {
+                let field = |name: &str| frame.lines().find_map(|line| line.strip_prefix(name));
+                let data = field("data: ")?;
+                Some(Frame {
+                    id: field("id: ").map(|id| id.parse().unwrap()),
+                    event: field("event: ").unwrap_or("message").to_owned(),
+                    data: serde_json::from_str(data).unwrap(),
+                })
+            })
+            .collect()
+    }
+
+    /// Waits for `count` frames with data and returns them.
+    async fn frames_after(&mut self, count: usize) -> Vec<Frame> {
+        self.read_until(|feed| feed.frames().len() >= count).await;
+        self.frames()
+    }
+}
+
+/// Posts `count` events to `stream` in one request (one commit), messages `{label} 1..`.
+async fn post(server: &TestServer, stream: &str, label: &str, count: usize) {
+    let events: Vec<Value> = (1..=count)
+        .map(|n| serde_json::json!({"kind": "tool", "message": format!("{label} {n}")}))
+        .collect();
+    let reply = server
+        .post_json(
+            &format!("/v1/streams/{stream}/events"),
+            &Value::from(events).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+async fn delete(server: &TestServer, stream: &str) {
+    let reply = server
+        .request(
+            http::Method::DELETE,
+            &format!("/v1/streams/{stream}"),
+            None,
+            bytes::Bytes::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, 204, "{}", reply.text());
+}
+
+/// Asserts a reset frame: the client's position `after` is not valid, resume from the start.
+fn assert_reset(frame: &Frame, after: u64) {
+    assert_eq!(frame.event, "gap", "{frame:?}");
+    assert_eq!(
+        frame.id,
+        Some(0),
+        "a reconnect after it starts over: {frame:?}"
+    );
+    assert_eq!(frame.data["reset"], true, "{frame:?}");
+    assert_eq!(frame.data["after"], after, "{frame:?}");
+    assert_eq!(frame.data["next"], 1, "{frame:?}");
+}
+
+/// Asserts record frames with these revisions and messages, each id its record's revision.
+fn assert_records(frames: &[Frame], expected: &[(u64, &str)]) {
+    let seen: Vec<(u64, String)> = frames
+        .iter()
+        .map(|frame| {
+            assert_eq!(frame.event, "record", "{frame:?}");
+            assert_eq!(frame.id, frame.data["revision"].as_u64(), "{frame:?}");
+            (
+                frame.id.unwrap(),
+                frame.data["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = expected
+        .iter()
+        .map(|&(id, message)| (id, message.to_owned()))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_reach_a_quiet_subscriber_while_another_stream_is_busy() {
+    let options = ServerOptions {
+        sse_keepalive: Duration::from_millis(300),
+        ..ServerOptions::default()
+    };
+    let server = Arc::new(TestServer::with_options(options).await);
+    let mut feed = RawFeed::open(&server, "/v1/streams/quiet/subscribe", None).await;
+
+    // Every commit wakes every feed; before the fix each one put the quiet feed's keepalive off.
+    let stop = Arc::new(AtomicBool::new(false));
+    let posts = Arc::new(AtomicUsize::new(0));
+    let busy = tokio::spawn({
+        let (server, stop, posts) = (server.clone(), stop.clone(), posts.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                post(&server, "busy", "busy", 1).await;
+                posts.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let before = posts.load(Ordering::Relaxed);
+    feed.read_for(Duration::from_secs(2)).await;
+    let during = posts.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    busy.await.unwrap();
+
+    assert!(during > 0, "the busy stream took no events meanwhile");
+    assert!(
+        feed.keepalives() >= 2,
+        "{} keepalives in 2 s at a 300 ms interval while `busy` took {during} posts: {}",
+        feed.keepalives(),
+        feed.text
+    );
+    assert!(
+        !feed.text.contains("data: "),
+        "no frames on `quiet`: {}",
+        feed.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_point_beyond_the_revision_gets_a_reset_and_the_stream_from_its_start() {
+    let server = TestServer::start().await;
+    post(&server, "s", "event", 3).await;
+
+    // By header and by query: the same reset, then revisions 1 to 3, then the live feed.
+    let mut by_header = RawFeed::open(&server, "/v1/streams/s/subscribe", Some(100)).await;
+    let mut by_query = RawFeed::open(&server, "/v1/streams/s/subscribe?after=100", None).await;
+    post(&server, "s", "live", 1).await;
+    for feed in [&mut by_header, &mut by_query] {
+        let frames = feed.frames_after(5).await;
+        assert_eq!(frames.len(), 5, "{}", feed.text);
+        assert_reset(&frames[0], 100);
+        assert_records(
+            &frames[1..],
+            &[
+                (1, "event 1"),
+                (2, "event 2"),
+                (3, "event 3"),
+                (4, "live 1"),
+            ],
+        );
+    }
+
+    // A resume point at the revision is not stale: nothing is replayed, nothing reset.
+    let mut current = RawFeed::open(&server, "/v1/streams/s/subscribe", Some(4)).await;
+    post(&server, "s", "next", 1).await;
+    let frames = current.frames_after(1).await;
+    assert_records(&frames, &[(5, "next 1")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_with_a_revision_of_a_deleted_stream_gets_a_reset_and_the_new_stream() {
+    let server = TestServer::start().await;
+    post(&server, "s", "old", 6).await;
+    delete(&server, "s").await;
+
+    // The stream is gone: the old position is reset, and the new stream comes from revision 1.
+    let mut gone = RawFeed::open(&server, "/v1/streams/s/subscribe", Some(6)).await;
+    post(&server, "s", "new", 2).await;
+    let frames = gone.frames_after(3).await;
+    assert_reset(&frames[0], 6);
+    assert_records(&frames[1..], &[(1, "new 1"), (2, "new 2")]);
+
+    // Created again and at revision 2: Last-Event-ID 6 is not skipped to.
+    let mut again = RawFeed::open(&server, "/v1/streams/s/subscribe", Some(6)).await;
+    let frames = again.frames_after(3).await;
+    assert_reset(&frames[0], 6);
+    assert_records(&frames[1..], &[(1, "new 1"), (2, "new 2")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_across_delete_and_create_gets_a_reset_and_every_new_revision() {
+    let server = TestServer::start().await;
+    post(&server, "s", "old", 2).await;
+    let mut feed = RawFeed::open(&server, "/v1/streams/s/subscribe", Some(0)).await;
+    assert_eq!(feed.frames_after(2).await.len(), 2);
+
+    // The new stream's first commit has revisions 1 to 5, past the 2 the client holds.
+    delete(&server, "s").await;
+    post(&server, "s", "new", 5).await;
+    let frames = feed.frames_after(8).await;
+    assert_eq!(frames.len(), 8, "{}", feed.text);
+    assert_records(&frames[..2], &[(1, "old 1"), (2, "old 2")]);
+    assert_reset(&frames[2], 2);
+    assert_records(
+        &frames[3..],
+        &[
+            (1, "new 1"),
+            (2, "new 2"),
+            (3, "new 3"),
+            (4, "new 4"),
+            (5, "new 5"),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_a_deleted_stream_is_told_at_the_next_keepalive() {
+    let options = ServerOptions {
+        sse_keepalive: Duration::from_millis(100),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::with_options(options).await;
+    post(&server, "s", "old", 3).await;
+    let mut feed = RawFeed::open(&server, "/v1/streams/s/subscribe", Some(1)).await;
+    assert_eq!(feed.frames_after(2).await.len(), 2);
+
+    // No change says a stream was deleted; the idle feed notices and resets the client.
+    delete(&server, "s").await;
+    let frames = feed.frames_after(3).await;
+    assert_reset(&frames[2], 3);
+
+    // Then it follows the stream created next from revision 1, with no second reset.
+    post(&server, "s", "new", 2).await;
+    let frames = feed.frames_after(5).await;
+    assert_eq!(frames.len(), 5, "{}", feed.text);
+    assert_records(&frames[..2], &[(2, "old 2"), (3, "old 3")]);
+    assert_records(&frames[3..], &[(1, "new 1"), (2, "new 2")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openintent_subscribers_get_a_reset_comment_for_a_stale_resume_point() {
+    let server = TestServer::start().await;
+    post(&server, "intent-1", "event", 2).await;
+    let mut feed = RawFeed::open(&server, "/api/v1/intents/intent-1/subscribe", Some(50)).await;
+    let frames = feed.frames_after(3).await;
+    assert_eq!(frames[0].event, "comment", "{frames:?}");
+    assert_eq!(frames[0].id, Some(0), "{frames:?}");
+    assert_eq!(frames[0].data["payload"]["reset"], true, "{frames:?}");
+    assert_eq!(frames[0].data["payload"]["after"], 50, "{frames:?}");
+    let ids: Vec<Option<u64>> = frames[1..].iter().map(|frame| frame.id).collect();
+    assert_eq!(ids, [Some(1), Some(2)], "{frames:?}");
+}
