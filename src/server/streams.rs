@@ -1,5 +1,7 @@
 //! `GET /v1/streams`, `GET/DELETE /v1/streams/{s}` and `PUT /v1/streams/{s}/retention`.
 
+use std::time::Instant;
+
 use chrono::TimeDelta;
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
@@ -50,7 +52,10 @@ pub fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
 
 /// `DELETE /v1/streams/{s}`: 204, or 404 if it did not exist.
 pub async fn delete(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
-    if app.store.delete_stream(&stream).await? {
+    let started = Instant::now();
+    let deleted = app.store.delete_stream(&stream).await?;
+    app.metrics.observe_commit(started.elapsed());
+    if deleted {
         Ok(wire::empty(StatusCode::NO_CONTENT))
     } else {
         Err(crate::store::StoreError::UnknownStream(stream.to_string()).into())
@@ -101,6 +106,8 @@ pub async fn set_retention(
         max_records: input.max_records,
         max_age,
     };
+    let started = Instant::now();
     app.store.set_retention(&stream, retention).await?;
+    app.metrics.observe_commit(started.elapsed());
     Ok(wire::json(StatusCode::OK, &retention))
 }
