@@ -173,10 +173,7 @@ impl Config {
             .clone()
             .or(file.addr)
             .unwrap_or_else(|| DEFAULT_ADDR.to_owned());
-        let addr: SocketAddr = addr_text.parse().map_err(|_| ConfigError::Invalid {
-            name: "addr",
-            detail: format!("{addr_text:?} is not IP:PORT (e.g. 127.0.0.1:7070)"),
-        })?;
+        let addr = listen_addr(&addr_text)?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -277,6 +274,29 @@ impl Config {
     }
 }
 
+/// `IP:PORT`, or `HOST:PORT` for a host name this machine resolves (`localhost:7070`). A name
+/// with IPv4 and IPv6 addresses binds the IPv4 one, where clients of `localhost` mostly go.
+fn listen_addr(text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let bad = |why: &str| {
+        invalid(
+            "addr",
+            format!("{text:?} {why}; use IP:PORT or HOST:PORT (e.g. 127.0.0.1:7070)"),
+        )
+    };
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|error| bad(&format!("does not resolve ({error})")))?
+        .collect();
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| bad("resolves to no address"))
+}
+
 fn invalid(name: &'static str, detail: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         name,
@@ -312,6 +332,19 @@ mod tests {
         assert_eq!(config.addr.port(), 8);
         assert_eq!(config.data_dir, PathBuf::from("/etc/recap/d"));
         assert_eq!(config.collapse.mode, CollapseMode::Template);
+    }
+
+    #[test]
+    fn host_names_resolve_and_garbage_is_named() {
+        assert_eq!(
+            listen_addr("localhost:7071").unwrap(),
+            "127.0.0.1:7071".parse().unwrap()
+        );
+        let error = listen_addr("7070").unwrap_err().to_string();
+        assert!(
+            error.contains("\"7070\"") && error.contains("HOST:PORT"),
+            "{error}"
+        );
     }
 
     #[test]

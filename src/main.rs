@@ -54,7 +54,7 @@ enum BenchCommand {
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "RECAP_ADDR", value_name = "IP:PORT")]
+    #[arg(long, env = "RECAP_ADDR", value_name = "HOST:PORT")]
     addr: Option<String>,
     /// Data directory (holds recap.redb).
     #[arg(long, env = "RECAP_DATA", value_name = "DIR")]
