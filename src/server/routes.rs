@@ -239,6 +239,11 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
             ),
             _ => return Err(ApiError::not_found(path)),
         };
+    // HEAD is GET without the body (hyper leaves the body out), except on feeds that never end.
+    let method = match method {
+        &Method::HEAD if !path.ends_with("/subscribe") => &Method::GET,
+        other => other,
+    };
     choices
         .iter()
         .find(|(m, _)| m == method)

@@ -313,6 +313,12 @@ async fn every_error_path_has_its_status_and_code() {
         .await;
     wrong_method.assert_error(405, "method_not_allowed", None);
     assert_eq!(wrong_method.header("allow"), Some("GET, POST"));
+    // HEAD is GET without the body.
+    let head = server
+        .request(Method::HEAD, "/healthz", None, Bytes::new(), &[])
+        .await;
+    assert_eq!((head.status.as_u16(), head.body.len()), (200, 0));
+    assert_eq!(head.header("content-type"), Some("application/json"));
     server
         .get("/v1/streams/s/context?budjet=10")
         .await
