@@ -89,6 +89,31 @@ impl CachedRecord {
             .get_or_count(encoding, || self.line().to_owned())
     }
 
+    /// What this record costs a build at `encoding` with line cap `cap` (its clipped line's
+    /// tokens when the full line is over the cap), if that is known without tokenizing.
+    fn ready_cost(&self, encoding: Encoding, cap: u32) -> Option<u32> {
+        let tokens = self.tokens.cached(encoding)?;
+        if tokens <= cap {
+            return Some(tokens);
+        }
+        let clips = self
+            .clips
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (_, _, clip) = clips.iter().find(|(e, c, _)| *e == encoding && *c == cap)?;
+        Some(clip.as_ref().map_or(tokens, |clip| clip.tokens))
+    }
+
+    /// Counts and clips this record for a build at `encoding` with line cap `cap`; its cost.
+    fn prepare(&self, encoding: Encoding, cap: u32) -> u32 {
+        let tokens = self.tokens(encoding);
+        if tokens <= cap {
+            return tokens;
+        }
+        self.clipped(encoding, cap)
+            .map_or(tokens, |clip| clip.tokens)
+    }
+
     /// The line cut to at most `cap` tokens (for records whose full line is longer).
     fn clipped(&self, encoding: Encoding, cap: u32) -> Option<Arc<ClippedLine>> {
         let mut clips = self
@@ -367,6 +392,70 @@ impl Contender<'_> {
     }
 }
 
+/// The records a build of `request` may have to tokenize, cloned out of the stream's view when
+/// any record its walk reaches is not counted or clipped yet (`None`: the build will find
+/// everything ready). Taken under the stream's lock and handed to [`prepare`] outside it, so that
+/// tokenizing a cold history (long messages, the first build after a restart, a new encoding or
+/// `line_cap`) holds no lock that the store's notifier, and with it the acknowledgement of
+/// writes to this stream, would wait for.
+pub fn unprepared(view: &StreamView<'_>, request: &ContextRequest) -> Option<Unprepared> {
+    let (encoding, cap) = (request.encoding, request.line_cap());
+    let goal = u64::from(request.budget) * CANDIDATE_COST_FACTOR;
+    let (mut walked, mut cost) = (0, 0u64);
+    let mut cold = view
+        .severe
+        .iter()
+        .any(|r| r.ready_cost(encoding, cap).is_none());
+    for cached in view.records.iter().rev() {
+        if cold || walked >= max_window(request) || (walked >= MIN_CANDIDATES && cost >= goal) {
+            break;
+        }
+        match cached.ready_cost(encoding, cap) {
+            Some(tokens) => cost += u64::from(tokens),
+            None => cold = true,
+        }
+        walked += 1;
+    }
+    cold.then(|| Unprepared {
+        newest_first: view
+            .records
+            .iter()
+            .rev()
+            .take(max_window(request))
+            .cloned()
+            .collect(),
+        severe: view.severe.to_vec(),
+    })
+}
+
+/// What [`unprepared`] found cold: the records a build may walk, newest first, and the older
+/// severe ones.
+pub struct Unprepared {
+    newest_first: Vec<Arc<CachedRecord>>,
+    severe: Vec<Arc<CachedRecord>>,
+}
+
+/// Counts and clips what a build of `request` will walk, as it will walk it.
+pub fn prepare(unprepared: &Unprepared, request: &ContextRequest) {
+    let (encoding, cap) = (request.encoding, request.line_cap());
+    let goal = u64::from(request.budget) * CANDIDATE_COST_FACTOR;
+    let mut cost = 0u64;
+    for (walked, cached) in unprepared.newest_first.iter().enumerate() {
+        if walked >= MIN_CANDIDATES && cost >= goal {
+            break;
+        }
+        cost += u64::from(cached.prepare(encoding, cap));
+    }
+    for cached in &unprepared.severe {
+        cached.prepare(encoding, cap);
+    }
+}
+
+/// The most records a build walks back from the newest.
+fn max_window(request: &ContextRequest) -> usize {
+    ((request.budget / TOKENS_PER_CANDIDATE) as usize).max(MIN_CANDIDATES)
+}
+
 /// Builds the context window for `request` over `view` at `now`.
 pub fn build(view: &StreamView<'_>, request: &ContextRequest, now: Timestamp) -> ContextWindow {
     let encoding = request.encoding;
@@ -521,7 +610,7 @@ fn contenders<'a>(
 
     // Walk back from the newest record until the candidates could fill the budget several times
     // over: enough choice for ranking, without walking a long history.
-    let max_window = ((request.budget / TOKENS_PER_CANDIDATE) as usize).max(MIN_CANDIDATES);
+    let max_window = max_window(request);
     let cost_goal = u64::from(request.budget) * CANDIDATE_COST_FACTOR;
     let mut recent: Vec<Contender<'a>> = Vec::new();
     let mut cost = 0u64;
@@ -860,6 +949,28 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Preparing outside the lock leaves the build nothing to tokenize, and changes nothing
+        /// in what it builds.
+        #[test]
+        fn prepared_builds_are_the_same_and_find_everything_ready(
+            (events, notes) in arb_stream(),
+            budget in prop_oneof![0u32..600, 0u32..8_000],
+            o200k in any::<bool>(),
+            line_cap in prop::option::of(8u32..200),
+        ) {
+            let encoding = if o200k { Encoding::O200kBase } else { Encoding::Cl100kBase };
+            let mut request = ContextRequest::new(budget, encoding);
+            request.line_cap = line_cap;
+            let now = t0() + TimeDelta::days(1);
+            let prepared = replay(&events, &notes, 4_096);
+            if let Some(cold) = unprepared(&prepared.view(), &request) {
+                prepare(&cold, &request);
+            }
+            prop_assert!(unprepared(&prepared.view(), &request).is_none());
+            let cold = build(&replay(&events, &notes, 4_096).view(), &request, now);
+            prop_assert_eq!(build(&prepared.view(), &request, now), cold);
+        }
 
         /// Invariants 1, 2 and 4 over random streams and budgets.
         #[test]
