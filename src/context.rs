@@ -89,19 +89,38 @@ impl CachedRecord {
             .get_or_count(encoding, || self.line().to_owned())
     }
 
-    /// What this record costs a build at `encoding` with line cap `cap` (its clipped line's
-    /// tokens when the full line is over the cap), if that is known without tokenizing.
-    fn ready_cost(&self, encoding: Encoding, cap: u32) -> Option<u32> {
-        let tokens = self.tokens.cached(encoding)?;
-        if tokens <= cap {
-            return Some(tokens);
-        }
+    /// The clip for (`encoding`, `cap`) if it was made already (`Some(None)`: even the line's
+    /// head is over the cap).
+    fn clip_if_made(&self, encoding: Encoding, cap: u32) -> Option<Option<Arc<ClippedLine>>> {
         let clips = self
             .clips
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (_, _, clip) = clips.iter().find(|(e, c, _)| *e == encoding && *c == cap)?;
-        Some(clip.as_ref().map_or(tokens, |clip| clip.tokens))
+        Some(clip.clone())
+    }
+
+    /// Its tokens in a build, and its clip when it is admitted and over the cap; with `cold`
+    /// [`Cold::Stop`], `None` instead of tokenizing.
+    fn cost(
+        &self,
+        encoding: Encoding,
+        cap: u32,
+        admitted: bool,
+        cold: Cold,
+    ) -> Option<(u32, Option<Arc<ClippedLine>>)> {
+        let tokens = match cold {
+            Cold::Tokenize => self.tokens(encoding),
+            Cold::Stop => self.tokens.cached(encoding)?,
+        };
+        if !admitted || tokens <= cap {
+            return Some((tokens, None));
+        }
+        let clip = match cold {
+            Cold::Tokenize => self.clipped(encoding, cap),
+            Cold::Stop => self.clip_if_made(encoding, cap)?,
+        };
+        Some((clip.as_ref().map_or(tokens, |clip| clip.tokens), clip))
     }
 
     /// Counts and clips this record for a build at `encoding` with line cap `cap`; its cost.
@@ -392,31 +411,19 @@ impl Contender<'_> {
     }
 }
 
-/// The records a build of `request` may have to tokenize, cloned out of the stream's view when
-/// any record its walk reaches is not counted or clipped yet (`None`: the build will find
-/// everything ready). Taken under the stream's lock and handed to [`prepare`] outside it, so that
-/// tokenizing a cold history (long messages, the first build after a restart, a new encoding or
-/// `line_cap`) holds no lock that the store's notifier, and with it the acknowledgement of
-/// writes to this stream, would wait for.
-pub fn unprepared(view: &StreamView<'_>, request: &ContextRequest) -> Option<Unprepared> {
-    let (encoding, cap) = (request.encoding, request.line_cap());
-    let goal = u64::from(request.budget) * CANDIDATE_COST_FACTOR;
-    let (mut walked, mut cost) = (0, 0u64);
-    let mut cold = view
-        .severe
-        .iter()
-        .any(|r| r.ready_cost(encoding, cap).is_none());
-    for cached in view.records.iter().rev() {
-        if cold || walked >= max_window(request) || (walked >= MIN_CANDIDATES && cost >= goal) {
-            break;
-        }
-        match cached.ready_cost(encoding, cap) {
-            Some(tokens) => cost += u64::from(tokens),
-            None => cold = true,
-        }
-        walked += 1;
-    }
-    cold.then(|| Unprepared {
+/// What a build does with a record that is not counted (or clipped) yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cold {
+    /// Tokenize it now.
+    Tokenize,
+    /// Give up: the caller prepares the records outside its lock (see [`build_if_ready`]).
+    Stop,
+}
+
+/// The records a build of `request` may walk, cloned out of the stream's view, to be prepared
+/// with [`prepare`] once the stream's lock is released.
+pub fn unprepared(view: &StreamView<'_>, request: &ContextRequest) -> Unprepared {
+    Unprepared {
         newest_first: view
             .records
             .iter()
@@ -425,11 +432,10 @@ pub fn unprepared(view: &StreamView<'_>, request: &ContextRequest) -> Option<Unp
             .cloned()
             .collect(),
         severe: view.severe.to_vec(),
-    })
+    }
 }
 
-/// What [`unprepared`] found cold: the records a build may walk, newest first, and the older
-/// severe ones.
+/// The records a build may walk, newest first, and the older severe ones.
 pub struct Unprepared {
     newest_first: Vec<Arc<CachedRecord>>,
     severe: Vec<Arc<CachedRecord>>,
@@ -456,15 +462,40 @@ fn max_window(request: &ContextRequest) -> usize {
     ((request.budget / TOKENS_PER_CANDIDATE) as usize).max(MIN_CANDIDATES)
 }
 
-/// Builds the context window for `request` over `view` at `now`.
+/// Builds the context window for `request` over `view` at `now`, tokenizing what it needs.
 pub fn build(view: &StreamView<'_>, request: &ContextRequest, now: Timestamp) -> ContextWindow {
+    build_with(view, request, now, Cold::Tokenize).expect("a tokenizing build always completes")
+}
+
+/// [`build`], or `None` as soon as a record it walks is not counted or clipped yet.
+///
+/// A build reads the stream under its lock, and the store's notifier waits for that lock to make
+/// a write to the stream visible (and with it every acknowledgement, on every stream). So the
+/// store builds with this first, and when it gets `None` it takes the records the build may walk
+/// ([`unprepared`]), counts and clips them outside the lock ([`prepare`]), and builds again:
+/// tokenizing a cold history (long messages, the first build after a restart, a new encoding or
+/// `line_cap`) then holds no lock.
+pub fn build_if_ready(
+    view: &StreamView<'_>,
+    request: &ContextRequest,
+    now: Timestamp,
+) -> Option<ContextWindow> {
+    build_with(view, request, now, Cold::Stop)
+}
+
+fn build_with(
+    view: &StreamView<'_>,
+    request: &ContextRequest,
+    now: Timestamp,
+    cold: Cold,
+) -> Option<ContextWindow> {
     let encoding = request.encoding;
     let budget = request.budget;
     let mut remaining = budget;
 
     let (notes, notes_cut) = select_notes(view.notes, encoding, now, &mut remaining);
     let shown_notes: Vec<u64> = notes.iter().map(|note| note.note.id).collect();
-    let contenders = contenders(view, request, &shown_notes);
+    let contenders = contenders(view, request, &shown_notes, cold)?;
 
     let recent_header = header_tokens(encoding, render::RECENT_HEADER);
     let everything_listed = contenders.len() as u64 == view.totals.records;
@@ -507,7 +538,7 @@ pub fn build(view: &StreamView<'_>, request: &ContextRequest, now: Timestamp) ->
         })
         .collect();
 
-    assemble(
+    Some(assemble(
         view,
         request,
         &notes,
@@ -516,7 +547,7 @@ pub fn build(view: &StreamView<'_>, request: &ContextRequest, now: Timestamp) ->
         &final_reasons,
         earlier,
         recent_header,
-    )
+    ))
 }
 
 /// The newest live notes that fit, oldest first, and how many live notes were cut.
@@ -558,10 +589,11 @@ fn contenders<'a>(
     view: &StreamView<'a>,
     request: &ContextRequest,
     shown_notes: &[u64],
-) -> Vec<Contender<'a>> {
+    cold: Cold,
+) -> Option<Vec<Contender<'a>>> {
     let records = view.records;
     let Some(newest) = records.last().map(|r| r.record()) else {
-        return Vec::new();
+        return Some(Vec::new());
     };
     let cap = request.line_cap();
     let encoding = request.encoding;
@@ -571,14 +603,7 @@ fn contenders<'a>(
         let record = cached.record();
         let pinned = note_id_of(record).is_some_and(|id| shown_notes.contains(&id));
         let admitted = !pinned && request.filter.admits(record);
-        let mut tokens = cached.tokens(encoding);
-        let mut clip = None;
-        if admitted && tokens > cap {
-            clip = cached.clipped(encoding, cap);
-            if let Some(clip) = &clip {
-                tokens = clip.tokens;
-            }
-        }
+        let (tokens, clip) = cached.cost(encoding, cap, admitted, cold)?;
         // A record still repeating is as fresh as the newest one.
         let age = if record.last_ts >= newest.first_ts {
             0
@@ -595,7 +620,7 @@ fn contenders<'a>(
             }
         };
         let score = request.weights.combine(kind_weight, record.severity, age);
-        Contender {
+        Some(Contender {
             record: cached,
             candidate: Candidate {
                 seq: record.seq,
@@ -605,7 +630,7 @@ fn contenders<'a>(
             clip,
             admitted,
             pinned,
-        }
+        })
     };
 
     // Walk back from the newest record until the candidates could fill the budget several times
@@ -618,7 +643,7 @@ fn contenders<'a>(
         if recent.len() >= max_window || (recent.len() >= MIN_CANDIDATES && cost >= cost_goal) {
             break;
         }
-        let contender = contend(cached);
+        let contender = contend(cached)?;
         cost += u64::from(contender.candidate.tokens);
         recent.push(contender);
     }
@@ -629,9 +654,9 @@ fn contenders<'a>(
         .iter()
         .filter(|r| r.record().seq < window_first_seq)
         .map(&mut contend)
-        .collect();
+        .collect::<Option<_>>()?;
     all.append(&mut recent);
-    all
+    Some(all)
 }
 
 /// The note a record is the audit copy of (the store logs every note as a `note` event with
@@ -964,12 +989,10 @@ mod tests {
             request.line_cap = line_cap;
             let now = t0() + TimeDelta::days(1);
             let prepared = replay(&events, &notes, 4_096);
-            if let Some(cold) = unprepared(&prepared.view(), &request) {
-                prepare(&cold, &request);
-            }
-            prop_assert!(unprepared(&prepared.view(), &request).is_none());
+            prepare(&unprepared(&prepared.view(), &request), &request);
+            let ready = build_if_ready(&prepared.view(), &request, now);
             let cold = build(&replay(&events, &notes, 4_096).view(), &request, now);
-            prop_assert_eq!(build(&prepared.view(), &request, now), cold);
+            prop_assert_eq!(ready, Some(cold));
         }
 
         /// Invariants 1, 2 and 4 over random streams and budgets.

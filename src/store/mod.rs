@@ -557,11 +557,13 @@ impl Store {
         now: Timestamp,
     ) -> Option<ContextWindow> {
         let slot = self.slot(stream)?;
-        // Tokenizing happens outside the stream's lock (see `context::unprepared`).
-        let unprepared = context::unprepared(&writer::read(&slot.live).state.view(), request);
-        if let Some(cold) = unprepared {
-            context::prepare(&cold, request);
+        // Tokenizing happens outside the stream's lock (see `context::build_if_ready`).
+        let ready = context::build_if_ready(&writer::read(&slot.live).state.view(), request, now);
+        if ready.is_some() {
+            return ready;
         }
+        let cold = context::unprepared(&writer::read(&slot.live).state.view(), request);
+        context::prepare(&cold, request);
         let live = writer::read(&slot.live);
         Some(context::build(&live.state.view(), request, now))
     }
