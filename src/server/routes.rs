@@ -240,13 +240,15 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
             _ => return Err(ApiError::not_found(path)),
         };
     // HEAD is GET without the body (hyper leaves the body out), except on feeds that never end.
-    let method = match method {
-        &Method::HEAD if !path.ends_with("/subscribe") => &Method::GET,
-        other => other,
+    let serves = |(m, endpoint): &&(Method, Endpoint)| {
+        m == method
+            || (method == Method::HEAD
+                && m == Method::GET
+                && !matches!(endpoint, Endpoint::Subscribe | Endpoint::SubscribeIntent))
     };
     choices
         .iter()
-        .find(|(m, _)| m == method)
+        .find(serves)
         .map(|(_, endpoint)| Matched {
             endpoint: *endpoint,
             stream,
@@ -374,6 +376,12 @@ mod tests {
 
     #[test]
     fn resolves_routes_methods_and_allow() {
+        let head = resolve(&Method::HEAD, "/v1/streams/s/context").unwrap();
+        assert_eq!(head.endpoint, Endpoint::GetContext);
+        for feed in ["/v1/streams/s/subscribe", "/api/v1/subscribe/intents/i-1"] {
+            let error = resolve(&Method::HEAD, feed).err().unwrap();
+            assert_eq!(error.status, StatusCode::METHOD_NOT_ALLOWED, "{feed}");
+        }
         let matched = resolve(&Method::POST, "/v1/streams/a:b/events").unwrap();
         assert_eq!(
             (matched.endpoint, matched.stream),
