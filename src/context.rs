@@ -123,16 +123,6 @@ impl CachedRecord {
         Some((clip.as_ref().map_or(tokens, |clip| clip.tokens), clip))
     }
 
-    /// Counts and clips this record for a build at `encoding` with line cap `cap`; its cost.
-    fn prepare(&self, encoding: Encoding, cap: u32) -> u32 {
-        let tokens = self.tokens(encoding);
-        if tokens <= cap {
-            return tokens;
-        }
-        self.clipped(encoding, cap)
-            .map_or(tokens, |clip| clip.tokens)
-    }
-
     /// The line cut to at most `cap` tokens (for records whose full line is longer).
     fn clipped(&self, encoding: Encoding, cap: u32) -> Option<Arc<ClippedLine>> {
         let mut clips = self
@@ -442,18 +432,26 @@ pub struct Unprepared {
 }
 
 /// Counts and clips what a build of `request` will walk, as it will walk it.
+///
+/// Every record is costed as if admitted (clipped when over the cap): a superset of what the
+/// build needs, whatever its filter.
 pub fn prepare(unprepared: &Unprepared, request: &ContextRequest) {
     let (encoding, cap) = (request.encoding, request.line_cap());
+    let prepare = |cached: &CachedRecord| {
+        cached
+            .cost(encoding, cap, true, Cold::Tokenize)
+            .map_or(0, |(tokens, _)| tokens)
+    };
     let goal = u64::from(request.budget) * CANDIDATE_COST_FACTOR;
     let mut cost = 0u64;
     for (walked, cached) in unprepared.newest_first.iter().enumerate() {
         if walked >= MIN_CANDIDATES && cost >= goal {
             break;
         }
-        cost += u64::from(cached.prepare(encoding, cap));
+        cost += u64::from(prepare(cached));
     }
     for cached in &unprepared.severe {
-        cached.prepare(encoding, cap);
+        prepare(cached);
     }
 }
 

@@ -5,8 +5,6 @@
 //! bad event refuses the request, naming its index (and line, for NDJSON) and field. A write is
 //! acknowledged only when the store's group commit that carries it is durable.
 
-use std::time::Instant;
-
 use chrono::Utc;
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
@@ -45,18 +43,15 @@ pub async fn post(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let framing = body::framing(headers, true)?;
-    let bytes = body::read_capped(body, headers, &app.options).await?;
-    let limits = app.options.limits;
-    let events =
-        off_runtime_if_large(bytes.len(), move || parse_events(&bytes, framing, &limits)).await?;
+    let events = read_batch(app, headers, body, parse_events).await?;
     if events.is_empty() {
         return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
     }
     let count = events.len() as u64;
-    let started = Instant::now();
-    let appended = app.store.append(&stream, events, Utc::now()).await?;
-    app.metrics.observe_commit(started.elapsed());
+    let appended = app
+        .metrics
+        .commit(app.store.append(&stream, events, Utc::now()))
+        .await?;
     let collapsed = appended.iter().filter(|a| a.collapsed).count() as u64;
     app.metrics.count_ingest(count, collapsed);
     Ok(write_reply(appended, 0))
@@ -70,18 +65,15 @@ pub async fn import(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let framing = body::framing(headers, true)?;
-    let bytes = body::read_capped(body, headers, &app.options).await?;
-    let limits = app.options.limits;
-    let records =
-        off_runtime_if_large(bytes.len(), move || parse_records(&bytes, framing, &limits)).await?;
+    let records = read_batch(app, headers, body, parse_records).await?;
     if records.is_empty() {
         return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
     }
     let events: u64 = records.iter().map(|r| r.repeat_count).sum();
-    let started = Instant::now();
-    let appended = app.store.import(&stream, records).await?;
-    app.metrics.observe_commit(started.elapsed());
+    let appended = app
+        .metrics
+        .commit(app.store.import(&stream, records))
+        .await?;
     app.metrics.count_ingest(events, 0);
     Ok(write_reply(appended, 0))
 }
@@ -222,14 +214,24 @@ fn empty_body() -> ApiError {
     )
 }
 
-async fn off_runtime_if_large<T: Send + 'static>(
-    len: usize,
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    if len <= PARSE_INLINE_MAX_BYTES {
-        work()
+/// [`parse_events`] or [`parse_records`].
+type BatchParser<T> = fn(&[u8], Framing, &EventLimits) -> Result<Vec<T>, ApiError>;
+
+/// Reads a write's body and parses it with `parse`, all or nothing; large bodies are parsed
+/// off the async runtime.
+async fn read_batch<T: Send + 'static>(
+    app: &App,
+    headers: &HeaderMap,
+    body: Incoming,
+    parse: BatchParser<T>,
+) -> Result<Vec<T>, ApiError> {
+    let framing = body::framing(headers, true)?;
+    let bytes = body::read_capped(body, headers, &app.options).await?;
+    let limits = app.options.limits;
+    if bytes.len() <= PARSE_INLINE_MAX_BYTES {
+        parse(&bytes, framing, &limits)
     } else {
-        tokio::task::spawn_blocking(work)
+        tokio::task::spawn_blocking(move || parse(&bytes, framing, &limits))
             .await
             .map_err(ApiError::internal)?
     }

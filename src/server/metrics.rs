@@ -3,8 +3,9 @@
 //! nanoseconds and never takes a lock on the request path.
 
 use std::fmt::Write;
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::routes::Endpoint;
 
@@ -83,9 +84,15 @@ impl Metrics {
         self.context.observe(took);
     }
 
-    /// Records how long a write waited for its durable commit.
-    pub fn observe_commit(&self, took: Duration) {
-        self.commit.observe(took);
+    /// Awaits a write's durable commit, recording how long it waited when it succeeds.
+    pub async fn commit<T, E>(
+        &self,
+        pending: impl IntoFuture<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let committed = pending.await?;
+        self.commit.observe(started.elapsed());
+        Ok(committed)
     }
 
     /// The Prometheus text exposition.

@@ -1,8 +1,6 @@
 //! `POST/GET /v1/streams/{s}/notes` and `DELETE /v1/streams/{s}/notes/{id}`: facts an agent must
 //! not forget, always put first in the context.
 
-use std::time::Instant;
-
 use chrono::Utc;
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
@@ -50,12 +48,10 @@ pub async fn post(
             })
         })
         .transpose()?;
-    let started = Instant::now();
     let note = app
-        .store
-        .add_note(&stream, input.text, expires_at, now)
+        .metrics
+        .commit(app.store.add_note(&stream, input.text, expires_at, now))
         .await?;
-    app.metrics.observe_commit(started.elapsed());
     // Read after the durable write: at least the revision the note took.
     let revision = app.store.revision(&stream);
     let mut response = wire::json(StatusCode::CREATED, &note);
@@ -81,9 +77,10 @@ pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<
             format!("note {id:?} does not exist; note ids are the numbers GET .../notes lists"),
         )
     })?;
-    let started = Instant::now();
-    let deleted = app.store.delete_note(&stream, id).await?;
-    app.metrics.observe_commit(started.elapsed());
+    let deleted = app
+        .metrics
+        .commit(app.store.delete_note(&stream, id))
+        .await?;
     if deleted {
         let mut response = wire::empty(StatusCode::NO_CONTENT);
         wire::set_number(&mut response, REVISION_HEADER, app.store.revision(&stream));

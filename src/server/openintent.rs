@@ -145,9 +145,10 @@ pub async fn post_event(
         parent_event_id: input.parent_event_id,
     };
     let event = incoming.into_event(None, &app.options.limits)?;
-    let started = std::time::Instant::now();
-    let appended = app.store.append(&stream, vec![event], Utc::now()).await?;
-    app.metrics.observe_commit(started.elapsed());
+    let appended = app
+        .metrics
+        .commit(app.store.append(&stream, vec![event], Utc::now()))
+        .await?;
     let landed = appended
         .into_iter()
         .next()

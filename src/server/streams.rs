@@ -1,7 +1,5 @@
 //! `GET /v1/streams`, `GET/DELETE /v1/streams/{s}` and `PUT /v1/streams/{s}/retention`.
 
-use std::time::Instant;
-
 use chrono::TimeDelta;
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
@@ -52,9 +50,7 @@ pub fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
 
 /// `DELETE /v1/streams/{s}`: 204, or 404 if it did not exist.
 pub async fn delete(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
-    let started = Instant::now();
-    let deleted = app.store.delete_stream(&stream).await?;
-    app.metrics.observe_commit(started.elapsed());
+    let deleted = app.metrics.commit(app.store.delete_stream(&stream)).await?;
     if deleted {
         Ok(wire::empty(StatusCode::NO_CONTENT))
     } else {
@@ -106,8 +102,8 @@ pub async fn set_retention(
         max_records: input.max_records,
         max_age,
     };
-    let started = Instant::now();
-    app.store.set_retention(&stream, retention).await?;
-    app.metrics.observe_commit(started.elapsed());
+    app.metrics
+        .commit(app.store.set_retention(&stream, retention))
+        .await?;
     Ok(wire::json(StatusCode::OK, &retention))
 }

@@ -13,7 +13,7 @@ use redb::{
 use crate::event::{Record, StreamName};
 use crate::stream::StreamState;
 
-use super::schema::{self, ChangeEntry, DecodeError, SCHEMA_VERSION, StreamMeta};
+use super::schema::{self, DecodeError, SCHEMA_VERSION, StreamMeta};
 use super::writer::{Live, Slot};
 use super::{
     Change, ChangeBody, MAX_PAGE_RECORDS, RecordPage, RecordQuery, StoreError, StoreOptions,
@@ -401,19 +401,9 @@ pub(super) fn changes(
                 break;
             };
             let revision = key.value().1;
-            let body = match schema::decode_change(value.value()).map_err(damaged)? {
-                ChangeEntry::Repeat {
-                    seq,
-                    repeat_count,
-                    last_ts,
-                } => ChangeBody::Repeat {
-                    seq,
-                    repeat_count,
-                    last_ts,
-                },
-                ChangeEntry::Note(note) => ChangeBody::Note(note),
-                ChangeEntry::NoteDeleted { id } => ChangeBody::NoteDeleted { id },
-            };
+            let body = schema::decode_change(value.value())
+                .map_err(damaged)?
+                .into();
             out.push(Change {
                 stream: stream.clone(),
                 stream_id: id,

@@ -388,6 +388,24 @@ pub enum ChangeEntry {
     },
 }
 
+impl From<ChangeEntry> for super::ChangeBody {
+    fn from(entry: ChangeEntry) -> super::ChangeBody {
+        match entry {
+            ChangeEntry::Repeat {
+                seq,
+                repeat_count,
+                last_ts,
+            } => super::ChangeBody::Repeat {
+                seq,
+                repeat_count,
+                last_ts,
+            },
+            ChangeEntry::Note(note) => super::ChangeBody::Note(note),
+            ChangeEntry::NoteDeleted { id } => super::ChangeBody::NoteDeleted { id },
+        }
+    }
+}
+
 const TAG_REPEAT: u8 = 1;
 const TAG_NOTE: u8 = 2;
 const TAG_NOTE_DELETED: u8 = 3;

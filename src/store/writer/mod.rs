@@ -893,7 +893,6 @@ impl Writer {
                             target,
                             rows,
                             work,
-                            &stream,
                             event.message.clone(),
                             at_micros(note.created_at),
                             note.expires_at.map(at_micros),
@@ -937,7 +936,7 @@ impl Writer {
                 let now = at_micros(now);
                 let expires_at = expires_at.map(at_micros);
                 let target = self.stream_or_create(&stream, work);
-                let note = place_note(target, rows, work, &stream, text.clone(), now, expires_at);
+                let note = place_note(target, rows, work, text.clone(), now, expires_at);
                 let note_id = note.id;
                 work.answers.push(Answer::Note(reply, note));
                 // The audit trail: the note is also an event of the stream (DESIGN section 2).
@@ -1104,19 +1103,7 @@ fn store_appended(
             repeat_count: record.repeat_count,
             last_ts: record.last_ts,
         };
-        rows.change(id, record.revision, |out| {
-            schema::encode_change(&entry, out)
-        });
-        work.changes.push(Change {
-            stream: target.name.clone(),
-            stream_id: id,
-            revision: record.revision,
-            body: ChangeBody::Repeat {
-                seq: record.seq,
-                repeat_count: record.repeat_count,
-                last_ts: record.last_ts,
-            },
-        });
+        log_change(target, rows, work, record.revision, entry);
     } else {
         let created = Created::of(record);
         rows.record(id, record.seq, |out| {
@@ -1157,7 +1144,6 @@ fn place_note(
     target: &mut WriterStream,
     rows: &mut Rows,
     work: &mut Work,
-    stream: &StreamName,
     text: String,
     created_at: Timestamp,
     expires_at: Option<Timestamp>,
@@ -1166,17 +1152,34 @@ fn place_note(
     let id = target.slot.id;
     rows.note(id, note.id, |out| schema::encode_note(&note, out));
     let revision = target.shadow.revision();
-    let entry = ChangeEntry::Note(note.clone());
-    rows.change(id, revision, |out| schema::encode_change(&entry, out));
-    work.changes.push(Change {
-        stream: stream.clone(),
-        stream_id: id,
+    log_change(
+        target,
+        rows,
+        work,
         revision,
-        body: ChangeBody::Note(note.clone()),
-    });
+        ChangeEntry::Note(note.clone()),
+    );
     work.ops
         .push(Op::AddNote(target.slot.clone(), note.clone()));
     note
+}
+
+/// Writes a change that is not a new record to the stream's changelog and publishes it.
+fn log_change(
+    target: &WriterStream,
+    rows: &mut Rows,
+    work: &mut Work,
+    revision: u64,
+    entry: ChangeEntry,
+) {
+    let id = target.slot.id;
+    rows.change(id, revision, |out| schema::encode_change(&entry, out));
+    work.changes.push(Change {
+        stream: target.name.clone(),
+        stream_id: id,
+        revision,
+        body: entry.into(),
+    });
 }
 
 /// Removes a live note (a change with its own revision); `false` when there is none.
@@ -1185,16 +1188,14 @@ fn remove_note(target: &mut WriterStream, rows: &mut Rows, id: u64, work: &mut W
         return false;
     }
     let revision = target.shadow.revision();
-    let stream = target.slot.id;
-    rows.note_removed(stream, id);
-    let entry = ChangeEntry::NoteDeleted { id };
-    rows.change(stream, revision, |out| schema::encode_change(&entry, out));
-    work.changes.push(Change {
-        stream: target.name.clone(),
-        stream_id: stream,
+    rows.note_removed(target.slot.id, id);
+    log_change(
+        target,
+        rows,
+        work,
         revision,
-        body: ChangeBody::NoteDeleted { id },
-    });
+        ChangeEntry::NoteDeleted { id },
+    );
     work.ops.push(Op::RemoveNote(target.slot.clone(), id));
     work.touched.insert(target.name.clone());
     true
