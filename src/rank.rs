@@ -3,13 +3,10 @@
 //! A record's score is `kind weight × severity weight × decay`, where decay halves every
 //! [`Weights::half_life`] records of age (age 0 for the newest record and for records still
 //! repeating), and never falls below the floor of the record's severity, so errors and critical
-//! events stay in reach long after routine chatter has decayed. Selection keeps the newest few
-//! records when they fit, then fills the rest of the budget in score order.
+//! events stay in reach long after routine chatter has decayed. How a score buys a place in the
+//! window is [`crate::context::pack`]'s business.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
-
-use serde::Serialize;
 
 use crate::event::Severity;
 
@@ -52,6 +49,14 @@ pub const SEVERE_MIN_KIND_WEIGHT: f64 = 1.0;
 pub const DEFAULT_HALF_LIFE_RECORDS: f64 = 64.0;
 /// How many of the newest records are kept ahead of ranking when they fit.
 pub const DEFAULT_NEWEST_KEPT: usize = 3;
+
+/// The documented default weight of `kind`.
+fn default_kind_weight(kind: &str) -> f64 {
+    DEFAULT_KIND_WEIGHTS
+        .iter()
+        .find(|(known, _)| *known == kind)
+        .map_or(UNKNOWN_KIND_WEIGHT, |(_, weight)| *weight)
+}
 
 /// Ranking weights: the documented defaults, or a request's overrides of them.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,6 +115,16 @@ impl Weights {
     /// The weight of `kind`.
     pub fn kind(&self, kind: &str) -> f64 {
         self.kinds.get(kind).copied().unwrap_or(self.unknown_kind)
+    }
+
+    /// The kinds whose weight is raised above its default: the request wants them, so they
+    /// compete from as far back as the stream's memory reaches.
+    pub fn raised_kinds(&self) -> Vec<&str> {
+        self.kinds
+            .iter()
+            .filter(|(kind, weight)| **weight > default_kind_weight(kind))
+            .map(|(kind, _)| kind.as_str())
+            .collect()
     }
 
     /// Sets the weight of `kind`.
@@ -186,97 +201,9 @@ impl Weights {
     }
 }
 
-/// A record competing for a place in the window.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Candidate {
-    /// Its seq (candidates are given oldest first).
-    pub seq: u64,
-    /// What its line costs.
-    pub tokens: u32,
-    /// Its score.
-    pub score: f64,
-}
-
-/// Why a candidate is in or out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// Included as one of the newest records.
-    Newest,
-    /// Included on its score.
-    Ranked,
-    /// Left out: it did not fit in what remained of the budget.
-    Budget,
-    /// Left out by the request's filters (`min_severity`, `kinds`, `since`).
-    Filtered,
-    /// The audit record of a note shown in the Notes section: shown there, not repeated.
-    Pinned,
-}
-
-impl Reason {
-    /// Whether the candidate is shown (as a line, or as a pinned note).
-    pub fn included(self) -> bool {
-        matches!(self, Reason::Newest | Reason::Ranked | Reason::Pinned)
-    }
-
-    /// Whether the candidate has a line in the Recent section.
-    pub fn has_line(self) -> bool {
-        matches!(self, Reason::Newest | Reason::Ranked)
-    }
-}
-
-/// The outcome of [`select`]: a reason per candidate, in the candidates' order, and the tokens
-/// used by the included ones.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Selection {
-    /// One per candidate.
-    pub reasons: Vec<Reason>,
-    /// Sum of the included candidates' tokens.
-    pub tokens: u32,
-}
-
-/// Chooses candidates whose tokens sum to at most `available`: the newest `newest_kept` first
-/// (each when it fits), then the rest by score, highest first, newer first on ties. A candidate
-/// that does not fit is skipped, so a smaller one after it may still get in.
-pub fn select(candidates: &[Candidate], available: u32, newest_kept: usize) -> Selection {
-    let mut reasons = vec![Reason::Budget; candidates.len()];
-    let mut remaining = available;
-    let mut take = |index: usize, reason: Reason, remaining: &mut u32| {
-        if candidates[index].tokens <= *remaining {
-            *remaining -= candidates[index].tokens;
-            reasons[index] = reason;
-        }
-    };
-    let newest_start = candidates.len().saturating_sub(newest_kept);
-    for index in (newest_start..candidates.len()).rev() {
-        take(index, Reason::Newest, &mut remaining);
-    }
-    let mut order: Vec<usize> = (0..newest_start).collect();
-    order.sort_unstable_by(|&a, &b| {
-        let (a, b) = (&candidates[a], &candidates[b]);
-        b.score.total_cmp(&a.score).then_with(|| b.seq.cmp(&a.seq))
-    });
-    for index in order {
-        if remaining == 0 {
-            break;
-        }
-        take(index, Reason::Ranked, &mut remaining);
-    }
-    Selection {
-        reasons,
-        tokens: available - remaining,
-    }
-}
-
-/// Orders scores for display and tests: higher first.
-pub fn by_score_desc(a: f64, b: f64) -> Ordering {
-    b.total_cmp(&a)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn severity_and_kind_raise_the_score_and_age_lowers_it() {
@@ -344,72 +271,5 @@ mod tests {
         assert!(error("half_life=0").starts_with("weight \"half_life\" has invalid value"));
         assert!(error("newest_kept=1.5").starts_with("weight \"newest_kept\" has invalid value"));
         assert!(error("kind.tool=NaN").starts_with("weight \"kind.tool\" has invalid value"));
-    }
-
-    #[test]
-    fn newest_are_kept_then_best_scores_fill_the_rest() {
-        let candidate = |seq, tokens, score| Candidate { seq, tokens, score };
-        let candidates = [
-            candidate(1, 10, 9.0),
-            candidate(2, 10, 1.0),
-            candidate(3, 10, 5.0),
-            candidate(4, 10, 0.1),
-            candidate(5, 10, 0.1),
-        ];
-        let selection = select(&candidates, 35, 2);
-        assert_eq!(
-            selection.reasons,
-            [
-                Reason::Ranked,
-                Reason::Budget,
-                Reason::Budget,
-                Reason::Newest,
-                Reason::Newest
-            ]
-        );
-        assert_eq!(selection.tokens, 30);
-        // A big record that does not fit lets smaller ones behind it in.
-        let candidates = [
-            candidate(1, 50, 9.0),
-            candidate(2, 5, 1.0),
-            candidate(3, 5, 0.5),
-        ];
-        let selection = select(&candidates, 12, 0);
-        assert_eq!(
-            selection.reasons,
-            [Reason::Budget, Reason::Ranked, Reason::Ranked]
-        );
-    }
-
-    proptest! {
-        #[test]
-        fn selection_never_exceeds_what_is_available(
-            costs in prop::collection::vec((0u32..300, 0.0f64..10.0), 0..200),
-            available in 0u32..5000,
-            newest_kept in 0usize..5,
-        ) {
-            let candidates: Vec<Candidate> = costs
-                .iter()
-                .enumerate()
-                .map(|(i, &(tokens, score))| Candidate { seq: i as u64 + 1, tokens, score })
-                .collect();
-            let selection = select(&candidates, available, newest_kept);
-            let used: u32 = candidates
-                .iter()
-                .zip(&selection.reasons)
-                .filter(|(_, reason)| reason.included())
-                .map(|(candidate, _)| candidate.tokens)
-                .sum();
-            prop_assert!(used <= available);
-            prop_assert_eq!(used, selection.tokens);
-            // The newest candidate is present whenever it fits on its own.
-            if newest_kept > 0 {
-                if let Some(last) = candidates.last() {
-                    if last.tokens <= available {
-                        prop_assert!(selection.reasons.last().unwrap().included());
-                    }
-                }
-            }
-        }
     }
 }

@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use crate::collapse::{CollapsePolicy, Collapser, Placement};
-use crate::context::{CachedNote, CachedRecord, StreamView, Totals};
+use crate::context::candidates::is_goal;
+use crate::context::{CachedNote, CachedRecord, MAX_GOALS, StreamView, Totals};
 use crate::event::{Event, Note, Record, Severity, Timestamp};
 
 /// Default number of newest records kept in memory per stream: a 32,000-token window rarely
@@ -81,6 +82,10 @@ pub struct StreamState {
     /// Newest records, oldest first; trimmed to `capacity.records` in amortized batches.
     records: Vec<Arc<CachedRecord>>,
     severe: Vec<Arc<CachedRecord>>,
+    /// The first goal records (what the agent was asked), at most [`MAX_GOALS`], kept in reach
+    /// however old they are, and the latest one.
+    goals: Vec<Arc<CachedRecord>>,
+    latest_goal: Option<Arc<CachedRecord>>,
     older_last_ts: Option<Timestamp>,
     totals: Totals,
     notes: Vec<Arc<CachedNote>>,
@@ -97,6 +102,8 @@ impl StreamState {
             capacity: capacity.for_policy(&policy),
             records: Vec::new(),
             severe: Vec::new(),
+            goals: Vec::new(),
+            latest_goal: None,
             older_last_ts: None,
             totals: Totals::default(),
             notes: Vec::new(),
@@ -106,13 +113,15 @@ impl StreamState {
     }
 
     /// Rebuilds a stream from what the store kept: `tail` (its newest records, oldest first),
-    /// `severe` (older severe records, oldest first), totals, notes and counters.
+    /// `severe` (older severe records, oldest first), `goals` (its first goal records and its
+    /// latest, those older than the tail, oldest first), totals, notes and counters.
     #[allow(clippy::too_many_arguments)]
     pub fn restore(
         policy: CollapsePolicy,
         capacity: TailCapacity,
         tail: Vec<Record>,
         severe: Vec<Record>,
+        goals: Vec<Record>,
         older_last_ts: Option<Timestamp>,
         totals: Totals,
         notes: Vec<Note>,
@@ -131,6 +140,13 @@ impl StreamState {
             .collect();
         all_severe.extend(records.iter().filter(|r| is_severe(r.record())).cloned());
         let mut state = StreamState::new(policy, capacity);
+        for cached in goals
+            .into_iter()
+            .map(|r| Arc::new(CachedRecord::new(r)))
+            .chain(records.iter().cloned())
+        {
+            state.note_goal(&cached);
+        }
         state.collapser = collapser;
         state.records = records;
         state.severe = all_severe;
@@ -260,15 +276,35 @@ impl StreamState {
         if is_severe(cached.record()) {
             self.severe.push(cached.clone());
         }
+        self.note_goal(&cached);
         self.records.push(cached);
         self.trim();
     }
 
-    /// Puts a record's new version in place of the old one in the tail (and the severe list).
+    /// Keeps a new record in reach if it is one of the first goal records, or the latest.
+    fn note_goal(&mut self, cached: &Arc<CachedRecord>) {
+        if !is_goal(cached.record()) {
+            return;
+        }
+        if self.goals.len() < MAX_GOALS {
+            self.goals.push(cached.clone());
+            self.latest_goal = None;
+        } else {
+            self.latest_goal = Some(cached.clone());
+        }
+    }
+
+    /// Puts a record's new version in place of the old one in the tail (and the severe and goal
+    /// lists).
     fn replace_record(&mut self, position: usize, cached: Arc<CachedRecord>) {
         let seq = cached.record().seq;
         if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
             *severe = cached.clone();
+        }
+        for goal in self.goals.iter_mut().chain(&mut self.latest_goal) {
+            if goal.record().seq == seq {
+                *goal = cached.clone();
+            }
         }
         self.records[position] = cached;
     }
@@ -285,6 +321,8 @@ impl StreamState {
         }
         let gone = self.severe.partition_point(|r| r.record().seq <= seq);
         self.severe.drain(..gone);
+        self.goals.retain(|r| r.record().seq > seq);
+        self.latest_goal = self.latest_goal.take().filter(|r| r.record().seq > seq);
     }
 
     /// A copy holding only the newest records `capacity` allows, sharing them with `self`: the
@@ -309,6 +347,8 @@ impl StreamState {
         fork.records = self.records[skip..].to_vec();
         let keep = self.severe.len().min(fork.capacity.severe);
         fork.severe = self.severe[self.severe.len() - keep..].to_vec();
+        fork.goals = self.goals.clone();
+        fork.latest_goal = self.latest_goal.clone();
         fork.totals = self.totals.clone();
         fork.notes = self.notes.clone();
         fork.revision = self.revision;
@@ -329,6 +369,16 @@ impl StreamState {
     /// The seq of the oldest record in the severe list, if any.
     pub fn severe_start_seq(&self) -> Option<u64> {
         self.severe.first().map(|r| r.record().seq)
+    }
+
+    /// The seqs of the goal records kept in reach (the first ones, then the latest), oldest
+    /// first: restore hints.
+    pub fn goal_seqs(&self) -> Vec<u64> {
+        self.goals
+            .iter()
+            .chain(&self.latest_goal)
+            .map(|r| r.record().seq)
+            .collect()
     }
 
     /// The seq the next new record will get.
@@ -392,6 +442,8 @@ impl StreamState {
             notes: &self.notes,
             records: &self.records,
             severe: &self.severe,
+            goals: &self.goals,
+            latest_goal: self.latest_goal.as_ref(),
             totals: &self.totals,
             older_last_ts: self.older_last_ts,
         }

@@ -11,8 +11,8 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::context::{
-    self, ContextRequest, ContextWindow, DEFAULT_BUDGET_TOKENS, MAX_BUDGET_TOKENS, StreamView,
-    Totals,
+    self, ContextRequest, ContextWindow, DEFAULT_BUDGET_TOKENS, MAX_BUDGET_TOKENS, MAX_GOALS,
+    StreamView, Totals,
 };
 use crate::event::StreamName;
 use crate::rank::Weights;
@@ -36,6 +36,7 @@ const PARAMS: &[&str] = &[
     "since",
     "weights",
     "line_cap",
+    "goals",
 ];
 
 /// The JSON form: the window with its receipt, and the revision it reflects.
@@ -139,18 +140,22 @@ fn request_from(query: &Query) -> Result<ContextRequest, ApiError> {
         }
         cap => cap,
     };
+    if let Some(goals) = query.number::<usize>("goals")? {
+        if goals > MAX_GOALS {
+            return Err(ApiError::parameter(
+                "goals",
+                format!(
+                    "goals={goals} is over the limit; use 0 to {MAX_GOALS} (how many of the stream's opening task/user records to keep)"
+                ),
+            ));
+        }
+        request.goals = goals;
+    }
     Ok(request)
 }
 
 /// The window of a stream with no history: built by the same code, so its shape is the same.
 fn empty_window(request: &ContextRequest, now: chrono::DateTime<Utc>) -> ContextWindow {
     let totals = Totals::default();
-    let view = StreamView {
-        notes: &[],
-        records: &[],
-        severe: &[],
-        totals: &totals,
-        older_last_ts: None,
-    };
-    context::build(&view, request, now)
+    context::build(&StreamView::empty(&totals), request, now)
 }

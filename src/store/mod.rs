@@ -562,7 +562,7 @@ impl Store {
         if ready.is_some() {
             return ready;
         }
-        let cold = context::unprepared(&writer::read(&slot.live).state.view(), request);
+        let cold = context::unprepared(&writer::read(&slot.live).state.view(), request, now);
         context::prepare(&cold, request);
         let live = writer::read(&slot.live);
         Some(context::build(&live.state.view(), request, now))

@@ -218,6 +218,15 @@ fn restore_stream(
             severe.push(schema::decode_record(seq, value.value())?.0);
         }
     }
+    let mut goals = Vec::new();
+    for &seq in &meta.goal_seqs {
+        if seq < meta.first_seq || seq >= tail_from {
+            continue;
+        }
+        if let Some(value) = records.get((id, seq)).map_err(storage)? {
+            goals.push(schema::decode_record(seq, value.value())?.0);
+        }
+    }
     let notes_table = txn.open_table(schema::NOTES).map_err(storage)?;
     let mut notes = Vec::new();
     for entry in notes_table
@@ -232,6 +241,7 @@ fn restore_stream(
         capacity,
         tail,
         severe,
+        goals,
         meta.older_last_ts,
         meta.totals.clone(),
         notes,

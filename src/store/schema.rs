@@ -85,6 +85,8 @@ pub struct StreamMeta {
     pub severe_start: Option<u64>,
     /// See `tail_start`.
     pub older_last_ts: Option<Timestamp>,
+    /// Seqs of the goal records the state keeps in reach (see `tail_start`).
+    pub goal_seqs: Vec<u64>,
 }
 
 #[cfg(test)]
@@ -102,6 +104,7 @@ impl StreamMeta {
             tail_start: None,
             severe_start: None,
             older_last_ts: None,
+            goal_seqs: Vec::new(),
         }
     }
 }
@@ -129,6 +132,8 @@ struct StoredMeta {
     severe_start: Option<u64>,
     #[serde(default)]
     older_last_ts: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    goal_seqs: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -158,6 +163,7 @@ pub fn encode_meta(meta: &StreamMeta) -> Vec<u8> {
         tail_start: meta.tail_start,
         severe_start: meta.severe_start,
         older_last_ts: meta.older_last_ts.map(micros),
+        goal_seqs: meta.goal_seqs.clone(),
     };
     // A struct of numbers, strings and maps with string keys always serializes.
     serde_json::to_vec(&stored).unwrap_or_default()
@@ -189,6 +195,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, DecodeError> {
         tail_start: stored.tail_start,
         severe_start: stored.severe_start,
         older_last_ts: time(stored.older_last_ts)?,
+        goal_seqs: stored.goal_seqs,
     })
 }
 

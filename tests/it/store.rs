@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
-use recap::context::ContextRequest;
+use recap::context::{ContextRequest, Reason};
 use recap::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp, parse_timestamp};
 use recap::store::{
     ChangeBody, ImportedRecord, RecordQuery, Retention, Store, StoreError, StoreOptions,
@@ -918,12 +918,12 @@ fn reopen_restores_the_same_contexts() {
                 } else {
                     format!("step {at} {}", "detail ".repeat(rng.below(30) as usize))
                 };
-                event(
-                    ["tool", "llm", "rag"][rng.below(3) as usize],
-                    severity,
-                    &message,
-                    at,
-                )
+                // A task now and then: the first ones and the latest stay in reach.
+                let kind = match (at, rng.below(40)) {
+                    (0, _) | (_, 0) => "task",
+                    (_, pick) => ["tool", "llm", "rag"][pick as usize % 3],
+                };
+                event(kind, severity, &message, at)
             })
             .collect();
         store.append(&long, events, ts(0)).wait().unwrap();
@@ -966,6 +966,17 @@ fn reopen_restores_the_same_contexts() {
     for (before, after) in before.iter().zip(&after) {
         assert_eq!(before.text, after.text);
         assert_eq!(before, after);
+    }
+    // The stream's first task (seq 1, far older than the tail) is in every window with room.
+    for window in &after[1..4] {
+        assert!(
+            window
+                .items
+                .iter()
+                .any(|item| item.seq == 1 && item.included),
+            "{}",
+            window.text
+        );
     }
     assert_eq!(store.streams(), stats_before);
     // Collapse continues where it left off: the newest record is still a repeat target.
@@ -1368,10 +1379,10 @@ fn writes_after_close_are_refused() {
     open(dir.path()).close().unwrap();
 }
 
-/// A note is shown once: in the Notes section while it is pinned, and its audit record takes a
-/// line in Recent only once the note is gone.
+/// A note is shown once: in the Notes section while it is pinned, never again as its audit
+/// record; once deleted it is forgotten, audit record included (the history keeps it).
 #[test]
-fn pinned_notes_are_not_repeated_as_events() {
+fn pinned_notes_are_shown_once_and_forgotten_when_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let stream = name("agent");
@@ -1409,8 +1420,18 @@ fn pinned_notes_are_not_repeated_as_events() {
     let window = store.context(&stream, &request, ts(3)).unwrap();
     assert!(!window.text.contains("## Notes"));
     assert!(
-        window.text.contains("[note]: the user wants a patch"),
+        !window.text.contains("the user wants a patch"),
         "{}",
         window.text
+    );
+    let reasons: Vec<Reason> = window.items.iter().map(|item| item.reason).collect();
+    assert_eq!(reasons, [Reason::Newest, Reason::Forgotten]);
+    let history = store.records(&stream, &RecordQuery::default()).unwrap();
+    assert!(
+        history
+            .records
+            .iter()
+            .any(|record| record.message == "the user wants a patch"),
+        "the history keeps the audit record"
     );
 }

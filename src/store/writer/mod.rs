@@ -244,6 +244,7 @@ impl Live {
         meta.tail_start = self.state.tail_start_seq().or(Some(self.state.next_seq()));
         meta.severe_start = self.state.severe_start_seq();
         meta.older_last_ts = self.state.older_last_ts();
+        meta.goal_seqs = self.state.goal_seqs();
     }
 }
 
@@ -1073,6 +1074,7 @@ fn stream_meta(stream: &WriterStream) -> StreamMeta {
         tail_start: None,
         severe_start: None,
         older_last_ts: None,
+        goal_seqs: Vec::new(),
     };
     read(&stream.slot.live).restore_hints(&mut meta);
     meta

@@ -1,0 +1,300 @@
+//! What a build reads instead of rendering and tokenizing: per record, its line, its headline and
+//! the clips of its line, each counted once per encoding (and cap); per note, its piece.
+//!
+//! A change to a record (a repeat) makes a new [`CachedRecord`], so a cache is never stale.
+
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustc_hash::FxHasher;
+
+use crate::event::{Note, Record};
+use crate::render::{self, ClippedLine};
+use crate::tokens::{Encoding, TokenCounts};
+
+/// Cut lines kept per record: a few (encoding, cap, shape) combinations a client actually uses.
+const CUTS_PER_RECORD: usize = 6;
+/// Body lines shorter than this (braces, blank-ish lines, short prompts) say nothing about
+/// whether two bodies are the same.
+const MIN_BODY_LINE_CHARS: usize = 8;
+/// A body needs at least this many distinct lines to be compared at all.
+pub const MIN_BODY_LINES: usize = 3;
+/// At most this many body lines are hashed: enough to recognize a dump quoted elsewhere.
+const MAX_BODY_LINES: usize = 256;
+
+/// What a record's line is cut to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// The line's prefix with a `…[N more chars clipped]` marker.
+    Clip,
+    /// A one-line headline ([`render::headline`]).
+    Headline,
+}
+
+/// A cut line memoized for one (encoding, cap, shape); `None` when not even the head fits.
+type Cut = (Encoding, u32, Shape, Option<Arc<ClippedLine>>);
+
+/// A record with its rendered line and token counts, computed once and shared by every build.
+#[derive(Debug)]
+pub struct CachedRecord {
+    record: Record,
+    line: OnceLock<String>,
+    tokens: TokenCounts,
+    cuts: Mutex<Vec<Cut>>,
+    /// Per encoding, where the message's tokens end; kept once a clip needed them, so that a
+    /// client asking for a new `line_cap` does not make every long record tokenize again.
+    token_ends: [OnceLock<Box<[u32]>>; 2],
+    /// Hashes of the message's body lines, sorted and distinct (see [`Self::body`]).
+    body: OnceLock<Box<[u64]>>,
+}
+
+/// A record's cost at one level, and the cut line when the level shows less than the full line.
+#[derive(Clone, Debug)]
+pub struct Piece {
+    /// Tokens of the line as shown.
+    pub tokens: u32,
+    /// The cut line; `None` when the full line is shown.
+    pub cut: Option<Arc<ClippedLine>>,
+}
+
+impl CachedRecord {
+    /// Wraps a record; nothing is rendered or counted until asked.
+    pub fn new(record: Record) -> CachedRecord {
+        CachedRecord {
+            record,
+            line: OnceLock::new(),
+            tokens: TokenCounts::new(),
+            cuts: Mutex::new(Vec::new()),
+            token_ends: [OnceLock::new(), OnceLock::new()],
+            body: OnceLock::new(),
+        }
+    }
+
+    /// The record.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// The record's full line.
+    pub fn line(&self) -> &str {
+        self.line.get_or_init(|| render::record_line(&self.record))
+    }
+
+    /// The full line's token count under `encoding`.
+    pub fn tokens(&self, encoding: Encoding) -> u32 {
+        self.tokens
+            .get_or_count(encoding, || self.line().to_owned())
+    }
+
+    /// The full line's count if it was made already.
+    pub fn tokens_if_counted(&self, encoding: Encoding) -> Option<u32> {
+        self.tokens.cached(encoding)
+    }
+
+    /// The record shown whole: its full line, or its line clipped to `cap` when longer. `None`
+    /// when `tokenize` is false and something would have to be tokenized first.
+    pub fn whole(&self, encoding: Encoding, cap: u32, tokenize: bool) -> Option<Piece> {
+        let tokens = if tokenize {
+            self.tokens(encoding)
+        } else {
+            self.tokens.cached(encoding)?
+        };
+        if tokens <= cap {
+            return Some(Piece { tokens, cut: None });
+        }
+        let cut = self.cut(encoding, cap, Shape::Clip, tokenize)?;
+        Some(Piece {
+            tokens: cut.as_ref().map_or(tokens, |clip| clip.tokens),
+            cut,
+        })
+    }
+
+    /// The record's headline within `cap` tokens (`Some(None)` when not even its head fits);
+    /// `None` when `tokenize` is false and the headline is not made yet.
+    pub fn headline(
+        &self,
+        encoding: Encoding,
+        cap: u32,
+        tokenize: bool,
+    ) -> Option<Option<Arc<ClippedLine>>> {
+        self.cut(encoding, cap, Shape::Headline, tokenize)
+    }
+
+    fn cut(
+        &self,
+        encoding: Encoding,
+        cap: u32,
+        shape: Shape,
+        tokenize: bool,
+    ) -> Option<Option<Arc<ClippedLine>>> {
+        let mut cuts = self
+            .cuts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((.., cut)) = cuts
+            .iter()
+            .find(|(e, c, s, _)| *e == encoding && *c == cap && *s == shape)
+        {
+            return Some(cut.clone());
+        }
+        if !tokenize {
+            return None;
+        }
+        let cut = match shape {
+            Shape::Clip => {
+                let ends = self.token_ends[encoding.index()]
+                    .get_or_init(|| encoding.token_ends(&self.record.message).into());
+                render::clip_record_at(&self.record, encoding, cap, ends)
+            }
+            Shape::Headline => render::headline(&self.record, encoding, cap),
+        }
+        .map(Arc::new);
+        if cuts.len() == CUTS_PER_RECORD {
+            cuts.remove(0);
+        }
+        cuts.push((encoding, cap, shape, cut.clone()));
+        Some(cut)
+    }
+
+    /// Hashes of the message's body (every line after the first, trimmed, of at least a few
+    /// characters), sorted and distinct: two records whose bodies share most of these show the
+    /// same dump, and a window need not pay for it twice. Empty for short messages.
+    pub fn body(&self) -> &[u64] {
+        self.body.get_or_init(|| {
+            let mut hashes: Vec<u64> = self
+                .record
+                .message
+                .lines()
+                .skip(1)
+                .map(str::trim)
+                .filter(|line| line.chars().count() >= MIN_BODY_LINE_CHARS)
+                .take(MAX_BODY_LINES)
+                .map(|line| {
+                    let mut hasher = FxHasher::default();
+                    line.hash(&mut hasher);
+                    hasher.finish()
+                })
+                .collect();
+            hashes.sort_unstable();
+            hashes.dedup();
+            if hashes.len() < MIN_BODY_LINES {
+                hashes.clear();
+            }
+            hashes.into()
+        })
+    }
+}
+
+/// Whether two bodies ([`CachedRecord::body`]) are mostly the same: at least four fifths of the
+/// smaller one's lines are in the other.
+pub fn same_body(a: &[u64], b: &[u64]) -> bool {
+    let smaller = a.len().min(b.len());
+    if smaller < MIN_BODY_LINES {
+        return false;
+    }
+    let (mut i, mut j, mut shared) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                shared += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    shared * 5 >= smaller * 4
+}
+
+/// A note with its rendered piece and token counts.
+#[derive(Debug)]
+pub struct CachedNote {
+    note: Note,
+    piece: String,
+    tokens: TokenCounts,
+}
+
+impl CachedNote {
+    /// Wraps a note.
+    pub fn new(note: Note) -> CachedNote {
+        let piece = render::note_piece(&note.text);
+        CachedNote {
+            note,
+            piece,
+            tokens: TokenCounts::new(),
+        }
+    }
+
+    /// The note.
+    pub fn note(&self) -> &Note {
+        &self.note
+    }
+
+    /// Its piece of the Notes section.
+    pub fn piece(&self) -> &str {
+        &self.piece
+    }
+
+    /// The piece's token count under `encoding`.
+    pub fn tokens(&self, encoding: Encoding) -> u32 {
+        self.tokens.get_or_count(encoding, || self.piece.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Severity, parse_timestamp};
+    use proptest::prelude::*;
+
+    const MESSAGES: [&str; 6] = [
+        "search(\"redb durability\") -> 12 results",
+        "Traceback (most recent call last):\n  File \"app.py\", line 3, in <module>\n    import flask\nModuleNotFoundError: No module named 'flask'",
+        "naïve café — ünïcödé 🎉 日本語のテキスト",
+        "line one\r\nline two\r\n",
+        "<|endoftext|> is just text here",
+        "   leading spaces and trailing   ",
+    ];
+
+    fn cached(text: String) -> CachedRecord {
+        let event = Event::new("tool", Severity::Info, text).unwrap();
+        let at = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
+        CachedRecord::new(Record::from_event(event, 1, 1, at))
+    }
+
+    proptest! {
+        /// Clipping from the kept token ends gives exactly what clipping from scratch gives,
+        /// whatever caps a client cycles through.
+        #[test]
+        fn clips_from_kept_token_ends_equal_fresh_clips(
+            message in 0usize..6,
+            repeat in 1usize..60,
+            caps in prop::collection::vec(8u32..400, 1..8),
+        ) {
+            let cached = cached(MESSAGES[message].repeat(repeat));
+            for cap in caps {
+                for encoding in Encoding::ALL {
+                    let fresh = render::clip_record(cached.record(), encoding, cap).map(Arc::new);
+                    prop_assert_eq!(cached.cut(encoding, cap, Shape::Clip, true), Some(fresh));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_quoted_dump_is_the_same_body_and_a_different_one_is_not() {
+        let dump: String = (0..12)
+            .map(|i| format!("  variable_{i} = {}\n", i * 37))
+            .collect();
+        let failed = cached(format!("Postcondition failed:\n{dump}"));
+        let report = cached(format!(
+            "Bug report: the checkout total is wrong\n{dump}see above"
+        ));
+        let other: String = (0..12).map(|i| format!("  row {i}: ok ok ok\n")).collect();
+        let other = cached(format!("Postcondition failed:\n{other}"));
+        assert!(same_body(failed.body(), report.body()));
+        assert!(!same_body(failed.body(), other.body()));
+        assert!(cached("one line".into()).body().is_empty());
+    }
+}
