@@ -1,7 +1,8 @@
 //! Context build latency over a 100,000-record stream, with warm token caches.
 //!
-//! `cargo bench --bench context` prints one row per budget: the median and p99 time of
-//! `context::build` (selection over cached counts, Earlier line, text assembly), next to what
+//! `cargo bench --bench context` prints one row per budget: the records shown (whole and as
+//! headlines), the median and p99 time of `context::build_if_ready` (gathering, packing over
+//! cached counts, Earlier line, text assembly), next to what
 //! re-tokenizing the resulting window once would cost — the work the cached, additive counts
 //! save on every call.
 
@@ -48,10 +49,16 @@ fn main() {
         "context build over {RECORDS} records (cl100k_base, warm caches, {SAMPLES} samples per row)"
     );
     println!(
-        "{:>8} {:>8} {:>7} {:>10} {:>10} {:>14}",
-        "budget", "tokens", "shown", "p50", "p99", "recount once"
+        "{:>8} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>14}",
+        "budget", "tokens", "shown", "whole", "headline", "p50", "p99", "recount once"
     );
-    for budget in BUDGETS {
+    // `RECAP_BENCH_BUDGETS=2000` measures one budget (for a profiler).
+    let budgets: Vec<u32> = std::env::var("RECAP_BENCH_BUDGETS").map_or(BUDGETS.to_vec(), |list| {
+        list.split(',')
+            .filter_map(|b| b.trim().parse().ok())
+            .collect()
+    });
+    for budget in budgets {
         let request = ContextRequest::new(budget, encoding);
         let window = context::build(&state.view(), &request, now); // warms the caches
         let mut samples: Vec<Duration> = (0..SAMPLES)
@@ -75,10 +82,12 @@ fn main() {
             started.elapsed() / 20
         };
         println!(
-            "{:>8} {:>8} {:>7} {:>10} {:>10} {:>14}",
+            "{:>8} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>14}",
             budget,
             window.tokens,
             window.totals.shown_records,
+            window.totals.shown_whole,
+            window.totals.shown_headlines,
             human(quantile(&mut samples, 0.5)),
             human(quantile(&mut samples, 0.99)),
             human(recount),

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rustc_hash::FxHasher;
 
 use crate::event::{Note, Record};
+
+use super::HEADLINE_TOKENS;
 use crate::render::{self, ClippedLine};
 use crate::tokens::{Encoding, TokenCounts};
 
@@ -46,6 +48,9 @@ pub struct CachedRecord {
     token_ends: [OnceLock<Box<[u32]>>; 2],
     /// Hashes of the message's body lines, sorted and distinct (see [`Self::body`]).
     body: OnceLock<Box<[u64]>>,
+    /// Per encoding, the headline at [`HEADLINE_TOKENS`], the cap nearly every build uses:
+    /// read without a lock.
+    headlines: [OnceLock<Option<Arc<ClippedLine>>>; 2],
 }
 
 /// A record's cost at one level, and the cut line when the level shows less than the full line.
@@ -67,6 +72,7 @@ impl CachedRecord {
             cuts: Mutex::new(Vec::new()),
             token_ends: [OnceLock::new(), OnceLock::new()],
             body: OnceLock::new(),
+            headlines: [OnceLock::new(), OnceLock::new()],
         }
     }
 
@@ -117,7 +123,18 @@ impl CachedRecord {
         cap: u32,
         tokenize: bool,
     ) -> Option<Option<Arc<ClippedLine>>> {
-        self.cut(encoding, cap, Shape::Headline, tokenize)
+        if cap != HEADLINE_TOKENS {
+            return self.cut(encoding, cap, Shape::Headline, tokenize);
+        }
+        let slot = &self.headlines[encoding.index()];
+        match slot.get() {
+            Some(headline) => Some(headline.clone()),
+            None if tokenize => Some(
+                slot.get_or_init(|| render::headline(&self.record, encoding, cap).map(Arc::new))
+                    .clone(),
+            ),
+            None => None,
+        }
     }
 
     fn cut(

@@ -1,18 +1,14 @@
 //! Which records compete for a window, what places some of them ahead of ranking, and what
 //! each costs at each level of detail.
 //!
-//! Gathering needs no token counts: it walks back from the newest record, skipping what the
-//! request's filters leave out (so a filter reaches as far back as the stream's memory goes),
-//! and adds the records that must stay in reach however old they are: severe ones, the goal
-//! records, and records of kinds the request's weights raise. Costing then walks the gathered
-//! records newest first and stops taking ordinary ones once they could fill the budget several
-//! times over (the must-keep ones are always taken). The store gathers under the stream's lock
-//! and, when costing finds something not yet counted, costs a copy outside it.
+//! The walk goes back from the newest record, skipping what the request's filters leave out (so
+//! a filter reaches as far back as the stream's memory goes), until the records could fill the
+//! budget several times over; then come the records that must stay in reach however old they
+//! are: severe ones, the goal records, and records of kinds the request's weights raise.
 
-use std::borrow::Borrow;
 use std::sync::Arc;
 
-use crate::event::{Record, Severity, Timestamp};
+use crate::event::{Record, Timestamp};
 use crate::render::ClippedLine;
 
 use super::cache::{CachedRecord, Piece};
@@ -22,7 +18,7 @@ use super::{
     NEWEST_SHARE_DIVISOR, NOTE_ID_KEY, StreamView, TOKENS_PER_CANDIDATE,
 };
 
-/// How a gathered record takes part.
+/// How a record takes part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Standing {
     /// It competes for a place, in this role.
@@ -33,20 +29,7 @@ pub enum Standing {
     Forgotten,
 }
 
-/// A gathered record.
-#[derive(Clone, Debug)]
-pub struct Entry<R> {
-    /// The record.
-    pub record: R,
-    /// How it takes part.
-    pub standing: Standing,
-    /// Its score.
-    pub score: f64,
-    /// Whether it is kept in the running however far back it is (severe, goal, raised kind).
-    pub must: bool,
-}
-
-/// A gathered record with its costs.
+/// A record that takes part in a window, with its costs.
 pub struct Contender<'a> {
     /// The record.
     pub record: &'a Arc<CachedRecord>,
@@ -79,22 +62,29 @@ impl Contender<'_> {
     }
 }
 
-/// The most records gathered by walking back from the newest (and again at most as many of
-/// raised kinds beyond them).
+/// The most records a walk back from the newest takes (and again at most as many of raised
+/// kinds beyond them).
 pub fn max_window(request: &ContextRequest) -> usize {
     ((request.budget / TOKENS_PER_CANDIDATE) as usize).max(MIN_CANDIDATES)
 }
 
-/// Gathers the records that may compete, newest first. `shown_notes` are the ids of the notes
-/// in the Notes section.
-pub fn gather<'a>(
+/// The records of `view` that take part in a window for `request` at `now`, oldest first, with
+/// their costs; `shown_notes` are the ids of the notes in the Notes section. `None` when
+/// `tokenize` is false and a record is not counted yet.
+///
+/// The walk goes back from the newest record, skipping what the filters leave out, and takes
+/// records until their cheapest lines add up to [`CANDIDATE_COST_FACTOR`] budgets (at least
+/// [`MIN_CANDIDATES`] of them) or [`max_window`] of them compete. Older records that must stay
+/// in reach follow: severe ones, the goal records, and records of kinds the weights raise.
+pub fn contenders<'a>(
     view: &StreamView<'a>,
     request: &ContextRequest,
     now: Timestamp,
     shown_notes: &[u64],
-) -> Vec<Entry<&'a Arc<CachedRecord>>> {
+    tokenize: bool,
+) -> Option<Vec<Contender<'a>>> {
     let Some(newest) = view.records.last().map(|r| r.record()) else {
-        return Vec::new();
+        return Some(Vec::new());
     };
     let live_notes: Vec<u64> = view
         .notes
@@ -113,15 +103,15 @@ pub fn gather<'a>(
             .collect()
     };
     let raised = request.weights.raised_kinds();
-    let window = max_window(request);
+    let costs = Costs::new(request);
     let mut kind_weights: Vec<(&str, f64)> = Vec::with_capacity(16);
-    let mut entry = |cached: &'a Arc<CachedRecord>, must: bool| {
+    let mut contender = |cached: &'a Arc<CachedRecord>| {
         let record = cached.record();
         let is_goal = goals.contains(&record.seq);
         let standing = match note_id_of(record) {
             Some(id) if shown_notes.contains(&id) => Standing::Pinned,
             Some(id) if !live_notes.contains(&id) => Standing::Forgotten,
-            // Roles are given once everything is gathered, in order.
+            // Roles are given once the walk is done.
             _ => Standing::Competes(Role::Plain),
         };
         // A record still repeating is as fresh as the newest one, and a goal never goes stale.
@@ -139,27 +129,33 @@ pub fn gather<'a>(
                 weight
             }
         };
-        Entry {
-            record: cached,
-            standing,
-            score: request.weights.combine(kind_weight, record.severity, age),
-            must: must || is_goal || is_severe(record) || raised.contains(&kind),
-        }
+        let score = request.weights.combine(kind_weight, record.severity, age);
+        Some(
+            costs
+                .of(cached, standing, costs.cap, tokenize)?
+                .with_score(score),
+        )
     };
 
-    let mut gathered = Vec::new();
-    let mut competing = 0usize;
+    let window = max_window(request);
+    let goal = u64::from(request.budget) * CANDIDATE_COST_FACTOR;
+    let mut contenders: Vec<Contender<'a>> = Vec::new();
+    let (mut competing, mut spent) = (0usize, 0u64);
     let mut walked = view.records.len();
     for (position, cached) in view.records.iter().enumerate().rev() {
-        if competing >= window {
+        if contenders.len() >= window || (competing >= MIN_CANDIDATES && spent >= goal) {
             break;
         }
         walked = position;
-        if request.filter.admits(cached.record()) {
-            let entry = entry(cached, false);
-            competing += usize::from(matches!(entry.standing, Standing::Competes(_)));
-            gathered.push(entry);
+        if !request.filter.admits(cached.record()) {
+            continue;
         }
+        let contender = contender(cached)?;
+        if contender.competes() {
+            competing += 1;
+            spent += u64::from(contender.cheapest());
+        }
+        contenders.push(contender);
     }
     let oldest_walked = view
         .records
@@ -186,21 +182,36 @@ pub fn gather<'a>(
     older.dedup_by_key(|cached| cached.record().seq);
     for cached in older {
         if request.filter.admits(cached.record()) {
-            gathered.push(entry(cached, true));
+            contenders.push(contender(cached)?);
         }
     }
-    // Ahead of ranking: the records that hold the newest events (a repeat can make an older
-    // record the latest to happen), then the goals.
-    let mut newest: Vec<(Timestamp, u64, usize)> = gathered
+    assign_roles(&mut contenders, &goals, request.weights.newest_kept);
+    // The newest record may take a larger share than the line cap.
+    if let Some(newest) = contenders
+        .iter_mut()
+        .find(|c| c.standing == Standing::Competes(Role::Newest))
+    {
+        *newest = costs
+            .of(newest.record, newest.standing, costs.newest_cap, tokenize)?
+            .with_score(newest.score);
+    }
+    contenders.reverse();
+    Some(contenders)
+}
+
+/// Ahead of ranking: the records that hold the newest events (a repeat can make an older record
+/// the latest to happen), then the goals.
+fn assign_roles(contenders: &mut [Contender<'_>], goals: &[u64], newest_kept: usize) {
+    let mut newest: Vec<(Timestamp, u64, usize)> = contenders
         .iter()
         .enumerate()
-        .filter(|(_, entry)| matches!(entry.standing, Standing::Competes(_)))
-        .map(|(index, entry)| {
-            let record = entry.record.record();
+        .filter(|(_, contender)| contender.competes())
+        .map(|(index, contender)| {
+            let record = contender.record.record();
             (record.last_ts, record.seq, index)
         })
         .collect();
-    let kept = request.weights.newest_kept.min(newest.len());
+    let kept = newest_kept.min(newest.len());
     if kept > 0 {
         newest.select_nth_unstable_by(kept - 1, |a, b| b.cmp(a));
         newest[..kept].sort_unstable_by(|a, b| b.cmp(a));
@@ -211,55 +222,54 @@ pub fn gather<'a>(
         } else {
             Role::Recent
         };
-        gathered[index].standing = Standing::Competes(role);
+        contenders[index].standing = Standing::Competes(role);
     }
-    for entry in &mut gathered {
-        if entry.standing == Standing::Competes(Role::Plain)
-            && goals.contains(&entry.record.record().seq)
+    for contender in contenders.iter_mut() {
+        if contender.standing == Standing::Competes(Role::Plain)
+            && goals.contains(&contender.record.record().seq)
         {
-            entry.standing = Standing::Competes(Role::Goal);
+            contender.standing = Standing::Competes(Role::Goal);
         }
     }
-    gathered
 }
 
-/// Costs gathered records, newest first as gathered, and returns the contenders oldest first:
-/// ordinary records until their cheapest lines add up to [`CANDIDATE_COST_FACTOR`] budgets (at
-/// least [`MIN_CANDIDATES`] of them), must-keep records all. `None` when `tokenize` is false and
-/// a record is not counted yet.
-pub fn cost<'a, R: Borrow<Arc<CachedRecord>>>(
-    gathered: &'a [Entry<R>],
-    request: &ContextRequest,
-    tokenize: bool,
-) -> Option<Vec<Contender<'a>>> {
-    let encoding = request.encoding;
-    let cap = request.line_cap();
-    let newest_cap = cap.max(request.budget / NEWEST_SHARE_DIVISOR);
-    let headline_cap = HEADLINE_TOKENS.min(cap);
-    let goal = u64::from(request.budget) * CANDIDATE_COST_FACTOR;
-    let mut spent = 0u64;
-    let mut ordinary = 0usize;
-    let mut contenders = Vec::with_capacity(gathered.len());
-    for entry in gathered {
-        let full = spent >= goal && ordinary >= MIN_CANDIDATES;
-        if full && !entry.must {
-            continue;
+/// How records are costed for one request.
+struct Costs {
+    encoding: crate::tokens::Encoding,
+    cap: u32,
+    newest_cap: u32,
+    headline_cap: u32,
+}
+
+impl Costs {
+    fn new(request: &ContextRequest) -> Costs {
+        let cap = request.line_cap();
+        Costs {
+            encoding: request.encoding,
+            cap,
+            newest_cap: cap.max(request.budget / NEWEST_SHARE_DIVISOR),
+            headline_cap: HEADLINE_TOKENS.min(cap),
         }
-        let cached: &'a Arc<CachedRecord> = entry.record.borrow();
-        let line_cap = match entry.standing {
-            Standing::Competes(Role::Newest) => newest_cap,
-            _ => cap,
-        };
-        let mut whole = cached.whole(encoding, line_cap, tokenize)?;
-        let long = whole.tokens > headline_cap || whole.cut.is_some();
-        let mut headline = if long && entry.standing != Standing::Forgotten {
-            cached.headline(encoding, headline_cap, tokenize)?
+    }
+
+    /// A record's costs with its line capped at `cap` (the score is filled in by the caller).
+    fn of<'a>(
+        &self,
+        cached: &'a Arc<CachedRecord>,
+        standing: Standing,
+        cap: u32,
+        tokenize: bool,
+    ) -> Option<Contender<'a>> {
+        let mut whole = cached.whole(self.encoding, cap, tokenize)?;
+        let long = whole.tokens > self.headline_cap || whole.cut.is_some();
+        let mut headline = if long && standing != Standing::Forgotten {
+            cached.headline(self.encoding, self.headline_cap, tokenize)?
         } else {
             None
         };
         let mut headline_only = false;
         if let Some(line) = headline.take() {
-            if line.tokens < whole.tokens && whole.tokens > headline_cap {
+            if line.tokens < whole.tokens && whole.tokens > self.headline_cap {
                 headline = Some(line);
             } else if whole.cut.is_some() {
                 headline_only = true;
@@ -269,21 +279,28 @@ pub fn cost<'a, R: Borrow<Arc<CachedRecord>>>(
                 };
             }
         }
-        if matches!(entry.standing, Standing::Competes(_)) && !entry.must {
-            ordinary += 1;
-            spent += u64::from(headline.as_ref().map_or(whole.tokens, |h| h.tokens));
-        }
-        contenders.push(Contender {
+        Some(Contender {
             record: cached,
-            standing: entry.standing,
-            score: entry.score,
+            standing,
+            score: 0.0,
             whole,
             headline,
             headline_only,
-        });
+        })
     }
-    contenders.reverse();
-    Some(contenders)
+}
+
+impl<'a> Contender<'a> {
+    fn with_score(self, score: f64) -> Contender<'a> {
+        Contender { score, ..self }
+    }
+
+    /// Tokens of its cheapest line.
+    fn cheapest(&self) -> u32 {
+        self.headline
+            .as_ref()
+            .map_or(self.whole.tokens, |headline| headline.tokens)
+    }
 }
 
 /// The note a record is the audit copy of (the store logs every note as a `note` event with
@@ -293,11 +310,6 @@ pub fn note_id_of(record: &Record) -> Option<u64> {
         return None;
     }
     record.payload.as_ref()?.get(NOTE_ID_KEY)?.as_u64()
-}
-
-/// Whether a record is kept in reach as severe.
-fn is_severe(record: &Record) -> bool {
-    record.severity >= Severity::Error
 }
 
 /// Whether a record states what the agent was asked.

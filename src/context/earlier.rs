@@ -1,7 +1,7 @@
 //! The Earlier summary and the room it needs: what is left out depends on what is shown, and
 //! what can be shown depends on how much room the summary of the rest takes.
 
-use crate::event::Timestamp;
+use crate::event::{Kind, Timestamp};
 use crate::render::{self, EarlierForm, EarlierSummary};
 
 use super::candidates::{Contender, Standing};
@@ -27,8 +27,9 @@ pub fn choose(
     recent_header: u32,
 ) -> (Packing, Option<Earlier>) {
     let encoding = request.encoding;
+    let moves = pack::moves(items);
     if view.totals.records == 0 {
-        return (pack::pack(items, 0, |_, _| false), None);
+        return (pack::pack(items, &moves, 0, |_, _| false), None);
     }
     let competing: Vec<usize> = (0..contenders.len())
         .filter(|&index| contenders[index].competes())
@@ -56,7 +57,7 @@ pub fn choose(
             .all(|contender| contender.standing != Standing::Forgotten);
     if everything_listed && whole_cost + u64::from(recent_header) <= u64::from(remaining) {
         return (
-            pack::pack(items, remaining - recent_header, same_body),
+            pack::pack(items, &moves, remaining - recent_header, same_body),
             None,
         );
     }
@@ -73,7 +74,7 @@ pub fn choose(
             let Some(available) = remaining.checked_sub(recent_header + reserve) else {
                 break;
             };
-            packing = pack::pack(items, available, same_body);
+            packing = pack::pack(items, &moves, available, same_body);
             if !packing.shows_any() {
                 break;
             }
@@ -125,7 +126,8 @@ pub fn summary(
     levels: &[Level],
 ) -> EarlierSummary {
     let totals = view.totals;
-    let mut kinds = totals.kinds.clone();
+    // Events shown per kind: few kinds, so a list, subtracted from the totals below.
+    let mut shown_kinds: Vec<(&Kind, u64)> = Vec::with_capacity(16);
     let mut severities = totals.severities;
     let mut events = totals.events;
     let mut records = totals.records;
@@ -145,14 +147,25 @@ pub fn summary(
             records -= 1;
             events -= record.repeat_count;
             severities[record.severity.index()] -= record.repeat_count;
-            if let Some(count) = kinds.get_mut(&record.kind) {
-                *count -= record.repeat_count;
+            match shown_kinds
+                .iter_mut()
+                .find(|(kind, _)| **kind == record.kind)
+            {
+                Some((_, count)) => *count += record.repeat_count,
+                None => shown_kinds.push((&record.kind, record.repeat_count)),
             }
         } else {
             first_elided = Some(first_elided.map_or(record.first_ts, |t| t.min(record.first_ts)));
             last_elided = Some(last_elided.map_or(record.last_ts, |t| t.max(record.last_ts)));
         }
     }
+    let kinds = totals.kinds.iter().map(|(kind, count)| {
+        let shown = shown_kinds
+            .iter()
+            .find(|(shown, _)| *shown == kind)
+            .map_or(0, |(_, count)| *count);
+        (kind, count - shown)
+    });
     // Records older than the contenders are not shown; the oldest of them is the stream's first.
     let unlisted = totals.records - contenders.len() as u64;
     if unlisted > 0 || !shown_any {
@@ -169,7 +182,6 @@ pub fn summary(
         last_elided = last_elided.max(newest_filtered);
     }
     let mut kinds: Vec<(String, u64)> = kinds
-        .into_iter()
         .filter(|(_, count)| *count > 0)
         .map(|(kind, count)| (kind.as_str().to_owned(), count))
         .collect();

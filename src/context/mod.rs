@@ -45,7 +45,7 @@ pub use cache::{CachedNote, CachedRecord};
 pub use pack::{Level, Reason};
 pub use totals::Totals;
 
-use candidates::{Contender, Entry, Standing};
+use candidates::{Contender, Standing};
 use pack::{Item, Packing};
 
 /// Budget used when a request names none.
@@ -63,8 +63,9 @@ pub const NEWEST_SHARE_DIVISOR: u32 = 4;
 /// A headline takes at most this many tokens (or the line cap, if smaller).
 pub const HEADLINE_TOKENS: u32 = 48;
 /// Ordinary candidates are the newest records whose cheapest lines add up to this many budgets:
-/// enough choice for packing, few enough that a build does not walk a long history.
-pub const CANDIDATE_COST_FACTOR: u64 = 4;
+/// enough choice for packing (older severe and goal records compete besides), few enough that a
+/// build does not walk a long history.
+pub const CANDIDATE_COST_FACTOR: u64 = 2;
 /// At most `budget / TOKENS_PER_CANDIDATE` of the newest records compete (a line is rarely
 /// under 8 tokens, so at most half of these could fit), which bounds the walk for tiny records.
 pub const TOKENS_PER_CANDIDATE: u32 = 4;
@@ -252,31 +253,60 @@ fn header_tokens(encoding: Encoding, header: &str) -> u32 {
     encoding.count_fragments(header)
 }
 
-/// The records a build of `request` may walk, cloned out of the stream's view, to be counted
-/// with [`prepare`] once the stream's lock is released.
-pub fn unprepared(view: &StreamView<'_>, request: &ContextRequest, now: Timestamp) -> Unprepared {
-    let shown_notes = shown_note_ids(view, request, now);
-    Unprepared {
-        gathered: candidates::gather(view, request, now, &shown_notes)
-            .into_iter()
-            .map(|entry| Entry {
-                record: Arc::clone(entry.record),
-                standing: entry.standing,
-                score: entry.score,
-                must: entry.must,
+/// What a build of `request` may walk, copied out of the stream's view (the records are shared,
+/// not cloned), to be counted with [`prepare`] once the stream's lock is released.
+pub fn unprepared(view: &StreamView<'_>, request: &ContextRequest) -> Unprepared {
+    // A walk takes at most `max_window` records the filters admit, unless raised weights send
+    // it further back: copy what it can reach.
+    let reach = if request.weights.raised_kinds().is_empty() {
+        let window = candidates::max_window(request);
+        let mut admitted = 0;
+        view.records
+            .iter()
+            .rposition(|cached| {
+                admitted += usize::from(request.filter.admits(cached.record()));
+                admitted > window
             })
-            .collect(),
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    Unprepared {
+        notes: view.notes.to_vec(),
+        records: view.records[reach..].to_vec(),
+        severe: view.severe.to_vec(),
+        goals: view.goals.to_vec(),
+        latest_goal: view.latest_goal.cloned(),
+        totals: view.totals.clone(),
     }
 }
 
-/// The records a build may walk, as gathered (newest first).
+/// A copy of what a build may walk (see [`unprepared`]).
 pub struct Unprepared {
-    gathered: Vec<Entry<Arc<CachedRecord>>>,
+    notes: Vec<Arc<CachedNote>>,
+    records: Vec<Arc<CachedRecord>>,
+    severe: Vec<Arc<CachedRecord>>,
+    goals: Vec<Arc<CachedRecord>>,
+    latest_goal: Option<Arc<CachedRecord>>,
+    totals: Totals,
 }
 
-/// Counts, clips and headlines what a build of `request` will cost, as it will cost it.
-pub fn prepare(unprepared: &Unprepared, request: &ContextRequest) {
-    candidates::cost(&unprepared.gathered, request, true);
+/// Counts, clips and headlines what a build of `request` at `now` will cost, by building it on
+/// the copy: the same walk over the same records.
+pub fn prepare(unprepared: &Unprepared, request: &ContextRequest, now: Timestamp) {
+    let view = StreamView {
+        notes: &unprepared.notes,
+        records: &unprepared.records,
+        severe: &unprepared.severe,
+        goals: &unprepared.goals,
+        latest_goal: unprepared.latest_goal.as_ref(),
+        totals: &unprepared.totals,
+        older_last_ts: None,
+    };
+    let mut remaining = request.budget;
+    let (notes, _) = select_notes(view.notes, request.encoding, now, &mut remaining);
+    let shown_notes: Vec<u64> = notes.iter().map(|note| note.note().id).collect();
+    candidates::contenders(&view, request, now, &shown_notes, true);
 }
 
 /// Builds the context window for `request` over `view` at `now`, tokenizing what it needs.
@@ -310,8 +340,7 @@ fn build_with(
     let mut remaining = request.budget;
     let (notes, notes_cut) = select_notes(view.notes, encoding, now, &mut remaining);
     let shown_notes: Vec<u64> = notes.iter().map(|note| note.note().id).collect();
-    let gathered = candidates::gather(view, request, now, &shown_notes);
-    let contenders = candidates::cost(&gathered, request, tokenize)?;
+    let contenders = candidates::contenders(view, request, now, &shown_notes, tokenize)?;
     let items: Vec<Item> = contenders
         .iter()
         .filter_map(|contender| {
@@ -321,6 +350,7 @@ fn build_with(
                 whole: contender.whole.tokens,
                 headline: contender.headline.as_ref().map(|headline| headline.tokens),
                 role: contender.role()?,
+                has_body: !contender.record.body().is_empty(),
             })
         })
         .collect();
@@ -337,16 +367,6 @@ fn build_with(
         earlier,
         recent_header,
     ))
-}
-
-/// The ids of the notes a build of `request` shows in its Notes section.
-fn shown_note_ids(view: &StreamView<'_>, request: &ContextRequest, now: Timestamp) -> Vec<u64> {
-    let mut remaining = request.budget;
-    select_notes(view.notes, request.encoding, now, &mut remaining)
-        .0
-        .iter()
-        .map(|note| note.note().id)
-        .collect()
 }
 
 /// The newest live notes that fit, oldest first, and how many live notes were cut.
@@ -633,7 +653,7 @@ mod tests {
             request.filter.kinds = kinds.map(|kinds| kinds.iter().map(|k| Kind::new(k).unwrap()).collect());
             let now = t0() + TimeDelta::days(1);
             let prepared = replay(&events, &notes, 4_096);
-            prepare(&unprepared(&prepared.view(), &request, now), &request);
+            prepare(&unprepared(&prepared.view(), &request), &request, now);
             let ready = build_if_ready(&prepared.view(), &request, now);
             let cold = build(&replay(&events, &notes, 4_096).view(), &request, now);
             prop_assert_eq!(ready, Some(cold));

@@ -10,11 +10,17 @@
 //! the rest. So many records get headlines before a few get their full text, and a long
 //! record is shown whole when it matters enough: fresh, severe, or of an important kind.
 //!
-//! A record whose body is mostly another whole record's body (the same dump under two kinds) is
-//! not upgraded: its headline points at the same text.
+//! A record whose body is mostly the body of a record shown whole nearby (the same dump under
+//! two kinds) is not upgraded: its headline says it happened, and its receipt names the other.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// A record's body is compared with the bodies of records shown whole at most this many seqs
+/// before or after it: a dump is quoted soon after it appears (a failed check, then the report
+/// that cites it), and the bound keeps the comparisons few however large the window.
+pub const DUPLICATE_REACH: u64 = 32;
 /// The share of a record's score its headline is worth; the whole line is worth all of it.
 pub const HEADLINE_VALUE: f64 = 0.5;
 
@@ -77,6 +83,9 @@ pub struct Item {
     pub headline: Option<u32>,
     /// What places it ahead of ranking.
     pub role: Role,
+    /// Whether its body is long enough to be compared with others' (see `same_body` of
+    /// [`pack`]).
+    pub has_body: bool,
 }
 
 impl Item {
@@ -120,20 +129,26 @@ impl Packing {
 
 /// A step of the greedy fill.
 #[derive(Clone, Copy, Debug)]
-struct Move {
+pub struct Move {
     index: usize,
     /// Score gained per token.
     density: f64,
     upgrade: bool,
 }
 
-/// Chooses a level for every item so that the shown lines cost at most `available`.
-/// `same_body(a, b)` says whether items `a` and `b` show mostly the same body.
-pub fn pack(items: &[Item], available: u32, same_body: impl Fn(usize, usize) -> bool) -> Packing {
+/// Chooses a level for every item so that the shown lines cost at most `available`, taking
+/// `moves` (from [`moves`], which does not depend on `available`) in order. `same_body(a, b)`
+/// says whether items `a` and `b`, both with `has_body`, show mostly the same body.
+pub fn pack(
+    items: &[Item],
+    moves: &[Move],
+    available: u32,
+    same_body: impl Fn(usize, usize) -> bool,
+) -> Packing {
     let mut packer = Packer {
         items,
         remaining: available,
-        wholes: Vec::new(),
+        wholes: BTreeMap::new(),
         packing: Packing {
             levels: vec![Level::Folded; items.len()],
             reasons: vec![Reason::Budget; items.len()],
@@ -158,7 +173,7 @@ pub fn pack(items: &[Item], available: u32, same_body: impl Fn(usize, usize) -> 
     }
 
     let mut repeats: Vec<Option<usize>> = vec![None; items.len()];
-    for step in moves(items) {
+    for &step in moves {
         if packer.remaining == 0 {
             break;
         }
@@ -179,9 +194,17 @@ pub fn pack(items: &[Item], available: u32, same_body: impl Fn(usize, usize) -> 
             continue;
         }
         // A body already in the window is not paid for again: the headline says it happened.
-        if let Some(&original) = packer.wholes.iter().find(|&&other| same_body(index, other)) {
-            repeats[index] = Some(original);
-            continue;
+        if item.has_body {
+            let near = item.seq.saturating_sub(DUPLICATE_REACH)..=item.seq + DUPLICATE_REACH;
+            let original = packer
+                .wholes
+                .range(near)
+                .map(|(_, &other)| other)
+                .find(|&other| same_body(index, other));
+            if let Some(original) = original {
+                repeats[index] = Some(original);
+                continue;
+            }
         }
         packer.place(index, Level::Whole, reason);
     }
@@ -199,8 +222,8 @@ pub fn pack(items: &[Item], available: u32, same_body: impl Fn(usize, usize) -> 
 struct Packer<'i> {
     items: &'i [Item],
     remaining: u32,
-    /// Items shown whole, which a duplicate's body is compared with: few, so a list.
-    wholes: Vec<usize>,
+    /// Items with a body shown whole, by seq: what a duplicate's body is compared with.
+    wholes: BTreeMap<u64, usize>,
     packing: Packing,
 }
 
@@ -216,15 +239,15 @@ impl Packer<'_> {
         self.packing.tokens += extra;
         self.packing.levels[index] = level;
         self.packing.reasons[index] = reason;
-        if level == Level::Whole {
-            self.wholes.push(index);
+        if level == Level::Whole && item.has_body {
+            self.wholes.insert(item.seq, index);
         }
         true
     }
 }
 
 /// Every move of the greedy fill, best value per token first (newer first on ties).
-fn moves(items: &[Item]) -> Vec<Move> {
+pub fn moves(items: &[Item]) -> Vec<Move> {
     let mut moves: Vec<Move> = Vec::with_capacity(items.len() * 2);
     for (index, item) in items.iter().enumerate() {
         let score = item.score.max(0.0);
@@ -270,7 +293,12 @@ mod tests {
             whole,
             headline,
             role,
+            has_body: true,
         }
+    }
+
+    fn pack(items: &[Item], available: u32, same_body: impl Fn(usize, usize) -> bool) -> Packing {
+        super::pack(items, &moves(items), available, same_body)
     }
 
     fn never(_: usize, _: usize) -> bool {

@@ -6,7 +6,7 @@ use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{EventError, Note, StreamName, parse_timestamp};
+use crate::event::{EventError, Note, StreamName, format_timestamp, parse_timestamp};
 
 use super::App;
 use super::body::{self, Body};
@@ -48,6 +48,18 @@ pub async fn post(
             })
         })
         .transpose()?;
+    if let Some(expires_at) = expires_at.filter(|at| *at <= now) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "expired_note",
+            format!(
+                "expires_at {} is already past (now {}): the note would never be shown; give a time in the future, or leave expires_at out for a note that never expires",
+                format_timestamp(&expires_at),
+                format_timestamp(&now)
+            ),
+        )
+        .with_field("expires_at"));
+    }
     let note = app
         .metrics
         .commit(app.store.add_note(&stream, input.text, expires_at, now))

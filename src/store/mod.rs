@@ -562,8 +562,8 @@ impl Store {
         if ready.is_some() {
             return ready;
         }
-        let cold = context::unprepared(&writer::read(&slot.live).state.view(), request, now);
-        context::prepare(&cold, request);
+        let cold = context::unprepared(&writer::read(&slot.live).state.view(), request);
+        context::prepare(&cold, request, now);
         let live = writer::read(&slot.live);
         Some(context::build(&live.state.view(), request, now))
     }

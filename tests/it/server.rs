@@ -157,12 +157,13 @@ async fn the_agent_round_trip() {
         )
         .await;
     again.assert_error(404, "unknown_note", None);
+    // Forgotten: neither the note nor its audit record is in the window any more.
     assert!(
         !server
             .get("/v1/streams/agent-1/context")
             .await
             .text()
-            .contains("## Notes")
+            .contains("the user wants a patch")
     );
 
     // Stream stats, list, delete.
@@ -357,6 +358,19 @@ async fn every_error_path_has_its_status_and_code() {
         .post_json(notes, r#"{"text": "x"} trailing"#)
         .await
         .assert_error(400, "invalid_json", None);
+    // A note that has already expired would never be shown: refused, not silently dropped.
+    let expired = server
+        .post_json(
+            notes,
+            r#"{"text": "x", "expires_at": "2020-01-01T00:00:00Z"}"#,
+        )
+        .await;
+    expired.assert_error(400, "expired_note", Some("expires_at"));
+    assert!(
+        expired.text().contains("is already past"),
+        "{}",
+        expired.text()
+    );
     let put = |body: &'static [u8]| {
         server.request(
             Method::PUT,
