@@ -10,7 +10,8 @@
 //! - [`openintent`]: OpenIntent event types ↔ recap kinds and severities (pure mapping).
 //! - [`rank`]: scoring and selection within a budget (pure).
 //! - [`render`]: the only place that formats context text.
-//! - [`context`]: builds a context window from a stream snapshot (pure, deterministic).
+//! - [`context`]: builds a context window from a stream snapshot (pure, deterministic): record
+//!   caches, totals, candidates, packing by level of detail, the Earlier summary.
 //! - [`stream`]: one stream's live state in memory, shared by the store and offline replay.
 //! - [`store`]: durable history in one redb file; group-commit writer; tail caches; changelog.
 //! - [`trace`]: reading JSONL agent traces (the shared trace format) into events.
