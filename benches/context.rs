@@ -52,7 +52,8 @@ fn main() {
         "{:>8} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>14}",
         "budget", "tokens", "shown", "whole", "headline", "p50", "p99", "recount once"
     );
-    // `RECAP_BENCH_BUDGETS=2000` measures one budget (for a profiler).
+    // `RECAP_BENCH_BUDGETS=2000 RECAP_BENCH_SAMPLES=200` measures one budget, briefly (for a
+    // profiler).
     let budgets: Vec<u32> = std::env::var("RECAP_BENCH_BUDGETS").map_or(BUDGETS.to_vec(), |list| {
         list.split(',')
             .filter_map(|b| b.trim().parse().ok())
@@ -61,7 +62,11 @@ fn main() {
     for budget in budgets {
         let request = ContextRequest::new(budget, encoding);
         let window = context::build(&state.view(), &request, now); // warms the caches
-        let mut samples: Vec<Duration> = (0..SAMPLES)
+        let sample_count = std::env::var("RECAP_BENCH_SAMPLES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(SAMPLES);
+        let mut samples: Vec<Duration> = (0..sample_count)
             .map(|_| {
                 // What `Store::context` runs on a warm stream.
                 let started = Instant::now();

@@ -89,6 +89,17 @@ impl RawLog {
         self.lines[index].record()
     }
 
+    /// The token count of event `index`'s full line under `encoding`.
+    pub fn line_tokens(&self, index: usize, encoding: Encoding) -> u32 {
+        self.lines[index].tokens(encoding)
+    }
+
+    /// Whether a window with per-line `cap` that shows event `index` shows its full line, not a
+    /// clip of it.
+    pub fn unclipped(&self, index: usize, encoding: Encoding, cap: u32) -> bool {
+        self.line_tokens(index, encoding) <= cap
+    }
+
     /// Counts the full lines of events from `from` on under `encoding`, so that later window
     /// builds only add numbers (what a tail cache that counts on ingest would do).
     pub fn warm(&self, from: usize, encoding: Encoding) {
@@ -125,7 +136,7 @@ impl RawLog {
 
     /// Event `index`'s line as shown under `cap` (call after [`RawLog::cost`] said it fits).
     fn push_line(&mut self, out: &mut String, index: usize, encoding: Encoding, cap: u32) {
-        if self.lines[index].tokens(encoding) <= cap {
+        if self.unclipped(index, encoding, cap) {
             out.push_str(self.lines[index].line());
         } else if let Some(clip) = self.clip(index, encoding, cap) {
             out.push_str(&clip.text);

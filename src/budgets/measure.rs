@@ -2,10 +2,13 @@
 //! it shows (see [`super::metrics`] for what each number means).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::context::{self, ContextRequest, StreamView};
-use crate::event::{Kind, Record};
+use crate::context::{
+    self, CachedRecord, ContextRequest, ContextWindow, Level, NEWEST_SHARE_DIVISOR, StreamView,
+};
+use crate::event::Kind;
 use crate::tokens::Encoding;
 
 use super::baselines::BaselineWindow;
@@ -42,6 +45,7 @@ fn observe_recap(replay: &Replay<'_>, request: &ContextRequest) -> Observation {
     let window = context::build(&view, request, now);
     let build_time = started.elapsed();
 
+    // Shown at any level, whole or headline: the record is in view.
     let mut shown: Vec<u64> = window
         .items
         .iter()
@@ -49,15 +53,18 @@ fn observe_recap(replay: &Replay<'_>, request: &ContextRequest) -> Observation {
         .map(|item| item.seq)
         .collect();
     shown.sort_unstable();
+    let visible = |seq: u64| shown.binary_search(&seq).is_ok();
     let severe_visible = replay
         .severe()
         .iter()
-        .filter(|s| shown.binary_search(&s.record_seq).is_ok())
+        .filter(|s| visible(s.record_seq))
         .count() as u64;
+    let goal = replay.first_goal();
+    let (newest_total, newest_whole) = recap_newest(replay, &view, &window, request);
     let kinds: BTreeSet<&Kind> = shown
         .iter()
-        .filter_map(|seq| record_by_seq(&view, *seq))
-        .map(|record| &record.kind)
+        .filter_map(|seq| cached_by_seq(&view, *seq))
+        .map(|cached| &cached.record().kind)
         .collect();
     let (needles_total, needles_visible) = needles(replay, &window.text);
     let totals = &window.totals;
@@ -71,9 +78,42 @@ fn observe_recap(replay: &Replay<'_>, request: &ContextRequest) -> Observation {
         kinds_shown: kinds.len() as u64,
         severe_total: replay.severe().len() as u64,
         severe_visible,
+        task_total: u64::from(goal.is_some()),
+        task_visible: u64::from(goal.is_some_and(|g| visible(g.record_seq))),
+        newest_total,
+        newest_whole,
+        shown_whole: totals.shown_whole,
+        shown_headlines: totals.shown_headlines,
         needles_total,
         needles_visible,
     }
+}
+
+/// Whether the record the newest trace event landed in counts for "newest whole" (its full line
+/// takes at most a quarter of the budget), and whether recap showed it whole and unclipped.
+fn recap_newest(
+    replay: &Replay<'_>,
+    view: &StreamView<'_>,
+    window: &ContextWindow,
+    request: &ContextRequest,
+) -> (u64, u64) {
+    let Some(newest) = replay.newest() else {
+        return (0, 0);
+    };
+    // The newest trace event's record is in the tail: the collapse lookback stays inside it.
+    let Some(cached) = cached_by_seq(view, newest.record_seq) else {
+        debug_assert!(false, "record {} is not in the view", newest.record_seq);
+        return (0, 0);
+    };
+    if cached.tokens(request.encoding) > request.budget / NEWEST_SHARE_DIVISOR {
+        return (0, 0);
+    }
+    let whole = window
+        .items
+        .iter()
+        .find(|item| item.seq == newest.record_seq)
+        .is_some_and(|item| item.level == Level::Whole && !item.clipped);
+    (1, u64::from(whole))
 }
 
 fn observe_baseline(
@@ -99,6 +139,16 @@ fn observe_baseline(
         .iter()
         .filter(|s| s.raw_index >= first)
         .count() as u64;
+    let goal = replay.first_goal();
+    let (newest_total, newest_whole) = match replay.newest() {
+        Some(newest)
+            if log.line_tokens(newest.raw_index, encoding) <= budget / NEWEST_SHARE_DIVISOR =>
+        {
+            let whole = newest.raw_index >= first && log.unclipped(newest.raw_index, encoding, cap);
+            (1, u64::from(whole))
+        }
+        _ => (0, 0),
+    };
     let (needles_total, needles_visible) = needles(replay, &window.text);
     Observation {
         // The baseline already counted its whole text with the tokenizer.
@@ -111,6 +161,13 @@ fn observe_baseline(
         kinds_shown: kinds.len() as u64,
         severe_total: replay.severe().len() as u64,
         severe_visible,
+        task_total: u64::from(goal.is_some()),
+        task_visible: u64::from(goal.is_some_and(|g| g.raw_index >= first)),
+        newest_total,
+        newest_whole,
+        // Every line a baseline shows is the event's line, whole or clipped: no headlines.
+        shown_whole: shown,
+        shown_headlines: 0,
         needles_total,
         needles_visible,
     }
@@ -125,15 +182,17 @@ fn needles(replay: &Replay<'_>, text: &str) -> (u64, u64) {
         })
 }
 
-/// The record with `seq` in the view: in the tail (dense seqs) or among the older severe ones.
-fn record_by_seq<'v>(view: &StreamView<'v>, seq: u64) -> Option<&'v Record> {
+/// The record with `seq` in the view: in the tail (dense seqs), among the older severe ones or
+/// among the goals.
+fn cached_by_seq<'v>(view: &StreamView<'v>, seq: u64) -> Option<&'v Arc<CachedRecord>> {
     let first = view.records.first()?.record().seq;
     if seq >= first {
-        let record = view.records.get((seq - first) as usize)?.record();
-        return (record.seq == seq).then_some(record);
+        let cached = view.records.get((seq - first) as usize)?;
+        return (cached.record().seq == seq).then_some(cached);
     }
     view.severe
         .iter()
-        .map(|cached| cached.record())
-        .find(|record| record.seq == seq)
+        .chain(view.goals)
+        .chain(view.latest_goal)
+        .find(|cached| cached.record().seq == seq)
 }

@@ -4,17 +4,37 @@
 //!
 //! - **severe recall**: over every (moment, trace event of severity `error` or above applied
 //!   by then) pair, the fraction where the event is visible as a line: for recap, the record the
-//!   event landed in is shown (possibly clipped, possibly as `xN` when repeats were folded into
-//!   it); for a baseline, the event's own line is shown (possibly clipped). An event counted only
-//!   in a summary (the Earlier or roll-up line) is not visible. Planted critical needles are not
+//!   event landed in is shown at any level, whole (possibly clipped) or as a headline (possibly
+//!   as `xN` when repeats were folded into it), i.e. its receipt item is `included`; for a
+//!   baseline, the event's own line is shown (possibly clipped). An event counted only in a
+//!   summary (the Earlier or roll-up line) is not visible. Planted critical needles are not
 //!   counted here; they are needles. Pooled over moments and traces (micro-average), so a trace
 //!   with many errors weighs more than one with few.
+//! - **task visible**: over every moment at which the trace has had at least one event of kind
+//!   `task` or `user`, the fraction where the FIRST such trace event is visible: for recap, the
+//!   record it landed in is shown at any level (whole or headline); for a baseline, its own line
+//!   is shown (possibly clipped). That event states what the agent was asked; an agent that
+//!   cannot see it works from the latest observations alone. Pooled over moments and traces.
+//! - **newest whole**: over every moment at which the newest trace event's full line takes at
+//!   most a quarter of the budget (`budget / `[`crate::context::NEWEST_SHARE_DIVISOR`], the line
+//!   being [`crate::render::record_line`] counted with the request's encoding), the fraction
+//!   where that line is shown whole and not clipped. For recap the line is that of the record
+//!   the latest applied trace event landed in (a repeat lands in an older record, and its line
+//!   then carries the repeat count), and it is shown whole when its receipt item has level
+//!   `whole` and is not clipped; for a baseline it is the event's own raw line, shown unclipped.
+//!   Needles planted after the newest trace event do not change which event is the newest. The
+//!   newest observation is what an agent reacts to, so a policy should show it as it is whenever
+//!   it is short enough; moments where it is longer are not counted (the observations differ per
+//!   policy, as recap's line of a repeat carries its count). Pooled over moments and traces.
 //! - **needle recall**: over every (moment, needle planted by then) pair, the fraction where the
 //!   needle's marker occurs in the context text. Pooled the same way.
 //! - **tokens**: the context text counted by the tokenizer over the whole text (not the count a
 //!   policy reports about itself); `over_budget_moments` counts moments where it exceeded.
 //! - **shown / elided**: records (lines) shown and not shown, and the events they stand for;
 //!   for the baselines every event is its own record.
+//! - **shown whole / as headlines**: of the records shown, how many are shown whole (clipped or
+//!   not) and how many as headlines, averaged over moments. A baseline shows every line it
+//!   shows whole (clipped or not), so its headlines are 0.
 //! - **collapse ratio**: events / records of the stream at the end of each trace, pooled; 1 for
 //!   the baselines, which do not collapse.
 //! - **kinds shown**: distinct kinds among the shown lines, averaged over moments.
@@ -77,6 +97,18 @@ pub struct Observation {
     pub severe_total: u64,
     /// Of those, how many are visible as a line.
     pub severe_visible: u64,
+    /// 1 when the trace has had a `task` or `user` event by now, else 0.
+    pub task_total: u64,
+    /// 1 when the first of those is visible, else 0.
+    pub task_visible: u64,
+    /// 1 when the newest trace event's full line takes at most a quarter of the budget, else 0.
+    pub newest_total: u64,
+    /// 1 when, in addition, it is shown whole and unclipped, else 0.
+    pub newest_whole: u64,
+    /// Records shown whole (clipped or not).
+    pub shown_whole: u64,
+    /// Records shown as headlines.
+    pub shown_headlines: u64,
     /// Needles planted so far.
     pub needles_total: u64,
     /// Of those, how many markers are in the text.
@@ -98,6 +130,12 @@ pub struct Tally {
     kinds_shown: u64,
     severe_total: u64,
     severe_visible: u64,
+    task_total: u64,
+    task_visible: u64,
+    newest_total: u64,
+    newest_whole: u64,
+    shown_whole: u64,
+    shown_headlines: u64,
     needles_total: u64,
     needles_visible: u64,
     stream_events: u64,
@@ -119,6 +157,12 @@ impl Tally {
         self.kinds_shown += observation.kinds_shown;
         self.severe_total += observation.severe_total;
         self.severe_visible += observation.severe_visible;
+        self.task_total += observation.task_total;
+        self.task_visible += observation.task_visible;
+        self.newest_total += observation.newest_total;
+        self.newest_whole += observation.newest_whole;
+        self.shown_whole += observation.shown_whole;
+        self.shown_headlines += observation.shown_headlines;
         self.needles_total += observation.needles_total;
         self.needles_visible += observation.needles_visible;
         self.build_times.push(observation.build_time);
@@ -145,6 +189,12 @@ impl Tally {
         self.kinds_shown += other.kinds_shown;
         self.severe_total += other.severe_total;
         self.severe_visible += other.severe_visible;
+        self.task_total += other.task_total;
+        self.task_visible += other.task_visible;
+        self.newest_total += other.newest_total;
+        self.newest_whole += other.newest_whole;
+        self.shown_whole += other.shown_whole;
+        self.shown_headlines += other.shown_headlines;
         self.needles_total += other.needles_total;
         self.needles_visible += other.needles_visible;
         self.stream_events += other.stream_events;
@@ -168,12 +218,18 @@ impl Tally {
             moments: self.moments,
             severe_recall: fraction(self.severe_visible, self.severe_total),
             severe_observations: self.severe_total,
+            task_visible: fraction(self.task_visible, self.task_total),
+            task_observations: self.task_total,
+            newest_whole: fraction(self.newest_whole, self.newest_total),
+            newest_observations: self.newest_total,
             needle_recall: fraction(self.needles_visible, self.needles_total),
             needle_observations: self.needles_total,
             mean_tokens: mean(self.tokens_sum),
             max_tokens: self.tokens_max,
             over_budget_moments: self.over_budget,
             mean_shown_records: mean(self.shown_records),
+            mean_shown_whole: mean(self.shown_whole),
+            mean_shown_headlines: mean(self.shown_headlines),
             mean_shown_events: mean(self.shown_events),
             mean_elided_records: mean(self.elided_records),
             mean_elided_events: mean(self.elided_events),
@@ -215,6 +271,16 @@ pub struct Row {
     pub severe_recall: Option<f64>,
     /// (moment, severe event) pairs the recall is over.
     pub severe_observations: u64,
+    /// Fraction of moments where the trace's first `task`/`user` event is visible; `null` when
+    /// no trace had one.
+    pub task_visible: Option<f64>,
+    /// Moments the task fraction is over (those after a trace's first `task`/`user` event).
+    pub task_observations: u64,
+    /// Fraction of moments where the newest trace event's line is shown whole and unclipped,
+    /// among those where it takes at most a quarter of the budget; `null` when there were none.
+    pub newest_whole: Option<f64>,
+    /// Moments the newest-whole fraction is over (they differ per policy and budget).
+    pub newest_observations: u64,
     /// Needle recall as a fraction; `null` when no needle was planted.
     pub needle_recall: Option<f64>,
     /// (moment, needle) pairs the recall is over.
@@ -227,6 +293,10 @@ pub struct Row {
     pub over_budget_moments: u64,
     /// Mean records shown.
     pub mean_shown_records: f64,
+    /// Mean records shown whole (clipped or not); every shown line of a baseline.
+    pub mean_shown_whole: f64,
+    /// Mean records shown as headlines; 0 for the baselines.
+    pub mean_shown_headlines: f64,
     /// Mean events shown (repeats folded into shown records count).
     pub mean_shown_events: f64,
     /// Mean records not shown.
@@ -301,5 +371,69 @@ mod tests {
             Tally::default().row(key, CollapseMode::Exact).severe_recall,
             None
         );
+    }
+
+    #[test]
+    fn task_newest_and_levels_pool_over_moments_and_merge() {
+        let key = RowKey {
+            encoding: Encoding::Cl100kBase,
+            budget: 256,
+            policy: Policy::Recap,
+        };
+        let moment = |task: (u64, u64), newest: (u64, u64), levels: (u64, u64)| Observation {
+            task_total: task.0,
+            task_visible: task.1,
+            newest_total: newest.0,
+            newest_whole: newest.1,
+            shown_whole: levels.0,
+            shown_headlines: levels.1,
+            shown_records: levels.0 + levels.1,
+            ..Observation::default()
+        };
+        // Trace a: no task yet, then a task shown twice; the newest line is too long once.
+        let mut a = Tally::default();
+        a.add(&moment((0, 0), (1, 1), (4, 2)), 256);
+        a.add(&moment((1, 1), (0, 0), (6, 0)), 256);
+        a.add(&moment((1, 1), (1, 0), (5, 3)), 256);
+        a.end_trace(30, 20);
+        // Trace b: its task is lost; its newest line is always short and shown whole.
+        let mut b = Tally::default();
+        b.add(&moment((1, 0), (1, 1), (1, 1)), 256);
+        b.end_trace(10, 10);
+        a.merge(&b);
+        let row = a.row(key, CollapseMode::Exact);
+        assert_eq!(
+            (row.task_visible, row.task_observations),
+            (Some(2.0 / 3.0), 3)
+        );
+        assert_eq!(
+            (row.newest_whole, row.newest_observations),
+            (Some(2.0 / 3.0), 3)
+        );
+        assert_eq!(row.moments, 4);
+        assert_eq!(row.mean_shown_whole, 16.0 / 4.0);
+        assert_eq!(row.mean_shown_headlines, 6.0 / 4.0);
+        assert_eq!(
+            row.mean_shown_records,
+            row.mean_shown_whole + row.mean_shown_headlines
+        );
+        // No task and no short newest line anywhere: the fractions are undefined, not 0.
+        let mut none = Tally::default();
+        none.add(&moment((0, 0), (0, 0), (3, 0)), 256);
+        let row = none.row(key, CollapseMode::Exact);
+        assert_eq!((row.task_visible, row.task_observations), (None, 0));
+        assert_eq!((row.newest_whole, row.newest_observations), (None, 0));
+        let json = serde_json::to_value(&row).unwrap();
+        for field in [
+            "task_visible",
+            "task_observations",
+            "newest_whole",
+            "newest_observations",
+            "mean_shown_whole",
+            "mean_shown_headlines",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing from {json}");
+        }
+        assert_eq!(json["task_visible"], serde_json::Value::Null);
     }
 }

@@ -72,13 +72,14 @@ pub struct BudgetsArgs {
     /// Notes, and critical events, planted per trace.
     #[arg(long, default_value_t = needles::DEFAULT_NEEDLES, value_name = "N")]
     pub needles: usize,
-    /// Print JSON (`{"rows": [...]}`, recalls as fractions) instead of a table.
+    /// Print JSON (`{"rows": [...]}`, recalls and other shares as fractions) instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Also report every trace on its own.
     #[arg(long)]
     pub per_trace: bool,
-    /// Write a plot of recall against budget, one line per policy, to this SVG file.
+    /// Write a plot against budget (severe recall, task visible, newest whole, needle recall),
+    /// one line per policy, to this SVG file.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
 }

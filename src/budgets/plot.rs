@@ -1,5 +1,7 @@
-//! The SVG plot: recall against budget, one line per policy (per encoding when several), in two
-//! panels: severity ≥ error recall and needle recall.
+//! The SVG plot: what each policy keeps in view against budget, one line per policy (per
+//! encoding when several), in four panels of one scale (0 to 100%): severity ≥ error recall and
+//! task visible above, newest whole and needle recall below ([`super::metrics`] defines them).
+//! head+tail is drawn dashed, as it often coincides with recency.
 
 use std::error::Error;
 use std::path::Path;
@@ -11,11 +13,25 @@ use crate::tokens::Encoding;
 use super::BudgetsError;
 use super::metrics::{Policy, Row};
 
-/// Plot size in pixels: two panels side by side.
-const SIZE: (u32, u32) = (1_100, 460);
+/// Plot size in pixels: four panels, two by two.
+const SIZE: (u32, u32) = (1_100, 880);
 
-/// A recall read off a row.
+/// A fraction read off a row.
 type Metric = fn(&Row) -> Option<f64>;
+
+/// The panels, in reading order: title, y-axis label, metric.
+const PANELS: [(&str, &str, Metric); 4] = [
+    ("severity ≥ error recall", "events visible", |row| {
+        row.severe_recall
+    }),
+    ("task visible", "moments visible", |row| row.task_visible),
+    (
+        "newest whole (line ≤ budget/4)",
+        "moments shown whole",
+        |row| row.newest_whole,
+    ),
+    ("needle recall", "needles visible", |row| row.needle_recall),
+];
 
 /// Writes the plot of `rows` to `path`.
 pub fn write_svg(path: &Path, rows: &[Row]) -> Result<(), BudgetsError> {
@@ -53,12 +69,8 @@ fn draw(path: &Path, rows: &[Row]) -> Result<(), Box<dyn Error>> {
 
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, 2));
-    let metrics: [(&str, Metric); 2] = [
-        ("severity ≥ error recall", |row| row.severe_recall),
-        ("needle recall", |row| row.needle_recall),
-    ];
-    for (panel, (title, metric)) in panels.iter().zip(metrics) {
+    let panels = root.split_evenly((2, 2));
+    for (panel, (title, y_desc, metric)) in panels.iter().zip(PANELS) {
         let mut chart = ChartBuilder::on(panel)
             .caption(title, ("sans-serif", 20))
             .margin(14)
@@ -68,7 +80,7 @@ fn draw(path: &Path, rows: &[Row]) -> Result<(), Box<dyn Error>> {
         chart
             .configure_mesh()
             .x_desc("budget (tokens)")
-            .y_desc("recall")
+            .y_desc(y_desc)
             .x_labels(((high - low).round() as usize) + 1)
             .x_label_formatter(&|x| format!("{}", x.exp2().round()))
             .y_label_formatter(&|y| format!("{:.0}%", y * 100.0))
@@ -86,12 +98,17 @@ fn draw(path: &Path, rows: &[Row]) -> Result<(), Box<dyn Error>> {
                     policy.as_str().to_owned()
                 };
                 let color = color(policy);
-                chart
-                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-                    .label(label)
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled())
-                    });
+                let style = color.stroke_width(2);
+                // The baselines often coincide (the same newest events): head+tail is dashed so
+                // that recency shows through it.
+                let series = if policy == Policy::HeadTail {
+                    chart.draw_series(DashedLineSeries::new(points.clone(), 9, 6, style))?
+                } else {
+                    chart.draw_series(LineSeries::new(points.clone(), style))?
+                };
+                series.label(label).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled())
+                });
                 chart.draw_series(
                     points
                         .into_iter()
@@ -101,7 +118,7 @@ fn draw(path: &Path, rows: &[Row]) -> Result<(), Box<dyn Error>> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::MiddleRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;

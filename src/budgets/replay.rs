@@ -4,8 +4,13 @@
 //!
 //! Times come from the trace: each event is appended at its `ts`, a needle at the time of the
 //! event it follows, and a context is built "now" = the latest time appended.
+//!
+//! Besides the two logs, the replay locates the trace events the metrics ask about
+//! ([`super::metrics`]): every severe one, the first of kind `task` or `user` (the goal), and the
+//! newest one. Needles are not among them: they are measured as needles.
 
 use crate::collapse::CollapsePolicy;
+use crate::context::GOAL_KINDS;
 use crate::event::{Event, Record, Severity, Timestamp};
 use crate::stream::{StreamState, TailCapacity};
 use crate::trace::Trace;
@@ -14,9 +19,9 @@ use super::BudgetsError;
 use super::baselines::RawLog;
 use super::needles::{Needle, NeedleType};
 
-/// A trace event of severity `error` or above, located in both replays.
+/// A trace event located in both replays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SevereEvent {
+pub struct Located {
     /// The recap record it landed in (a repeat lands in an earlier record).
     pub record_seq: u64,
     /// Its index in the raw log.
@@ -32,7 +37,9 @@ pub struct Replay<'t> {
     planted: usize,
     state: StreamState,
     log: RawLog,
-    severe: Vec<SevereEvent>,
+    severe: Vec<Located>,
+    first_goal: Option<Located>,
+    newest: Option<Located>,
     now: Option<Timestamp>,
 }
 
@@ -58,6 +65,8 @@ impl<'t> Replay<'t> {
             state: StreamState::new(policy, TailCapacity::default()),
             log: RawLog::new(),
             severe: Vec::new(),
+            first_goal: None,
+            newest: None,
             now: None,
         })
     }
@@ -70,13 +79,19 @@ impl<'t> Replay<'t> {
             let event = self.trace.events[self.applied].clone();
             let ts = event.ts.expect("checked in Replay::new");
             let severe = event.severity >= Severity::Error;
+            let goal = GOAL_KINDS.contains(&event.kind.as_str());
             let appended = self.state.append(event.clone(), ts);
+            let located = Located {
+                record_seq: appended.record.seq,
+                raw_index: self.log.len(),
+            };
             if severe {
-                self.severe.push(SevereEvent {
-                    record_seq: appended.record.seq,
-                    raw_index: self.log.len(),
-                });
+                self.severe.push(located);
             }
+            if goal && self.first_goal.is_none() {
+                self.first_goal = Some(located);
+            }
+            self.newest = Some(located);
             self.push_raw(event, ts);
             self.applied += 1;
             self.now = Some(ts);
@@ -138,8 +153,18 @@ impl<'t> Replay<'t> {
 
     /// The trace's severe events applied so far (planted critical needles are not among them:
     /// they are measured as needles).
-    pub fn severe(&self) -> &[SevereEvent] {
+    pub fn severe(&self) -> &[Located] {
         &self.severe
+    }
+
+    /// The trace's first event of a goal kind (`task` or `user`, [`GOAL_KINDS`]), once applied.
+    pub fn first_goal(&self) -> Option<Located> {
+        self.first_goal
+    }
+
+    /// The newest trace event applied (needles planted after it do not replace it).
+    pub fn newest(&self) -> Option<Located> {
+        self.newest
     }
 
     /// The markers of the needles planted so far.
@@ -220,6 +245,60 @@ mod tests {
         for s in severe {
             assert_eq!(replay.log().record(s.raw_index).message, "boom");
         }
+    }
+
+    #[test]
+    fn replay_tracks_the_first_goal_and_the_newest_trace_event() {
+        let t0 = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
+        let events: Vec<Event> = [
+            ("status", "starting"),
+            ("user", "fix the parser"),
+            ("tool", "ls"),
+            ("task", "a later task"),
+            ("tool", "cat parser.py"),
+            // A repeat: it lands in the record of event 2, an older record.
+            ("tool", "ls"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, message))| {
+            Event::new(kind, Severity::Info, *message)
+                .unwrap()
+                .at(t0 + TimeDelta::seconds(i as i64))
+        })
+        .collect();
+        let trace = Trace {
+            name: "t".into(),
+            events,
+        };
+        // One note and one critical needle: planted, they never become the newest trace event.
+        let plan = needles::plan(&trace, 1, 3);
+        let mut replay = Replay::new(&trace, &plan, CollapsePolicy::default()).unwrap();
+        assert_eq!((replay.first_goal(), replay.newest()), (None, None));
+        replay.advance_to(1);
+        assert_eq!(replay.first_goal(), None, "no task or user event yet");
+        replay.advance_to(6);
+        let goal = replay.first_goal().unwrap();
+        assert_eq!(
+            replay.log().record(goal.raw_index).message,
+            "fix the parser"
+        );
+        let goal_record = replay.state().records().find(|r| r.seq == goal.record_seq);
+        assert_eq!(goal_record.unwrap().message, "fix the parser");
+
+        let newest = replay.newest().unwrap();
+        let ls = replay
+            .state()
+            .records()
+            .find(|r| r.message == "ls")
+            .unwrap();
+        assert_eq!((newest.record_seq, ls.repeat_count), (ls.seq, 2));
+        assert!(newest.record_seq < replay.state().totals().records);
+        let raw = replay.log().record(newest.raw_index);
+        assert_eq!((raw.kind.as_str(), raw.message.as_str()), ("tool", "ls"));
+        // Needles planted after the last trace event come later in the raw log.
+        let after_last = plan.iter().filter(|n| n.after == 6).count();
+        assert_eq!(newest.raw_index + 1 + after_last, replay.log().len());
     }
 
     #[test]

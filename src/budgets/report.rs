@@ -78,14 +78,7 @@ impl Report {
                 .unwrap_or_default(),
         )?;
         out.write_all(table(&self.rows).as_bytes())?;
-        if let Some(row) = self.rows.first() {
-            writeln!(
-                out,
-                "severe = trace events of severity error or above visible as a line ({} observations per row); needles = planted markers visible ({} observations per row).",
-                thousands(row.severe_observations),
-                thousands(row.needle_observations),
-            )?;
-        }
+        out.write_all(legend(&self.rows).as_bytes())?;
         for trace in &self.per_trace {
             writeln!(out, "\n{}", trace.trace)?;
             out.write_all(table(&trace.rows).as_bytes())?;
@@ -94,27 +87,100 @@ impl Report {
     }
 }
 
-/// Rows as aligned columns.
-pub fn table(rows: &[Row]) -> String {
-    const HEADER: [&str; 14] = [
-        "encoding",
-        "budget",
-        "policy",
-        "severe",
-        "needles",
-        "mean tok",
-        "max tok",
-        "shown rec",
-        "shown ev",
-        "elided ev",
-        "kinds",
-        "ev/rec",
-        "p50 µs",
-        "p99 µs",
+/// What the columns mean, with the observations each fraction is over.
+fn legend(rows: &[Row]) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let mut encodings: Vec<String> = rows.iter().map(|r| r.encoding.to_string()).collect();
+    encodings.dedup();
+    let newest_low = rows
+        .iter()
+        .map(|r| r.newest_observations)
+        .min()
+        .unwrap_or(0);
+    let newest_high = rows
+        .iter()
+        .map(|r| r.newest_observations)
+        .max()
+        .unwrap_or(0);
+    let newest = if newest_low == newest_high {
+        thousands(newest_low)
+    } else {
+        format!("{} to {}", thousands(newest_low), thousands(newest_high))
+    };
+    let entries = [
+        (
+            "severe recall",
+            format!(
+                "trace events of severity error or above visible, whole or as a headline ({} observations per row)",
+                thousands(first.severe_observations)
+            ),
+        ),
+        (
+            "task visible",
+            format!(
+                "the trace's first task/user event visible, whole or as a headline ({} moments per row)",
+                thousands(first.task_observations)
+            ),
+        ),
+        (
+            "newest whole",
+            format!(
+                "the newest trace event's line shown whole and unclipped, at the moments where it takes at most a quarter of the budget ({newest} moments per row)"
+            ),
+        ),
+        (
+            "needle recall",
+            format!(
+                "planted markers in the text ({} observations per row)",
+                thousands(first.needle_observations)
+            ),
+        ),
+        (
+            "shown",
+            "records shown per window, whole + as headlines (every baseline line counts as whole)"
+                .to_owned(),
+        ),
+        (
+            "tokens",
+            format!(
+                "counted with {} over each whole text",
+                encodings.join(" and ")
+            ),
+        ),
     ];
+    let width = entries
+        .iter()
+        .map(|(name, _)| name.len())
+        .max()
+        .unwrap_or(0);
+    entries
+        .iter()
+        .map(|(name, meaning)| format!("{name:<width$}  {meaning}\n"))
+        .collect()
+}
+
+/// The table's columns: (header, whether the cells are names, left-aligned).
+const COLUMNS: [(&str, bool); 11] = [
+    ("encoding", true),
+    ("budget", false),
+    ("policy", true),
+    ("severe recall", false),
+    ("task visible", false),
+    ("newest whole", false),
+    ("needle recall", false),
+    ("mean tok", false),
+    ("max tok", false),
+    ("shown (whole + headline)", false),
+    ("build p50 µs", false),
+];
+
+/// Rows as aligned columns; the encoding column only when the rows count in several.
+pub fn table(rows: &[Row]) -> String {
     let percent =
         |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{:.1}%", v * 100.0));
-    let cells: Vec<[String; 14]> = rows
+    let cells: Vec<[String; 11]> = rows
         .iter()
         .map(|row| {
             let over = if row.over_budget_moments > 0 {
@@ -127,20 +193,24 @@ pub fn table(rows: &[Row]) -> String {
                 thousands(u64::from(row.budget)),
                 row.policy.as_str().to_owned(),
                 percent(row.severe_recall),
+                percent(row.task_visible),
+                percent(row.newest_whole),
                 percent(row.needle_recall),
-                format!("{:.0}", row.mean_tokens),
+                thousands(row.mean_tokens.round() as u64),
                 format!("{}{over}", thousands(u64::from(row.max_tokens))),
-                format!("{:.1}", row.mean_shown_records),
-                format!("{:.1}", row.mean_shown_events),
-                format!("{:.1}", row.mean_elided_events),
-                format!("{:.1}", row.mean_kinds_shown),
-                format!("{:.2}", row.collapse_ratio),
+                format!(
+                    "{:.1} ({:.1} + {:.1})",
+                    row.mean_shown_records, row.mean_shown_whole, row.mean_shown_headlines
+                ),
                 format!("{:.1}", row.build_p50_us),
-                format!("{:.1}", row.build_p99_us),
             ]
         })
         .collect();
-    let mut widths = HEADER.map(|h| h.chars().count());
+    let several_encodings = rows.iter().any(|row| row.encoding != rows[0].encoding);
+    let shown: Vec<usize> = (0..COLUMNS.len())
+        .filter(|&column| column != 0 || several_encodings)
+        .collect();
+    let mut widths = COLUMNS.map(|(header, _)| header.chars().count());
     for row in &cells {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -148,24 +218,28 @@ pub fn table(rows: &[Row]) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: &[String]| {
-        for (index, (cell, width)) in cells.iter().zip(widths).enumerate() {
-            let pad = width - cell.chars().count();
-            // Names left-aligned, numbers right-aligned.
-            if index == 0 || index == 2 {
-                let _ = write!(out, "{cell}{}", " ".repeat(pad));
+        for (position, &column) in shown.iter().enumerate() {
+            let cell = &cells[column];
+            let pad = " ".repeat(widths[column] - cell.chars().count());
+            if COLUMNS[column].1 {
+                let _ = write!(out, "{cell}{pad}");
             } else {
-                let _ = write!(out, "{}{cell}", " ".repeat(pad));
+                let _ = write!(out, "{pad}{cell}");
             }
-            out.push_str(if index + 1 == cells.len() { "\n" } else { "  " });
+            out.push_str(if position + 1 == shown.len() {
+                "\n"
+            } else {
+                "  "
+            });
         }
     };
-    line(&HEADER.map(str::to_owned));
+    line(&COLUMNS.map(|(header, _)| header.to_owned()));
     let mut previous: Option<(String, u32)> = None;
     for (row, cells) in rows.iter().zip(&cells) {
         // A blank line between budgets keeps the three policies of one budget together.
         let group = (row.encoding.to_string(), row.budget);
         if previous.as_ref().is_some_and(|p| *p != group) {
-            line(&widths.map(|_| String::new()));
+            line(&COLUMNS.map(|_| String::new()));
         }
         previous = Some(group);
         line(cells);
@@ -191,6 +265,52 @@ pub fn thousands(value: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budgets::metrics::{Observation, Policy, RowKey, Tally};
+    use crate::tokens::Encoding;
+
+    fn row(encoding: Encoding, policy: Policy) -> Row {
+        let mut tally = Tally::default();
+        tally.add(
+            &Observation {
+                tokens: 200,
+                shown_records: 5,
+                shown_whole: 3,
+                shown_headlines: 2,
+                task_total: 1,
+                task_visible: 1,
+                ..Observation::default()
+            },
+            256,
+        );
+        let key = RowKey {
+            encoding,
+            budget: 256,
+            policy,
+        };
+        tally.row(key, CollapseMode::Exact)
+    }
+
+    #[test]
+    fn the_table_splits_records_shown_and_names_encodings_only_when_several() {
+        let one = table(&[row(Encoding::Cl100kBase, Policy::Recap)]);
+        let mut lines = one.lines();
+        let header = lines.next().unwrap();
+        assert!(header.starts_with("budget  policy"), "{header}");
+        assert!(header.contains("shown (whole + headline)"), "{header}");
+        let cells = lines.next().unwrap();
+        assert!(cells.contains("5.0 (3.0 + 2.0)"), "{cells}");
+        // Task seen at its one moment; no severe event, no short newest line, no needle.
+        assert!(cells.contains("100.0%"), "{cells}");
+        let dashes = cells.split_whitespace().filter(|cell| *cell == "-").count();
+        assert_eq!(dashes, 3, "{cells}");
+
+        let two = table(&[
+            row(Encoding::Cl100kBase, Policy::Recap),
+            row(Encoding::O200kBase, Policy::Recap),
+        ]);
+        assert!(two.starts_with("encoding     budget  policy"), "{two}");
+        assert!(two.contains("\no200k_base"), "{two}");
+    }
 
     #[test]
     fn thousands_groups_digits() {

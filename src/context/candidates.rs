@@ -62,6 +62,13 @@ impl Contender<'_> {
     }
 }
 
+/// How far back the record holding the latest event is looked for: the largest collapse
+/// lookback, since a repeat lands in one of that many newest records.
+pub const LATEST_REACH: usize = crate::collapse::MAX_COLLAPSE_LOOKBACK;
+
+/// At least this many older severe records compete, however small the budget.
+pub const MIN_SEVERE_REACH: u32 = 8;
+
 /// The most records a walk back from the newest takes (and again at most as many of raised
 /// kinds beyond them).
 pub fn max_window(request: &ContextRequest) -> usize {
@@ -161,12 +168,26 @@ pub fn contenders<'a>(
         .records
         .get(walked)
         .map_or(u64::MAX, |cached| cached.record().seq);
+    // The record holding the latest event can be older than the walk: a repeat lands in any of
+    // the newest `lookback` records.
+    let latest = view.records[view.records.len().saturating_sub(LATEST_REACH)..]
+        .iter()
+        .filter(|cached| request.filter.admits(cached.record()))
+        .max_by_key(|cached| cached.record().revision);
     // Older records that stay in reach: newest first, each once.
-    let mut older: Vec<&'a Arc<CachedRecord>> = view
+    // No more older severe records than could be shown as headlines: they tie on their decay
+    // floor, so the newest win anyway.
+    let severe_reach = (request.budget / HEADLINE_TOKENS).max(MIN_SEVERE_REACH) as usize;
+    let older_severe = view
         .severe
         .iter()
+        .rev()
+        .filter(|cached| cached.record().seq < oldest_walked)
+        .take(severe_reach);
+    let mut older: Vec<&'a Arc<CachedRecord>> = older_severe
         .chain(view.goals.iter().take(request.goals))
         .chain(view.latest_goal.filter(|_| request.goals > 0))
+        .chain(latest)
         .filter(|cached| cached.record().seq < oldest_walked)
         .collect();
     if !raised.is_empty() {
@@ -199,16 +220,16 @@ pub fn contenders<'a>(
     Some(contenders)
 }
 
-/// Ahead of ranking: the records that hold the newest events (a repeat can make an older record
-/// the latest to happen), then the goals.
+/// Ahead of ranking: the records that hold the newest events (the latest changed, by revision:
+/// a repeat can make an older record the latest to happen), then the goals.
 fn assign_roles(contenders: &mut [Contender<'_>], goals: &[u64], newest_kept: usize) {
-    let mut newest: Vec<(Timestamp, u64, usize)> = contenders
+    let mut newest: Vec<(u64, u64, usize)> = contenders
         .iter()
         .enumerate()
         .filter(|(_, contender)| contender.competes())
         .map(|(index, contender)| {
             let record = contender.record.record();
-            (record.last_ts, record.seq, index)
+            (record.revision, record.seq, index)
         })
         .collect();
     let kept = newest_kept.min(newest.len());

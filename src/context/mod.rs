@@ -268,6 +268,7 @@ pub fn unprepared(view: &StreamView<'_>, request: &ContextRequest) -> Unprepared
                 admitted > window
             })
             .unwrap_or(0)
+            .min(view.records.len().saturating_sub(candidates::LATEST_REACH))
     } else {
         0
     };
@@ -730,7 +731,8 @@ mod tests {
             let state = replay(&events, &[], 4_096);
             let request = ContextRequest::new(budget, Encoding::Cl100kBase);
             let window = build(&state.view(), &request, t0());
-            let newest = state.records().last().unwrap();
+            // The record holding the latest event: the last changed.
+            let newest = state.records().max_by_key(|record| record.revision).unwrap();
             let item = window.items.iter().find(|item| item.seq == newest.seq).unwrap();
             let full = Encoding::Cl100kBase.count(&render::record_line(newest));
             let reserve = Encoding::Cl100kBase.count(&render::earlier_piece(&summary_of_everything(&state), EarlierForm::Full)) + 8;
@@ -758,7 +760,7 @@ mod tests {
             let goal = state.view().goals[0].clone();
             let cap = HEADLINE_TOKENS.min(request.line_cap());
             let headline = render::headline(goal.record(), Encoding::Cl100kBase, cap).map_or(u32::MAX, |h| h.tokens).min(goal.tokens(Encoding::Cl100kBase));
-            let newest = state.records().last().unwrap();
+            let newest = state.records().max_by_key(|record| record.revision).unwrap();
             let newest_cost = Encoding::Cl100kBase.count(&render::record_line(newest)).min(request.line_cap().max(budget / 4));
             let reserve = Encoding::Cl100kBase.count(&render::earlier_piece(&summary_of_everything(&state), EarlierForm::Full)) + 8;
             let header = header_tokens(Encoding::Cl100kBase, render::RECENT_HEADER);
@@ -981,6 +983,34 @@ mod tests {
             duplicate.is_some_and(|item| item.level == Level::Headline && item.same_as.is_some()),
             "{:?}",
             window.items
+        );
+    }
+
+    /// A repeat can land in a record far older than the walk back from the newest: that record
+    /// holds the latest event, so it is the one shown whole.
+    #[test]
+    fn the_record_holding_the_latest_event_is_the_newest() {
+        let mut state = StreamState::new(CollapsePolicy::default(), TailCapacity::default());
+        let flask = || Event::new("status", Severity::Info, "flask app.py did not start").unwrap();
+        state.append(flask(), t0());
+        for i in 0..120 {
+            let step = Event::new("llm", Severity::Info, format!("step {i}: thinking")).unwrap();
+            state.append(step, t0() + TimeDelta::seconds(i));
+        }
+        state.append(flask(), t0() + TimeDelta::minutes(3));
+        let window = build(
+            &state.view(),
+            &ContextRequest::new(300, Encoding::Cl100kBase),
+            t0(),
+        );
+        let item = window.items.iter().find(|item| item.seq == 1).unwrap();
+        assert_eq!((item.level, item.reason), (Level::Whole, Reason::Newest));
+        assert!(
+            window
+                .text
+                .ends_with("[status]: flask app.py did not start x2\n"),
+            "{}",
+            window.text
         );
     }
 }

@@ -2,9 +2,10 @@
 //! Pure: items in, a level and a reason per item out.
 //!
 //! A record can be shown *whole* (its line up to the cap), as a *headline* (one short line), or
-//! *folded* into the Earlier summary. Three guarantees come first, each when it fits: the newest
-//! record whole, the goal records (what the agent was asked) at least as headlines, and the next
-//! newest records at least as headlines. The rest of the budget goes to the moves that buy the
+//! *folded* into the Earlier summary. Guarantees come first, each when it fits: the newest
+//! record whole, the first goal record (what the agent was asked) at least as a headline, then
+//! the other goal records and the next newest records as headlines within a quarter of the
+//! budget. The rest of the budget goes to the moves that buy the
 //! most score per token: showing a record (as a headline, or whole when it has no shorter form)
 //! is worth [`HEADLINE_VALUE`] of its score, and upgrading a headline to the whole line is worth
 //! the rest. So many records get headlines before a few get their full text, and a long
@@ -21,6 +22,9 @@ use serde::Serialize;
 /// before or after it: a dump is quoted soon after it appears (a failed check, then the report
 /// that cites it), and the bound keeps the comparisons few however large the window.
 pub const DUPLICATE_REACH: u64 = 32;
+/// The goals and the next newest records are placed ahead of ranking while they take at most
+/// this fraction (1 / N) of what is available; beyond it they compete like the rest.
+pub const AHEAD_SHARE_DIVISOR: u32 = 4;
 /// The share of a record's score its headline is worth; the whole line is worth all of it.
 pub const HEADLINE_VALUE: f64 = 0.5;
 
@@ -131,8 +135,8 @@ impl Packing {
 #[derive(Clone, Copy, Debug)]
 pub struct Move {
     index: usize,
-    /// Score gained per token.
-    density: f64,
+    /// The order of moves: score gained per token, highest first, then newest first.
+    key: (u64, u64, u8),
     upgrade: bool,
 }
 
@@ -157,18 +161,38 @@ pub fn pack(
         },
     };
 
-    // Ahead of ranking: the newest whole (or at least its headline), then the goals and the
-    // next newest as headlines.
+    // Ahead of ranking: the newest whole (or at least its headline), then the goals (oldest
+    // first) and the next newest as headlines, within a share of the budget so that a small
+    // window keeps room for what ranks highest (a critical event, an error).
     for (index, item) in items.iter().enumerate().rev() {
         if item.role == Role::Newest && !packer.place(index, Level::Whole, Reason::Newest) {
             packer.place(index, item.shown_level(), Reason::Newest);
         }
     }
-    for (role, reason) in [(Role::Goal, Reason::Goal), (Role::Recent, Reason::Newest)] {
-        for (index, item) in items.iter().enumerate().rev() {
-            if item.role == role {
-                packer.place(index, item.shown_level(), reason);
-            }
+    let share = available / AHEAD_SHARE_DIVISOR;
+    let mut ahead = 0u32;
+    let goals = items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| item.role == Role::Goal);
+    let recent = items
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, item)| item.role == Role::Recent);
+    for (rank, (index, item)) in goals.chain(recent).enumerate() {
+        let cost = item.cost(item.shown_level());
+        // The first goal (what the agent was asked) is kept whatever the share.
+        if rank > 0 && ahead + cost > share {
+            continue;
+        }
+        let reason = if item.role == Role::Goal {
+            Reason::Goal
+        } else {
+            Reason::Newest
+        };
+        if packer.place(index, item.shown_level(), reason) {
+            ahead += cost;
         }
     }
 
@@ -249,35 +273,34 @@ impl Packer<'_> {
 /// Every move of the greedy fill, best value per token first (newer first on ties).
 pub fn moves(items: &[Item]) -> Vec<Move> {
     let mut moves: Vec<Move> = Vec::with_capacity(items.len() * 2);
+    let mut push = |index: usize, value: f64, tokens: u32, upgrade: bool| {
+        // Densities are finite and ≥ 0, whose bit patterns order like the numbers: one integer
+        // key sorts by density (highest first), then seq (newest first), then show before
+        // upgrade.
+        let density = value.max(0.0) / f64::from(tokens.max(1));
+        let seq = items[index].seq;
+        let key = (
+            u64::MAX - density.to_bits(),
+            u64::MAX - seq,
+            u8::from(upgrade),
+        );
+        moves.push(Move {
+            index,
+            key,
+            upgrade,
+        });
+    };
     for (index, item) in items.iter().enumerate() {
-        let score = item.score.max(0.0);
         match item.headline {
             Some(headline) => {
-                moves.push(Move {
-                    index,
-                    density: score * HEADLINE_VALUE / f64::from(headline.max(1)),
-                    upgrade: false,
-                });
-                moves.push(Move {
-                    index,
-                    density: score * (1.0 - HEADLINE_VALUE)
-                        / f64::from(item.whole.saturating_sub(headline).max(1)),
-                    upgrade: true,
-                });
+                push(index, item.score * HEADLINE_VALUE, headline, false);
+                let extra = item.whole.saturating_sub(headline);
+                push(index, item.score * (1.0 - HEADLINE_VALUE), extra, true);
             }
-            None => moves.push(Move {
-                index,
-                density: score / f64::from(item.whole.max(1)),
-                upgrade: false,
-            }),
+            None => push(index, item.score, item.whole, false),
         }
     }
-    moves.sort_unstable_by(|a, b| {
-        b.density
-            .total_cmp(&a.density)
-            .then_with(|| items[b.index].seq.cmp(&items[a.index].seq))
-            .then_with(|| a.upgrade.cmp(&b.upgrade))
-    });
+    moves.sort_unstable_by_key(|step| step.key);
     moves
 }
 
