@@ -19,6 +19,8 @@
 //! collapse_window_seconds = 600
 //! tail_records = 4096              # newest records kept in memory per stream
 //! severe_records = 256             # older error/critical records kept in reach per stream
+//! max_notes_per_stream = 1000      # live notes per stream (409 note_limit beyond)
+//! max_note_bytes_per_stream = 1048576  # bytes of live note text per stream
 //! ```
 
 use std::net::SocketAddr;
@@ -34,7 +36,7 @@ use crate::server::ServerOptions;
 use crate::server::auth::{Keys, KeysError};
 use crate::server::body::DEFAULT_MAX_BODY_BYTES;
 use crate::server::sse::DEFAULT_KEEPALIVE;
-use crate::store::{DEFAULT_DATA_DIR, StoreOptions};
+use crate::store::{DEFAULT_DATA_DIR, NoteLimits, StoreOptions};
 use crate::stream::TailCapacity;
 
 /// Default listen address: loopback, so a fresh `recap serve` is not reachable from the network
@@ -75,6 +77,8 @@ pub struct FileConfig {
     collapse_window_seconds: Option<i64>,
     tail_records: Option<usize>,
     severe_records: Option<usize>,
+    max_notes_per_stream: Option<usize>,
+    max_note_bytes_per_stream: Option<usize>,
 }
 
 /// The validated configuration of `recap serve`.
@@ -98,6 +102,8 @@ pub struct Config {
     pub collapse: CollapsePolicy,
     /// How much of each stream is kept in memory.
     pub tail: TailCapacity,
+    /// Caps on each stream's notes.
+    pub notes: NoteLimits,
 }
 
 /// Why the configuration was refused.
@@ -237,6 +243,26 @@ impl Config {
         if let Some(severe) = file.severe_records {
             tail.severe = severe;
         }
+        let mut notes = NoteLimits::default();
+        // One note of the largest message size always fits.
+        notes.max_bytes = notes.max_bytes.max(max_message_bytes);
+        if let Some(max_notes) = file.max_notes_per_stream {
+            if max_notes == 0 {
+                return Err(invalid("max_notes_per_stream", "must be at least 1"));
+            }
+            notes.max_notes = max_notes;
+        }
+        if let Some(max_bytes) = file.max_note_bytes_per_stream {
+            if max_bytes < max_message_bytes {
+                return Err(invalid(
+                    "max_note_bytes_per_stream",
+                    format!(
+                        "must be at least max_message_bytes ({max_message_bytes}): one note of the largest size must fit"
+                    ),
+                ));
+            }
+            notes.max_bytes = max_bytes;
+        }
         Ok(Config {
             addr,
             data_dir,
@@ -247,6 +273,7 @@ impl Config {
             drain_timeout,
             collapse,
             tail,
+            notes,
         })
     }
 
@@ -255,6 +282,7 @@ impl Config {
         StoreOptions {
             collapse: self.collapse,
             tail: self.tail,
+            notes: self.notes,
             ..StoreOptions::default()
         }
     }
@@ -378,5 +406,20 @@ mod tests {
             load("tail_records = 3").unwrap_err().to_string(),
             "invalid setting `tail_records`: must be at least 64 (a context needs recent records to choose from)"
         );
+        let config = load("max_notes_per_stream = 10\nmax_note_bytes_per_stream = 100000").unwrap();
+        assert_eq!(
+            config.store_options().notes,
+            NoteLimits {
+                max_notes: 10,
+                max_bytes: 100_000
+            }
+        );
+        assert_eq!(
+            load("max_note_bytes_per_stream = 10")
+                .unwrap_err()
+                .to_string(),
+            "invalid setting `max_note_bytes_per_stream`: must be at least max_message_bytes (65536): one note of the largest size must fit"
+        );
+        assert!(load("max_notes_per_stream = 0").is_err());
     }
 }

@@ -31,6 +31,8 @@ struct Page {
 #[derive(Deserialize)]
 struct NoteList {
     notes: Vec<Note>,
+    #[serde(default)]
+    next: Option<u64>,
 }
 
 /// What an export wrote.
@@ -52,10 +54,22 @@ pub async fn export(
 ) -> Result<ExportSummary, ClientError> {
     // Notes first: a note added while the records are paged is exported as a plain record
     // (its audit record) rather than missed.
-    let notes: NoteList = client
-        .json(Method::GET, &format!("/v1/streams/{stream}/notes"), None)
-        .await?;
-    let mut live: HashMap<u64, Note> = notes.notes.into_iter().map(|n| (n.id, n)).collect();
+    let mut live: HashMap<u64, Note> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page: NoteList = client
+            .json(
+                Method::GET,
+                &format!("/v1/streams/{stream}/notes?after={after}"),
+                None,
+            )
+            .await?;
+        live.extend(page.notes.into_iter().map(|n| (n.id, n)));
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
     let mut summary = ExportSummary::default();
     let mut after = 0;
     loop {

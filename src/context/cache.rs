@@ -257,6 +257,11 @@ impl CachedNote {
     pub fn tokens(&self, encoding: Encoding) -> u32 {
         self.tokens.get_or_count(encoding, || self.piece.clone())
     }
+
+    /// The piece's count if it was made already.
+    pub fn tokens_if_counted(&self, encoding: Encoding) -> Option<u32> {
+        self.tokens.cached(encoding)
+    }
 }
 
 #[cfg(test)]

@@ -339,6 +339,15 @@ fn build_with(
 ) -> Option<ContextWindow> {
     let encoding = request.encoding;
     let mut remaining = request.budget;
+    // A note not counted yet is counted by `prepare`, outside the stream's lock.
+    if !tokenize
+        && view
+            .notes
+            .iter()
+            .any(|note| note.note().is_live(now) && note.tokens_if_counted(encoding).is_none())
+    {
+        return None;
+    }
     let (notes, notes_cut) = select_notes(view.notes, encoding, now, &mut remaining);
     let shown_notes: Vec<u64> = notes.iter().map(|note| note.note().id).collect();
     let contenders = candidates::contenders(view, request, now, &shown_notes, tokenize)?;

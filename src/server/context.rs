@@ -16,6 +16,7 @@ use crate::context::{
 };
 use crate::event::StreamName;
 use crate::rank::Weights;
+use crate::store::Cold;
 use crate::tokens::Encoding;
 
 use super::App;
@@ -48,7 +49,11 @@ struct JsonWindow<'a> {
 }
 
 /// `GET /v1/streams/{s}/context`.
-pub fn get(app: &App, stream: StreamName, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+pub async fn get(
+    app: &App,
+    stream: StreamName,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
     let query = Query::parse(query, PARAMS)?;
     let request = request_from(&query)?;
@@ -65,10 +70,18 @@ pub fn get(app: &App, stream: StreamName, query: Option<&str>) -> Result<Respons
     // Read before the build: the window reflects at least this revision.
     let revision = app.store.revision(&stream);
     let now = Utc::now();
-    let window = app
-        .store
-        .context(&stream, &request, now)
-        .unwrap_or_else(|| empty_window(&request, now));
+    // A warm build takes microseconds; tokenizing a cold history (long messages, the first
+    // build after a restart, a new encoding, line cap or note) runs on a blocking thread.
+    let window = match app.store.warm_context(&stream, &request, now) {
+        Ok(window) => window,
+        Err(Cold) => {
+            let (store, request) = (app.store.clone(), request.clone());
+            tokio::task::spawn_blocking(move || store.context(&stream, &request, now))
+                .await
+                .map_err(ApiError::internal)?
+        }
+    }
+    .unwrap_or_else(|| empty_window(&request, now));
     let response = if json {
         let mut response = wire::json(
             StatusCode::OK,

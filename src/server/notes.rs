@@ -10,6 +10,7 @@ use crate::event::{EventError, Note, StreamName, format_timestamp, parse_timesta
 
 use super::App;
 use super::body::{self, Body};
+use super::query::Query;
 use super::wire::{self, ApiError, REVISION_HEADER};
 
 /// A note as a client posts it.
@@ -22,11 +23,19 @@ struct NoteInput {
     expires_at: Option<String>,
 }
 
-/// `GET .../notes` answers `{"notes": [...]}`.
+/// `GET .../notes` answers `{"notes": [...], "next": <id or null>}`.
 #[derive(Serialize)]
 struct NoteList {
     notes: Vec<Note>,
+    /// `after=` for the next page, or `null` when this page ends the list.
+    next: Option<u64>,
 }
+
+/// Notes per page when a request names no `limit`: the default `max_notes_per_stream`, so a
+/// stream under the default cap lists in one page.
+pub const DEFAULT_NOTES_PAGE: usize = crate::store::DEFAULT_MAX_NOTES;
+/// Most notes per page.
+pub const MAX_NOTES_PAGE: usize = 1_000;
 
 /// `POST /v1/streams/{s}/notes`: 201 with the note once durable.
 pub async fn post(
@@ -71,11 +80,40 @@ pub async fn post(
     Ok(response)
 }
 
-/// `GET /v1/streams/{s}/notes`: the live notes, oldest first.
-pub fn list(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
+/// `GET /v1/streams/{s}/notes`: the live notes, oldest first, `limit` (default 1,000) after the
+/// note id `after`.
+pub fn list(
+    app: &App,
+    stream: StreamName,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(query, &["after", "limit"])?;
+    let after = query.number::<u64>("after")?.unwrap_or(0);
+    let limit = match query.number::<usize>("limit")? {
+        None => DEFAULT_NOTES_PAGE,
+        Some(limit @ 1..=MAX_NOTES_PAGE) => limit,
+        Some(limit) => {
+            return Err(ApiError::parameter(
+                "limit",
+                format!("limit={limit} is out of range; use 1 to {MAX_NOTES_PAGE}"),
+            ));
+        }
+    };
     let revision = app.store.revision(&stream);
-    let notes = app.store.notes(&stream, Utc::now())?;
-    let mut response = wire::json(StatusCode::OK, &NoteList { notes });
+    let mut notes: Vec<Note> = app
+        .store
+        .notes(&stream, Utc::now())?
+        .into_iter()
+        .filter(|note| note.id > after)
+        .take(limit + 1)
+        .collect();
+    let next = if notes.len() > limit {
+        notes.truncate(limit);
+        notes.last().map(|note| note.id)
+    } else {
+        None
+    };
+    let mut response = wire::json(StatusCode::OK, &NoteList { notes, next });
     wire::set_number(&mut response, REVISION_HEADER, revision);
     Ok(response)
 }

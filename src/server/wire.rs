@@ -305,6 +305,9 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the server is shutting down; retry against the next instance",
             ),
+            StoreError::NoteLimit { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "note_limit", error.to_string())
+            }
             other => ApiError::internal(other),
         }
     }

@@ -88,6 +88,20 @@ pub enum StoreError {
     /// The store is shutting down and takes no more writes.
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// A note would take the stream past one of its [`NoteLimits`]; nothing was written.
+    #[error(
+        "the stream already holds {held} of its {limit} {what}; delete notes it no longer needs (DELETE .../notes/{{id}}) or raise {setting} in the server's config"
+    )]
+    NoteLimit {
+        /// `notes` or `bytes of note text`.
+        what: &'static str,
+        /// What the stream holds now (with the new note, for bytes).
+        held: usize,
+        /// The limit.
+        limit: usize,
+        /// The config setting that raises it.
+        setting: &'static str,
+    },
     /// An I/O or database failure; the write was not acknowledged.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -126,6 +140,8 @@ pub struct StoreOptions {
     pub retention: Retention,
     /// Changelog entries kept per stream.
     pub changelog_keep: u64,
+    /// How many notes a stream may hold.
+    pub notes: NoteLimits,
 }
 
 impl Default for StoreOptions {
@@ -135,6 +151,32 @@ impl Default for StoreOptions {
             tail: TailCapacity::default(),
             retention: Retention::default(),
             changelog_keep: DEFAULT_CHANGELOG_KEEP,
+            notes: NoteLimits::default(),
+        }
+    }
+}
+
+/// Default most notes a stream holds: notes are pinned ahead of every event in every window, so
+/// a stream with more than this is using notes as a log.
+pub const DEFAULT_MAX_NOTES: usize = 1_000;
+/// Default most bytes of note text a stream holds: every note is kept in memory and counted into
+/// windows, so the sum is bounded like everything else a stream keeps.
+pub const DEFAULT_MAX_NOTE_BYTES: usize = 1024 * 1024;
+
+/// Caps on a stream's live notes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoteLimits {
+    /// Most live notes per stream.
+    pub max_notes: usize,
+    /// Most bytes of live note text per stream.
+    pub max_bytes: usize,
+}
+
+impl Default for NoteLimits {
+    fn default() -> Self {
+        NoteLimits {
+            max_notes: DEFAULT_MAX_NOTES,
+            max_bytes: DEFAULT_MAX_NOTE_BYTES,
         }
     }
 }
@@ -346,6 +388,10 @@ storage_error_from!(
 /// contexts, so this need not hold the whole file.
 const CACHE_BYTES: usize = 256 * 1024 * 1024;
 
+/// A context that needs tokenizing before it can be built (see [`Store::warm_context`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cold;
+
 /// The store: cheap to clone, shared by every request handler.
 #[derive(Clone)]
 pub struct Store {
@@ -547,6 +593,23 @@ impl Store {
         writer::read(&self.inner.shared.db)
             .clone()
             .ok_or(StoreError::ShuttingDown)
+    }
+
+    /// The context window of a stream if it can be built from counts already made (a warm
+    /// build: microseconds); `Err(Cold)` when something has to be tokenized first, which
+    /// [`Store::context`] does (call it off the async runtime). `Ok(None)` if the stream does not
+    /// exist.
+    pub fn warm_context(
+        &self,
+        stream: &StreamName,
+        request: &ContextRequest,
+        now: Timestamp,
+    ) -> Result<Option<ContextWindow>, Cold> {
+        let Some(slot) = self.slot(stream) else {
+            return Ok(None);
+        };
+        let ready = context::build_if_ready(&writer::read(&slot.live).state.view(), request, now);
+        ready.map(Some).ok_or(Cold)
     }
 
     /// The context window of a stream, from memory; `None` if the stream does not exist.

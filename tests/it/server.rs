@@ -1099,3 +1099,74 @@ async fn a_stalled_body_gets_408_and_the_server_keeps_serving() {
         .await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
 }
+
+/// Notes are bounded per stream: past the cap a note is refused with a 409 that names the limit
+/// and the setting, nothing is written, and deleting a note makes room again. Lists page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_are_capped_per_stream_and_listed_in_pages() {
+    let server = TestServer::start().await;
+    let notes = "/v1/streams/capped/notes";
+    let big = "n".repeat(64 * 1024 - 16);
+    let body = |i: usize| format!(r#"{{"text": "{i:>4} {big}"}}"#);
+    // The default cap is 1 MiB of note text: sixteen notes of 64 KiB fit, a seventeenth does not.
+    for i in 0..16 {
+        assert_eq!(
+            server.post_json(notes, &body(i)).await.status,
+            201,
+            "note {i}"
+        );
+    }
+    let refused = server.post_json(notes, &body(16)).await;
+    refused.assert_error(409, "note_limit", None);
+    assert!(
+        refused.text().contains("max_note_bytes_per_stream"),
+        "{}",
+        refused.text()
+    );
+    let revision = server.get("/v1/streams/capped").await.json()["revision"].clone();
+
+    // Pages of five, in id order, with a cursor until the end.
+    let mut ids = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = server
+            .get(&format!("{notes}?after={after}&limit=5"))
+            .await
+            .json();
+        let page_ids: Vec<u64> = page["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|note| note["id"].as_u64().unwrap())
+            .collect();
+        assert!(page_ids.len() <= 5);
+        ids.extend(page_ids);
+        match page["next"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(ids, (1..=16).collect::<Vec<u64>>());
+    server.get(&format!("{notes}?limit=0")).await.assert_error(
+        400,
+        "invalid_parameter",
+        Some("limit"),
+    );
+
+    // The refused note wrote nothing; deleting one makes room for it.
+    assert_eq!(
+        server.get("/v1/streams/capped").await.json()["revision"],
+        revision
+    );
+    let deleted = server
+        .request(
+            Method::DELETE,
+            &format!("{notes}/3"),
+            None,
+            Bytes::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(server.post_json(notes, &body(16)).await.status, 201);
+}

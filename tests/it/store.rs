@@ -17,7 +17,7 @@ use chrono::TimeDelta;
 use recap::context::{ContextRequest, Reason};
 use recap::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp, parse_timestamp};
 use recap::store::{
-    ChangeBody, ImportedRecord, RecordQuery, Retention, Store, StoreError, StoreOptions,
+    ChangeBody, ImportedRecord, NoteLimits, RecordQuery, Retention, Store, StoreError, StoreOptions,
 };
 use recap::stream::TailCapacity;
 use recap::tokens::Encoding;
@@ -1434,4 +1434,35 @@ fn pinned_notes_are_shown_once_and_forgotten_when_deleted() {
             .any(|record| record.message == "the user wants a patch"),
         "the history keeps the audit record"
     );
+}
+
+/// A stream holds at most `max_notes` live notes: the next is refused and writes nothing; an
+/// expired or deleted note frees its place.
+#[test]
+fn notes_past_the_cap_are_refused_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        notes: NoteLimits {
+            max_notes: 2,
+            max_bytes: 1_000,
+        },
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options).unwrap();
+    let stream = name("agent");
+    let add = |text: &str| store.add_note(&stream, text.into(), None, ts(0)).wait();
+    let first = add("one").unwrap();
+    add("two").unwrap();
+    let revision = store.revision(&stream);
+    assert!(matches!(
+        add("three"),
+        Err(StoreError::NoteLimit { limit: 2, .. })
+    ));
+    assert_eq!(store.revision(&stream), revision, "nothing was written");
+    assert!(store.delete_note(&stream, first.id).wait().unwrap());
+    add("three").unwrap();
+    assert!(matches!(
+        add(&"x".repeat(1_000)),
+        Err(StoreError::NoteLimit { .. })
+    ));
 }

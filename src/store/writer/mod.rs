@@ -798,6 +798,33 @@ impl Writer {
     }
 
     /// The stream named `name`, created (with a fresh id) if it does not exist.
+    /// Why a note of `text` cannot be added to `stream`, if it would pass a [`NoteLimits`].
+    fn note_limit(&self, stream: &StreamName, text: &str) -> Option<StoreError> {
+        let limits = self.shared.options.notes;
+        let (count, bytes) = self.streams.get(stream).map_or((0, 0), |target| {
+            target.shadow.notes().fold((0, 0), |(count, bytes), note| {
+                (count + 1, bytes + note.text.len())
+            })
+        });
+        if count >= limits.max_notes {
+            return Some(StoreError::NoteLimit {
+                what: "notes",
+                held: count,
+                limit: limits.max_notes,
+                setting: "max_notes_per_stream",
+            });
+        }
+        if bytes + text.len() > limits.max_bytes {
+            return Some(StoreError::NoteLimit {
+                what: "bytes of note text (with this note)",
+                held: bytes + text.len(),
+                limit: limits.max_bytes,
+                setting: "max_note_bytes_per_stream",
+            });
+        }
+        None
+    }
+
     fn stream_or_create(&mut self, name: &StreamName, work: &mut Work) -> &mut WriterStream {
         if !self.streams.contains_key(name) {
             let id = self.next_stream_id;
@@ -934,6 +961,10 @@ impl Writer {
                 now,
                 reply,
             } => {
+                if let Some(error) = self.note_limit(&stream, &text) {
+                    drop(reply.send(Err(error)));
+                    return Ok(());
+                }
                 let now = at_micros(now);
                 let expires_at = expires_at.map(at_micros);
                 let target = self.stream_or_create(&stream, work);
