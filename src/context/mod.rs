@@ -304,6 +304,10 @@ pub fn prepare(unprepared: &Unprepared, request: &ContextRequest, now: Timestamp
         totals: &unprepared.totals,
         older_last_ts: None,
     };
+    // Every live note, whether or not it will fit: a build checks them all.
+    for note in view.notes.iter().filter(|note| note.note().is_live(now)) {
+        note.tokens(request.encoding);
+    }
     let mut remaining = request.budget;
     let (notes, _) = select_notes(view.notes, request.encoding, now, &mut remaining);
     let shown_notes: Vec<u64> = notes.iter().map(|note| note.note().id).collect();
