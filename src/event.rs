@@ -339,6 +339,25 @@ pub struct Event {
 }
 
 impl Event {
+    /// Refuses an event that passes itself off as a note's audit record: `payload.note_id` on a
+    /// `note` event is recap's own (a window would hide such an event, or show it as a note).
+    pub fn check_not_audit(self) -> Result<Event, EventError> {
+        let audit = self.kind.as_str() == "note"
+            && self
+                .payload
+                .as_ref()
+                .is_some_and(|payload| payload.contains_key(NOTE_ID_KEY));
+        if audit {
+            return Err(EventError::Json {
+                field: Some(format!("payload.{NOTE_ID_KEY}")),
+                detail: format!(
+                    "payload.{NOTE_ID_KEY} on a `note` event is reserved for the audit records recap writes for notes; to pin a note use POST .../notes, or name the key differently"
+                ),
+            });
+        }
+        Ok(self)
+    }
+
     /// A minimal event, mostly for tests and examples.
     pub fn new(
         kind: &str,
@@ -418,7 +437,8 @@ impl Record {
         }
     }
 
-    /// Folds a repeat into the record: one more event, the latest message and time.
+    /// Folds a repeat into the record: one more event, the latest message and time. A note's
+    /// audit record stays one ([`NOTE_ID_KEY`] is kept), so forgetting the note still hides it.
     pub fn absorb(&mut self, event: Event, revision: u64, ts: Timestamp) {
         self.repeat_count += 1;
         self.revision = revision;
@@ -427,14 +447,22 @@ impl Record {
         if event.display_message.is_some() {
             self.display_message = event.display_message;
         }
-        if event.payload.is_some() {
-            self.payload = event.payload;
+        if let Some(mut payload) = event.payload {
+            let note_id = self.payload.as_ref().and_then(|old| old.get(NOTE_ID_KEY));
+            if let (Some(note_id), false) = (note_id, payload.contains_key(NOTE_ID_KEY)) {
+                payload.insert(NOTE_ID_KEY.to_owned(), note_id.clone());
+            }
+            self.payload = Some(payload);
         }
         if event.step_id.is_some() {
             self.step_id = event.step_id;
         }
     }
 }
+
+/// Payload key of a note's audit record (the `note` event recap logs for every note) that names
+/// the note. Only recap writes it: windows hide the record once its note is forgotten.
+pub const NOTE_ID_KEY: &str = "note_id";
 
 /// Longest stream name, in bytes.
 pub const MAX_STREAM_NAME_BYTES: usize = 128;

@@ -66,6 +66,10 @@ impl Contender<'_> {
 /// lookback, since a repeat lands in one of that many newest records.
 pub const LATEST_REACH: usize = crate::collapse::MAX_COLLAPSE_LOOKBACK;
 
+/// The cost of a line that cannot be shown (its head alone is over the cap): more than any
+/// budget, so packing never places it.
+pub const UNSHOWABLE: u32 = u32::MAX / 4;
+
 /// At least this many older severe records compete, however small the budget.
 pub const MIN_SEVERE_REACH: u32 = 8;
 
@@ -102,10 +106,11 @@ pub fn contenders<'a>(
     let goals: Vec<u64> = if request.goals == 0 {
         Vec::new()
     } else {
+        // The first `goals` and the latest (the last of the first ones, until they are full).
         view.goals
             .iter()
             .take(request.goals)
-            .chain(view.latest_goal)
+            .chain(view.latest_goal.or(view.goals.last()))
             .map(|goal| goal.record().seq)
             .collect()
     };
@@ -122,7 +127,9 @@ pub fn contenders<'a>(
             _ => Standing::Competes(Role::Plain),
         };
         // A record still repeating is as fresh as the newest one, and a goal never goes stale.
-        let age = if is_goal || record.last_ts >= newest.first_ts {
+        // (Records posted together share a time, so one that never repeated ages by seq.)
+        let repeating = record.repeat_count > 1 && record.last_ts >= newest.first_ts;
+        let age = if is_goal || repeating {
             0
         } else {
             newest.seq.saturating_sub(record.seq)
@@ -160,7 +167,7 @@ pub fn contenders<'a>(
         let contender = contender(cached)?;
         if contender.competes() {
             competing += 1;
-            spent += u64::from(contender.cheapest());
+            spent += u64::from(contender.cheapest().min(costs.cap));
         }
         contenders.push(contender);
     }
@@ -186,7 +193,11 @@ pub fn contenders<'a>(
         .take(severe_reach);
     let mut older: Vec<&'a Arc<CachedRecord>> = older_severe
         .chain(view.goals.iter().take(request.goals))
-        .chain(view.latest_goal.filter(|_| request.goals > 0))
+        .chain(
+            view.latest_goal
+                .or(view.goals.last())
+                .filter(|_| request.goals > 0),
+        )
         .chain(latest)
         .filter(|cached| cached.record().seq < oldest_walked)
         .collect();
@@ -282,6 +293,10 @@ impl Costs {
         tokenize: bool,
     ) -> Option<Contender<'a>> {
         let mut whole = cached.whole(self.encoding, cap, tokenize)?;
+        if whole.tokens > cap && whole.cut.is_none() {
+            // Not even the line's head fits the cap: the record cannot be shown whole.
+            whole.tokens = UNSHOWABLE;
+        }
         let long = whole.tokens > self.headline_cap || whole.cut.is_some();
         let mut headline = if long && standing != Standing::Forgotten {
             cached.headline(self.encoding, self.headline_cap, tokenize)?

@@ -5,7 +5,7 @@ use crate::event::{Kind, Timestamp};
 use crate::render::{self, EarlierForm, EarlierSummary};
 
 use super::candidates::{Contender, Standing};
-use super::pack::{self, Item, Level, Packing, Reason};
+use super::pack::{self, Item, Level, Packing, Reason, Role};
 use super::{ContextRequest, Filter, StreamView, cache};
 
 /// The Earlier piece and its token count.
@@ -41,12 +41,15 @@ pub fn choose(
         )
     };
     let earlier_for = |packing: &Packing, form: EarlierForm| {
-        let text = render::earlier_piece(
-            &summary(view, &request.filter, contenders, &packing.levels),
-            form,
-        );
+        let summary = summary(view, &request.filter, contenders, &packing.levels);
+        let text = render::earlier_piece(&summary, form);
         let tokens = encoding.count_fragments(&text);
-        (text, tokens)
+        (text, tokens, summary.events)
+    };
+    // A packing that left nothing out needs no summary.
+    let with_summary = |packing: Packing, (text, tokens, events): (String, u32, u64)| {
+        let earlier = (events > 0).then_some((text, tokens));
+        (packing, earlier)
     };
     // Everything fits whole: no summary, nothing left out (but a repeated body is still only
     // paid once).
@@ -67,20 +70,18 @@ pub fn choose(
         same_as: vec![None; items.len()],
         tokens: 0,
     };
-    for form in [EarlierForm::Full, EarlierForm::Short] {
-        let (_, mut reserve) = earlier_for(&nothing, form);
+    let fit = |form: EarlierForm| {
+        let (_, mut reserve, _) = earlier_for(&nothing, form);
         let mut packing = nothing.clone();
         for _ in 0..4 {
-            let Some(available) = remaining.checked_sub(recent_header + reserve) else {
-                break;
-            };
+            let available = remaining.checked_sub(recent_header + reserve)?;
             packing = pack::pack(items, &moves, available, same_body);
             if !packing.shows_any() {
-                break;
+                return None;
             }
             let earlier = earlier_for(&packing, form);
             if earlier.1 <= reserve {
-                return (packing, Some(earlier));
+                return Some(with_summary(packing, earlier));
             }
             reserve = earlier.1;
         }
@@ -89,7 +90,7 @@ pub fn choose(
         while let Some(worst) = lowest_shown(items, &packing) {
             let earlier = earlier_for(&packing, form);
             if recent_header + earlier.1 + packing.tokens <= remaining {
-                return (packing, Some(earlier));
+                return Some(with_summary(packing, earlier));
             }
             packing.tokens -= match packing.levels[worst] {
                 Level::Whole => items[worst].whole,
@@ -99,12 +100,32 @@ pub fn choose(
             packing.reasons[worst] = Reason::Budget;
             packing.same_as[worst] = None;
         }
+        None
+    };
+    // The full summary first; the one-line form when the full one leaves no room for anything,
+    // or crowds out the newest record.
+    let newest_shown = |packing: &Packing| {
+        items
+            .iter()
+            .zip(&packing.levels)
+            .all(|(item, level)| item.role != Role::Newest || *level != Level::Folded)
+    };
+    let full = fit(EarlierForm::Full);
+    if let Some(chosen) = full.as_ref().filter(|(packing, _)| newest_shown(packing)) {
+        return chosen.clone();
+    }
+    match (full, fit(EarlierForm::Short)) {
+        (Some(full), Some(short)) if !newest_shown(&short.0) => return full,
+        (_, Some(short)) => return short,
+        (Some(full), None) => return full,
+        (None, None) => {}
     }
     // Nothing fits beside a summary: the summary alone, as much of it as fits.
     let alone = [EarlierForm::Full, EarlierForm::Short]
         .into_iter()
         .map(|form| earlier_for(&nothing, form))
-        .find(|earlier| earlier.1 <= remaining);
+        .find(|earlier| earlier.1 <= remaining)
+        .map(|(text, tokens, _)| (text, tokens));
     (nothing, alone)
 }
 

@@ -77,8 +77,7 @@ pub const GOAL_KINDS: [&str; 2] = ["task", "user"];
 pub const DEFAULT_GOALS: usize = 1;
 /// The most opening goal records a stream keeps in reach, and so the most a request may ask for.
 pub const MAX_GOALS: usize = 4;
-/// Payload key of a note's audit record that names the note.
-pub const NOTE_ID_KEY: &str = "note_id";
+pub use crate::event::NOTE_ID_KEY;
 
 /// What a context is built from: a consistent snapshot of one stream.
 #[derive(Clone, Copy, Debug)]
@@ -499,6 +498,10 @@ fn assemble(
         let record = contender.record.record();
         let shown_tokens = match (level, &contender.headline) {
             (Level::Headline, Some(headline)) => headline.tokens,
+            // A line whose head alone is over the cap: what the full line would cost.
+            _ if contender.whole.tokens == candidates::UNSHOWABLE => {
+                contender.record.tokens(encoding)
+            }
             _ => contender.whole.tokens,
         };
         if level != Level::Folded {
@@ -697,6 +700,7 @@ mod tests {
             prop_assert_eq!(totals.shown_events + totals.elided_events, totals.events);
             let shown_lines = window.text.lines().filter(|l| l.as_bytes().first().is_some_and(u8::is_ascii_digit)).count() as u64;
             prop_assert_eq!(shown_lines, totals.shown_whole + totals.shown_headlines, "every shown record has one line");
+            prop_assert!(!window.text.contains("## Earlier (0 "), "an empty summary:\n{}", window.text);
             if totals.elided_events > 0 && window.text.contains("## Earlier") {
                 prop_assert_eq!(earlier_count(&window.text), totals.elided_events, "Earlier counts every event not shown");
             }
@@ -1025,5 +1029,66 @@ mod tests {
             "{}",
             window.text
         );
+    }
+
+    /// With fewer goal records than the stream keeps, the latest one is still a goal.
+    #[test]
+    fn the_latest_goal_is_kept_beside_the_first() {
+        let mut state = StreamState::new(CollapsePolicy::default(), TailCapacity::default());
+        let at = |i: i64| t0() + TimeDelta::seconds(i);
+        state.append(
+            Event::new("task", Severity::Info, "TASK-1: build the report").unwrap(),
+            at(0),
+        );
+        for i in 1..200 {
+            let step = Event::new("llm", Severity::Info, format!("step {i}: thinking")).unwrap();
+            state.append(step, at(i));
+        }
+        let change = Event::new("user", Severity::Info, "TASK-2: export it as CSV instead");
+        state.append(change.unwrap(), at(200));
+        for i in 201..1_200 {
+            let step = Event::new("llm", Severity::Info, format!("step {i}: thinking")).unwrap();
+            state.append(step, at(i));
+        }
+        for budget in [300, 2_048] {
+            let window = build(
+                &state.view(),
+                &ContextRequest::new(budget, Encoding::Cl100kBase),
+                at(1_200),
+            );
+            assert!(window.text.contains("TASK-1"), "{budget}: {}", window.text);
+            assert!(window.text.contains("TASK-2"), "{budget}: {}", window.text);
+        }
+    }
+
+    /// A cap too small for a line's head does not turn clipping off: the record is folded.
+    #[test]
+    fn a_cap_below_the_head_folds_long_records() {
+        let state = replay(&[(4, 0, 1, 1, 599), (9, 0, 1, 1, 0)], &[], 64);
+        let mut request = ContextRequest::new(3_000, Encoding::Cl100kBase);
+        request.line_cap = Some(1);
+        let window = build(&state.view(), &request, t0());
+        assert!(window.tokens <= 3_000);
+        assert!(!window.text.contains("Rate limit"), "{}", window.text);
+        assert_eq!(window.items[0].level, Level::Folded);
+    }
+
+    /// Records posted together share a time; they still age by seq, so an older error is not
+    /// crowded out by a batch of routine lines.
+    #[test]
+    fn a_batch_of_routine_lines_does_not_outrank_an_older_error() {
+        let mut state = StreamState::new(CollapsePolicy::default(), TailCapacity::default());
+        let error = Event::new("tool", Severity::Error, "deploy failed: permission denied");
+        state.append(error.unwrap(), t0());
+        for i in 0..300 {
+            let line = Event::new("tool", Severity::Info, format!("line {i}: ok")).unwrap();
+            state.append(line, t0() + TimeDelta::seconds(1));
+        }
+        let window = build(
+            &state.view(),
+            &ContextRequest::new(2_000, Encoding::Cl100kBase),
+            t0(),
+        );
+        assert!(window.text.contains("deploy failed"), "{}", window.text);
     }
 }

@@ -171,16 +171,20 @@ pub fn pack(
     }
     let share = available / AHEAD_SHARE_DIVISOR;
     let mut ahead = 0u32;
-    let goals = items
+    // The first goal, then the later goals and the next newest, newest first.
+    let mut goals = items
         .iter()
         .enumerate()
         .filter(|(_, item)| item.role == Role::Goal);
+    let first_goal = goals.next();
+    let later_goals = goals.rev();
     let recent = items
         .iter()
         .enumerate()
         .rev()
         .filter(|(_, item)| item.role == Role::Recent);
-    for (rank, (index, item)) in goals.chain(recent).enumerate() {
+    let ahead_of_ranking = first_goal.into_iter().chain(later_goals).chain(recent);
+    for (rank, (index, item)) in ahead_of_ranking.enumerate() {
         let cost = item.cost(item.shown_level());
         // The first goal (what the agent was asked) is kept whatever the share.
         if rank > 0 && ahead + cost > share {

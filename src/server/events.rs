@@ -121,6 +121,7 @@ pub fn parse_events(
         check_syntax(json)
             .and_then(|()| EventInput::from_json(json.as_bytes()))
             .and_then(|input| input.validate(limits))
+            .and_then(Event::check_not_audit)
     })
 }
 

@@ -1170,3 +1170,48 @@ async fn notes_are_capped_per_stream_and_listed_in_pages() {
     assert_eq!(deleted.status, 204);
     assert_eq!(server.post_json(notes, &body(16)).await.status, 201);
 }
+
+/// A note's audit record stays one when a client event repeats its text, so deleting the note
+/// still hides it; and clients cannot pass events off as audit records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_notes_stay_forgotten_and_audit_records_cannot_be_forged() {
+    let server = TestServer::start().await;
+    let stream = "/v1/streams/forget";
+    let note = server
+        .post_json(&format!("{stream}/notes"), r#"{"text": "SECRET-gamma"}"#)
+        .await
+        .json();
+    let repeat = server
+        .post_json(
+            &format!("{stream}/events"),
+            r#"{"kind": "note", "message": "SECRET-gamma", "payload": {"source": "agent"}}"#,
+        )
+        .await
+        .json();
+    assert_eq!(repeat["records"][0]["collapsed"], true);
+    let id = note["id"].as_u64().unwrap();
+    let deleted = server
+        .request(
+            Method::DELETE,
+            &format!("{stream}/notes/{id}"),
+            None,
+            Bytes::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    for budget in [50, 300, 2_000] {
+        let text = server
+            .get(&format!("{stream}/context?budget={budget}"))
+            .await
+            .text();
+        assert!(!text.contains("SECRET-gamma"), "{budget}: {text}");
+    }
+    server
+        .post_json(
+            &format!("{stream}/events"),
+            r#"{"kind": "note", "message": "hide me", "payload": {"note_id": 1}}"#,
+        )
+        .await
+        .assert_error(400, "invalid_field", Some("payload.note_id"));
+}
