@@ -8,6 +8,7 @@
 //! kind when it is above `info`, ` xN` when the record stands for N > 1 events, and continuation
 //! lines of a multi-line message indented by two spaces.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use chrono::Timelike;
@@ -27,10 +28,23 @@ pub fn clock(ts: &Timestamp) -> String {
     format!("{:02}:{:02}:{:02}", ts.hour(), ts.minute(), ts.second())
 }
 
+/// Characters other than `\n` that a reader may take for a line break (Python's `splitlines`
+/// does): rendered as `\n`, so that every line of a context is one of recap's.
+const OTHER_BREAKS: [char; 6] = ['\r', '\u{b}', '\u{c}', '\u{85}', '\u{2028}', '\u{2029}'];
+
+/// `text` with `\r\n` and every other line break as `\n`.
+fn normalize_breaks(text: &str) -> Cow<'_, str> {
+    if !text.contains(OTHER_BREAKS) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(text.replace("\r\n", "\n").replace(OTHER_BREAKS, "\n"))
+}
+
 /// Appends `text` as the body of a piece: its first line as is, each further line on its own
-/// line indented by two spaces. `\r\n` line ends become `\n`; leading blank lines and trailing
-/// line breaks are dropped.
+/// line indented by two spaces. `\r\n` and other line breaks become `\n`; leading blank lines
+/// and trailing line breaks are dropped.
 fn push_body(out: &mut String, text: &str) {
+    let text = normalize_breaks(text);
     let text = text.trim_end_matches(['\n', '\r']);
     // Leading blank lines carry nothing but tokens.
     let text = match text.find(|c: char| !c.is_whitespace()) {
@@ -75,6 +89,7 @@ enum Cut {
 /// Whether a message renders on more than one line (leading blank lines and trailing line
 /// breaks do not count, as [`push_body`] drops them).
 fn is_multi_line(message: &str) -> bool {
+    let message = normalize_breaks(message);
     let text = message.trim_end_matches(['\n', '\r']);
     text.find(|c: char| !c.is_whitespace())
         .is_some_and(|first| text[first..].contains('\n'))
@@ -199,8 +214,8 @@ const HEADLINE_BYTES_PER_TOKEN: usize = 12;
 /// `⏎`. Cuts are marked with `…`, and the count (` xN`) ends the line. `None` when not even the
 /// head fits.
 pub fn headline(record: &Record, encoding: Encoding, max_tokens: u32) -> Option<ClippedLine> {
-    let mut lines: Vec<&str> = record
-        .message
+    let message = normalize_breaks(&record.message);
+    let mut lines: Vec<&str> = message
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty())
@@ -585,6 +600,20 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_kind_of_line_break_starts_an_indented_line() {
+        let message = "one\rtwo\u{2028}three\u{85}four\u{b}five\r\nsix";
+        let line = record_line(&record("tool", Severity::Info, message, 2));
+        assert_eq!(
+            line,
+            "10:31:44 [tool] x2: one\n  two\n  three\n  four\n  five\n  six\n"
+        );
+        for encoding in Encoding::ALL {
+            let headline = headline(&record("tool", Severity::Info, message, 2), encoding, 48);
+            assert_eq!(headline.unwrap().text.matches('\n').count(), 1);
         }
     }
 }
