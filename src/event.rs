@@ -437,6 +437,15 @@ impl Record {
         }
     }
 
+    /// The note this record is the audit record of, if it is one (a `note` record whose
+    /// payload names it with [`NOTE_ID_KEY`]).
+    pub fn note_id(&self) -> Option<u64> {
+        if self.kind.as_str() != "note" {
+            return None;
+        }
+        self.payload.as_ref()?.get(NOTE_ID_KEY)?.as_u64()
+    }
+
     /// Folds a repeat into the record: one more event, the latest message and time. A note's
     /// audit record stays one ([`NOTE_ID_KEY`] is kept), so forgetting the note still hides it.
     pub fn absorb(&mut self, event: Event, revision: u64, ts: Timestamp) {

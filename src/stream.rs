@@ -86,6 +86,8 @@ pub struct StreamState {
     /// however old they are, and the latest one.
     goals: Vec<Arc<CachedRecord>>,
     latest_goal: Option<Arc<CachedRecord>>,
+    /// The record holding the latest event: the last one created or repeated.
+    latest: Option<Arc<CachedRecord>>,
     older_last_ts: Option<Timestamp>,
     totals: Totals,
     notes: Vec<Arc<CachedNote>>,
@@ -104,6 +106,7 @@ impl StreamState {
             severe: Vec::new(),
             goals: Vec::new(),
             latest_goal: None,
+            latest: None,
             older_last_ts: None,
             totals: Totals::default(),
             notes: Vec::new(),
@@ -148,6 +151,10 @@ impl StreamState {
             state.note_goal(&cached);
         }
         state.collapser = collapser;
+        state.latest = records
+            .iter()
+            .max_by_key(|cached| cached.record().revision)
+            .cloned();
         state.records = records;
         state.severe = all_severe;
         state.older_last_ts = older_last_ts;
@@ -277,6 +284,7 @@ impl StreamState {
             self.severe.push(cached.clone());
         }
         self.note_goal(&cached);
+        self.latest = Some(cached.clone());
         self.records.push(cached);
         self.trim();
     }
@@ -301,6 +309,7 @@ impl StreamState {
         if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
             *severe = cached.clone();
         }
+        self.latest = Some(cached.clone());
         for goal in self.goals.iter_mut().chain(&mut self.latest_goal) {
             if goal.record().seq == seq {
                 *goal = cached.clone();
@@ -323,6 +332,7 @@ impl StreamState {
         self.severe.drain(..gone);
         self.goals.retain(|r| r.record().seq > seq);
         self.latest_goal = self.latest_goal.take().filter(|r| r.record().seq > seq);
+        self.latest = self.latest.take().filter(|r| r.record().seq > seq);
     }
 
     /// A copy holding only the newest records `capacity` allows, sharing them with `self`: the
@@ -349,6 +359,7 @@ impl StreamState {
         fork.severe = self.severe[self.severe.len() - keep..].to_vec();
         fork.goals = self.goals.clone();
         fork.latest_goal = self.latest_goal.clone();
+        fork.latest = self.latest.clone();
         fork.totals = self.totals.clone();
         fork.notes = self.notes.clone();
         fork.revision = self.revision;
@@ -443,7 +454,8 @@ impl StreamState {
             records: &self.records,
             severe: &self.severe,
             goals: &self.goals,
-            latest_goal: self.latest_goal.as_ref(),
+            latest_goal: self.latest_goal.as_ref().or(self.goals.last()),
+            latest: self.latest.as_ref(),
             totals: &self.totals,
             older_last_ts: self.older_last_ts,
         }

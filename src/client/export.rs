@@ -15,7 +15,6 @@ use std::io::Write;
 use http::Method;
 use serde::Deserialize;
 
-use crate::context::NOTE_ID_KEY;
 use crate::event::{Note, Record, StreamName};
 use crate::jsonl;
 use crate::store::MAX_PAGE_RECORDS;
@@ -81,7 +80,8 @@ pub async fn export(
             )
             .await?;
         for record in &page.records {
-            let note = audit_note_id(record)
+            let note = record
+                .note_id()
                 .filter(|id| live.get(id).is_some_and(|note| note.text == record.message))
                 .and_then(|id| live.remove(&id));
             let line = match &note {
@@ -101,12 +101,4 @@ pub async fn export(
     summary.notes_left_out = live.into_values().collect();
     summary.notes_left_out.sort_by_key(|note| note.id);
     Ok(summary)
-}
-
-/// The note a record is the audit record of, if it is one.
-fn audit_note_id(record: &Record) -> Option<u64> {
-    if record.kind.as_str() != "note" {
-        return None;
-    }
-    record.payload.as_ref()?.get(NOTE_ID_KEY)?.as_u64()
 }

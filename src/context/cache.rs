@@ -92,11 +92,6 @@ impl CachedRecord {
             .get_or_count(encoding, || self.line().to_owned())
     }
 
-    /// The full line's count if it was made already.
-    pub fn tokens_if_counted(&self, encoding: Encoding) -> Option<u32> {
-        self.tokens.cached(encoding)
-    }
-
     /// The record shown whole: its full line, or its line clipped to `cap` when longer. `None`
     /// when `tokenize` is false and something would have to be tokenized first.
     pub fn whole(&self, encoding: Encoding, cap: u32, tokenize: bool) -> Option<Piece> {

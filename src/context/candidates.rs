@@ -15,7 +15,7 @@ use super::cache::{CachedRecord, Piece};
 use super::pack::Role;
 use super::{
     CANDIDATE_COST_FACTOR, ContextRequest, GOAL_KINDS, HEADLINE_TOKENS, MIN_CANDIDATES,
-    NEWEST_SHARE_DIVISOR, NOTE_ID_KEY, StreamView, TOKENS_PER_CANDIDATE,
+    NEWEST_SHARE_DIVISOR, StreamView, TOKENS_PER_CANDIDATE,
 };
 
 /// How a record takes part.
@@ -106,11 +106,10 @@ pub fn contenders<'a>(
     let goals: Vec<u64> = if request.goals == 0 {
         Vec::new()
     } else {
-        // The first `goals` and the latest (the last of the first ones, until they are full).
         view.goals
             .iter()
             .take(request.goals)
-            .chain(view.latest_goal.or(view.goals.last()))
+            .chain(view.latest_goal)
             .map(|goal| goal.record().seq)
             .collect()
     };
@@ -120,7 +119,7 @@ pub fn contenders<'a>(
     let mut contender = |cached: &'a Arc<CachedRecord>| {
         let record = cached.record();
         let is_goal = goals.contains(&record.seq);
-        let standing = match note_id_of(record) {
+        let standing = match record.note_id() {
             Some(id) if shown_notes.contains(&id) => Standing::Pinned,
             Some(id) if !live_notes.contains(&id) => Standing::Forgotten,
             // Roles are given once the walk is done.
@@ -175,12 +174,17 @@ pub fn contenders<'a>(
         .records
         .get(walked)
         .map_or(u64::MAX, |cached| cached.record().seq);
-    // The record holding the latest event can be older than the walk: a repeat lands in any of
-    // the newest `lookback` records.
-    let latest = view.records[view.records.len().saturating_sub(LATEST_REACH)..]
-        .iter()
+    // The record holding the latest event can be older than the walk (a repeat lands in any of
+    // the newest `lookback` records); when the filters leave it out, the latest they admit.
+    let latest = view
+        .latest
         .filter(|cached| request.filter.admits(cached.record()))
-        .max_by_key(|cached| cached.record().revision);
+        .or_else(|| {
+            view.records[view.records.len().saturating_sub(LATEST_REACH)..]
+                .iter()
+                .filter(|cached| request.filter.admits(cached.record()))
+                .max_by_key(|cached| cached.record().revision)
+        });
     // Older records that stay in reach: newest first, each once.
     // No more older severe records than could be shown as headlines: they tie on their decay
     // floor, so the newest win anyway.
@@ -193,11 +197,7 @@ pub fn contenders<'a>(
         .take(severe_reach);
     let mut older: Vec<&'a Arc<CachedRecord>> = older_severe
         .chain(view.goals.iter().take(request.goals))
-        .chain(
-            view.latest_goal
-                .or(view.goals.last())
-                .filter(|_| request.goals > 0),
-        )
+        .chain(view.latest_goal.filter(|_| request.goals > 0))
         .chain(latest)
         .filter(|cached| cached.record().seq < oldest_walked)
         .collect();
@@ -337,15 +337,6 @@ impl<'a> Contender<'a> {
             .as_ref()
             .map_or(self.whole.tokens, |headline| headline.tokens)
     }
-}
-
-/// The note a record is the audit copy of (the store logs every note as a `note` event with
-/// `payload.note_id`).
-pub fn note_id_of(record: &Record) -> Option<u64> {
-    if record.kind.as_str() != "note" {
-        return None;
-    }
-    record.payload.as_ref()?.get(NOTE_ID_KEY)?.as_u64()
 }
 
 /// Whether a record states what the agent was asked.

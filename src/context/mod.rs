@@ -92,8 +92,10 @@ pub struct StreamView<'a> {
     /// The stream's first goal records ([`GOAL_KINDS`]), oldest first, at most [`MAX_GOALS`];
     /// may overlap `records`.
     pub goals: &'a [Arc<CachedRecord>],
-    /// The stream's latest goal record, if it is not among `goals`.
+    /// The stream's latest goal record (one of `goals` until they are full).
     pub latest_goal: Option<&'a Arc<CachedRecord>>,
+    /// The record holding the stream's latest event: the last one created or repeated.
+    pub latest: Option<&'a Arc<CachedRecord>>,
     /// Totals over everything the stream accepted.
     pub totals: &'a Totals,
     /// The latest `last_ts` among records older than `records`, if there are any.
@@ -109,6 +111,7 @@ impl StreamView<'_> {
             severe: &[],
             goals: &[],
             latest_goal: None,
+            latest: None,
             totals,
             older_last_ts: None,
         }
@@ -277,6 +280,7 @@ pub fn unprepared(view: &StreamView<'_>, request: &ContextRequest) -> Unprepared
         severe: view.severe.to_vec(),
         goals: view.goals.to_vec(),
         latest_goal: view.latest_goal.cloned(),
+        latest: view.latest.cloned(),
         totals: view.totals.clone(),
     }
 }
@@ -288,6 +292,7 @@ pub struct Unprepared {
     severe: Vec<Arc<CachedRecord>>,
     goals: Vec<Arc<CachedRecord>>,
     latest_goal: Option<Arc<CachedRecord>>,
+    latest: Option<Arc<CachedRecord>>,
     totals: Totals,
 }
 
@@ -300,6 +305,7 @@ pub fn prepare(unprepared: &Unprepared, request: &ContextRequest, now: Timestamp
         severe: &unprepared.severe,
         goals: &unprepared.goals,
         latest_goal: unprepared.latest_goal.as_ref(),
+        latest: unprepared.latest.as_ref(),
         totals: &unprepared.totals,
         older_last_ts: None,
     };
