@@ -111,14 +111,17 @@ pub fn choose(
             .all(|(item, level)| item.role != Role::Newest || *level != Level::Folded)
     };
     let full = fit(EarlierForm::Full);
-    if let Some(chosen) = full.as_ref().filter(|(packing, _)| newest_shown(packing)) {
-        return chosen.clone();
+    if !full
+        .as_ref()
+        .is_some_and(|(packing, _)| newest_shown(packing))
+    {
+        let short = fit(EarlierForm::Short);
+        if let Some(short) = short.filter(|(packing, _)| full.is_none() || newest_shown(packing)) {
+            return short;
+        }
     }
-    match (full, fit(EarlierForm::Short)) {
-        (Some(full), Some(short)) if !newest_shown(&short.0) => return full,
-        (_, Some(short)) => return short,
-        (Some(full), None) => return full,
-        (None, None) => {}
+    if let Some(full) = full {
+        return full;
     }
     // Nothing fits beside a summary: the summary alone, as much of it as fits.
     let alone = [EarlierForm::Full, EarlierForm::Short]
