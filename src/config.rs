@@ -17,6 +17,7 @@
 //! drain_timeout_seconds = 30
 //! collapse_mode = "exact"          # or "template"
 //! collapse_window_seconds = 600
+//! cache_bytes = "256MiB"           # in-memory stream state; least recently used streams are evicted beyond it
 //! tail_records = 4096              # newest records kept in memory per stream
 //! severe_records = 256             # older error/critical records kept in reach per stream
 //! max_notes_per_stream = 1000      # live notes per stream (409 note_limit beyond)
@@ -60,6 +61,8 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     /// `--keys` / `RECAP_KEYS`.
     pub keys_file: Option<PathBuf>,
+    /// `--cache-bytes` / `RECAP_CACHE_BYTES`.
+    pub cache_bytes: Option<String>,
 }
 
 /// What a config file says.
@@ -75,6 +78,7 @@ pub struct FileConfig {
     drain_timeout_seconds: Option<u64>,
     collapse_mode: Option<String>,
     collapse_window_seconds: Option<i64>,
+    cache_bytes: Option<ByteSize>,
     tail_records: Option<usize>,
     severe_records: Option<usize>,
     max_notes_per_stream: Option<usize>,
@@ -104,6 +108,38 @@ pub struct Config {
     pub tail: TailCapacity,
     /// Caps on each stream's notes.
     pub notes: NoteLimits,
+    /// Budget of in-memory stream state.
+    pub cache_bytes: usize,
+}
+
+/// A size in a config file: a number of bytes, or a string such as `"64MiB"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Bytes(usize),
+    Text(String),
+}
+
+/// Smallest cache budget: a few streams' state.
+pub const MIN_CACHE_BYTES: usize = 1024 * 1024;
+
+/// Reads a size: a whole number of bytes, optionally with a unit `B`, `KiB`, `MiB` or `GiB`
+/// (`KB`, `MB`, `GB` and `K`, `M`, `G` are read as the binary units too).
+pub fn parse_bytes(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: usize = number.parse().ok()?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(scale)
 }
 
 /// Why the configuration was refused.
@@ -243,6 +279,22 @@ impl Config {
         if let Some(severe) = file.severe_records {
             tail.severe = severe;
         }
+        let cache_text = overrides.cache_bytes.clone().map(ByteSize::Text);
+        let cache_bytes = match cache_text.or(file.cache_bytes) {
+            None => crate::store::DEFAULT_CACHE_BYTES,
+            Some(ByteSize::Bytes(bytes)) => bytes,
+            Some(ByteSize::Text(text)) => parse_bytes(&text).ok_or_else(|| {
+                invalid(
+                    "cache_bytes",
+                    format!(
+                        "{text:?} is not a size; write a number of bytes or one like 64MiB or 2GiB"
+                    ),
+                )
+            })?,
+        };
+        if cache_bytes < MIN_CACHE_BYTES {
+            return Err(invalid("cache_bytes", "must be at least 1MiB"));
+        }
         let mut notes = NoteLimits::default();
         // One note of the largest message size always fits.
         notes.max_bytes = notes.max_bytes.max(max_message_bytes);
@@ -274,6 +326,7 @@ impl Config {
             collapse,
             tail,
             notes,
+            cache_bytes,
         })
     }
 
@@ -283,6 +336,7 @@ impl Config {
             collapse: self.collapse,
             tail: self.tail,
             notes: self.notes,
+            cache_bytes: self.cache_bytes,
             ..StoreOptions::default()
         }
     }
@@ -386,6 +440,40 @@ mod tests {
         let file: FileConfig = toml::from_str("max_body_bytes = 10").unwrap();
         assert!(Config::merge(&Overrides::default(), file, Path::new("")).is_err());
         assert!(toml::from_str::<FileConfig>("adr = \"x\"").is_err());
+    }
+
+    #[test]
+    fn cache_budget_reads_units_and_flags_win() {
+        let load = |text: &str| {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            Config::merge(&Overrides::default(), file, Path::new(""))
+        };
+        assert_eq!(
+            load("").unwrap().cache_bytes,
+            crate::store::DEFAULT_CACHE_BYTES
+        );
+        assert_eq!(
+            load("cache_bytes = \"64MiB\"").unwrap().cache_bytes,
+            64 << 20
+        );
+        assert_eq!(load("cache_bytes = 2097152").unwrap().cache_bytes, 2 << 20);
+        assert_eq!(parse_bytes("2 GiB"), Some(2 << 30));
+        assert_eq!(parse_bytes("12k"), Some(12 << 10));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(
+            load("cache_bytes = \"64 furlongs\"")
+                .unwrap_err()
+                .to_string(),
+            "invalid setting `cache_bytes`: \"64 furlongs\" is not a size; write a number of bytes or one like 64MiB or 2GiB"
+        );
+        assert!(load("cache_bytes = 1000").is_err());
+        let overrides = Overrides {
+            cache_bytes: Some("8MiB".into()),
+            ..Overrides::default()
+        };
+        let file: FileConfig = toml::from_str("cache_bytes = \"64MiB\"").unwrap();
+        let config = Config::merge(&overrides, file, Path::new(".")).unwrap();
+        assert_eq!(config.store_options().cache_bytes, 8 << 20);
     }
 
     #[test]

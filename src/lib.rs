@@ -12,6 +12,7 @@
 //! - [`render`]: the only place that formats context text.
 //! - [`context`]: builds a context window from a stream snapshot (pure, deterministic): record
 //!   caches, totals, candidates, packing by level of detail, the Earlier summary.
+//! - [`meter`]: counting the bytes cached records and notes hold (the store's cache budget).
 //! - [`stream`]: one stream's live state in memory, shared by the store and offline replay.
 //! - [`store`]: durable history in one redb file; group-commit writer; tail caches; changelog.
 //! - [`trace`]: reading JSONL agent traces (the shared trace format) into events.
@@ -27,7 +28,9 @@ pub mod collapse;
 pub mod config;
 pub mod context;
 pub mod event;
+pub mod histogram;
 pub mod jsonl;
+pub mod meter;
 pub mod openintent;
 pub mod rank;
 pub mod render;

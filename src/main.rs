@@ -65,6 +65,10 @@ struct ServeArgs {
     /// API keys file (TOML); without it the server listens on loopback only.
     #[arg(long, env = "RECAP_KEYS", value_name = "FILE")]
     keys: Option<PathBuf>,
+    /// Memory for cached stream state, e.g. 64MiB (default 256MiB); the streams used least
+    /// recently are evicted beyond it and loaded again from disk when next used.
+    #[arg(long, env = "RECAP_CACHE_BYTES", value_name = "SIZE")]
+    cache_bytes: Option<String>,
 }
 
 /// How client commands reach the server.
@@ -237,6 +241,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 data_dir: args.data,
                 config_file: args.config,
                 keys_file: args.keys,
+                cache_bytes: args.cache_bytes,
             })?;
             recap::server::serve(&config, shutdown_signal()).await?;
         }

@@ -11,6 +11,7 @@ use crate::collapse::{CollapsePolicy, Collapser, Placement};
 use crate::context::candidates::is_goal;
 use crate::context::{CachedNote, CachedRecord, MAX_GOALS, StreamView, Totals};
 use crate::event::{Event, Note, Record, Severity, Timestamp};
+use crate::meter::{self, Meter};
 
 /// Default number of newest records kept in memory per stream: a 32,000-token window rarely
 /// shows more than a few hundred, and [`crate::context`] never looks further back than
@@ -93,12 +94,27 @@ pub struct StreamState {
     notes: Vec<Arc<CachedNote>>,
     revision: u64,
     next_note_id: u64,
+    /// Counts what the cached records and notes hold, and this state's own vectors.
+    meter: Meter,
+    /// Bytes of this state's own vectors charged to `meter`.
+    charged: usize,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.meter.release(self.charged);
+    }
 }
 
 impl StreamState {
-    /// An empty stream.
+    /// An empty stream, counting what it holds on a meter of its own.
     pub fn new(policy: CollapsePolicy, capacity: TailCapacity) -> StreamState {
-        StreamState {
+        StreamState::metered(policy, capacity, &Meter::detached())
+    }
+
+    /// An empty stream whose records, notes and vectors are counted on `meter`.
+    pub fn metered(policy: CollapsePolicy, capacity: TailCapacity, meter: &Meter) -> StreamState {
+        let mut state = StreamState {
             collapser: Collapser::new(policy),
             collapser_current: true,
             capacity: capacity.for_policy(&policy),
@@ -112,19 +128,48 @@ impl StreamState {
             notes: Vec::new(),
             revision: 0,
             next_note_id: 1,
+            meter: meter.clone(),
+            charged: 0,
+        };
+        state.recount();
+        state
+    }
+
+    /// The meter this state counts on.
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
+    /// Charges (or gives back) the change in what this state's own vectors hold.
+    fn recount(&mut self) {
+        let slot = std::mem::size_of::<Arc<CachedRecord>>();
+        let held = std::mem::size_of::<StreamState>()
+            + meter::heap(slot * self.records.capacity())
+            + meter::heap(slot * self.severe.capacity())
+            + meter::heap(slot * self.goals.capacity())
+            + meter::heap(slot * self.notes.capacity());
+        if held > self.charged {
+            self.meter.charge(held - self.charged);
+        } else {
+            self.meter.release(self.charged - held);
         }
+        self.charged = held;
     }
 
     /// Rebuilds a stream from what the store kept: `tail` (its newest records, oldest first),
     /// `severe` (older severe records, oldest first), `goals` (its first goal records and its
     /// latest, those older than the tail, oldest first), totals, notes and counters.
+    ///
+    /// The records come cached (the store makes them from its rows with their payloads as
+    /// text), charged to `meter` like the notes.
     #[allow(clippy::too_many_arguments)]
     pub fn restore(
         policy: CollapsePolicy,
         capacity: TailCapacity,
-        tail: Vec<Record>,
-        severe: Vec<Record>,
-        goals: Vec<Record>,
+        meter: &Meter,
+        tail: Vec<Arc<CachedRecord>>,
+        severe: Vec<Arc<CachedRecord>>,
+        goals: Vec<Arc<CachedRecord>>,
         older_last_ts: Option<Timestamp>,
         totals: Totals,
         notes: Vec<Note>,
@@ -132,22 +177,12 @@ impl StreamState {
         next_note_id: u64,
     ) -> StreamState {
         let next_seq = totals.records + 1;
-        let collapser = Collapser::resume(policy, next_seq, &tail);
-        let records: Vec<Arc<CachedRecord>> = tail
-            .into_iter()
-            .map(|r| Arc::new(CachedRecord::new(r)))
-            .collect();
-        let mut all_severe: Vec<Arc<CachedRecord>> = severe
-            .into_iter()
-            .map(|r| Arc::new(CachedRecord::new(r)))
-            .collect();
+        let collapser = Collapser::resume(policy, next_seq, tail.iter().map(|r| r.record()));
+        let records = tail;
+        let mut all_severe = severe;
         all_severe.extend(records.iter().filter(|r| is_severe(r.record())).cloned());
-        let mut state = StreamState::new(policy, capacity);
-        for cached in goals
-            .into_iter()
-            .map(|r| Arc::new(CachedRecord::new(r)))
-            .chain(records.iter().cloned())
-        {
+        let mut state = StreamState::metered(policy, capacity, meter);
+        for cached in goals.into_iter().chain(records.iter().cloned()) {
             state.note_goal(&cached);
         }
         state.collapser = collapser;
@@ -161,11 +196,12 @@ impl StreamState {
         state.totals = totals;
         state.notes = notes
             .into_iter()
-            .map(|n| Arc::new(CachedNote::new(n)))
+            .map(|n| Arc::new(CachedNote::new(n, meter)))
             .collect();
         state.revision = revision;
         state.next_note_id = next_note_id;
         state.trim();
+        state.recount();
         state
     }
 
@@ -192,9 +228,9 @@ impl StreamState {
                     .iter()
                     .rposition(|r| r.record().seq == seq)
                     .expect("the collapse lookback stays inside the tail");
-                let mut record = self.records[position].record().clone();
+                let mut record = self.records[position].full_record();
                 record.absorb(event, self.revision, ts);
-                let cached = Arc::new(CachedRecord::new(record.clone()));
+                let cached = Arc::new(CachedRecord::new(record.clone(), &self.meter));
                 self.replace_record(position, cached.clone());
                 let appended = Appended {
                     record,
@@ -270,7 +306,7 @@ impl StreamState {
 
     /// Adds a new record to the tail (and the severe list).
     fn push_record(&mut self, record: Record) -> (Appended, Arc<CachedRecord>) {
-        let cached = Arc::new(CachedRecord::new(record.clone()));
+        let cached = Arc::new(CachedRecord::new(record.clone(), &self.meter));
         self.push_cached(cached.clone());
         let appended = Appended {
             record,
@@ -285,8 +321,12 @@ impl StreamState {
         }
         self.note_goal(&cached);
         self.latest = Some(cached.clone());
+        let capacity = self.records.capacity();
         self.records.push(cached);
         self.trim();
+        if self.records.capacity() != capacity {
+            self.recount();
+        }
     }
 
     /// Keeps a new record in reach if it is one of the first goal records, or the latest.
@@ -340,7 +380,7 @@ impl StreamState {
     /// readers see changes only once the commit is durable.
     pub fn fork(&self, capacity: TailCapacity) -> StreamState {
         let policy = self.collapser.policy();
-        let mut fork = StreamState::new(policy, capacity);
+        let mut fork = StreamState::metered(policy, capacity, &self.meter);
         fork.collapser = if self.collapser_current {
             self.collapser.clone()
         } else {
@@ -364,6 +404,7 @@ impl StreamState {
         fork.notes = self.notes.clone();
         fork.revision = self.revision;
         fork.next_note_id = self.next_note_id;
+        fork.recount();
         fork
     }
 
@@ -418,7 +459,9 @@ impl StreamState {
             expires_at,
         };
         self.next_note_id += 1;
-        self.notes.push(Arc::new(CachedNote::new(note.clone())));
+        self.notes
+            .push(Arc::new(CachedNote::new(note.clone(), &self.meter)));
+        self.recount();
         note
     }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::context::CachedRecord;
 use crate::event::{Record, Severity};
+use crate::meter::Meter;
 use crate::render::{self, ClippedLine};
 use crate::tokens::Encoding;
 
@@ -71,7 +72,8 @@ impl RawLog {
             None => self.kind_totals.push((kind.to_owned(), 1)),
         }
         self.severity_totals[record.severity.index()] += 1;
-        self.lines.push(CachedRecord::new(record));
+        self.lines
+            .push(CachedRecord::new(record, &Meter::detached()));
     }
 
     /// Number of events.

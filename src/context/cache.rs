@@ -4,11 +4,14 @@
 //! A change to a record (a repeat) makes a new [`CachedRecord`], so a cache is never stale.
 
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustc_hash::FxHasher;
+use serde_json::{Map, Value};
 
-use crate::event::{Note, Record};
+use crate::event::{NOTE_ID_KEY, Note, Record};
+use crate::meter::{self, Meter};
 
 use super::HEADLINE_TOKENS;
 use crate::render::{self, ClippedLine};
@@ -37,9 +40,19 @@ enum Shape {
 type Cut = (Encoding, u32, Shape, Option<Arc<ClippedLine>>);
 
 /// A record with its rendered line and token counts, computed once and shared by every build.
+///
+/// The payload is kept as compact JSON text, not parsed: windows never show it, and a parsed
+/// payload can cost many times its size (an array of small numbers costs ~32 bytes per number).
+/// Every byte the record holds is counted on its [`Meter`].
 #[derive(Debug)]
 pub struct CachedRecord {
+    /// The record without its payload (see [`Self::full_record`]).
     record: Record,
+    payload: Option<Box<str>>,
+    note_id: Option<u64>,
+    meter: Meter,
+    /// Bytes charged to `meter` so far, given back on drop.
+    charged: AtomicUsize,
     line: OnceLock<String>,
     tokens: TokenCounts,
     cuts: Mutex<Vec<Cut>>,
@@ -63,10 +76,50 @@ pub struct Piece {
 }
 
 impl CachedRecord {
-    /// Wraps a record; nothing is rendered or counted until asked.
-    pub fn new(record: Record) -> CachedRecord {
+    /// Wraps a record, charging what it holds to `meter`; nothing is rendered or counted until
+    /// asked.
+    pub fn new(mut record: Record, meter: &Meter) -> CachedRecord {
+        let payload = record.payload.take().map(|payload| {
+            // A map of JSON values always serializes.
+            serde_json::to_string(&payload)
+                .unwrap_or_default()
+                .into_boxed_str()
+        });
+        CachedRecord::with_payload_text(record, payload, meter)
+    }
+
+    /// Wraps a record whose payload (if any) is already compact JSON text, as the store keeps
+    /// it; `record.payload` must be `None`.
+    pub fn with_payload_text(
+        record: Record,
+        payload: Option<Box<str>>,
+        meter: &Meter,
+    ) -> CachedRecord {
+        debug_assert!(record.payload.is_none());
+        // Only recap's own audit records carry a note id; skip parsing every other payload.
+        let note_id = payload
+            .as_deref()
+            .filter(|text| text.contains(NOTE_ID_KEY))
+            .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok())
+            .and_then(|payload| payload.get(NOTE_ID_KEY)?.as_u64());
+        let held = std::mem::size_of::<CachedRecord>()
+            + ARC_HEADER
+            + meter::ALLOCATION_OVERHEAD
+            + meter::heap(record.message.capacity())
+            + meter::heap(record.kind.as_str().len())
+            + [&record.display_message, &record.actor, &record.step_id]
+                .into_iter()
+                .flatten()
+                .map(|text| meter::heap(text.capacity()))
+                .sum::<usize>()
+            + payload.as_deref().map_or(0, meter::string);
+        meter.charge(held);
         CachedRecord {
             record,
+            payload,
+            note_id,
+            meter: meter.clone(),
+            charged: AtomicUsize::new(held),
             line: OnceLock::new(),
             tokens: TokenCounts::new(),
             cuts: Mutex::new(Vec::new()),
@@ -76,14 +129,50 @@ impl CachedRecord {
         }
     }
 
-    /// The record.
+    /// The record, without its payload (windows never show it; see [`Self::full_record`]).
     pub fn record(&self) -> &Record {
         &self.record
     }
 
+    /// The record with its payload.
+    pub fn full_record(&self) -> Record {
+        let mut record = self.record.clone();
+        // The text was serialized from a map, or read from the file where it was stored as one.
+        record.payload = self
+            .payload
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok());
+        record
+    }
+
+    /// The payload as compact JSON text.
+    pub fn payload_text(&self) -> Option<&str> {
+        self.payload.as_deref()
+    }
+
+    /// The note a `note` audit record stands for (see [`Record::note_id`]).
+    pub fn note_id(&self) -> Option<u64> {
+        self.note_id
+    }
+
+    /// Bytes the record holds now, caches included.
+    pub fn held_bytes(&self) -> usize {
+        self.charged.load(Ordering::Relaxed)
+    }
+
+    /// Counts bytes a lazy cache just took.
+    fn charge(&self, bytes: usize) {
+        self.charged.fetch_add(bytes, Ordering::Relaxed);
+        self.meter.charge(bytes);
+    }
+
     /// The record's full line.
     pub fn line(&self) -> &str {
-        self.line.get_or_init(|| render::record_line(&self.record))
+        self.line.get_or_init(|| {
+            let line = render::record_line(&self.record);
+            self.charge(meter::heap(line.capacity()));
+            line
+        })
     }
 
     /// The full line's token count under `encoding`.
@@ -125,8 +214,12 @@ impl CachedRecord {
         match slot.get() {
             Some(headline) => Some(headline.clone()),
             None if tokenize => Some(
-                slot.get_or_init(|| render::headline(&self.record, encoding, cap).map(Arc::new))
-                    .clone(),
+                slot.get_or_init(|| {
+                    let headline = render::headline(&self.record, encoding, cap).map(Arc::new);
+                    self.charge(cut_bytes(&headline));
+                    headline
+                })
+                .clone(),
             ),
             None => None,
         }
@@ -154,16 +247,27 @@ impl CachedRecord {
         }
         let cut = match shape {
             Shape::Clip => {
-                let ends = self.token_ends[encoding.index()]
-                    .get_or_init(|| encoding.token_ends(&self.record.message).into());
+                let ends = self.token_ends[encoding.index()].get_or_init(|| {
+                    let ends: Box<[u32]> = encoding.token_ends(&self.record.message).into();
+                    self.charge(meter::heap(std::mem::size_of_val(&*ends)));
+                    ends
+                });
                 render::clip_record_at(&self.record, encoding, cap, ends)
             }
             Shape::Headline => render::headline(&self.record, encoding, cap),
         }
         .map(Arc::new);
-        if cuts.len() == CUTS_PER_RECORD {
-            cuts.remove(0);
+        if cuts.is_empty() {
+            self.charge(meter::heap(CUTS_PER_RECORD * std::mem::size_of::<Cut>()));
+            cuts.reserve_exact(CUTS_PER_RECORD);
         }
+        if cuts.len() == CUTS_PER_RECORD {
+            let (.., dropped) = cuts.remove(0);
+            let freed = cut_bytes(&dropped);
+            self.charged.fetch_sub(freed, Ordering::Relaxed);
+            self.meter.release(freed);
+        }
+        self.charge(cut_bytes(&cut));
         cuts.push((encoding, cap, shape, cut.clone()));
         Some(cut)
     }
@@ -192,9 +296,29 @@ impl CachedRecord {
             if hashes.len() < MIN_BODY_LINES {
                 hashes.clear();
             }
-            hashes.into()
+            let hashes: Box<[u64]> = hashes.into();
+            self.charge(meter::heap(std::mem::size_of_val(&*hashes)));
+            hashes
         })
     }
+}
+
+impl Drop for CachedRecord {
+    fn drop(&mut self) {
+        self.meter.release(*self.charged.get_mut());
+    }
+}
+
+/// The two counts in front of every `Arc`'s value.
+const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
+
+/// Bytes a cut line holds (a shared [`ClippedLine`] and its text). A cut evicted from a
+/// record's list while a build still holds it is given back early; builds are short.
+fn cut_bytes(cut: &Option<Arc<ClippedLine>>) -> usize {
+    cut.as_ref().map_or(0, |cut| {
+        meter::heap(ARC_HEADER + std::mem::size_of::<ClippedLine>())
+            + meter::heap(cut.text.capacity())
+    })
 }
 
 /// Whether two bodies ([`CachedRecord::body`]) are mostly the same: at least four fifths of the
@@ -219,22 +343,32 @@ pub fn same_body(a: &[u64], b: &[u64]) -> bool {
     shared * 5 >= smaller * 4
 }
 
-/// A note with its rendered piece and token counts.
+/// A note with its rendered piece and token counts, counted on a [`Meter`].
 #[derive(Debug)]
 pub struct CachedNote {
     note: Note,
     piece: String,
     tokens: TokenCounts,
+    meter: Meter,
+    held: usize,
 }
 
 impl CachedNote {
-    /// Wraps a note.
-    pub fn new(note: Note) -> CachedNote {
+    /// Wraps a note, charging what it holds to `meter`.
+    pub fn new(note: Note, meter: &Meter) -> CachedNote {
         let piece = render::note_piece(&note.text);
+        let held = std::mem::size_of::<CachedNote>()
+            + ARC_HEADER
+            + meter::ALLOCATION_OVERHEAD
+            + meter::heap(note.text.capacity())
+            + meter::heap(piece.capacity());
+        meter.charge(held);
         CachedNote {
             note,
             piece,
             tokens: TokenCounts::new(),
+            meter: meter.clone(),
+            held,
         }
     }
 
@@ -259,6 +393,12 @@ impl CachedNote {
     }
 }
 
+impl Drop for CachedNote {
+    fn drop(&mut self) {
+        self.meter.release(self.held);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,7 +417,7 @@ mod tests {
     fn cached(text: String) -> CachedRecord {
         let event = Event::new("tool", Severity::Info, text).unwrap();
         let at = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
-        CachedRecord::new(Record::from_event(event, 1, 1, at))
+        CachedRecord::new(Record::from_event(event, 1, 1, at), &Meter::detached())
     }
 
     proptest! {

@@ -119,7 +119,7 @@ pub fn contenders<'a>(
     let mut contender = |cached: &'a Arc<CachedRecord>| {
         let record = cached.record();
         let is_goal = goals.contains(&record.seq);
-        let standing = match record.note_id() {
+        let standing = match cached.note_id() {
             Some(id) if shown_notes.contains(&id) => Standing::Pinned,
             Some(id) if !live_notes.contains(&id) => Standing::Forgotten,
             // Roles are given once the walk is done.

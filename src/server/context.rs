@@ -70,15 +70,15 @@ pub async fn get(
     // Read before the build: the window reflects at least this revision.
     let revision = app.store.revision(&stream);
     let now = Utc::now();
-    // A warm build takes microseconds; tokenizing a cold history (long messages, the first
-    // build after a restart, a new encoding, line cap or note) runs on a blocking thread.
+    // A warm build takes microseconds; loading a cold stream from the file or tokenizing (long
+    // messages, a new encoding, line cap or note) runs on a blocking thread.
     let window = match app.store.warm_context(&stream, &request, now) {
         Ok(window) => window,
         Err(Cold) => {
             let (store, request) = (app.store.clone(), request.clone());
             tokio::task::spawn_blocking(move || store.context(&stream, &request, now))
                 .await
-                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)??
         }
     }
     .unwrap_or_else(|| empty_window(&request, now));

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::routes::Endpoint;
+use crate::histogram::Histogram;
+use crate::store::Store;
 
 /// Statuses counted per endpoint; anything else is counted under `other`.
 const STATUSES: [u16; 13] = [
@@ -95,8 +97,8 @@ impl Metrics {
         Ok(committed)
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition, with the store's counters and cache.
+    pub fn render(&self, store: &Store) -> String {
         let mut out = String::with_capacity(8 * 1024);
         out.push_str("# HELP recap_http_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE recap_http_requests_total counter\n");
@@ -151,8 +153,68 @@ impl Metrics {
             "recap_store_commit_seconds",
             "Time a write waited for its durable group commit.",
         );
+        render_store(&mut out, store);
         out
     }
+}
+
+fn render_store(out: &mut String, store: &Store) {
+    let writes = store.metrics();
+    counter(
+        out,
+        "recap_store_commits_total",
+        "Durable commits (group commits of writes and maintenance steps).",
+        writes.commits,
+    );
+    counter(
+        out,
+        "recap_store_failed_commits_total",
+        "Commits that failed; their writes were not acknowledged.",
+        writes.failed_commits,
+    );
+    let cache = store.cache_metrics();
+    let as_gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+    gauge(
+        out,
+        "recap_cache_bytes",
+        "Bytes of stream state held in memory (records, notes, rendered lines, token counts).",
+        as_gauge(cache.bytes),
+    );
+    gauge(
+        out,
+        "recap_cache_budget_bytes",
+        "The cache budget (cache_bytes); least recently used streams are evicted beyond it.",
+        as_gauge(cache.budget),
+    );
+    gauge(
+        out,
+        "recap_streams",
+        "Streams in the store.",
+        as_gauge(cache.streams),
+    );
+    gauge(
+        out,
+        "recap_cache_resident_streams",
+        "Streams whose state is in memory.",
+        as_gauge(cache.resident_streams),
+    );
+    counter(
+        out,
+        "recap_cache_evictions_total",
+        "Streams evicted from memory to stay within the budget.",
+        cache.evictions,
+    );
+    counter(
+        out,
+        "recap_cache_cold_loads_total",
+        "Streams loaded from disk for a read.",
+        cache.cold_loads,
+    );
+    store.cold_load_seconds().render(
+        out,
+        "recap_cache_cold_load_seconds",
+        "Time to load a cold stream's state from disk.",
+    );
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -169,52 +231,6 @@ fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
     );
 }
 
-/// A fixed-bucket histogram of durations.
-#[derive(Debug)]
-struct Histogram<const N: usize> {
-    bounds: [f64; N],
-    /// Per bucket (not cumulative), plus one for above the last bound.
-    counts: [AtomicU64; N],
-    above: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl<const N: usize> Histogram<N> {
-    fn new(bounds: [f64; N]) -> Self {
-        Histogram {
-            bounds,
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            above: AtomicU64::new(0),
-            sum_nanos: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        match self.bounds.iter().position(|bound| seconds <= *bound) {
-            Some(bucket) => self.counts[bucket].fetch_add(1, Ordering::Relaxed),
-            None => self.above.fetch_add(1, Ordering::Relaxed),
-        };
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.above.load(Ordering::Relaxed);
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {sum}\n{name}_count {cumulative}"
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +244,17 @@ mod tests {
         metrics.count_ingest(5, 2);
         metrics.observe_context(Duration::from_micros(150));
         metrics.observe_context(Duration::from_secs(1));
-        let text = metrics.render();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::store::StoreOptions::default()).unwrap();
+        let text = metrics.render(&store);
+        assert!(
+            text.contains("recap_cache_budget_bytes 268435456\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("recap_cache_cold_load_seconds_count 0\n"),
+            "{text}"
+        );
         assert!(text.contains("recap_http_requests_total{method=\"POST\",route=\"/v1/streams/{s}/events\",status=\"200\"} 2\n"), "{text}");
         assert!(text.contains("status=\"other\"} 1\n"), "{text}");
         assert!(text.contains("recap_ingest_events_total 5\n"));

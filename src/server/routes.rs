@@ -317,7 +317,7 @@ async fn dispatch(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        Endpoint::Metrics => Ok(wire::text(StatusCode::OK, app.metrics.render())),
+        Endpoint::Metrics => Ok(wire::text(StatusCode::OK, app.metrics.render(&app.store))),
         Endpoint::ListStreams => Ok(streams::list(app, key)),
         Endpoint::GetStream => streams::get(app, stream()?),
         Endpoint::DeleteStream => streams::delete(app, stream()?).await,

@@ -11,6 +11,7 @@
 //! - Every committed change is published on a broadcast channel after it is durable, and kept
 //!   in a per-stream changelog so that subscribers can resume from any recent revision.
 
+mod cache;
 mod reads;
 mod schema;
 mod writer;
@@ -25,6 +26,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use chrono::TimeDelta;
 use serde::Serialize;
@@ -35,9 +37,12 @@ use crate::context::{self, ContextRequest, ContextWindow};
 use crate::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp};
 use crate::stream::{Appended, TailCapacity};
 
+use crate::histogram::Histogram;
+pub use cache::COLD_LOAD_BUCKETS;
+use cache::{Cache, Slot};
 pub use reads::MAX_SCAN_RECORDS;
 pub use schema::SCHEMA_VERSION;
-use writer::{Request, Shared, Slot, Writer};
+use writer::{Request, Shared, Writer};
 
 /// Name of the data file inside the data directory.
 pub const DATA_FILE_NAME: &str = "recap.redb";
@@ -142,6 +147,9 @@ pub struct StoreOptions {
     pub changelog_keep: u64,
     /// How many notes a stream may hold.
     pub notes: NoteLimits,
+    /// Bytes of cached stream state (records, notes, rendered lines, token counts) kept in
+    /// memory; the streams used least recently are evicted beyond it.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -152,9 +160,13 @@ impl Default for StoreOptions {
             retention: Retention::default(),
             changelog_keep: DEFAULT_CHANGELOG_KEEP,
             notes: NoteLimits::default(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
+
+/// Default cache budget: 256 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Default most notes a stream holds: notes are pinned ahead of every event in every window, so
 /// a stream with more than this is using notes as a log.
@@ -342,6 +354,23 @@ pub struct StoreMetrics {
     pub requests: u64,
 }
 
+/// The state of the in-memory cache of streams, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CacheMetrics {
+    /// Bytes held by cached records, notes and states.
+    pub bytes: usize,
+    /// The budget ([`StoreOptions::cache_bytes`]).
+    pub budget: usize,
+    /// Streams in the store.
+    pub streams: usize,
+    /// Streams whose state is in memory.
+    pub resident_streams: usize,
+    /// Streams evicted since the store opened.
+    pub evictions: u64,
+    /// Streams loaded from the file for a read since the store opened.
+    pub cold_loads: u64,
+}
+
 /// The answer to a write, available once the write is durable (or has failed).
 #[must_use = "a write is acknowledged only when its Pending resolves"]
 pub struct Pending<T> {
@@ -445,11 +474,12 @@ impl Store {
             .create(&path)
             .map_err(|error| reads::open_error(&path, error))?;
         reads::prepare(&db, &path)?;
-        let loaded = reads::load(&db, &path, &options)?;
+        let loaded = reads::load(&db, &path)?;
         let db = Arc::new(db);
         let (changes, _) = broadcast::channel(writer::BROADCAST_CAPACITY);
         let shared = Arc::new(Shared {
             path,
+            cache: Cache::new(options.cache_bytes),
             options,
             db: RwLock::new(Some(db.clone())),
             streams: RwLock::new(loaded.streams),
@@ -595,10 +625,10 @@ impl Store {
             .ok_or(StoreError::ShuttingDown)
     }
 
-    /// The context window of a stream if it can be built from counts already made (a warm
-    /// build: microseconds); `Err(Cold)` when something has to be tokenized first, which
-    /// [`Store::context`] does (call it off the async runtime). `Ok(None)` if the stream does not
-    /// exist.
+    /// The context window of a stream if it is resident and can be built from counts already
+    /// made (a warm build: microseconds); `Err(Cold)` when the stream has to be loaded from the
+    /// file or something tokenized first, which [`Store::context`] does (call it off the async
+    /// runtime). `Ok(None)` if the stream does not exist.
     pub fn warm_context(
         &self,
         stream: &StreamName,
@@ -608,27 +638,75 @@ impl Store {
         let Some(slot) = self.slot(stream) else {
             return Ok(None);
         };
-        let ready = context::build_if_ready(&writer::read(&slot.live).state.view(), request, now);
+        self.inner.shared.cache.touch(&slot);
+        let live = writer::read(&slot.live);
+        let state = live.state.as_ref().ok_or(Cold)?;
+        let ready = context::build_if_ready(&state.view(), request, now);
         ready.map(Some).ok_or(Cold)
     }
 
-    /// The context window of a stream, from memory; `None` if the stream does not exist.
+    /// The context window of a stream; `None` if the stream does not exist. A cold stream is
+    /// loaded from the file and stays resident (within the cache budget).
     pub fn context(
         &self,
         stream: &StreamName,
         request: &ContextRequest,
         now: Timestamp,
-    ) -> Option<ContextWindow> {
-        let slot = self.slot(stream)?;
-        // Tokenizing happens outside the stream's lock (see `context::build_if_ready`).
-        let ready = context::build_if_ready(&writer::read(&slot.live).state.view(), request, now);
-        if ready.is_some() {
-            return ready;
+    ) -> Result<Option<ContextWindow>, StoreError> {
+        let Some(slot) = self.slot(stream) else {
+            return Ok(None);
+        };
+        let shared = &self.inner.shared;
+        shared.cache.touch(&slot);
+        let unprepared = {
+            let live = writer::read(&slot.live);
+            match &live.state {
+                Some(state) => match context::build_if_ready(&state.view(), request, now) {
+                    Some(window) => return Ok(Some(window)),
+                    None => Some(context::unprepared(&state.view(), request)),
+                },
+                None => None,
+            }
+        };
+        if let Some(unprepared) = unprepared {
+            // Tokenizing happens outside the stream's lock (see `context::build_if_ready`).
+            context::prepare(&unprepared, request, now);
+            let live = writer::read(&slot.live);
+            if let Some(state) = &live.state {
+                return Ok(Some(context::build(&state.view(), request, now)));
+            }
         }
-        let cold = context::unprepared(&writer::read(&slot.live).state.view(), request);
-        context::prepare(&cold, request, now);
-        let live = writer::read(&slot.live);
-        Some(context::build(&live.state.view(), request, now))
+        let started = Instant::now();
+        let loaded = reads::load_state(
+            &*self.db()?,
+            &shared.path,
+            stream,
+            &slot,
+            &shared.options,
+            &shared.cache.meter,
+        )?;
+        shared.cache.count_cold_load(started.elapsed());
+        let Some((state, meta)) = loaded else {
+            return Ok(None);
+        };
+        let window = context::build(&state.view(), request, now);
+        // Another reader may have been first, or the stream changed meanwhile: then this state
+        // served one window and goes.
+        drop(slot.install(state, &meta));
+        self.ask_for_eviction();
+        Ok(Some(window))
+    }
+
+    /// Asks the writer for an eviction round when the cache is over its budget (once until it
+    /// has run).
+    fn ask_for_eviction(&self) {
+        let cache = &self.inner.shared.cache;
+        if cache.is_over() && !cache.eviction_asked.swap(true, Ordering::Relaxed) {
+            if let Some(requests) = lock(&self.inner.requests).as_ref() {
+                // A writer that has stopped has nothing left to evict for.
+                drop(requests.send(Request::Evict));
+            }
+        }
     }
 
     /// A page of a stream's history, read from the file.
@@ -645,13 +723,17 @@ impl Store {
         let slot = self
             .slot(stream)
             .ok_or_else(|| StoreError::UnknownStream(stream.to_string()))?;
-        let live = writer::read(&slot.live);
-        Ok(live
-            .state
-            .notes()
-            .filter(|note| note.is_live(now))
-            .cloned()
-            .collect())
+        let resident = writer::read(&slot.live).state.as_ref().map(|state| {
+            state
+                .notes()
+                .filter(|note| note.is_live(now))
+                .cloned()
+                .collect()
+        });
+        match resident {
+            Some(notes) => Ok(notes),
+            None => reads::notes(&*self.db()?, &self.inner.shared.path, stream, now),
+        }
     }
 
     /// Every stream's statistics, by name.
@@ -675,30 +757,39 @@ impl Store {
     }
 
     fn stats(&self, name: StreamName, slot: &Slot) -> StreamStats {
-        let live = writer::read(&slot.live);
-        let totals = live.state.totals();
         let now = chrono::Utc::now();
+        let live = writer::read(&slot.live);
+        let notes = match &live.state {
+            Some(state) => Some(state.notes().filter(|n| n.is_live(now)).count()),
+            // A cold stream's notes are counted from the file (at most `max_notes` rows).
+            None => self
+                .db()
+                .and_then(|db| reads::notes(&db, &self.inner.shared.path, &name, now))
+                .ok()
+                .map(|notes| notes.len()),
+        };
+        let totals = live.totals();
         StreamStats {
-            name,
             records: totals.records,
-            stored_records: (totals.records + 1).saturating_sub(live.first_seq),
+            stored_records: (totals.records + 1).saturating_sub(live.meta.first_seq),
             events: totals.events,
-            revision: live.state.revision(),
+            revision: live.revision(),
             first_ts: totals.first_ts,
             last_ts: totals.last_ts,
             kinds: totals.kinds.clone(),
             severities: totals.severity_counts(),
-            notes: live.state.notes().filter(|n| n.is_live(now)).count() as u64,
+            notes: notes.unwrap_or_default() as u64,
             retention: live
+                .meta
                 .retention
                 .unwrap_or(self.inner.shared.options.retention),
+            name,
         }
     }
 
     /// A stream's current revision (0 for a stream that does not exist).
     pub fn revision(&self, stream: &StreamName) -> u64 {
-        self.slot(stream)
-            .map_or(0, |slot| writer::read(&slot.live).state.revision())
+        self.slot(stream).map_or(0, |slot| slot.revision())
     }
 
     /// A stream's id and current revision, read together; `None` for a stream that does not
@@ -706,7 +797,7 @@ impl Store {
     pub fn position(&self, stream: &StreamName) -> Option<StreamPosition> {
         self.slot(stream).map(|slot| StreamPosition {
             stream_id: slot.id,
-            revision: writer::read(&slot.live).state.revision(),
+            revision: slot.revision(),
         })
     }
 
@@ -736,6 +827,29 @@ impl Store {
             events: counters.events.load(Ordering::Relaxed),
             requests: counters.requests.load(Ordering::Relaxed),
         }
+    }
+
+    /// The state of the stream cache.
+    pub fn cache_metrics(&self) -> CacheMetrics {
+        let shared = &self.inner.shared;
+        let (streams, resident_streams) = {
+            let slots = writer::read(&shared.streams);
+            let resident = slots.values().filter(|slot| slot.is_resident()).count();
+            (slots.len(), resident)
+        };
+        CacheMetrics {
+            bytes: shared.cache.meter.bytes(),
+            budget: shared.cache.budget,
+            streams,
+            resident_streams,
+            evictions: shared.cache.evictions.load(Ordering::Relaxed),
+            cold_loads: shared.cache.cold_loads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How long cold loads took (reading a stream's state from the file).
+    pub fn cold_load_seconds(&self) -> &Histogram<{ COLD_LOAD_BUCKETS.len() }> {
+        &self.inner.shared.cache.cold_load_seconds
     }
 
     /// Live feed of committed changes (all streams), published after each durable commit.

@@ -4,17 +4,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, TableHandle,
 };
 
-use crate::event::{Record, StreamName};
-use crate::stream::StreamState;
+use crate::event::{Note, Record, StreamName, Timestamp};
+use crate::meter::Meter;
+use crate::stream::{StreamState, TailCapacity};
 
+use super::cache::Slot;
 use super::schema::{self, DecodeError, SCHEMA_VERSION, StreamMeta};
-use super::writer::{Live, Slot};
+use super::writer::read;
 use super::{
     Change, ChangeBody, MAX_PAGE_RECORDS, RecordPage, RecordQuery, StoreError, StoreOptions,
 };
@@ -108,12 +110,9 @@ pub(super) fn prepare(db: &Database, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Rebuilds every stream's in-memory state from the file.
-pub(super) fn load(
-    db: &Database,
-    path: &Path,
-    options: &StoreOptions,
-) -> Result<Loaded, StoreError> {
+/// Reads the directory of streams: every stream's metadata row, and nothing else. Their states
+/// are loaded when first used, so opening takes the same time however long the history is.
+pub(super) fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
     let txn = db.begin_read()?;
     let meta_table = txn.open_table(schema::META)?;
     let next_stream_id = meta_table
@@ -130,23 +129,94 @@ pub(super) fn load(
         let (name, value) = entry?;
         let name = StreamName::new(name.value()).map_err(|error| corrupt(path, error))?;
         let meta = schema::decode_meta(value.value()).map_err(|error| corrupt(path, error))?;
-        let state = restore_stream(&txn, &meta, options).map_err(|error| corrupt(path, error))?;
-        let slot = Slot {
-            id: meta.id,
-            live: RwLock::new(Live {
-                state,
-                retention: meta.retention,
-                first_seq: meta.first_seq,
-                changelog_floor: meta.changelog_floor,
-            }),
-        };
-        streams.insert(name, Arc::new(slot));
+        streams.insert(name, Arc::new(Slot::new(meta)));
     }
     Ok(Loaded {
         streams,
         next_stream_id,
         purges,
     })
+}
+
+/// A stream's state read from the file for a reader (a cold load), with the metadata it was
+/// read at; `None` when the stream was deleted meanwhile. When the stream has not changed
+/// since it was evicted, the hints kept then make the state exactly the one evicted.
+pub(super) fn load_state(
+    db: &Database,
+    path: &Path,
+    name: &StreamName,
+    slot: &Slot,
+    options: &StoreOptions,
+    meter: &Meter,
+) -> Result<Option<(StreamState, StreamMeta)>, StoreError> {
+    let txn = db.begin_read()?;
+    let mut meta = match stream_meta(&txn, name, path) {
+        Ok(meta) if meta.id == slot.id => meta,
+        Ok(_) | Err(StoreError::UnknownStream(_)) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    {
+        let live = read(&slot.live);
+        if live.meta.revision == meta.revision && live.meta.first_seq == meta.first_seq {
+            meta.tail_start = live.meta.tail_start;
+            meta.severe_start = live.meta.severe_start;
+            meta.older_last_ts = live.meta.older_last_ts;
+            meta.goal_seqs.clone_from(&live.meta.goal_seqs);
+        }
+    }
+    let state = restore_stream(&txn, &meta, options, options.tail, meter, Reach::Hinted)
+        .map_err(|error| corrupt(path, error))?;
+    Ok(Some((state, meta)))
+}
+
+/// The writer's shadow of a stream with nothing in flight, read from the file: the records
+/// collapse can reach, the goals and the notes.
+pub(super) fn load_shadow(
+    db: &Database,
+    meta: &StreamMeta,
+    options: &StoreOptions,
+    meter: &Meter,
+) -> Result<StreamState, StoreError> {
+    let txn = db.begin_read()?;
+    let capacity = TailCapacity {
+        records: options.collapse.lookback,
+        severe: 0,
+    };
+    restore_stream(&txn, meta, options, capacity, meter, Reach::Newest)
+        .map_err(|error| StoreError::Storage(format!("cannot read stream {}: {error}", meta.id)))
+}
+
+/// A stream's notes read from the file, oldest first.
+pub(super) fn notes(
+    db: &Database,
+    path: &Path,
+    name: &StreamName,
+    now: Timestamp,
+) -> Result<Vec<Note>, StoreError> {
+    let txn = db.begin_read()?;
+    let meta = stream_meta(&txn, name, path)?;
+    let mut notes = read_notes(&txn, meta.id).map_err(|error| corrupt(path, error))?;
+    notes.retain(|note| note.is_live(now));
+    Ok(notes)
+}
+
+fn read_notes(txn: &ReadTransaction, id: u64) -> Result<Vec<Note>, RestoreError> {
+    let table = txn.open_table(schema::NOTES).map_err(storage)?;
+    let mut notes = Vec::new();
+    for entry in table.range((id, 0)..=(id, u64::MAX)).map_err(storage)? {
+        let (key, value) = entry.map_err(storage)?;
+        notes.push(schema::decode_note(key.value().1, value.value())?);
+    }
+    Ok(notes)
+}
+
+/// Which records a restore reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// From the restore hints (the state's tail as it was), within the capacity.
+    Hinted,
+    /// Only the newest `capacity.records`.
+    Newest,
 }
 
 /// Errors while restoring one stream; the caller reports them as a damaged file.
@@ -169,16 +239,19 @@ fn restore_stream(
     txn: &ReadTransaction,
     meta: &StreamMeta,
     options: &StoreOptions,
+    capacity: TailCapacity,
+    meter: &Meter,
+    reach: Reach,
 ) -> Result<StreamState, RestoreError> {
     let id = meta.id;
-    let capacity = options.tail;
     let last_seq = meta.totals.records;
-    let hinted = meta.tail_start.is_some() || meta.older_last_ts.is_some();
+    let hinted =
+        reach == Reach::Hinted && (meta.tail_start.is_some() || meta.older_last_ts.is_some());
     let newest_first = (last_seq + 1).saturating_sub(capacity.records as u64);
     let mut tail_from = match meta.tail_start {
-        Some(start) => start,
+        Some(start) if hinted => start,
         None if hinted => last_seq + 1,
-        None => newest_first,
+        _ => newest_first,
     };
     // Restore never takes more than the state keeps between trims (under twice the capacity).
     let most = (2 * capacity.records as u64).saturating_sub(1);
@@ -192,7 +265,11 @@ fn restore_stream(
         .map_err(storage)?
     {
         let (key, value) = entry.map_err(storage)?;
-        tail.push(schema::decode_record(key.value().1, value.value())?.0);
+        tail.push(Arc::new(schema::decode_cached(
+            key.value().1,
+            value.value(),
+            meter,
+        )?));
     }
     let severe_index = txn.open_table(schema::SEVERE).map_err(storage)?;
     let severe_from = if hinted {
@@ -201,7 +278,7 @@ fn restore_stream(
         0
     };
     let mut severe_seqs = Vec::new();
-    if severe_from < tail_from {
+    if severe_from < tail_from && capacity.severe > 0 {
         for entry in severe_index
             .range((id, severe_from)..(id, tail_from))
             .map_err(storage)?
@@ -215,7 +292,7 @@ fn restore_stream(
     let mut severe = Vec::with_capacity(severe_seqs.len());
     for seq in severe_seqs {
         if let Some(value) = records.get((id, seq)).map_err(storage)? {
-            severe.push(schema::decode_record(seq, value.value())?.0);
+            severe.push(Arc::new(schema::decode_cached(seq, value.value(), meter)?));
         }
     }
     let mut goals = Vec::new();
@@ -224,21 +301,14 @@ fn restore_stream(
             continue;
         }
         if let Some(value) = records.get((id, seq)).map_err(storage)? {
-            goals.push(schema::decode_record(seq, value.value())?.0);
+            goals.push(Arc::new(schema::decode_cached(seq, value.value(), meter)?));
         }
     }
-    let notes_table = txn.open_table(schema::NOTES).map_err(storage)?;
-    let mut notes = Vec::new();
-    for entry in notes_table
-        .range((id, 0)..=(id, u64::MAX))
-        .map_err(storage)?
-    {
-        let (key, value) = entry.map_err(storage)?;
-        notes.push(schema::decode_note(key.value().1, value.value())?);
-    }
+    let notes = read_notes(txn, id)?;
     Ok(StreamState::restore(
         options.collapse,
         capacity,
+        meter,
         tail,
         severe,
         goals,

@@ -18,8 +18,9 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::context::Totals;
+use crate::context::{CachedRecord, Totals};
 use crate::event::{Kind, Note, Record, Severity, Timestamp};
+use crate::meter::Meter;
 
 use super::Retention;
 
@@ -87,9 +88,12 @@ pub struct StreamMeta {
     pub older_last_ts: Option<Timestamp>,
     /// Seqs of the goal records the state keeps in reach (see `tail_start`).
     pub goal_seqs: Vec<u64>,
+    /// When the stream's first expiring note expires, if any note does: lets the writer find
+    /// the streams with notes to expire without loading them. Rows written before this field
+    /// existed read as the Unix epoch (due at once, so the stream is looked at once).
+    pub note_expiry: Option<Timestamp>,
 }
 
-#[cfg(test)]
 impl StreamMeta {
     /// A stream that has just been created.
     pub fn new(id: u64) -> StreamMeta {
@@ -105,6 +109,7 @@ impl StreamMeta {
             severe_start: None,
             older_last_ts: None,
             goal_seqs: Vec::new(),
+            note_expiry: None,
         }
     }
 }
@@ -134,6 +139,13 @@ struct StoredMeta {
     older_last_ts: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     goal_seqs: Vec<u64>,
+    /// A row from before this field reads as due at the Unix epoch (unknown: look once).
+    #[serde(default = "unknown_note_expiry")]
+    note_expiry: Option<i64>,
+}
+
+fn unknown_note_expiry() -> Option<i64> {
+    Some(0)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -164,6 +176,7 @@ pub fn encode_meta(meta: &StreamMeta) -> Vec<u8> {
         severe_start: meta.severe_start,
         older_last_ts: meta.older_last_ts.map(micros),
         goal_seqs: meta.goal_seqs.clone(),
+        note_expiry: meta.note_expiry.map(micros),
     };
     // A struct of numbers, strings and maps with string keys always serializes.
     serde_json::to_vec(&stored).unwrap_or_default()
@@ -196,6 +209,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, DecodeError> {
         severe_start: stored.severe_start,
         older_last_ts: time(stored.older_last_ts)?,
         goal_seqs: stored.goal_seqs,
+        note_expiry: time(stored.note_expiry)?,
     })
 }
 
@@ -267,6 +281,26 @@ pub fn encode_record(record: &Record, created: &Created, out: &mut Vec<u8>) {
 
 /// Decodes a record stored under `seq`.
 pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<(Record, Created), DecodeError> {
+    let (mut record, payload, created) = decode_fields(seq, bytes)?;
+    record.payload = payload
+        .map(serde_json::from_str::<Map<String, Value>>)
+        .transpose()
+        .map_err(|_| damaged("record"))?;
+    Ok((record, created))
+}
+
+/// Decodes a record stored under `seq` into the cache, its payload kept as the stored text.
+pub fn decode_cached(seq: u64, bytes: &[u8], meter: &Meter) -> Result<CachedRecord, DecodeError> {
+    let (record, payload, _) = decode_fields(seq, bytes)?;
+    Ok(CachedRecord::with_payload_text(
+        record,
+        payload.map(Into::into),
+        meter,
+    ))
+}
+
+/// A record's fields (without its payload), its payload's JSON text and its creation facts.
+fn decode_fields(seq: u64, bytes: &[u8]) -> Result<(Record, Option<&str>, Created), DecodeError> {
     let what = "record";
     let mut input = Input::new(bytes, what);
     let created_revision = input.varint()?;
@@ -291,8 +325,7 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<(Record, Created), Decode
     let actor = optional(HAS_ACTOR)?;
     let step_id = optional(HAS_STEP_ID)?;
     let payload = if flags & HAS_PAYLOAD != 0 {
-        let json = input.bytes()?;
-        Some(serde_json::from_slice::<Map<String, Value>>(json).map_err(|_| damaged(what))?)
+        Some(std::str::from_utf8(input.bytes()?).map_err(|_| damaged(what))?)
     } else {
         None
     };
@@ -310,14 +343,14 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<(Record, Created), Decode
         display_message,
         actor,
         step_id,
-        payload,
+        payload: None,
     };
     let created = Created {
         revision: created_revision,
         repeat_count: created_repeat_count,
         last_ts: from_micros(created_last)?,
     };
-    Ok((record, created))
+    Ok((record, payload, created))
 }
 
 /// The revision that created a stored record, read without decoding the rest.
@@ -640,6 +673,8 @@ mod tests {
         });
         meta.tail_start = Some(1);
         meta.older_last_ts = Some(ts("2024-05-01T09:00:00Z"));
+        assert_eq!(decode_meta(&encode_meta(&meta)).unwrap(), meta);
+        meta.note_expiry = Some(ts("2024-05-01T11:00:00Z"));
         assert_eq!(decode_meta(&encode_meta(&meta)).unwrap(), meta);
     }
 }

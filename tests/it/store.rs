@@ -723,6 +723,7 @@ fn v1_fixture_still_opens() {
             &ContextRequest::new(500, Encoding::Cl100kBase),
             ts(10),
         )
+        .unwrap()
         .unwrap();
     assert!(
         window
@@ -825,6 +826,7 @@ fn retention_keeps_totals_and_never_removes_notes() {
             &ContextRequest::new(100_000, Encoding::Cl100kBase),
             later(400),
         )
+        .unwrap()
         .unwrap();
     assert_eq!(window.totals.records, before.records);
     assert_eq!(window.totals.events, before.events);
@@ -953,7 +955,7 @@ fn reopen_restores_the_same_contexts() {
         let mut out = Vec::new();
         for stream in [&long, &short] {
             for request in &requests {
-                out.push(store.context(stream, request, now).unwrap());
+                out.push(store.context(stream, request, now).unwrap().unwrap());
             }
         }
         out
@@ -1041,6 +1043,7 @@ fn a_crash_right_after_retention_emptied_the_tail_restores_the_new_record() {
             &ContextRequest::new(2_000, Encoding::Cl100kBase),
             later(20),
         )
+        .unwrap()
         .unwrap();
     assert!(context.text.contains("fresh"), "{}", context.text);
     let again = store
@@ -1294,6 +1297,7 @@ fn deleted_streams_are_gone_and_purged() {
                 &ContextRequest::new(100, Encoding::Cl100kBase),
                 ts(0)
             )
+            .unwrap()
             .is_none()
     );
     // A new stream of the same name starts afresh.
@@ -1399,7 +1403,7 @@ fn pinned_notes_are_shown_once_and_forgotten_when_deleted() {
         .wait()
         .unwrap();
     let request = ContextRequest::new(500, Encoding::Cl100kBase);
-    let window = store.context(&stream, &request, ts(2)).unwrap();
+    let window = store.context(&stream, &request, ts(2)).unwrap().unwrap();
     assert_eq!(
         window.text.matches("the user wants a patch").count(),
         1,
@@ -1417,7 +1421,7 @@ fn pinned_notes_are_shown_once_and_forgotten_when_deleted() {
     );
     assert_eq!(window.totals.elided_events, 0);
     assert!(store.delete_note(&stream, note.id).wait().unwrap());
-    let window = store.context(&stream, &request, ts(3)).unwrap();
+    let window = store.context(&stream, &request, ts(3)).unwrap().unwrap();
     assert!(!window.text.contains("## Notes"));
     assert!(
         !window.text.contains("the user wants a patch"),

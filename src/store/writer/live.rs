@@ -3,6 +3,7 @@
 //! Callers of failed commits get their error through it too.
 
 use super::*;
+use crate::store::cache::Live;
 
 /// What the committer (and the writer, for its own commits and failures) hands the notifier.
 pub(super) enum Notice {
@@ -52,11 +53,13 @@ pub(super) fn notify(shared: Arc<Shared>, notices: Receiver<Notice>) {
     }
 }
 
-/// Replays a durable commit's operations on the live states, taking each stream's lock once
-/// per run of its operations.
+/// Replays a durable commit's operations on the live states. Each stream's operations are
+/// applied under one lock, so that a reader never sees a commit half applied, and a cold load
+/// never installs a state that missed part of one.
 fn apply_to_live(shared: &Shared, ops: Vec<Op>) {
-    let mut ops = ops.into_iter().peekable();
-    while let Some(op) = ops.next() {
+    let mut groups: Vec<(Arc<Slot>, Vec<Op>)> = Vec::new();
+    let mut group_of: HashMap<*const Slot, usize> = HashMap::new();
+    for op in ops {
         let slot = match op {
             Op::Created(name, slot) => {
                 write(&shared.streams).insert(name, slot);
@@ -70,46 +73,41 @@ fn apply_to_live(shared: &Shared, ops: Vec<Op>) {
             | Op::AddNote(ref slot, ..)
             | Op::RemoveNote(ref slot, ..)
             | Op::Forget(ref slot, ..)
-            | Op::Settings(ref slot, ..) => slot.clone(),
+            | Op::Settings(ref slot, ..) => slot,
         };
+        let index = *group_of.entry(Arc::as_ptr(slot)).or_insert_with(|| {
+            groups.push((slot.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[index].1.push(op);
+    }
+    for (slot, ops) in groups {
         let mut live = write(&slot.live);
-        replay(&mut live, op);
-        while let Some(next) = ops.next_if(|next| next.is_for(&slot)) {
-            replay(&mut live, next);
+        for op in ops {
+            replay(&mut live, op);
         }
     }
 }
 
-impl Op {
-    /// Whether the operation changes the state of `slot`'s stream.
-    fn is_for(&self, slot: &Arc<Slot>) -> bool {
-        match self {
-            Op::Created(..) | Op::Deleted(..) => false,
-            Op::Adopt(held, ..)
-            | Op::AddNote(held, ..)
-            | Op::RemoveNote(held, ..)
-            | Op::Forget(held, ..)
-            | Op::Settings(held, ..) => Arc::ptr_eq(held, slot),
-        }
-    }
-}
-
+/// Applies one operation. A cold stream only takes its metadata: its records and notes are in
+/// the file, where the next load finds them.
 fn replay(live: &mut Live, op: Op) {
+    if let Op::Settings(_, meta) = op {
+        live.meta = *meta;
+        return;
+    }
+    let Some(state) = live.state.as_mut() else {
+        return;
+    };
     match op {
-        Op::Adopt(_, cached, origin) => live.state.adopt(cached, origin),
+        Op::Adopt(_, cached, origin) => state.adopt(cached, origin),
         Op::AddNote(_, note) => {
-            live.state
-                .add_note(note.text, note.created_at, note.expires_at);
+            state.add_note(note.text, note.created_at, note.expires_at);
         }
         Op::RemoveNote(_, id) => {
-            live.state.remove_note(id);
+            state.remove_note(id);
         }
-        Op::Forget(_, through) => live.state.forget_through(through),
-        Op::Settings(_, retention, first_seq, floor) => {
-            live.retention = retention;
-            live.first_seq = first_seq;
-            live.changelog_floor = floor;
-        }
-        Op::Created(..) | Op::Deleted(..) => {}
+        Op::Forget(_, through) => state.forget_through(through),
+        Op::Settings(..) | Op::Created(..) | Op::Deleted(..) => {}
     }
 }

@@ -29,11 +29,16 @@
 mod committer;
 mod live;
 mod maintenance;
+mod place;
+mod request;
 mod rows;
 
 use committer::{Committer, Piped, Placed};
 use live::{Notice, notify};
 use maintenance::{maintain_stream, needs_maintenance, purge_rows};
+use place::{remove_note, stream_meta};
+pub(super) use request::Request;
+use request::{Answer, Reply};
 use rows::{Rows, Tables};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -52,6 +57,8 @@ use crate::context::CachedRecord;
 use crate::event::{Event, Note, Severity, StreamName, Timestamp};
 use crate::stream::{Appended, Origin, StreamState, TailCapacity};
 
+use super::cache::{Cache, Slot};
+use super::reads;
 use super::schema::{self, ChangeEntry, Created, StreamMeta};
 use super::{
     Change, ChangeBody, CommittedChanges, ImportedRecord, MAX_EVENTS_PER_COMMIT, Retention,
@@ -74,103 +81,15 @@ const MAINTENANCE_IDLE_GAP: Duration = Duration::from_millis(2);
 /// Commits published but not yet received that a slow subscriber may lag behind before it
 /// misses some (it then resumes from the changelog).
 pub(super) const BROADCAST_CAPACITY: usize = 1_024;
-/// The shadow keeps only what collapse can reach.
-const SHADOW_CAPACITY: TailCapacity = TailCapacity {
-    records: MAX_COLLAPSE_LOOKBACK,
-    severe: 0,
-};
-
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// What callers ask the writer to do.
-pub(super) enum Request {
-    Append {
-        stream: StreamName,
-        events: Vec<Event>,
-        now: Timestamp,
-        reply: Reply<Vec<Appended>>,
-    },
-    Import {
-        stream: StreamName,
-        records: Vec<ImportedRecord>,
-        reply: Reply<Vec<Appended>>,
-    },
-    AddNote {
-        stream: StreamName,
-        text: String,
-        expires_at: Option<Timestamp>,
-        now: Timestamp,
-        reply: Reply<Note>,
-    },
-    DeleteNote {
-        stream: StreamName,
-        id: u64,
-        reply: Reply<bool>,
-    },
-    DeleteStream {
-        stream: StreamName,
-        reply: Reply<bool>,
-    },
-    SetRetention {
-        stream: StreamName,
-        retention: Retention,
-        reply: Reply<()>,
-    },
-    /// Runs all pending maintenance as of `now`, then answers.
-    Maintain { now: Timestamp, reply: Reply<()> },
-    /// Commits what is queued before it, saves exact restore hints, and stops. Answered on a
-    /// std channel: `Store::close` may be called from a thread inside an async runtime, where a
-    /// blocking tokio receive would panic.
-    Shutdown {
-        reply: mpsc::Sender<Result<(), StoreError>>,
-    },
-}
-
-impl Request {
-    fn events(&self) -> usize {
-        match self {
-            Request::Append { events, .. } => events.len(),
-            Request::Import { records, .. } => records.len(),
-            _ => 1,
-        }
-    }
-
-    /// Answers the request with a storage error, without doing anything.
-    fn fail(self, detail: &str) {
-        let error = || StoreError::Storage(detail.to_owned());
-        match self {
-            Request::Append { reply, .. } | Request::Import { reply, .. } => {
-                drop(reply.send(Err(error())))
-            }
-            Request::AddNote { reply, .. } => drop(reply.send(Err(error()))),
-            Request::DeleteNote { reply, .. } | Request::DeleteStream { reply, .. } => {
-                drop(reply.send(Err(error())))
-            }
-            Request::SetRetention { reply, .. } | Request::Maintain { reply, .. } => {
-                drop(reply.send(Err(error())))
-            }
-            Request::Shutdown { reply } => drop(reply.send(Err(error()))),
-        }
-    }
-
-    /// Whether the writer decides it from its shadows alone, so that it can be placed while
-    /// earlier batches are still being committed. The others read tables or end the writer.
-    fn is_pipelined(&self) -> bool {
-        !matches!(
-            self,
-            Request::DeleteStream { .. } | Request::Maintain { .. } | Request::Shutdown { .. }
-        )
-    }
-}
-
 /// What readers and the writer share.
 pub(super) struct Shared {
     pub path: std::path::PathBuf,
     pub options: StoreOptions,
     /// `None` once the store is closed.
     pub db: RwLock<Option<Arc<Database>>>,
-    /// Committed streams.
+    /// Every committed stream, resident or not.
     pub streams: RwLock<HashMap<StreamName, Arc<Slot>>>,
+    pub cache: Cache,
     pub changes: broadcast::Sender<CommittedChanges>,
     pub counters: Counters,
     /// Commits still to fail on purpose (tests of the failure path only).
@@ -221,33 +140,6 @@ impl Counters {
     }
 }
 
-/// One committed stream as readers see it.
-pub(super) struct Slot {
-    pub id: u64,
-    pub live: RwLock<Live>,
-}
-
-/// A stream's committed in-memory state.
-pub(super) struct Live {
-    pub state: StreamState,
-    pub retention: Option<Retention>,
-    pub first_seq: u64,
-    pub changelog_floor: u64,
-}
-
-impl Live {
-    /// Where a restore should start. A row is encoded before its own batch is applied, so the
-    /// hints may be several commits old; they stay right because they only ever point at or
-    /// before the live tail: an empty tail points at the next seq, so whatever is added after
-    /// the hints were taken is restored too.
-    pub fn restore_hints(&self, meta: &mut StreamMeta) {
-        meta.tail_start = self.state.tail_start_seq().or(Some(self.state.next_seq()));
-        meta.severe_start = self.state.severe_start_seq();
-        meta.older_last_ts = self.state.older_last_ts();
-        meta.goal_seqs = self.state.goal_seqs();
-    }
-}
-
 /// The writer's view of one stream: the committed state plus everything placed since, committed
 /// or not yet.
 struct WriterStream {
@@ -262,25 +154,45 @@ struct WriterStream {
 }
 
 impl WriterStream {
-    fn from_slot(name: StreamName, slot: Arc<Slot>) -> WriterStream {
-        let (shadow, retention, first_seq, changelog_floor) = {
+    /// The writer's view of a committed stream with nothing in flight: forked from its live
+    /// state when resident, read from the file otherwise (only the records collapse can reach,
+    /// and its notes).
+    fn load(
+        name: StreamName,
+        slot: Arc<Slot>,
+        db: &Database,
+        options: &StoreOptions,
+        cache: &Cache,
+    ) -> Result<WriterStream, StoreError> {
+        let capacity = options.collapse.lookback;
+        let (forked, meta) = {
             let live = read(&slot.live);
-            (
-                live.state.fork(SHADOW_CAPACITY),
-                live.retention,
-                live.first_seq,
-                live.changelog_floor,
-            )
+            let forked = live.state.as_ref().map(|state| {
+                state.fork(TailCapacity {
+                    records: capacity,
+                    severe: 0,
+                })
+            });
+            (forked, live.meta.clone())
         };
-        WriterStream {
+        let shadow = match forked {
+            Some(shadow) => shadow,
+            None => reads::load_shadow(db, &meta, options, &cache.meter)?,
+        };
+        Ok(WriterStream {
             name,
             slot,
             shadow,
-            retention,
-            first_seq,
-            changelog_floor,
+            retention: meta.retention,
+            first_seq: meta.first_seq,
+            changelog_floor: meta.changelog_floor,
             created: VecDeque::new(),
-        }
+        })
+    }
+
+    /// Whether everything placed on this stream is committed and visible: its shadow can go.
+    fn is_settled(&self) -> bool {
+        read(&self.slot.live).meta.revision == self.shadow.revision()
     }
 }
 
@@ -294,31 +206,8 @@ enum Op {
     AddNote(Arc<Slot>, Note),
     RemoveNote(Arc<Slot>, u64),
     Forget(Arc<Slot>, u64),
-    Settings(Arc<Slot>, Option<Retention>, u64, u64),
-}
-
-enum Answer {
-    Appended(Reply<Vec<Appended>>, Vec<Appended>),
-    Note(Reply<Note>, Note),
-    Flag(Reply<bool>, bool),
-    Done(Reply<()>),
-}
-
-impl Answer {
-    fn send(self, failure: Option<&str>) {
-        let fail = |detail: &str| StoreError::Storage(detail.to_owned());
-        // A caller that stopped waiting is not an error.
-        match (self, failure) {
-            (Answer::Appended(reply, value), None) => drop(reply.send(Ok(value))),
-            (Answer::Note(reply, value), None) => drop(reply.send(Ok(value))),
-            (Answer::Flag(reply, value), None) => drop(reply.send(Ok(value))),
-            (Answer::Done(reply), None) => drop(reply.send(Ok(()))),
-            (Answer::Appended(reply, _), Some(detail)) => drop(reply.send(Err(fail(detail)))),
-            (Answer::Note(reply, _), Some(detail)) => drop(reply.send(Err(fail(detail)))),
-            (Answer::Flag(reply, _), Some(detail)) => drop(reply.send(Err(fail(detail)))),
-            (Answer::Done(reply), Some(detail)) => drop(reply.send(Err(fail(detail)))),
-        }
-    }
+    /// The stream's metadata row as this commit wrote it.
+    Settings(Arc<Slot>, Box<StreamMeta>),
 }
 
 /// What one batch did, applied or undone once its commit's fate is known.
@@ -413,7 +302,7 @@ impl Writer {
             gather: Default::default(),
         };
         let committer = start("recap-store-committer", Box::new(move || committer.run()))?;
-        let mut writer = Writer {
+        let writer = Writer {
             shared,
             db,
             requests,
@@ -435,19 +324,7 @@ impl Writer {
             notices: Some(notices),
             notifier: Some(notifier),
         };
-        writer.fork_all();
         Ok(writer)
-    }
-
-    /// Forks every shadow again from the committed (live) state.
-    fn fork_all(&mut self) {
-        self.streams = read(&self.shared.streams)
-            .iter()
-            .map(|(name, slot)| {
-                let stream = WriterStream::from_slot(name.clone(), slot.clone());
-                (name.clone(), stream)
-            })
-            .collect();
     }
 
     /// Lets the committer and then the notifier finish everything sent, then stops both.
@@ -490,10 +367,16 @@ impl Writer {
                 self.sweep();
             }
             self.recover_if_failed();
-            let Some(first) = first else {
+            self.evict_if_over();
+            let first = match first {
                 // Idle: one bounded maintenance step.
-                self.maintenance_step_now();
-                continue;
+                None => {
+                    self.maintenance_step_now();
+                    continue;
+                }
+                // Done above; there is nothing to commit.
+                Some(Request::Evict) => continue,
+                Some(first) => first,
             };
             let mut batch = Vec::new();
             let mut events = first.events();
@@ -505,6 +388,7 @@ impl Writer {
             }
             while control.is_none() && events < MAX_EVENTS_PER_COMMIT {
                 match self.requests.try_recv() {
+                    Ok(Request::Evict) => {}
                     Ok(request) if request.is_pipelined() => {
                         events += request.events();
                         batch.push(request);
@@ -556,22 +440,32 @@ impl Writer {
         }
     }
 
-    /// Marks the streams that time alone can give work: age limits and expiring notes.
+    /// Marks the streams that time alone can give work: age limits and notes due to expire.
     fn sweep(&mut self) {
         self.next_sweep = Instant::now() + MAINTENANCE_INTERVAL;
         let default = self.shared.options.retention;
-        for stream in self.streams.values() {
-            let has_age_limit = stream.retention.unwrap_or(default).max_age.is_some();
-            let has_expiry = stream.shadow.notes().any(|n| n.expires_at.is_some());
-            if has_age_limit || has_expiry {
-                self.dirty.insert(stream.name.clone());
+        let now = Utc::now();
+        for (name, slot) in read(&self.shared.streams).iter() {
+            let due = match self.streams.get(name) {
+                Some(stream) => {
+                    stream.retention.unwrap_or(default).max_age.is_some()
+                        || stream.shadow.notes().any(|n| n.expires_at.is_some())
+                }
+                None => {
+                    let live = read(&slot.live);
+                    live.meta.retention.unwrap_or(default).max_age.is_some()
+                        || live.meta.note_expiry.is_some_and(|at| at <= now)
+                }
+            };
+            if due {
+                self.dirty.insert(name.clone());
             }
         }
     }
 
     /// Runs maintenance until nothing is left, one bounded transaction at a time.
     fn maintain_fully(&mut self, now: Timestamp, reply: Reply<()>) {
-        let names: Vec<StreamName> = self.streams.keys().cloned().collect();
+        let names: Vec<StreamName> = read(&self.shared.streams).keys().cloned().collect();
         self.dirty.extend(names);
         self.backoff_until = None;
         while self.maintenance_pending() {
@@ -579,14 +473,15 @@ impl Writer {
                 drop(reply.send(Err(error)));
                 return;
             }
+            self.evict_if_over();
         }
         // What maintenance did is visible before the caller hears it is done.
         self.settle();
         drop(reply.send(Ok(())));
     }
 
-    /// Writes every stream's metadata with restore hints taken from its live state, which is
-    /// exact now that nothing is pending.
+    /// Writes the metadata of every stream in memory with restore hints taken from its live
+    /// state (or kept when it was evicted), which are exact now that nothing is pending.
     fn save_restore_hints(&mut self) -> Result<(), StoreError> {
         self.settle();
         let txn = self.begin()?;
@@ -598,9 +493,59 @@ impl Writer {
                     .streams
                     .insert(stream.name.as_str(), schema::encode_meta(&meta).as_slice())?;
             }
+            for (name, slot) in read(&self.shared.streams).iter() {
+                let mut live = write(&slot.live);
+                let in_memory = live.state.is_some() || live.hints_unsaved;
+                if self.streams.contains_key(name) || !in_memory {
+                    continue;
+                }
+                let mut meta = live.meta.clone();
+                live.restore_hints(&mut meta);
+                if let Some(state) = &live.state {
+                    meta.goal_seqs = state.goal_seqs();
+                }
+                tables
+                    .streams
+                    .insert(name.as_str(), schema::encode_meta(&meta).as_slice())?;
+                live.hints_unsaved = false;
+            }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// When the cache holds more than its budget: evicts the streams used least recently (their
+    /// live states, and the writer's shadows of those with nothing in flight) until it is an
+    /// eighth under.
+    fn evict_if_over(&mut self) {
+        let cache = &self.shared.cache;
+        cache.eviction_asked.store(false, Ordering::Relaxed);
+        if !cache.is_over() {
+            return;
+        }
+        let mut candidates: Vec<(u64, StreamName, Arc<Slot>)> = read(&self.shared.streams)
+            .iter()
+            .filter(|(name, slot)| slot.is_resident() || self.streams.contains_key(*name))
+            .map(|(name, slot)| (slot.last_used(), name.clone(), slot.clone()))
+            .collect();
+        candidates.sort_unstable_by_key(|(used, ..)| *used);
+        let low_water = cache.low_water();
+        for (_, name, slot) in candidates {
+            if cache.meter.bytes() <= low_water {
+                break;
+            }
+            if self
+                .streams
+                .get(&name)
+                .is_some_and(WriterStream::is_settled)
+            {
+                self.streams.remove(&name);
+            }
+            if let Some(state) = slot.evict() {
+                drop(state);
+                cache.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn begin(&self) -> Result<WriteTransaction, StoreError> {
@@ -665,12 +610,8 @@ impl Writer {
             if let Some(stream) = self.streams.get(name) {
                 let meta = stream_meta(stream);
                 rows.stream(name.clone(), &schema::encode_meta(&meta));
-                work.ops.push(Op::Settings(
-                    stream.slot.clone(),
-                    stream.retention,
-                    stream.first_seq,
-                    stream.changelog_floor,
-                ));
+                work.ops
+                    .push(Op::Settings(stream.slot.clone(), Box::new(meta)));
             }
         }
         if self.next_stream_id != self.written_next_stream_id {
@@ -709,11 +650,12 @@ impl Writer {
         }
     }
 
-    /// Rebuilds every shadow from the committed state (the pipe must be empty and the notifier
-    /// flushed, as [`Writer::settle`] leaves them). Retention and trimming may have been undone too, so every stream is looked at.
+    /// Drops every shadow, to be loaded again from the committed state (the pipe must be empty
+    /// and the notifier flushed, as [`Writer::settle`] leaves them). Retention may have been
+    /// undone too, so every stream that had a shadow is looked at.
     fn recover(&mut self) {
-        self.fork_all();
-        self.dirty.extend(self.streams.keys().cloned());
+        let names: Vec<StreamName> = self.streams.drain().map(|(name, _)| name).collect();
+        self.dirty.extend(names);
         // Ids taken by streams that were never committed stay unused; the id must be written
         // again in case the lost commit was the one that wrote it.
         self.written_next_stream_id = 0;
@@ -797,241 +739,6 @@ impl Writer {
         }
     }
 
-    /// The stream named `name`, created (with a fresh id) if it does not exist.
-    /// Why a note of `text` cannot be added to `stream`, if it would pass a [`NoteLimits`].
-    fn note_limit(&self, stream: &StreamName, text: &str) -> Option<StoreError> {
-        let limits = self.shared.options.notes;
-        let (count, bytes) = self.streams.get(stream).map_or((0, 0), |target| {
-            target.shadow.notes().fold((0, 0), |(count, bytes), note| {
-                (count + 1, bytes + note.text.len())
-            })
-        });
-        if count >= limits.max_notes {
-            return Some(StoreError::NoteLimit {
-                what: "notes",
-                held: count,
-                limit: limits.max_notes,
-                setting: "max_notes_per_stream",
-            });
-        }
-        if bytes + text.len() > limits.max_bytes {
-            return Some(StoreError::NoteLimit {
-                what: "bytes of note text (with this note)",
-                held: bytes + text.len(),
-                limit: limits.max_bytes,
-                setting: "max_note_bytes_per_stream",
-            });
-        }
-        None
-    }
-
-    fn stream_or_create(&mut self, name: &StreamName, work: &mut Work) -> &mut WriterStream {
-        if !self.streams.contains_key(name) {
-            let id = self.next_stream_id;
-            self.next_stream_id += 1;
-            let options = &self.shared.options;
-            let slot = Arc::new(Slot {
-                id,
-                live: RwLock::new(Live {
-                    state: StreamState::new(options.collapse, options.tail),
-                    retention: None,
-                    first_seq: 1,
-                    changelog_floor: 0,
-                }),
-            });
-            work.ops.push(Op::Created(name.clone(), slot.clone()));
-            let stream = WriterStream::from_slot(name.clone(), slot);
-            self.streams.insert(name.clone(), stream);
-        }
-        work.touched.insert(name.clone());
-        self.streams
-            .get_mut(name)
-            .expect("the stream was just looked up or created")
-    }
-
-    /// Decides one request on the shadows and encodes its writes into `rows`. On an error (a
-    /// record that could not be read) the request's answer is in `work` and the shadows are
-    /// suspect: the caller fails the batch and forks them again.
-    fn apply(
-        &mut self,
-        request: Request,
-        rows: &mut Rows,
-        work: &mut Work,
-    ) -> Result<(), StoreError> {
-        let default_retention = self.shared.options.retention;
-        let changelog_keep = self.shared.options.changelog_keep;
-        let db = self.db.clone();
-        match request {
-            Request::Append {
-                stream,
-                events,
-                now,
-                reply,
-            } => {
-                if events.is_empty() {
-                    work.answers.push(Answer::Appended(reply, Vec::new()));
-                    return Ok(());
-                }
-                let target = self.stream_or_create(&stream, work);
-                let mut results = Vec::with_capacity(events.len());
-                let mut failure = None;
-                for event in events {
-                    let ts = at_micros(event.ts.unwrap_or(now));
-                    let (appended, cached) = target.shadow.append_shared(event, ts);
-                    if let Err(error) = store_appended(target, rows, &db, &appended, work) {
-                        failure = Some(error);
-                        break;
-                    }
-                    let origin = Origin::Event {
-                        ts,
-                        collapsed: appended.collapsed,
-                    };
-                    work.ops
-                        .push(Op::Adopt(target.slot.clone(), cached, origin));
-                    results.push(appended);
-                }
-                let over = needs_maintenance(target, default_retention, changelog_keep);
-                work.answers.push(Answer::Appended(reply, results));
-                if let Some(error) = failure {
-                    return Err(error);
-                }
-                if over {
-                    self.dirty.insert(stream);
-                }
-            }
-            Request::Import {
-                stream,
-                records,
-                reply,
-            } => {
-                if records.is_empty() {
-                    work.answers.push(Answer::Appended(reply, Vec::new()));
-                    return Ok(());
-                }
-                let target = self.stream_or_create(&stream, work);
-                let mut results = Vec::with_capacity(records.len());
-                let mut failure = None;
-                let mut notes_expire = false;
-                for imported in records {
-                    let mut event = imported.event;
-                    if let Some(note) = imported.note {
-                        // An exported pinned note comes back as a note (with an id of this
-                        // stream) and its audit record, linked as `add_note` links them.
-                        let note = place_note(
-                            target,
-                            rows,
-                            work,
-                            event.message.clone(),
-                            at_micros(note.created_at),
-                            note.expires_at.map(at_micros),
-                        );
-                        notes_expire |= note.expires_at.is_some();
-                        event
-                            .payload
-                            .get_or_insert_with(serde_json::Map::new)
-                            .insert(crate::context::NOTE_ID_KEY.into(), note.id.into());
-                    }
-                    let (appended, cached) = target.shadow.import_shared(
-                        event,
-                        at_micros(imported.first_ts),
-                        at_micros(imported.last_ts),
-                        imported.repeat_count,
-                    );
-                    if let Err(error) = store_appended(target, rows, &db, &appended, work) {
-                        failure = Some(error);
-                        break;
-                    }
-                    work.ops
-                        .push(Op::Adopt(target.slot.clone(), cached, Origin::Import));
-                    results.push(appended);
-                }
-                let over = needs_maintenance(target, default_retention, changelog_keep);
-                work.answers.push(Answer::Appended(reply, results));
-                if let Some(error) = failure {
-                    return Err(error);
-                }
-                if over || notes_expire {
-                    self.dirty.insert(stream);
-                }
-            }
-            Request::AddNote {
-                stream,
-                text,
-                expires_at,
-                now,
-                reply,
-            } => {
-                if let Some(error) = self.note_limit(&stream, &text) {
-                    drop(reply.send(Err(error)));
-                    return Ok(());
-                }
-                let now = at_micros(now);
-                let expires_at = expires_at.map(at_micros);
-                let target = self.stream_or_create(&stream, work);
-                let note = place_note(target, rows, work, text.clone(), now, expires_at);
-                let note_id = note.id;
-                work.answers.push(Answer::Note(reply, note));
-                // The audit trail: the note is also an event of the stream (DESIGN section 2).
-                let event = note_event(text, note_id);
-                let (appended, cached) = target.shadow.append_shared(event, now);
-                store_appended(target, rows, &db, &appended, work)?;
-                let origin = Origin::Event {
-                    ts: now,
-                    collapsed: appended.collapsed,
-                };
-                work.ops
-                    .push(Op::Adopt(target.slot.clone(), cached, origin));
-                let over = needs_maintenance(target, default_retention, changelog_keep);
-                if expires_at.is_some() || over {
-                    self.dirty.insert(stream);
-                }
-            }
-            Request::DeleteNote { stream, id, reply } => {
-                if !self.streams.contains_key(&stream) {
-                    drop(reply.send(Err(StoreError::UnknownStream(stream.to_string()))));
-                    return Ok(());
-                }
-                let target = self.stream_or_create(&stream, work);
-                let removed = remove_note(target, rows, id, work);
-                work.answers.push(Answer::Flag(reply, removed));
-            }
-            Request::DeleteStream { stream, reply } => {
-                let existed = match self.streams.remove(&stream) {
-                    Some(target) => {
-                        rows.stream_removed(stream.clone(), target.slot.id);
-                        work.deleted_ids.push(target.slot.id);
-                        work.ops.push(Op::Deleted(stream.clone()));
-                        work.touched.insert(stream.clone());
-                        self.dirty.remove(&stream);
-                        true
-                    }
-                    None => false,
-                };
-                work.answers.push(Answer::Flag(reply, existed));
-            }
-            Request::SetRetention {
-                stream,
-                retention,
-                reply,
-            } => {
-                if !self.streams.contains_key(&stream) {
-                    drop(reply.send(Err(StoreError::UnknownStream(stream.to_string()))));
-                    return Ok(());
-                }
-                let target = self.stream_or_create(&stream, work);
-                target.retention = Some(retention);
-                self.dirty.insert(stream);
-                work.answers.push(Answer::Done(reply));
-            }
-            // The run loop handles these itself and never puts them in a batch; answering
-            // keeps a caller from hanging if that ever changes.
-            request @ (Request::Maintain { .. } | Request::Shutdown { .. }) => {
-                request.fail("internal error: a control request reached a batch");
-            }
-        }
-        Ok(())
-    }
-
     /// One bounded step of background work: purge deleted streams, expire notes, apply
     /// retention, trim changelogs.
     ///
@@ -1079,7 +786,7 @@ impl Writer {
             if *budget == 0 {
                 break;
             }
-            let Some(target) = self.streams.get_mut(&name) else {
+            let Some(target) = self.loaded(&name)? else {
                 self.dirty.remove(&name);
                 continue;
             };
@@ -1090,171 +797,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// The metadata row of a stream, with restore hints from its live state.
-fn stream_meta(stream: &WriterStream) -> StreamMeta {
-    let mut meta = StreamMeta {
-        id: stream.slot.id,
-        totals: stream.shadow.totals().clone(),
-        revision: stream.shadow.revision(),
-        next_note_id: stream.shadow.next_note_id(),
-        retention: stream.retention,
-        first_seq: stream.first_seq,
-        changelog_floor: stream.changelog_floor,
-        tail_start: None,
-        severe_start: None,
-        older_last_ts: None,
-        goal_seqs: Vec::new(),
-    };
-    read(&stream.slot.live).restore_hints(&mut meta);
-    meta
-}
-
-/// Encodes what one append or import did to a record: the record row, its severe index entry,
-/// and for a repeat the changelog entry.
-fn store_appended(
-    target: &mut WriterStream,
-    rows: &mut Rows,
-    db: &Database,
-    appended: &Appended,
-    work: &mut Work,
-) -> Result<(), StoreError> {
-    let record = &appended.record;
-    let id = target.slot.id;
-    if appended.collapsed {
-        let created = match target.created.iter().rev().find(|(s, _)| *s == record.seq) {
-            Some((_, created)) => *created,
-            // Created before this shadow was forked, so committed: the file has it.
-            None => committed_creation(db, id, record.seq)?,
-        };
-        rows.record(id, record.seq, |out| {
-            schema::encode_record(record, &created, out)
-        });
-        let entry = ChangeEntry::Repeat {
-            seq: record.seq,
-            repeat_count: record.repeat_count,
-            last_ts: record.last_ts,
-        };
-        log_change(target, rows, work, record.revision, entry);
-    } else {
-        let created = Created::of(record);
-        rows.record(id, record.seq, |out| {
-            schema::encode_record(record, &created, out)
-        });
-        if record.severity >= Severity::Error {
-            rows.severe(id, record.seq);
-        }
-        if target.created.len() == MAX_COLLAPSE_LOOKBACK {
-            target.created.pop_front();
-        }
-        target.created.push_back((record.seq, created));
-        work.changes.push(Change {
-            stream: target.name.clone(),
-            stream_id: id,
-            revision: record.revision,
-            body: ChangeBody::Record(record.clone()),
-        });
-    }
-    Ok(())
-}
-
-/// How a committed record was created, read from the file.
-fn committed_creation(db: &Database, stream: u64, seq: u64) -> Result<Created, StoreError> {
-    let txn = db.begin_read()?;
-    let records = txn.open_table(schema::RECORDS)?;
-    let stored = records
-        .get((stream, seq))?
-        .ok_or_else(|| StoreError::Storage(format!("record {seq} is missing")))?;
-    let (_, created) = schema::decode_record(seq, stored.value())
-        .map_err(|error| StoreError::Storage(error.to_string()))?;
-    Ok(created)
-}
-
-/// Adds a note to a stream's shadow and encodes its row and changelog entry; the caller adds
-/// its audit record (`add_note` logs a new one, an import brings the exported one).
-fn place_note(
-    target: &mut WriterStream,
-    rows: &mut Rows,
-    work: &mut Work,
-    text: String,
-    created_at: Timestamp,
-    expires_at: Option<Timestamp>,
-) -> Note {
-    let note = target.shadow.add_note(text, created_at, expires_at);
-    let id = target.slot.id;
-    rows.note(id, note.id, |out| schema::encode_note(&note, out));
-    let revision = target.shadow.revision();
-    log_change(
-        target,
-        rows,
-        work,
-        revision,
-        ChangeEntry::Note(note.clone()),
-    );
-    work.ops
-        .push(Op::AddNote(target.slot.clone(), note.clone()));
-    note
-}
-
-/// Writes a change that is not a new record to the stream's changelog and publishes it.
-fn log_change(
-    target: &WriterStream,
-    rows: &mut Rows,
-    work: &mut Work,
-    revision: u64,
-    entry: ChangeEntry,
-) {
-    let id = target.slot.id;
-    rows.change(id, revision, |out| schema::encode_change(&entry, out));
-    work.changes.push(Change {
-        stream: target.name.clone(),
-        stream_id: id,
-        revision,
-        body: entry.into(),
-    });
-}
-
-/// Removes a live note (a change with its own revision); `false` when there is none.
-fn remove_note(target: &mut WriterStream, rows: &mut Rows, id: u64, work: &mut Work) -> bool {
-    if !target.shadow.remove_note(id) {
-        return false;
-    }
-    let revision = target.shadow.revision();
-    rows.note_removed(target.slot.id, id);
-    log_change(
-        target,
-        rows,
-        work,
-        revision,
-        ChangeEntry::NoteDeleted { id },
-    );
-    work.ops.push(Op::RemoveNote(target.slot.clone(), id));
-    work.touched.insert(target.name.clone());
-    true
-}
-
-/// The `note` event that records a note in the event log; `payload.note_id` lets the context
-/// leave it out while the note itself is pinned.
-fn note_event(text: String, id: u64) -> Event {
-    let mut payload = serde_json::Map::new();
-    payload.insert(crate::context::NOTE_ID_KEY.into(), id.into());
-    Event {
-        message: text,
-        kind: crate::event::Kind::new("note").expect("`note` is a valid kind"),
-        severity: Severity::Info,
-        ts: None,
-        display_message: None,
-        actor: None,
-        step_id: None,
-        payload: Some(payload),
-    }
-}
-
-/// Times are kept to the microsecond; normalizing before anything is decided makes what a
-/// caller is answered equal to what a later read returns.
-fn at_micros(ts: Timestamp) -> Timestamp {
-    ts.trunc_subsecs(6)
 }
 
 /// Locks for reading; a panic elsewhere while holding the lock does not make the data invalid

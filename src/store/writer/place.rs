@@ -1,0 +1,467 @@
+//! Placement: deciding one request on the writer's shadows and encoding its table writes, while
+//! earlier batches are still being committed.
+
+use super::*;
+
+impl Writer {
+    /// The writer's view of `name` if the stream exists, loaded if it was not in use.
+    pub(super) fn loaded(
+        &mut self,
+        name: &StreamName,
+    ) -> Result<Option<&mut WriterStream>, StoreError> {
+        if !self.streams.contains_key(name) {
+            let Some(slot) = read(&self.shared.streams).get(name).cloned() else {
+                return Ok(None);
+            };
+            let shared = &self.shared;
+            let stream =
+                WriterStream::load(name.clone(), slot, &self.db, &shared.options, &shared.cache)?;
+            self.streams.insert(name.clone(), stream);
+        }
+        let stream = self
+            .streams
+            .get_mut(name)
+            .expect("the stream was just looked up or loaded");
+        self.shared.cache.touch(&stream.slot);
+        Ok(Some(stream))
+    }
+
+    /// The stream named `name`, loaded, or created (with a fresh id) if it does not exist; its
+    /// metadata row is written with the batch.
+    pub(super) fn stream_for_write(
+        &mut self,
+        name: &StreamName,
+        work: &mut Work,
+    ) -> Result<&mut WriterStream, StoreError> {
+        if self.loaded(name)?.is_none() {
+            let id = self.next_stream_id;
+            self.next_stream_id += 1;
+            let slot = Arc::new(Slot::new(StreamMeta::new(id)));
+            self.shared.cache.touch(&slot);
+            work.ops.push(Op::Created(name.clone(), slot.clone()));
+            let options = &self.shared.options;
+            let stream = WriterStream {
+                name: name.clone(),
+                slot,
+                shadow: StreamState::metered(
+                    options.collapse,
+                    TailCapacity {
+                        records: options.collapse.lookback,
+                        severe: 0,
+                    },
+                    &self.shared.cache.meter,
+                ),
+                retention: None,
+                first_seq: 1,
+                changelog_floor: 0,
+                created: VecDeque::new(),
+            };
+            self.streams.insert(name.clone(), stream);
+        }
+        work.touched.insert(name.clone());
+        Ok(self
+            .streams
+            .get_mut(name)
+            .expect("the stream was just looked up or created"))
+    }
+
+    /// Decides one request on the shadows and encodes its writes into `rows`. On an error (a
+    /// record that could not be read) the request's answer is in `work` and the shadows are
+    /// suspect: the caller fails the batch and forks them again.
+    pub(super) fn apply(
+        &mut self,
+        request: Request,
+        rows: &mut Rows,
+        work: &mut Work,
+    ) -> Result<(), StoreError> {
+        let default_retention = self.shared.options.retention;
+        let changelog_keep = self.shared.options.changelog_keep;
+        let db = self.db.clone();
+        match request {
+            Request::Append {
+                stream,
+                events,
+                now,
+                reply,
+            } => {
+                if events.is_empty() {
+                    work.answers.push(Answer::Appended(reply, Vec::new()));
+                    return Ok(());
+                }
+                let target = self.stream_for_write(&stream, work)?;
+                let mut results = Vec::with_capacity(events.len());
+                let mut failure = None;
+                for event in events {
+                    let ts = at_micros(event.ts.unwrap_or(now));
+                    let (appended, cached) = target.shadow.append_shared(event, ts);
+                    if let Err(error) = store_appended(target, rows, &db, &appended, work) {
+                        failure = Some(error);
+                        break;
+                    }
+                    let origin = Origin::Event {
+                        ts,
+                        collapsed: appended.collapsed,
+                    };
+                    work.ops
+                        .push(Op::Adopt(target.slot.clone(), cached, origin));
+                    results.push(appended);
+                }
+                let over = needs_maintenance(target, default_retention, changelog_keep);
+                work.answers.push(Answer::Appended(reply, results));
+                if let Some(error) = failure {
+                    return Err(error);
+                }
+                if over {
+                    self.dirty.insert(stream);
+                }
+            }
+            Request::Import {
+                stream,
+                records,
+                reply,
+            } => {
+                if records.is_empty() {
+                    work.answers.push(Answer::Appended(reply, Vec::new()));
+                    return Ok(());
+                }
+                let target = self.stream_for_write(&stream, work)?;
+                let mut results = Vec::with_capacity(records.len());
+                let mut failure = None;
+                let mut notes_expire = false;
+                for imported in records {
+                    let mut event = imported.event;
+                    if let Some(note) = imported.note {
+                        // An exported pinned note comes back as a note (with an id of this
+                        // stream) and its audit record, linked as `add_note` links them.
+                        let note = place_note(
+                            target,
+                            rows,
+                            work,
+                            event.message.clone(),
+                            at_micros(note.created_at),
+                            note.expires_at.map(at_micros),
+                        );
+                        notes_expire |= note.expires_at.is_some();
+                        event
+                            .payload
+                            .get_or_insert_with(serde_json::Map::new)
+                            .insert(crate::context::NOTE_ID_KEY.into(), note.id.into());
+                    }
+                    let (appended, cached) = target.shadow.import_shared(
+                        event,
+                        at_micros(imported.first_ts),
+                        at_micros(imported.last_ts),
+                        imported.repeat_count,
+                    );
+                    if let Err(error) = store_appended(target, rows, &db, &appended, work) {
+                        failure = Some(error);
+                        break;
+                    }
+                    work.ops
+                        .push(Op::Adopt(target.slot.clone(), cached, Origin::Import));
+                    results.push(appended);
+                }
+                let over = needs_maintenance(target, default_retention, changelog_keep);
+                work.answers.push(Answer::Appended(reply, results));
+                if let Some(error) = failure {
+                    return Err(error);
+                }
+                if over || notes_expire {
+                    self.dirty.insert(stream);
+                }
+            }
+            Request::AddNote {
+                stream,
+                text,
+                expires_at,
+                now,
+                reply,
+            } => {
+                let limits = self.shared.options.notes;
+                let held = self.loaded(&stream)?.map(|target| &target.shadow);
+                if let Some(error) = note_limit(limits, held, &text) {
+                    drop(reply.send(Err(error)));
+                    return Ok(());
+                }
+                let now = at_micros(now);
+                let expires_at = expires_at.map(at_micros);
+                let target = self.stream_for_write(&stream, work)?;
+                let note = place_note(target, rows, work, text.clone(), now, expires_at);
+                let note_id = note.id;
+                work.answers.push(Answer::Note(reply, note));
+                // The audit trail: the note is also an event of the stream (DESIGN section 2).
+                let event = note_event(text, note_id);
+                let (appended, cached) = target.shadow.append_shared(event, now);
+                store_appended(target, rows, &db, &appended, work)?;
+                let origin = Origin::Event {
+                    ts: now,
+                    collapsed: appended.collapsed,
+                };
+                work.ops
+                    .push(Op::Adopt(target.slot.clone(), cached, origin));
+                let over = needs_maintenance(target, default_retention, changelog_keep);
+                if expires_at.is_some() || over {
+                    self.dirty.insert(stream);
+                }
+            }
+            Request::DeleteNote { stream, id, reply } => {
+                if self.loaded(&stream)?.is_none() {
+                    drop(reply.send(Err(StoreError::UnknownStream(stream.to_string()))));
+                    return Ok(());
+                }
+                let target = self.stream_for_write(&stream, work)?;
+                let removed = remove_note(target, rows, id, work);
+                work.answers.push(Answer::Flag(reply, removed));
+            }
+            Request::DeleteStream { stream, reply } => {
+                let slot = match self.streams.remove(&stream) {
+                    Some(target) => Some(target.slot),
+                    None => read(&self.shared.streams).get(&stream).cloned(),
+                };
+                let existed = match slot {
+                    Some(slot) => {
+                        rows.stream_removed(stream.clone(), slot.id);
+                        work.deleted_ids.push(slot.id);
+                        work.ops.push(Op::Deleted(stream.clone()));
+                        work.touched.insert(stream.clone());
+                        self.dirty.remove(&stream);
+                        true
+                    }
+                    None => false,
+                };
+                work.answers.push(Answer::Flag(reply, existed));
+            }
+            Request::SetRetention {
+                stream,
+                retention,
+                reply,
+            } => {
+                if self.loaded(&stream)?.is_none() {
+                    drop(reply.send(Err(StoreError::UnknownStream(stream.to_string()))));
+                    return Ok(());
+                }
+                let target = self.stream_for_write(&stream, work)?;
+                target.retention = Some(retention);
+                self.dirty.insert(stream);
+                work.answers.push(Answer::Done(reply));
+            }
+            // The run loop handles these itself and never puts them in a batch; answering
+            // keeps a caller from hanging if that ever changes.
+            Request::Evict => {}
+            request @ (Request::Maintain { .. } | Request::Shutdown { .. }) => {
+                request.fail("internal error: a control request reached a batch");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a note of `text` cannot be added to a stream holding `held`'s notes, if it would pass a
+/// [`NoteLimits`](super::super::NoteLimits).
+fn note_limit(
+    limits: super::super::NoteLimits,
+    held: Option<&StreamState>,
+    text: &str,
+) -> Option<StoreError> {
+    let (count, bytes) = held.map_or((0, 0), |shadow| {
+        shadow.notes().fold((0, 0), |(count, bytes), note| {
+            (count + 1, bytes + note.text.len())
+        })
+    });
+    if count >= limits.max_notes {
+        return Some(StoreError::NoteLimit {
+            what: "notes",
+            held: count,
+            limit: limits.max_notes,
+            setting: "max_notes_per_stream",
+        });
+    }
+    if bytes + text.len() > limits.max_bytes {
+        return Some(StoreError::NoteLimit {
+            what: "bytes of note text (with this note)",
+            held: bytes + text.len(),
+            limit: limits.max_bytes,
+            setting: "max_note_bytes_per_stream",
+        });
+    }
+    None
+}
+
+/// The metadata row of a stream: counters from the shadow, restore hints from its live state.
+pub(super) fn stream_meta(stream: &WriterStream) -> StreamMeta {
+    let mut meta = StreamMeta {
+        id: stream.slot.id,
+        totals: stream.shadow.totals().clone(),
+        revision: stream.shadow.revision(),
+        next_note_id: stream.shadow.next_note_id(),
+        retention: stream.retention,
+        first_seq: stream.first_seq,
+        changelog_floor: stream.changelog_floor,
+        tail_start: None,
+        severe_start: None,
+        older_last_ts: None,
+        goal_seqs: stream.shadow.goal_seqs(),
+        note_expiry: stream
+            .shadow
+            .notes()
+            .filter_map(|note| note.expires_at)
+            .min(),
+    };
+    read(&stream.slot.live).restore_hints(&mut meta);
+    meta
+}
+
+/// Encodes what one append or import did to a record: the record row, its severe index entry,
+/// and for a repeat the changelog entry.
+pub(super) fn store_appended(
+    target: &mut WriterStream,
+    rows: &mut Rows,
+    db: &Database,
+    appended: &Appended,
+    work: &mut Work,
+) -> Result<(), StoreError> {
+    let record = &appended.record;
+    let id = target.slot.id;
+    if appended.collapsed {
+        let created = match target.created.iter().rev().find(|(s, _)| *s == record.seq) {
+            Some((_, created)) => *created,
+            // Created before this shadow was forked, so committed: the file has it.
+            None => committed_creation(db, id, record.seq)?,
+        };
+        rows.record(id, record.seq, |out| {
+            schema::encode_record(record, &created, out)
+        });
+        let entry = ChangeEntry::Repeat {
+            seq: record.seq,
+            repeat_count: record.repeat_count,
+            last_ts: record.last_ts,
+        };
+        log_change(target, rows, work, record.revision, entry);
+    } else {
+        let created = Created::of(record);
+        rows.record(id, record.seq, |out| {
+            schema::encode_record(record, &created, out)
+        });
+        if record.severity >= Severity::Error {
+            rows.severe(id, record.seq);
+        }
+        if target.created.len() == MAX_COLLAPSE_LOOKBACK {
+            target.created.pop_front();
+        }
+        target.created.push_back((record.seq, created));
+        work.changes.push(Change {
+            stream: target.name.clone(),
+            stream_id: id,
+            revision: record.revision,
+            body: ChangeBody::Record(record.clone()),
+        });
+    }
+    Ok(())
+}
+
+/// How a committed record was created, read from the file.
+pub(super) fn committed_creation(
+    db: &Database,
+    stream: u64,
+    seq: u64,
+) -> Result<Created, StoreError> {
+    let txn = db.begin_read()?;
+    let records = txn.open_table(schema::RECORDS)?;
+    let stored = records
+        .get((stream, seq))?
+        .ok_or_else(|| StoreError::Storage(format!("record {seq} is missing")))?;
+    let (_, created) = schema::decode_record(seq, stored.value())
+        .map_err(|error| StoreError::Storage(error.to_string()))?;
+    Ok(created)
+}
+
+/// Adds a note to a stream's shadow and encodes its row and changelog entry; the caller adds
+/// its audit record (`add_note` logs a new one, an import brings the exported one).
+pub(super) fn place_note(
+    target: &mut WriterStream,
+    rows: &mut Rows,
+    work: &mut Work,
+    text: String,
+    created_at: Timestamp,
+    expires_at: Option<Timestamp>,
+) -> Note {
+    let note = target.shadow.add_note(text, created_at, expires_at);
+    let id = target.slot.id;
+    rows.note(id, note.id, |out| schema::encode_note(&note, out));
+    let revision = target.shadow.revision();
+    log_change(
+        target,
+        rows,
+        work,
+        revision,
+        ChangeEntry::Note(note.clone()),
+    );
+    work.ops
+        .push(Op::AddNote(target.slot.clone(), note.clone()));
+    note
+}
+
+/// Writes a change that is not a new record to the stream's changelog and publishes it.
+pub(super) fn log_change(
+    target: &WriterStream,
+    rows: &mut Rows,
+    work: &mut Work,
+    revision: u64,
+    entry: ChangeEntry,
+) {
+    let id = target.slot.id;
+    rows.change(id, revision, |out| schema::encode_change(&entry, out));
+    work.changes.push(Change {
+        stream: target.name.clone(),
+        stream_id: id,
+        revision,
+        body: entry.into(),
+    });
+}
+
+/// Removes a live note (a change with its own revision); `false` when there is none.
+pub(super) fn remove_note(
+    target: &mut WriterStream,
+    rows: &mut Rows,
+    id: u64,
+    work: &mut Work,
+) -> bool {
+    if !target.shadow.remove_note(id) {
+        return false;
+    }
+    let revision = target.shadow.revision();
+    rows.note_removed(target.slot.id, id);
+    log_change(
+        target,
+        rows,
+        work,
+        revision,
+        ChangeEntry::NoteDeleted { id },
+    );
+    work.ops.push(Op::RemoveNote(target.slot.clone(), id));
+    work.touched.insert(target.name.clone());
+    true
+}
+
+/// The `note` event that records a note in the event log; `payload.note_id` lets the context
+/// leave it out while the note itself is pinned.
+pub(super) fn note_event(text: String, id: u64) -> Event {
+    let mut payload = serde_json::Map::new();
+    payload.insert(crate::context::NOTE_ID_KEY.into(), id.into());
+    Event {
+        message: text,
+        kind: crate::event::Kind::new("note").expect("`note` is a valid kind"),
+        severity: Severity::Info,
+        ts: None,
+        display_message: None,
+        actor: None,
+        step_id: None,
+        payload: Some(payload),
+    }
+}
+
+/// Times are kept to the microsecond; normalizing before anything is decided makes what a
+/// caller is answered equal to what a later read returns.
+pub(super) fn at_micros(ts: Timestamp) -> Timestamp {
+    ts.trunc_subsecs(6)
+}
