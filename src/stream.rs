@@ -38,6 +38,30 @@ impl TailCapacity {
             severe: self.severe,
         }
     }
+
+    /// The first seq a tail ending at `last_seq` holds: between `records` and `2 × records - 1`
+    /// of the newest records. The start moves `records` seqs at a time, at fixed seqs, so that
+    /// every state of a stream at the same seq holds the same records, however it got there
+    /// (appended one by one, restored after a restart, or loaded again after an eviction).
+    pub fn tail_start(self, last_seq: u64) -> u64 {
+        let records = self.records.max(1) as u64;
+        if last_seq < 2 * records {
+            1
+        } else {
+            (last_seq / records - 1) * records + 1
+        }
+    }
+
+    /// How many of the newest severe records a stream that has created `created` of them keeps:
+    /// between `severe` and `2 × severe - 1`, moving at fixed counts like the tail.
+    pub fn severe_kept(self, created: u64) -> u64 {
+        let severe = self.severe as u64;
+        match severe {
+            0 => 0,
+            _ if created < 2 * severe => created,
+            _ => severe + created % severe,
+        }
+    }
 }
 
 impl Default for TailCapacity {
@@ -47,6 +71,31 @@ impl Default for TailCapacity {
             severe: DEFAULT_SEVERE_RECORDS,
         }
     }
+}
+
+/// What the store keeps of a stream, from which [`StreamState::restore`] rebuilds it.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The records from [`TailCapacity::tail_start`] on, oldest first.
+    pub tail: Vec<Arc<CachedRecord>>,
+    /// The severe records kept that are older than the tail, oldest first.
+    pub older_severe: Vec<Arc<CachedRecord>>,
+    /// The first goal records kept in reach, oldest first (those in the tail are the tail's).
+    pub goals: Vec<Arc<CachedRecord>>,
+    /// The latest goal record, once the first ones are all taken.
+    pub latest_goal: Option<Arc<CachedRecord>>,
+    /// The latest `last_ts` among the records before the tail.
+    pub older_last_ts: Option<Timestamp>,
+    /// Totals over everything the stream accepted.
+    pub totals: Totals,
+    /// The live notes, oldest first.
+    pub notes: Vec<Note>,
+    /// The stream revision.
+    pub revision: u64,
+    /// The id the next note gets.
+    pub next_note_id: u64,
+    /// Severe records ever created.
+    pub severe_created: u64,
 }
 
 /// The result of appending one event.
@@ -94,6 +143,8 @@ pub struct StreamState {
     notes: Vec<Arc<CachedNote>>,
     revision: u64,
     next_note_id: u64,
+    /// Severe records ever created: what the severe list keeps follows from it.
+    severe_created: u64,
     /// Counts what the cached records and notes hold, and this state's own vectors.
     meter: Meter,
     /// Bytes of this state's own vectors charged to `meter`.
@@ -128,6 +179,7 @@ impl StreamState {
             notes: Vec::new(),
             revision: 0,
             next_note_id: 1,
+            severe_created: 0,
             meter: meter.clone(),
             charged: 0,
         };
@@ -156,35 +208,34 @@ impl StreamState {
         self.charged = held;
     }
 
-    /// Rebuilds a stream from what the store kept: `tail` (its newest records, oldest first),
-    /// `severe` (older severe records, oldest first), `goals` (its first goal records and its
-    /// latest, those older than the tail, oldest first), totals, notes and counters.
-    ///
-    /// The records come cached (the store makes them from its rows with their payloads as
-    /// text), charged to `meter` like the notes.
-    #[allow(clippy::too_many_arguments)]
+    /// Rebuilds a stream from what the store kept of it (see [`Snapshot`]), charging its
+    /// records and notes to `meter`. The result is the state the stream had.
     pub fn restore(
         policy: CollapsePolicy,
         capacity: TailCapacity,
         meter: &Meter,
-        tail: Vec<Arc<CachedRecord>>,
-        severe: Vec<Arc<CachedRecord>>,
-        goals: Vec<Arc<CachedRecord>>,
-        older_last_ts: Option<Timestamp>,
-        totals: Totals,
-        notes: Vec<Note>,
-        revision: u64,
-        next_note_id: u64,
+        snapshot: Snapshot,
     ) -> StreamState {
+        let Snapshot {
+            tail,
+            older_severe,
+            goals,
+            latest_goal,
+            older_last_ts,
+            totals,
+            notes,
+            revision,
+            next_note_id,
+            severe_created,
+        } = snapshot;
         let next_seq = totals.records + 1;
         let collapser = Collapser::resume(policy, next_seq, tail.iter().map(|r| r.record()));
         let records = tail;
-        let mut all_severe = severe;
+        let mut all_severe = older_severe;
         all_severe.extend(records.iter().filter(|r| is_severe(r.record())).cloned());
         let mut state = StreamState::metered(policy, capacity, meter);
-        for cached in goals.into_iter().chain(records.iter().cloned()) {
-            state.note_goal(&cached);
-        }
+        state.goals = goals;
+        state.latest_goal = latest_goal;
         state.collapser = collapser;
         state.latest = records
             .iter()
@@ -200,6 +251,7 @@ impl StreamState {
             .collect();
         state.revision = revision;
         state.next_note_id = next_note_id;
+        state.severe_created = severe_created;
         state.trim();
         state.recount();
         state
@@ -317,6 +369,7 @@ impl StreamState {
 
     fn push_cached(&mut self, cached: Arc<CachedRecord>) {
         if is_severe(cached.record()) {
+            self.severe_created += 1;
             self.severe.push(cached.clone());
         }
         self.note_goal(&cached);
@@ -372,7 +425,15 @@ impl StreamState {
         self.severe.drain(..gone);
         self.goals.retain(|r| r.record().seq > seq);
         self.latest_goal = self.latest_goal.take().filter(|r| r.record().seq > seq);
-        self.latest = self.latest.take().filter(|r| r.record().seq > seq);
+        if self.latest.as_ref().is_some_and(|r| r.record().seq <= seq) {
+            // The latest event's record is gone: the latest change among those left stands in,
+            // as a restore finds it.
+            self.latest = self
+                .records
+                .iter()
+                .max_by_key(|r| r.record().revision)
+                .cloned();
+        }
     }
 
     /// A copy holding only the newest records `capacity` allows, sharing them with `self`: the
@@ -387,16 +448,19 @@ impl StreamState {
             let newest = &self.records[self.records.len().saturating_sub(policy.lookback)..];
             Collapser::resume(policy, self.next_seq(), newest.iter().map(|r| r.record()))
         };
-        let keep = self.records.len().min(fork.capacity.records);
-        let skip = self.records.len() - keep;
+        let start = fork.capacity.tail_start(self.totals.records);
+        let skip = self.records.partition_point(|r| r.record().seq < start);
         fork.older_last_ts = self.records[..skip]
             .iter()
             .map(|r| r.record().last_ts)
             .chain(self.older_last_ts)
             .max();
         fork.records = self.records[skip..].to_vec();
-        let keep = self.severe.len().min(fork.capacity.severe);
+        let keep = usize::try_from(fork.capacity.severe_kept(self.severe_created))
+            .unwrap_or(usize::MAX)
+            .min(self.severe.len());
         fork.severe = self.severe[self.severe.len() - keep..].to_vec();
+        fork.severe_created = self.severe_created;
         fork.goals = self.goals.clone();
         fork.latest_goal = self.latest_goal.clone();
         fork.latest = self.latest.clone();
@@ -423,14 +487,14 @@ impl StreamState {
         self.severe.first().map(|r| r.record().seq)
     }
 
-    /// The seqs of the goal records kept in reach (the first ones, then the latest), oldest
-    /// first: restore hints.
-    pub fn goal_seqs(&self) -> Vec<u64> {
-        self.goals
-            .iter()
-            .chain(&self.latest_goal)
-            .map(|r| r.record().seq)
-            .collect()
+    /// The seqs of the first goal records kept in reach, oldest first.
+    pub fn first_goal_seqs(&self) -> Vec<u64> {
+        self.goals.iter().map(|r| r.record().seq).collect()
+    }
+
+    /// The seq of the latest goal record, once the first ones are all taken.
+    pub fn latest_goal_seq(&self) -> Option<u64> {
+        self.latest_goal.as_ref().map(|r| r.record().seq)
     }
 
     /// The seq the next new record will get.
@@ -529,20 +593,29 @@ impl StreamState {
         self.next_note_id
     }
 
-    /// Drops the oldest records beyond capacity, in batches so that appends stay amortized O(1).
+    /// Drops the records before [`TailCapacity::tail_start`] and the severe records beyond
+    /// [`TailCapacity::severe_kept`]: `capacity.records` at a time, so that appends stay
+    /// amortized O(1).
     fn trim(&mut self) {
-        let limit = self.capacity.records;
-        if self.records.len() >= limit * 2 {
-            let excess = self.records.len() - limit;
-            for dropped in self.records.drain(..excess) {
+        let start = self.capacity.tail_start(self.totals.records);
+        if self.records.first().is_some_and(|r| r.record().seq < start) {
+            let gone = self.records.partition_point(|r| r.record().seq < start);
+            for dropped in self.records.drain(..gone) {
                 let last_ts = dropped.record().last_ts;
                 self.older_last_ts = Some(self.older_last_ts.map_or(last_ts, |t| t.max(last_ts)));
             }
         }
-        if self.severe.len() > self.capacity.severe * 2 {
-            let excess = self.severe.len() - self.capacity.severe;
+        let keep =
+            usize::try_from(self.capacity.severe_kept(self.severe_created)).unwrap_or(usize::MAX);
+        if self.severe.len() > keep {
+            let excess = self.severe.len() - keep;
             self.severe.drain(..excess);
         }
+    }
+
+    /// Severe records ever created.
+    pub fn severe_created(&self) -> u64 {
+        self.severe_created
     }
 }
 

@@ -11,7 +11,6 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::context::Totals;
 use crate::meter::Meter;
 use crate::stream::StreamState;
 
@@ -86,13 +85,11 @@ pub(super) struct Slot {
 
 /// A stream's committed in-memory state.
 pub(super) struct Live {
-    /// The stream's metadata as last committed. While the state is resident its restore hints
-    /// may be stale; on eviction they are set from the state, exactly.
+    /// The stream's metadata row as last committed.
     pub meta: StreamMeta,
-    /// The stream's state, when resident.
+    /// The stream's state, when resident: what [`super::reads::load_state`] reads back from the
+    /// file at the same revision, byte for byte.
     pub state: Option<StreamState>,
-    /// Whether `meta`'s hints changed since its row was last written.
-    pub hints_unsaved: bool,
 }
 
 impl Slot {
@@ -100,11 +97,7 @@ impl Slot {
     pub fn new(meta: StreamMeta) -> Slot {
         Slot {
             id: meta.id,
-            live: RwLock::new(Live {
-                meta,
-                state: None,
-                hints_unsaved: false,
-            }),
+            live: RwLock::new(Live { meta, state: None }),
             last_used: AtomicU64::new(0),
             resident: AtomicBool::new(false),
         }
@@ -135,63 +128,15 @@ impl Slot {
         None
     }
 
-    /// Takes the resident state out (the caller drops it outside the lock), keeping exact
-    /// restore hints for the next load.
+    /// Takes the resident state out (the caller drops it outside the lock).
     pub fn evict(&self) -> Option<StreamState> {
-        let mut live = write(&self.live);
-        let state = live.state.take()?;
+        let state = write(&self.live).state.take()?;
         self.resident.store(false, Ordering::Relaxed);
-        let mut meta = live.meta.clone();
-        state.restore_hints(&mut meta);
-        live.meta = meta;
-        live.hints_unsaved = true;
         Some(state)
     }
 
     /// The stream's current revision.
     pub fn revision(&self) -> u64 {
-        read(&self.live).revision()
-    }
-}
-
-impl Live {
-    /// The revision readers see: the state's while resident (it moves first within a commit).
-    pub fn revision(&self) -> u64 {
-        self.state
-            .as_ref()
-            .map_or(self.meta.revision, StreamState::revision)
-    }
-
-    /// Totals over everything the stream accepted.
-    pub fn totals(&self) -> &Totals {
-        self.state
-            .as_ref()
-            .map_or(&self.meta.totals, StreamState::totals)
-    }
-
-    /// Where a restore should start, from the resident state or, for a cold stream, from the
-    /// hints kept when it was evicted.
-    pub fn restore_hints(&self, meta: &mut StreamMeta) {
-        match &self.state {
-            Some(state) => state.restore_hints(meta),
-            None => {
-                meta.tail_start = self.meta.tail_start;
-                meta.severe_start = self.meta.severe_start;
-                meta.older_last_ts = self.meta.older_last_ts;
-            }
-        }
-    }
-}
-
-impl StreamState {
-    /// Sets a metadata row's restore hints from this state. A row is encoded before its own
-    /// batch is applied, so the hints may be several commits old; they stay right because they
-    /// only ever point at or before the live tail: an empty tail points at the next seq, so
-    /// whatever is added after the hints were taken is restored too.
-    pub(super) fn restore_hints(&self, meta: &mut StreamMeta) {
-        meta.tail_start = self.tail_start_seq().or(Some(self.next_seq()));
-        meta.severe_start = self.severe_start_seq();
-        meta.older_last_ts = self.older_last_ts();
-        meta.goal_seqs = self.goal_seqs();
+        read(&self.live).meta.revision
     }
 }

@@ -768,12 +768,12 @@ impl Store {
                 .ok()
                 .map(|notes| notes.len()),
         };
-        let totals = live.totals();
+        let totals = &live.meta.totals;
         StreamStats {
             records: totals.records,
             stored_records: (totals.records + 1).saturating_sub(live.meta.first_seq),
             events: totals.events,
-            revision: live.revision(),
+            revision: live.meta.revision,
             first_ts: totals.first_ts,
             last_ts: totals.last_ts,
             kinds: totals.kinds.clone(),

@@ -10,13 +10,13 @@ use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, TableHandle,
 };
 
+use crate::context::CachedRecord;
 use crate::event::{Note, Record, StreamName, Timestamp};
 use crate::meter::Meter;
-use crate::stream::{StreamState, TailCapacity};
+use crate::stream::{Snapshot, StreamState, TailCapacity};
 
 use super::cache::Slot;
 use super::schema::{self, DecodeError, SCHEMA_VERSION, StreamMeta};
-use super::writer::read;
 use super::{
     Change, ChangeBody, MAX_PAGE_RECORDS, RecordPage, RecordQuery, StoreError, StoreOptions,
 };
@@ -139,8 +139,7 @@ pub(super) fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
 }
 
 /// A stream's state read from the file for a reader (a cold load), with the metadata it was
-/// read at; `None` when the stream was deleted meanwhile. When the stream has not changed
-/// since it was evicted, the hints kept then make the state exactly the one evicted.
+/// read at; `None` when the stream was deleted meanwhile.
 pub(super) fn load_state(
     db: &Database,
     path: &Path,
@@ -150,27 +149,18 @@ pub(super) fn load_state(
     meter: &Meter,
 ) -> Result<Option<(StreamState, StreamMeta)>, StoreError> {
     let txn = db.begin_read()?;
-    let mut meta = match stream_meta(&txn, name, path) {
+    let meta = match stream_meta(&txn, name, path) {
         Ok(meta) if meta.id == slot.id => meta,
         Ok(_) | Err(StoreError::UnknownStream(_)) => return Ok(None),
         Err(error) => return Err(error),
     };
-    {
-        let live = read(&slot.live);
-        if live.meta.revision == meta.revision && live.meta.first_seq == meta.first_seq {
-            meta.tail_start = live.meta.tail_start;
-            meta.severe_start = live.meta.severe_start;
-            meta.older_last_ts = live.meta.older_last_ts;
-            meta.goal_seqs.clone_from(&live.meta.goal_seqs);
-        }
-    }
-    let state = restore_stream(&txn, &meta, options, options.tail, meter, Reach::Hinted)
+    let state = restore_stream(&txn, &meta, options, options.tail, meter)
         .map_err(|error| corrupt(path, error))?;
     Ok(Some((state, meta)))
 }
 
-/// The writer's shadow of a stream with nothing in flight, read from the file: the records
-/// collapse can reach, the goals and the notes.
+/// The writer's shadow of a stream with nothing in flight, read from the file: its newest
+/// records (at least the ones collapse can reach), goals and notes.
 pub(super) fn load_shadow(
     db: &Database,
     meta: &StreamMeta,
@@ -182,7 +172,7 @@ pub(super) fn load_shadow(
         records: options.collapse.lookback,
         severe: 0,
     };
-    restore_stream(&txn, meta, options, capacity, meter, Reach::Newest)
+    restore_stream(&txn, meta, options, capacity, meter)
         .map_err(|error| StoreError::Storage(format!("cannot read stream {}: {error}", meta.id)))
 }
 
@@ -210,15 +200,6 @@ fn read_notes(txn: &ReadTransaction, id: u64) -> Result<Vec<Note>, RestoreError>
     Ok(notes)
 }
 
-/// Which records a restore reads.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Reach {
-    /// From the restore hints (the state's tail as it was), within the capacity.
-    Hinted,
-    /// Only the newest `capacity.records`.
-    Newest,
-}
-
 /// Errors while restoring one stream; the caller reports them as a damaged file.
 #[derive(Debug, thiserror::Error)]
 enum RestoreError {
@@ -232,58 +213,45 @@ fn storage<E: Into<redb::Error>>(error: E) -> RestoreError {
     RestoreError::Storage(error.into())
 }
 
-/// One stream's state: its tail (from the restore hints, or the newest records), the older
-/// severe records (from the severe index), its notes and its totals. Reads O(tail) rows, never
-/// the whole stream.
+/// One stream's state at `meta`'s commit, exactly as it was in memory then: its tail (from
+/// [`TailCapacity::tail_start`]), the severe records it keeps (the newest
+/// [`TailCapacity::severe_kept`] of the severe index), its goals, notes and totals. Reads
+/// O(tail) rows, never the whole stream.
 fn restore_stream(
     txn: &ReadTransaction,
     meta: &StreamMeta,
     options: &StoreOptions,
     capacity: TailCapacity,
     meter: &Meter,
-    reach: Reach,
 ) -> Result<StreamState, RestoreError> {
     let id = meta.id;
     let last_seq = meta.totals.records;
-    let hinted =
-        reach == Reach::Hinted && (meta.tail_start.is_some() || meta.older_last_ts.is_some());
-    let newest_first = (last_seq + 1).saturating_sub(capacity.records as u64);
-    let mut tail_from = match meta.tail_start {
-        Some(start) if hinted => start,
-        None if hinted => last_seq + 1,
-        _ => newest_first,
-    };
-    // Restore never takes more than the state keeps between trims (under twice the capacity).
-    let most = (2 * capacity.records as u64).saturating_sub(1);
-    tail_from = tail_from
-        .max(meta.first_seq)
-        .max((last_seq + 1).saturating_sub(most));
+    let tail_from = capacity.tail_start(last_seq).max(meta.first_seq);
     let records = txn.open_table(schema::RECORDS).map_err(storage)?;
+    let decode = |seq: u64, bytes: &[u8]| -> Result<_, RestoreError> {
+        Ok(Arc::new(schema::decode_cached(seq, bytes, meter)?))
+    };
     let mut tail = Vec::new();
     for entry in records
         .range((id, tail_from)..=(id, last_seq))
         .map_err(storage)?
     {
         let (key, value) = entry.map_err(storage)?;
-        tail.push(Arc::new(schema::decode_cached(
-            key.value().1,
-            value.value(),
-            meter,
-        )?));
+        tail.push(decode(key.value().1, value.value())?);
     }
-    let severe_index = txn.open_table(schema::SEVERE).map_err(storage)?;
-    let severe_from = if hinted {
-        meta.severe_start.unwrap_or(tail_from)
-    } else {
-        0
+    let severe_created = match meta.severe_created {
+        Some(created) => created,
+        None => severe_stored(txn, id)?,
     };
+    let keep = usize::try_from(capacity.severe_kept(severe_created)).unwrap_or(usize::MAX);
+    let severe_index = txn.open_table(schema::SEVERE).map_err(storage)?;
     let mut severe_seqs = Vec::new();
-    if severe_from < tail_from && capacity.severe > 0 {
+    if keep > 0 {
         for entry in severe_index
-            .range((id, severe_from)..(id, tail_from))
+            .range((id, 0)..(id, tail_from))
             .map_err(storage)?
             .rev()
-            .take(2 * capacity.severe)
+            .take(keep)
         {
             severe_seqs.push(entry.map_err(storage)?.0.value().1);
         }
@@ -292,32 +260,84 @@ fn restore_stream(
     let mut severe = Vec::with_capacity(severe_seqs.len());
     for seq in severe_seqs {
         if let Some(value) = records.get((id, seq)).map_err(storage)? {
-            severe.push(Arc::new(schema::decode_cached(seq, value.value(), meter)?));
+            severe.push(decode(seq, value.value())?);
         }
     }
-    let mut goals = Vec::new();
-    for &seq in &meta.goal_seqs {
-        if seq < meta.first_seq || seq >= tail_from {
-            continue;
+    // Goal records in the tail are the tail's (seqs are dense from `first_seq`).
+    let goal = |seq: u64| -> Result<Option<Arc<CachedRecord>>, RestoreError> {
+        if seq < meta.first_seq || seq > last_seq {
+            return Ok(None);
         }
-        if let Some(value) = records.get((id, seq)).map_err(storage)? {
-            goals.push(Arc::new(schema::decode_cached(seq, value.value(), meter)?));
+        if seq >= tail_from {
+            return Ok(tail.get((seq - tail_from) as usize).cloned());
         }
+        match records.get((id, seq)).map_err(storage)? {
+            Some(value) => Ok(Some(decode(seq, value.value())?)),
+            None => Ok(None),
+        }
+    };
+    let mut goals = Vec::with_capacity(meta.first_goals.len());
+    for &seq in &meta.first_goals {
+        goals.extend(goal(seq)?);
     }
+    let latest_goal = meta.latest_goal.map(goal).transpose()?.flatten();
     let notes = read_notes(txn, id)?;
     Ok(StreamState::restore(
         options.collapse,
         capacity,
         meter,
-        tail,
-        severe,
-        goals,
-        meta.older_last_ts,
-        meta.totals.clone(),
-        notes,
-        meta.revision,
-        meta.next_note_id,
+        Snapshot {
+            tail,
+            older_severe: severe,
+            goals,
+            latest_goal,
+            older_last_ts: meta.older_last_ts,
+            totals: meta.totals.clone(),
+            notes,
+            revision: meta.revision,
+            next_note_id: meta.next_note_id,
+            severe_created,
+        },
     ))
+}
+
+/// How many severe records a stream stores (for rows written before `severe_created` was).
+fn severe_stored(txn: &ReadTransaction, id: u64) -> Result<u64, RestoreError> {
+    let severe_index = txn.open_table(schema::SEVERE).map_err(storage)?;
+    let mut count = 0;
+    for entry in severe_index
+        .range((id, 0)..=(id, u64::MAX))
+        .map_err(storage)?
+    {
+        entry.map_err(storage)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// The latest `last_ts` of each block of `block_records` seqs from `from` to `last_seq` (for
+/// rows written before `tail_blocks` was).
+pub(super) fn tail_blocks(
+    db: &Database,
+    id: u64,
+    from: u64,
+    last_seq: u64,
+    block_records: u64,
+) -> Result<Vec<(u64, Timestamp)>, StoreError> {
+    let txn = db.begin_read()?;
+    let records = txn.open_table(schema::RECORDS)?;
+    let mut blocks: Vec<(u64, Timestamp)> = Vec::new();
+    for entry in records.range((id, from)..=(id, last_seq))? {
+        let (key, value) = entry?;
+        let last_ts = schema::last_ts(value.value())
+            .map_err(|error| StoreError::Storage(error.to_string()))?;
+        let block = (key.value().1 - 1) / block_records;
+        match blocks.last_mut() {
+            Some((known, latest)) if *known == block => *latest = (*latest).max(last_ts),
+            _ => blocks.push((block, last_ts)),
+        }
+    }
+    Ok(blocks)
 }
 
 /// A stream's metadata as of `txn`.

@@ -79,15 +79,22 @@ pub struct StreamMeta {
     /// Changes with revision up to this one can no longer be replayed (trimmed changelog or
     /// records removed by retention).
     pub changelog_floor: u64,
-    /// Restore hints, from the in-memory state as of the previous commit (exact after a clean
-    /// close): where its tail and severe list started, and the latest `last_ts` before the tail.
-    pub tail_start: Option<u64>,
-    /// See `tail_start`.
-    pub severe_start: Option<u64>,
-    /// See `tail_start`.
+    /// What a restore needs besides the rows, as of this row's commit (the writer keeps them,
+    /// so they are exact whether or not the stream was in memory): the latest `last_ts` among
+    /// the records before the tail ([`TailCapacity::tail_start`](crate::stream::TailCapacity::tail_start)).
     pub older_last_ts: Option<Timestamp>,
-    /// Seqs of the goal records the state keeps in reach (see `tail_start`).
-    pub goal_seqs: Vec<u64>,
+    /// The latest `last_ts` within each block of `tail_records` seqs the tail still reaches
+    /// (block `b` holds seqs `b × tail_records + 1 ..= (b + 1) × tail_records`): when the tail
+    /// moves past a block, its latest time joins `older_last_ts`. `None` in rows written before
+    /// this field existed (then read from the records).
+    pub tail_blocks: Option<Vec<(u64, Timestamp)>>,
+    /// Severe records ever created, which fixes how many the state keeps ([`TailCapacity::severe_kept`](crate::stream::TailCapacity::severe_kept));
+    /// `None` in rows written before this field existed (then counted from the severe index).
+    pub severe_created: Option<u64>,
+    /// Seqs of the first goal records the state keeps in reach.
+    pub first_goals: Vec<u64>,
+    /// Seq of the latest goal record, once the first ones are all taken.
+    pub latest_goal: Option<u64>,
     /// When the stream's first expiring note expires, if any note does: lets the writer find
     /// the streams with notes to expire without loading them. Rows written before this field
     /// existed read as the Unix epoch (due at once, so the stream is looked at once).
@@ -105,10 +112,11 @@ impl StreamMeta {
             retention: None,
             first_seq: 1,
             changelog_floor: 0,
-            tail_start: None,
-            severe_start: None,
             older_last_ts: None,
-            goal_seqs: Vec::new(),
+            tail_blocks: Some(Vec::new()),
+            severe_created: Some(0),
+            first_goals: Vec::new(),
+            latest_goal: None,
             note_expiry: None,
         }
     }
@@ -132,13 +140,16 @@ struct StoredMeta {
     #[serde(default)]
     changelog_floor: u64,
     #[serde(default)]
-    tail_start: Option<u64>,
-    #[serde(default)]
-    severe_start: Option<u64>,
-    #[serde(default)]
     older_last_ts: Option<i64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
+    tail_blocks: Option<Vec<(u64, i64)>>,
+    #[serde(default)]
+    severe_created: Option<u64>,
+    /// Written by builds before `goals`: the first goals, then the latest.
+    #[serde(default, skip_serializing)]
     goal_seqs: Vec<u64>,
+    #[serde(default)]
+    goals: Option<StoredGoals>,
     /// A row from before this field reads as due at the Unix epoch (unknown: look once).
     #[serde(default = "unknown_note_expiry")]
     note_expiry: Option<i64>,
@@ -146,6 +157,12 @@ struct StoredMeta {
 
 fn unknown_note_expiry() -> Option<i64> {
     Some(0)
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredGoals {
+    first: Vec<u64>,
+    latest: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -172,10 +189,19 @@ pub fn encode_meta(meta: &StreamMeta) -> Vec<u8> {
         }),
         first_seq: meta.first_seq,
         changelog_floor: meta.changelog_floor,
-        tail_start: meta.tail_start,
-        severe_start: meta.severe_start,
         older_last_ts: meta.older_last_ts.map(micros),
-        goal_seqs: meta.goal_seqs.clone(),
+        tail_blocks: meta.tail_blocks.as_ref().map(|blocks| {
+            blocks
+                .iter()
+                .map(|&(block, last_ts)| (block, micros(last_ts)))
+                .collect()
+        }),
+        severe_created: meta.severe_created,
+        goal_seqs: Vec::new(),
+        goals: Some(StoredGoals {
+            first: meta.first_goals.clone(),
+            latest: meta.latest_goal,
+        }),
         note_expiry: meta.note_expiry.map(micros),
     };
     // A struct of numbers, strings and maps with string keys always serializes.
@@ -187,6 +213,17 @@ pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, DecodeError> {
     let stored: StoredMeta = serde_json::from_slice(bytes)
         .map_err(|error| DecodeError(format!("undecodable stream row: {error}")))?;
     let time = |value: Option<i64>| value.map(from_micros).transpose();
+    let (first_goals, latest_goal) = match stored.goals {
+        Some(goals) => (goals.first, goals.latest),
+        // The latest goal was kept apart only once the first ones were all taken.
+        None => {
+            let mut seqs = stored.goal_seqs;
+            let latest = (seqs.len() > crate::context::MAX_GOALS)
+                .then(|| seqs.pop())
+                .flatten();
+            (seqs, latest)
+        }
+    };
     Ok(StreamMeta {
         id: stored.id,
         totals: Totals {
@@ -205,10 +242,19 @@ pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, DecodeError> {
         }),
         first_seq: stored.first_seq,
         changelog_floor: stored.changelog_floor,
-        tail_start: stored.tail_start,
-        severe_start: stored.severe_start,
         older_last_ts: time(stored.older_last_ts)?,
-        goal_seqs: stored.goal_seqs,
+        tail_blocks: stored
+            .tail_blocks
+            .map(|blocks| {
+                blocks
+                    .into_iter()
+                    .map(|(block, last_ts)| Ok((block, from_micros(last_ts)?)))
+                    .collect::<Result<Vec<_>, DecodeError>>()
+            })
+            .transpose()?,
+        severe_created: stored.severe_created,
+        first_goals,
+        latest_goal,
         note_expiry: time(stored.note_expiry)?,
     })
 }
@@ -351,6 +397,16 @@ fn decode_fields(seq: u64, bytes: &[u8]) -> Result<(Record, Option<&str>, Create
         last_ts: from_micros(created_last)?,
     };
     Ok((record, payload, created))
+}
+
+/// The `last_ts` of a stored record, read without decoding the rest.
+pub fn last_ts(bytes: &[u8]) -> Result<Timestamp, DecodeError> {
+    let mut input = Input::new(bytes, "record");
+    for _ in 0..4 {
+        input.varint()?;
+    }
+    let first = input.signed()?;
+    from_micros(first.wrapping_add(input.signed()?))
 }
 
 /// The revision that created a stored record, read without decoding the rest.
@@ -671,7 +727,8 @@ mod tests {
             max_records: Some(10),
             max_age: Some(TimeDelta::hours(2)),
         });
-        meta.tail_start = Some(1);
+        meta.tail_blocks = Some(vec![(3, ts("2024-05-01T09:30:00Z"))]);
+        meta.severe_created = Some(2);
         meta.older_last_ts = Some(ts("2024-05-01T09:00:00Z"));
         assert_eq!(decode_meta(&encode_meta(&meta)).unwrap(), meta);
         meta.note_expiry = Some(ts("2024-05-01T11:00:00Z"));

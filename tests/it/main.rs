@@ -2,6 +2,7 @@
 //! the store and server) a real data file and a real server on 127.0.0.1:0.
 
 mod budgets;
+mod cache;
 mod cli_import;
 mod context_golden;
 mod live_server;

@@ -60,9 +60,10 @@ pub(super) fn maintain_stream(
             through = seq;
         }
         if let Some(removed) = tables.records.remove((id, seq))? {
-            let revision = schema::last_revision(removed.value())
-                .map_err(|error| StoreError::Storage(error.to_string()))?;
+            let damaged = |error: schema::DecodeError| StoreError::Storage(error.to_string());
+            let revision = schema::last_revision(removed.value()).map_err(damaged)?;
             max_revision = max_revision.max(revision);
+            target.note_removed(schema::last_ts(removed.value()).map_err(damaged)?);
         }
         tables.severe.remove((id, seq))?;
         *budget = budget.saturating_sub(1);

@@ -151,6 +151,11 @@ struct WriterStream {
     changelog_floor: u64,
     /// Creation facts of the newest records, the ones a repeat can land in.
     created: VecDeque<(u64, Created)>,
+    /// The latest `last_ts` before the readers' tail, and per block of the tail its latest
+    /// (see [`StreamMeta::tail_blocks`]): kept here, where every record passes, so that a
+    /// stream's metadata is exact whether or not its state is in memory.
+    older_last_ts: Option<Timestamp>,
+    tail_blocks: Vec<(u64, Timestamp)>,
 }
 
 impl WriterStream {
@@ -179,6 +184,14 @@ impl WriterStream {
             Some(shadow) => shadow,
             None => reads::load_shadow(db, &meta, options, &cache.meter)?,
         };
+        let tail_blocks = match meta.tail_blocks {
+            Some(blocks) => blocks,
+            None => {
+                let last_seq = meta.totals.records;
+                let from = options.tail.tail_start(last_seq).max(meta.first_seq);
+                reads::tail_blocks(db, meta.id, from, last_seq, options.tail.records as u64)?
+            }
+        };
         Ok(WriterStream {
             name,
             slot,
@@ -187,7 +200,39 @@ impl WriterStream {
             first_seq: meta.first_seq,
             changelog_floor: meta.changelog_floor,
             created: VecDeque::new(),
+            older_last_ts: meta.older_last_ts,
+            tail_blocks,
         })
+    }
+
+    /// Keeps `older_last_ts` and the tail's blocks up to date after record `seq` took
+    /// `last_ts`: the blocks the readers' tail has moved past join `older_last_ts`.
+    fn note_last_ts(&mut self, tail: TailCapacity, seq: u64, last_ts: Timestamp) {
+        let block_records = tail.records.max(1) as u64;
+        let block = (seq - 1) / block_records;
+        match self
+            .tail_blocks
+            .iter_mut()
+            .find(|(known, _)| *known == block)
+        {
+            Some((_, latest)) => *latest = (*latest).max(last_ts),
+            None => self.tail_blocks.push((block, last_ts)),
+        }
+        let start = tail.tail_start(self.shadow.totals().records);
+        let first_block = (start - 1) / block_records;
+        let older = &mut self.older_last_ts;
+        self.tail_blocks.retain(|&(block, latest)| {
+            let passed = block < first_block;
+            if passed {
+                *older = Some(older.map_or(latest, |known| known.max(latest)));
+            }
+            !passed
+        });
+    }
+
+    /// Records retention removed leave the tail: their times join `older_last_ts`.
+    fn note_removed(&mut self, last_ts: Timestamp) {
+        self.older_last_ts = Some(self.older_last_ts.map_or(last_ts, |t| t.max(last_ts)));
     }
 
     /// Whether everything placed on this stream is committed and visible: its shadow can go.
@@ -404,9 +449,9 @@ impl Writer {
                 Some(Request::DeleteStream { stream, reply }) => self.delete_stream(stream, reply),
                 Some(Request::Maintain { now, reply }) => self.maintain_fully(now, reply),
                 Some(Request::Shutdown { reply }) => {
-                    let result = self.save_restore_hints();
+                    self.settle();
                     self.stop();
-                    drop(reply.send(result));
+                    drop(reply.send(Ok(())));
                     return;
                 }
                 _ => {}
@@ -417,10 +462,7 @@ impl Writer {
                 self.maintenance_step_now();
             }
         }
-        // Every handle is gone: leave exact restore hints behind for the next open.
-        if let Err(error) = self.save_restore_hints() {
-            tracing::warn!(%error, "could not save restore hints on shutdown");
-        }
+        // Every handle is gone: finish what is queued.
         self.stop();
     }
 
@@ -478,40 +520,6 @@ impl Writer {
         // What maintenance did is visible before the caller hears it is done.
         self.settle();
         drop(reply.send(Ok(())));
-    }
-
-    /// Writes the metadata of every stream in memory with restore hints taken from its live
-    /// state (or kept when it was evicted), which are exact now that nothing is pending.
-    fn save_restore_hints(&mut self) -> Result<(), StoreError> {
-        self.settle();
-        let txn = self.begin()?;
-        {
-            let mut tables = Tables::open(&txn)?;
-            for stream in self.streams.values() {
-                let meta = stream_meta(stream);
-                tables
-                    .streams
-                    .insert(stream.name.as_str(), schema::encode_meta(&meta).as_slice())?;
-            }
-            for (name, slot) in read(&self.shared.streams).iter() {
-                let mut live = write(&slot.live);
-                let in_memory = live.state.is_some() || live.hints_unsaved;
-                if self.streams.contains_key(name) || !in_memory {
-                    continue;
-                }
-                let mut meta = live.meta.clone();
-                live.restore_hints(&mut meta);
-                if let Some(state) = &live.state {
-                    meta.goal_seqs = state.goal_seqs();
-                }
-                tables
-                    .streams
-                    .insert(name.as_str(), schema::encode_meta(&meta).as_slice())?;
-                live.hints_unsaved = false;
-            }
-        }
-        txn.commit()?;
-        Ok(())
     }
 
     /// When the cache holds more than its budget: evicts the streams used least recently (their

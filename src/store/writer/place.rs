@@ -55,6 +55,8 @@ impl Writer {
                 first_seq: 1,
                 changelog_floor: 0,
                 created: VecDeque::new(),
+                older_last_ts: None,
+                tail_blocks: Vec::new(),
             };
             self.streams.insert(name.clone(), stream);
         }
@@ -77,6 +79,7 @@ impl Writer {
         let default_retention = self.shared.options.retention;
         let changelog_keep = self.shared.options.changelog_keep;
         let db = self.db.clone();
+        let tail = self.shared.options.tail;
         match request {
             Request::Append {
                 stream,
@@ -94,7 +97,7 @@ impl Writer {
                 for event in events {
                     let ts = at_micros(event.ts.unwrap_or(now));
                     let (appended, cached) = target.shadow.append_shared(event, ts);
-                    if let Err(error) = store_appended(target, rows, &db, &appended, work) {
+                    if let Err(error) = store_appended(target, rows, &db, tail, &appended, work) {
                         failure = Some(error);
                         break;
                     }
@@ -153,7 +156,7 @@ impl Writer {
                         at_micros(imported.last_ts),
                         imported.repeat_count,
                     );
-                    if let Err(error) = store_appended(target, rows, &db, &appended, work) {
+                    if let Err(error) = store_appended(target, rows, &db, tail, &appended, work) {
                         failure = Some(error);
                         break;
                     }
@@ -192,7 +195,7 @@ impl Writer {
                 // The audit trail: the note is also an event of the stream (DESIGN section 2).
                 let event = note_event(text, note_id);
                 let (appended, cached) = target.shadow.append_shared(event, now);
-                store_appended(target, rows, &db, &appended, work)?;
+                store_appended(target, rows, &db, tail, &appended, work)?;
                 let origin = Origin::Event {
                     ts: now,
                     collapsed: appended.collapsed,
@@ -287,9 +290,9 @@ fn note_limit(
     None
 }
 
-/// The metadata row of a stream: counters from the shadow, restore hints from its live state.
+/// The metadata row of a stream, from the writer's view of it.
 pub(super) fn stream_meta(stream: &WriterStream) -> StreamMeta {
-    let mut meta = StreamMeta {
+    StreamMeta {
         id: stream.slot.id,
         totals: stream.shadow.totals().clone(),
         revision: stream.shadow.revision(),
@@ -297,18 +300,17 @@ pub(super) fn stream_meta(stream: &WriterStream) -> StreamMeta {
         retention: stream.retention,
         first_seq: stream.first_seq,
         changelog_floor: stream.changelog_floor,
-        tail_start: None,
-        severe_start: None,
-        older_last_ts: None,
-        goal_seqs: stream.shadow.goal_seqs(),
+        older_last_ts: stream.older_last_ts,
+        tail_blocks: Some(stream.tail_blocks.clone()),
+        severe_created: Some(stream.shadow.severe_created()),
+        first_goals: stream.shadow.first_goal_seqs(),
+        latest_goal: stream.shadow.latest_goal_seq(),
         note_expiry: stream
             .shadow
             .notes()
             .filter_map(|note| note.expires_at)
             .min(),
-    };
-    read(&stream.slot.live).restore_hints(&mut meta);
-    meta
+    }
 }
 
 /// Encodes what one append or import did to a record: the record row, its severe index entry,
@@ -317,11 +319,13 @@ pub(super) fn store_appended(
     target: &mut WriterStream,
     rows: &mut Rows,
     db: &Database,
+    tail: TailCapacity,
     appended: &Appended,
     work: &mut Work,
 ) -> Result<(), StoreError> {
     let record = &appended.record;
     let id = target.slot.id;
+    target.note_last_ts(tail, record.seq, record.last_ts);
     if appended.collapsed {
         let created = match target.created.iter().rev().find(|(s, _)| *s == record.seq) {
             Some((_, created)) => *created,
