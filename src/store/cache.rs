@@ -7,12 +7,14 @@
 //! ([`super::reads::load_state`]), and whenever the [`Meter`] shows more than the budget, the
 //! writer evicts the streams used least recently ([`super::writer`]).
 
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::context::CachedRecord;
+use crate::event::Note;
 use crate::meter::Meter;
-use crate::stream::StreamState;
+use crate::stream::{Origin, StreamState};
 
 use super::schema::StreamMeta;
 use super::writer::{read, write};
@@ -73,6 +75,17 @@ impl Cache {
     }
 }
 
+/// What [`Slot::start_loading`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Loading {
+    /// The state is in memory.
+    Resident,
+    /// Another reader is loading it.
+    Busy,
+    /// The caller is to load it.
+    Started,
+}
+
 /// One stream as readers see it: always its committed metadata, and its state while resident.
 pub(super) struct Slot {
     pub id: u64,
@@ -90,6 +103,47 @@ pub(super) struct Live {
     /// The stream's state, when resident: what [`super::reads::load_state`] reads back from the
     /// file at the same revision, byte for byte.
     pub state: Option<StreamState>,
+    /// While a reader loads the state from the file: the updates committed meanwhile, which
+    /// the loaded state may or may not have seen (see [`Slot::install`]).
+    loading: Option<Vec<Update>>,
+}
+
+/// One committed change to a stream's state, applied once its commit is durable.
+pub(super) enum Update {
+    /// A record the writer's shadow placed (a new record, a repeat, or an import): the live
+    /// state adopts the same cached record instead of deciding the placement again.
+    Adopt(Arc<CachedRecord>, Origin),
+    AddNote(Note),
+    RemoveNote(u64),
+    /// Retention removed the records up to this seq.
+    Forget(u64),
+    /// The stream's metadata row as the commit wrote it (the last update of each commit).
+    Meta(Box<StreamMeta>),
+}
+
+impl Update {
+    /// Applies the update to `state`, unless `state` already has it: a state loaded from the
+    /// file may be newer than the updates committed while it was read.
+    fn apply(self, state: &mut StreamState) {
+        match self {
+            Update::Adopt(cached, origin) => {
+                if cached.record().revision > state.revision() {
+                    state.adopt(cached, origin);
+                }
+            }
+            Update::AddNote(note) => {
+                if note.id >= state.next_note_id() {
+                    state.add_note(note.text, note.created_at, note.expires_at);
+                }
+            }
+            // Removing a note that is gone and forgetting what is forgotten change nothing.
+            Update::RemoveNote(id) => {
+                state.remove_note(id);
+            }
+            Update::Forget(through) => state.forget_through(through),
+            Update::Meta(_) => {}
+        }
+    }
 }
 
 impl Slot {
@@ -97,7 +151,11 @@ impl Slot {
     pub fn new(meta: StreamMeta) -> Slot {
         Slot {
             id: meta.id,
-            live: RwLock::new(Live { meta, state: None }),
+            live: RwLock::new(Live {
+                meta,
+                state: None,
+                loading: None,
+            }),
             last_used: AtomicU64::new(0),
             resident: AtomicBool::new(false),
         }
@@ -111,21 +169,52 @@ impl Slot {
         self.resident.load(Ordering::Relaxed)
     }
 
-    /// Makes a state loaded from the file resident, unless the stream changed since it was read
-    /// (or another reader was first): `state` is handed back then, to be dropped outside the
-    /// lock.
-    pub fn install(&self, state: StreamState, loaded: &StreamMeta) -> Option<StreamState> {
+    /// Applies one commit's updates: to the state when resident, to a load in progress (see
+    /// [`Slot::start_loading`]) otherwise; the metadata always.
+    pub fn apply(&self, updates: Vec<Update>) {
         let mut live = write(&self.live);
-        let current = live.state.is_none()
-            && live.meta.revision == loaded.revision
-            && live.meta.first_seq == loaded.first_seq
-            && state.revision() == loaded.revision;
-        if !current {
-            return Some(state);
+        for update in updates {
+            if let Update::Meta(meta) = update {
+                live.meta = *meta;
+            } else if let Some(state) = live.state.as_mut() {
+                update.apply(state);
+            } else if let Some(pending) = live.loading.as_mut() {
+                pending.push(update);
+            }
         }
-        live.state = Some(state);
-        self.resident.store(true, Ordering::Relaxed);
-        None
+    }
+
+    /// Whether `self` is resident; if not and no other reader is loading it, the caller is to
+    /// load it and hand the state to [`Slot::install`] (or [`Slot::abandon_loading`]): updates
+    /// committed meanwhile are kept for it.
+    pub fn start_loading(&self) -> Loading {
+        let mut live = write(&self.live);
+        if live.state.is_some() {
+            Loading::Resident
+        } else if live.loading.is_some() {
+            Loading::Busy
+        } else {
+            live.loading = Some(Vec::new());
+            Loading::Started
+        }
+    }
+
+    /// Makes a state the caller loaded (after [`Slot::start_loading`]) resident, with the
+    /// updates committed while it was read that it has not seen.
+    pub fn install(&self, mut state: StreamState) {
+        let mut live = write(&self.live);
+        for update in live.loading.take().unwrap_or_default() {
+            update.apply(&mut state);
+        }
+        if live.state.is_none() {
+            live.state = Some(state);
+            self.resident.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives up a load started with [`Slot::start_loading`].
+    pub fn abandon_loading(&self) {
+        write(&self.live).loading = None;
     }
 
     /// Takes the resident state out (the caller drops it outside the lock).

@@ -39,7 +39,7 @@ use crate::stream::{Appended, TailCapacity};
 
 use crate::histogram::Histogram;
 pub use cache::COLD_LOAD_BUCKETS;
-use cache::{Cache, Slot};
+use cache::{Cache, Loading, Slot};
 pub use reads::MAX_SCAN_RECORDS;
 pub use schema::SCHEMA_VERSION;
 use writer::{Request, Shared, Writer};
@@ -676,24 +676,39 @@ impl Store {
                 return Ok(Some(context::build(&state.view(), request, now)));
             }
         }
+        // Cold: load the state from the file, build from it, and keep it resident.
+        let loading = slot.start_loading();
+        if loading == Loading::Resident {
+            return self.context(stream, request, now);
+        }
         let started = Instant::now();
-        let loaded = reads::load_state(
-            &*self.db()?,
-            &shared.path,
-            stream,
-            &slot,
-            &shared.options,
-            &shared.cache.meter,
-        )?;
+        let loaded = self.db().and_then(|db| {
+            reads::load_state(
+                &db,
+                &shared.path,
+                stream,
+                slot.id,
+                &shared.options,
+                &shared.cache.meter,
+            )
+        });
         shared.cache.count_cold_load(started.elapsed());
-        let Some((state, meta)) = loaded else {
-            return Ok(None);
+        let state = match loaded {
+            Ok(Some(state)) => state,
+            // Deleted meanwhile, or unreadable.
+            other => {
+                if loading == Loading::Started {
+                    slot.abandon_loading();
+                }
+                return other.map(|_| None);
+            }
         };
         let window = context::build(&state.view(), request, now);
-        // Another reader may have been first, or the stream changed meanwhile: then this state
-        // served one window and goes.
-        drop(slot.install(state, &meta));
-        self.ask_for_eviction();
+        // Another reader already loading the stream keeps it; this state served one window.
+        if loading == Loading::Started {
+            slot.install(state);
+            self.ask_for_eviction();
+        }
         Ok(Some(window))
     }
 

@@ -138,25 +138,25 @@ pub(super) fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
     })
 }
 
-/// A stream's state read from the file for a reader (a cold load), with the metadata it was
-/// read at; `None` when the stream was deleted meanwhile.
+/// The state of stream `name` (of id `id`) read from the file for a reader (a cold load); `None`
+/// when the stream was deleted meanwhile.
 pub(super) fn load_state(
     db: &Database,
     path: &Path,
     name: &StreamName,
-    slot: &Slot,
+    id: u64,
     options: &StoreOptions,
     meter: &Meter,
-) -> Result<Option<(StreamState, StreamMeta)>, StoreError> {
+) -> Result<Option<StreamState>, StoreError> {
     let txn = db.begin_read()?;
     let meta = match stream_meta(&txn, name, path) {
-        Ok(meta) if meta.id == slot.id => meta,
+        Ok(meta) if meta.id == id => meta,
         Ok(_) | Err(StoreError::UnknownStream(_)) => return Ok(None),
         Err(error) => return Err(error),
     };
     let state = restore_stream(&txn, &meta, options, options.tail, meter)
         .map_err(|error| corrupt(path, error))?;
-    Ok(Some((state, meta)))
+    Ok(Some(state))
 }
 
 /// The writer's shadow of a stream with nothing in flight, read from the file: its newest

@@ -288,20 +288,41 @@ fn crash_child() {
     let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
         return;
     };
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    // A cache far smaller than the streams: they are evicted and loaded back all the time.
+    let options = StoreOptions {
+        cache_bytes: 64 * 1024,
+        tail: TailCapacity {
+            records: 256,
+            severe: 16,
+        },
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir, options).unwrap();
     let round: u64 = std::env::var("RECAP_TEST_ROUND").unwrap().parse().unwrap();
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let request = ContextRequest::new(500, Encoding::Cl100kBase);
+            for i in 0.. {
+                let stream = name(&format!("crash-{}", i % CRASH_STREAMS));
+                drop(store.context(&stream, &request, ts(0)).unwrap());
+                println!("EVICTIONS {}", store.cache_metrics().evictions);
+            }
+        })
+    };
     let threads: Vec<_> = (0..4u64)
         .map(|thread| {
             let store = store.clone();
             std::thread::spawn(move || {
-                let stream = name(&format!("crash-{}", thread % 2));
                 let mut rng = XorShift(round * 1_000 + thread + 1);
                 for i in 0.. {
+                    let stream = name(&format!("crash-{}", rng.below(CRASH_STREAMS)));
                     let size = 1 + rng.below(8) as usize;
                     let mut events = Vec::with_capacity(size);
                     for e in 0..size {
                         let len = rng.below(2_000) as usize;
-                        let message = format!("r{round} t{thread} i{i} e{e} {}", "m".repeat(len));
+                        let message =
+                            format!("r{round} t{thread} i{i} e{e} {}", "log ".repeat(len / 4));
                         let mut event = event("tool", Severity::ALL[e % 5], &message, i);
                         if rng.below(3) == 0 {
                             let mut payload = Map::new();
@@ -329,10 +350,13 @@ fn crash_child() {
             })
         })
         .collect();
-    for thread in threads {
+    for thread in threads.into_iter().chain([reader]) {
         thread.join().unwrap();
     }
 }
+
+/// Streams the crash children write to.
+const CRASH_STREAMS: u64 = 6;
 
 /// A tiny deterministic generator, so tests need no extra crate.
 struct XorShift(u64);
@@ -379,7 +403,8 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
 
 /// DESIGN section 4: a kill -9 at any moment loses no acknowledged event and leaves a file that
 /// opens. The child is killed at random moments, 20 times, each round continuing on the file the
-/// last one left.
+/// last one left; its cache is far smaller than its streams, so they are evicted and loaded back
+/// throughout.
 #[test]
 fn acknowledged_events_survive_sigkill() {
     const ROUNDS: u64 = 20;
@@ -388,6 +413,7 @@ fn acknowledged_events_survive_sigkill() {
     // The newest acknowledged state of each record: later acks of a record (repeats) supersede.
     let mut acked: BTreeMap<(String, u64), Record> = BTreeMap::new();
     let mut total_acks = 0;
+    let mut evictions = 0;
     for round in 0..ROUNDS {
         let mut process = child("store::crash_child", CRASH_DIR_ENV, dir.path())
             .env("RECAP_TEST_ROUND", round.to_string())
@@ -397,7 +423,8 @@ fn acknowledged_events_survive_sigkill() {
         // Kill once the child has acknowledged something, after a random extra delay.
         let started = Instant::now();
         let mut first_ack = None;
-        let extra = Duration::from_millis(20 + rng.below(200));
+        // Long enough for the reader to load streams that the writer then evicts.
+        let extra = Duration::from_millis(150 + rng.below(400));
         let mut pending_lines = Vec::new();
         while started.elapsed() < Duration::from_secs(20) {
             match lines.recv_timeout(Duration::from_millis(5)) {
@@ -419,6 +446,9 @@ fn acknowledged_events_survive_sigkill() {
         // Whatever the child printed before it died was acknowledged.
         pending_lines.extend(lines.iter());
         for line in pending_lines {
+            if let Some(count) = line.strip_prefix("EVICTIONS ") {
+                evictions += count.parse::<u64>().unwrap();
+            }
             let Some(rest) = line.strip_prefix("ACK ") else {
                 continue;
             };
@@ -435,8 +465,8 @@ fn acknowledged_events_survive_sigkill() {
         }
 
         let store = open(dir.path());
-        for stream in ["crash-0", "crash-1"] {
-            let stream = name(stream);
+        for stream in 0..CRASH_STREAMS {
+            let stream = name(&format!("crash-{stream}"));
             if store.stream(&stream).is_none() {
                 assert!(!acked.keys().any(|(s, _)| s == stream.as_str()));
                 continue;
@@ -467,6 +497,10 @@ fn acknowledged_events_survive_sigkill() {
     assert!(
         total_acks > ROUNDS,
         "the children acknowledged too little ({total_acks}) to test anything"
+    );
+    assert!(
+        evictions > 0,
+        "the children's caches never evicted a stream"
     );
 }
 

@@ -74,7 +74,8 @@ pub(super) fn maintain_stream(
         // Changes that touched removed records cannot be replayed any more.
         target.changelog_floor = target.changelog_floor.max(max_revision);
         target.shadow.forget_through(through);
-        work.ops.push(Op::Forget(target.slot.clone(), through));
+        work.ops
+            .push(Op::Update(target.slot.clone(), Update::Forget(through)));
         work.touched.insert(target.name.clone());
     }
     let mut done = seq > last_seq || seq <= limit && seq > through;

@@ -53,11 +53,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTr
 use tokio::sync::{broadcast, oneshot};
 
 use crate::collapse::MAX_COLLAPSE_LOOKBACK;
-use crate::context::CachedRecord;
 use crate::event::{Event, Note, Severity, StreamName, Timestamp};
 use crate::stream::{Appended, Origin, StreamState, TailCapacity};
 
-use super::cache::{Cache, Slot};
+use super::cache::{Cache, Slot, Update};
 use super::reads;
 use super::schema::{self, ChangeEntry, Created, StreamMeta};
 use super::{
@@ -241,18 +240,11 @@ impl WriterStream {
     }
 }
 
-/// One operation to apply to a live state once its commit is durable.
+/// One operation to apply once its commit is durable.
 enum Op {
     Created(StreamName, Arc<Slot>),
     Deleted(StreamName),
-    /// A record the shadow placed (a new record, a repeat, or an import): the live state adopts
-    /// the same cached record instead of deciding the placement again.
-    Adopt(Arc<Slot>, Arc<CachedRecord>, Origin),
-    AddNote(Arc<Slot>, Note),
-    RemoveNote(Arc<Slot>, u64),
-    Forget(Arc<Slot>, u64),
-    /// The stream's metadata row as this commit wrote it.
-    Settings(Arc<Slot>, Box<StreamMeta>),
+    Update(Arc<Slot>, Update),
 }
 
 /// What one batch did, applied or undone once its commit's fate is known.
@@ -618,8 +610,8 @@ impl Writer {
             if let Some(stream) = self.streams.get(name) {
                 let meta = stream_meta(stream);
                 rows.stream(name.clone(), &schema::encode_meta(&meta));
-                work.ops
-                    .push(Op::Settings(stream.slot.clone(), Box::new(meta)));
+                let update = Update::Meta(Box::new(meta));
+                work.ops.push(Op::Update(stream.slot.clone(), update));
             }
         }
         if self.next_stream_id != self.written_next_stream_id {

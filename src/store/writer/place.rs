@@ -105,8 +105,10 @@ impl Writer {
                         ts,
                         collapsed: appended.collapsed,
                     };
-                    work.ops
-                        .push(Op::Adopt(target.slot.clone(), cached, origin));
+                    work.ops.push(Op::Update(
+                        target.slot.clone(),
+                        Update::Adopt(cached, origin),
+                    ));
                     results.push(appended);
                 }
                 let over = needs_maintenance(target, default_retention, changelog_keep);
@@ -160,8 +162,10 @@ impl Writer {
                         failure = Some(error);
                         break;
                     }
-                    work.ops
-                        .push(Op::Adopt(target.slot.clone(), cached, Origin::Import));
+                    work.ops.push(Op::Update(
+                        target.slot.clone(),
+                        Update::Adopt(cached, Origin::Import),
+                    ));
                     results.push(appended);
                 }
                 let over = needs_maintenance(target, default_retention, changelog_keep);
@@ -200,8 +204,10 @@ impl Writer {
                     ts: now,
                     collapsed: appended.collapsed,
                 };
-                work.ops
-                    .push(Op::Adopt(target.slot.clone(), cached, origin));
+                work.ops.push(Op::Update(
+                    target.slot.clone(),
+                    Update::Adopt(cached, origin),
+                ));
                 let over = needs_maintenance(target, default_retention, changelog_keep);
                 if expires_at.is_some() || over {
                     self.dirty.insert(stream);
@@ -400,8 +406,10 @@ pub(super) fn place_note(
         revision,
         ChangeEntry::Note(note.clone()),
     );
-    work.ops
-        .push(Op::AddNote(target.slot.clone(), note.clone()));
+    work.ops.push(Op::Update(
+        target.slot.clone(),
+        Update::AddNote(note.clone()),
+    ));
     note
 }
 
@@ -442,7 +450,8 @@ pub(super) fn remove_note(
         revision,
         ChangeEntry::NoteDeleted { id },
     );
-    work.ops.push(Op::RemoveNote(target.slot.clone(), id));
+    work.ops
+        .push(Op::Update(target.slot.clone(), Update::RemoveNote(id)));
     work.touched.insert(target.name.clone());
     true
 }
