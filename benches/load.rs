@@ -6,7 +6,8 @@
 //! writes, how many events shared each durable commit.
 //!
 //! `cargo bench --bench load` (each scenario runs `RECAP_LOAD_SECONDS`, default 5;
-//! `RECAP_LOAD_ONLY=post1,post64,batch,context` picks scenarios, for profiling one).
+//! `RECAP_LOAD_ONLY=post1,post64,batch,context` picks scenarios, for profiling one;
+//! `RECAP_LOAD_CACHE=8MiB` sets the cache budget, to run them with the cache under pressure).
 
 #![allow(missing_docs)]
 
@@ -52,7 +53,14 @@ fn main() {
         .thread_name("server")
         .build()
         .unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).expect("the store opens");
+    let options = StoreOptions {
+        cache_bytes: std::env::var("RECAP_LOAD_CACHE")
+            .ok()
+            .and_then(|size| recap::config::parse_bytes(&size))
+            .unwrap_or(recap::store::DEFAULT_CACHE_BYTES),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options).expect("the store opens");
     let listener = server_runtime
         .block_on(TcpListener::bind("127.0.0.1:0"))
         .unwrap();

@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
@@ -97,7 +98,7 @@ impl Default for CollapsePolicy {
 
 /// What makes two events "the same" for collapsing: kind, severity, actor and the message
 /// (masked in `template` mode). Borrows from the event it describes, so that deciding a repeat
-/// allocates nothing in `exact` mode; only a new record's fingerprint is kept, owned.
+/// allocates nothing in `exact` mode; the collapser keeps only its digest (two hashes).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Fingerprint<'a> {
     kind: Cow<'a, str>,
@@ -149,23 +150,23 @@ impl<'a> Fingerprint<'a> {
         )
     }
 
-    /// The same fingerprint, owning its text.
-    pub fn into_owned(self) -> Fingerprint<'static> {
-        Fingerprint {
-            kind: Cow::Owned(self.kind.into_owned()),
-            severity: self.severity,
-            actor: self.actor.map(|actor| Cow::Owned(actor.into_owned())),
-            body: Cow::Owned(self.body.into_owned()),
-        }
-    }
-
-    /// A 64-bit digest for a quick first comparison; equal fingerprints have equal digests.
-    /// A fast non-cryptographic hash is enough: a collision only costs a full comparison.
-    fn digest(&self) -> u64 {
+    /// What the collapser keeps of a fingerprint instead of its text: two 64-bit hashes, a fast
+    /// one and one keyed at random once per process. Keeping the text would cost a copy of
+    /// every recent message per stream; two events with different fingerprints and equal
+    /// digests would need a collision of a hash whose key a client cannot know.
+    fn digest(&self) -> Digest {
         use std::hash::BuildHasher;
-        rustc_hash::FxBuildHasher.hash_one(self)
+        static KEYED: OnceLock<std::hash::RandomState> = OnceLock::new();
+        let keyed = KEYED.get_or_init(std::hash::RandomState::new);
+        (
+            rustc_hash::FxBuildHasher.hash_one(self),
+            keyed.hash_one(self),
+        )
     }
 }
+
+/// See [`Fingerprint::digest`].
+type Digest = (u64, u64);
 
 /// Where an event lands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,28 +201,10 @@ impl Placement {
 struct RecentRecord {
     seq: u64,
     last_ts: Timestamp,
-    digest: u64,
-    fingerprint: Fingerprint<'static>,
-    /// Template mode only: the exact fingerprint of the record's latest message, a first match
+    digest: Digest,
+    /// Template mode only: the digest of the record's latest message unmasked, a first match
     /// that needs no masking (storms mostly repeat the very same text).
-    latest: Option<(u64, Fingerprint<'static>)>,
-}
-
-impl RecentRecord {
-    fn new(
-        seq: u64,
-        last_ts: Timestamp,
-        (digest, fingerprint): (u64, Fingerprint<'_>),
-        latest: Option<(u64, Fingerprint<'_>)>,
-    ) -> Self {
-        RecentRecord {
-            seq,
-            last_ts,
-            digest,
-            fingerprint: fingerprint.into_owned(),
-            latest: latest.map(|(digest, exact)| (digest, exact.into_owned())),
-        }
-    }
+    latest: Option<Digest>,
 }
 
 /// The collapse state of one stream: the fingerprints of its newest records and the next seq.
@@ -253,18 +236,12 @@ impl Collapser {
         let skip = records.len().saturating_sub(policy.lookback);
         let recent = records[skip..]
             .iter()
-            .map(|record| {
-                let fingerprint = Fingerprint::of_record(policy.mode, record);
-                let latest = (policy.mode == CollapseMode::Template).then(|| {
-                    let exact = Fingerprint::of_record(CollapseMode::Exact, record);
-                    (exact.digest(), exact)
-                });
-                RecentRecord::new(
-                    record.seq,
-                    record.last_ts,
-                    (fingerprint.digest(), fingerprint),
-                    latest,
-                )
+            .map(|record| RecentRecord {
+                seq: record.seq,
+                last_ts: record.last_ts,
+                digest: Fingerprint::of_record(policy.mode, record).digest(),
+                latest: (policy.mode == CollapseMode::Template)
+                    .then(|| Fingerprint::of_record(CollapseMode::Exact, record).digest()),
             })
             .collect();
         Collapser {
@@ -288,44 +265,46 @@ impl Collapser {
     pub fn place(&mut self, event: &Event, ts: Timestamp) -> Placement {
         let window = self.policy.window;
         let within = |recent: &RecentRecord| (ts - recent.last_ts).abs() <= window;
-        let exact = Fingerprint::of_event(CollapseMode::Exact, event);
-        let exact_digest = exact.digest();
+        let exact = Fingerprint::of_event(CollapseMode::Exact, event).digest();
         let template_mode = self.policy.mode == CollapseMode::Template;
         if template_mode {
             // A record whose latest message is this very text is a repeat without masking.
-            let same_text = self.recent.iter_mut().rev().find(|recent| {
-                recent
-                    .latest
-                    .as_ref()
-                    .is_some_and(|(digest, latest)| *digest == exact_digest && *latest == exact)
-                    && within(recent)
-            });
+            let same_text = self
+                .recent
+                .iter_mut()
+                .rev()
+                .find(|recent| recent.latest == Some(exact) && within(recent));
             if let Some(recent) = same_text {
                 recent.last_ts = recent.last_ts.max(ts);
                 return Placement::Repeat { seq: recent.seq };
             }
         }
-        let (digest, fingerprint) = if template_mode {
-            let fingerprint = Fingerprint::of_event(CollapseMode::Template, event);
-            (fingerprint.digest(), fingerprint)
+        let digest = if template_mode {
+            Fingerprint::of_event(CollapseMode::Template, event).digest()
         } else {
-            (exact_digest, exact.clone())
+            exact
         };
-        let matched = self.recent.iter_mut().rev().find(|recent| {
-            recent.digest == digest && recent.fingerprint == fingerprint && within(recent)
-        });
+        let matched = self
+            .recent
+            .iter_mut()
+            .rev()
+            .find(|recent| recent.digest == digest && within(recent));
         if let Some(recent) = matched {
             recent.last_ts = recent.last_ts.max(ts);
             if template_mode {
                 // The record shows the latest message from now on.
-                recent.latest = Some((exact_digest, exact.into_owned()));
+                recent.latest = Some(exact);
             }
             return Placement::Repeat { seq: recent.seq };
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let latest = template_mode.then_some((exact_digest, exact));
-        self.remember(RecentRecord::new(seq, ts, (digest, fingerprint), latest));
+        self.remember(RecentRecord {
+            seq,
+            last_ts: ts,
+            digest,
+            latest: template_mode.then_some(exact),
+        });
         Placement::New { seq }
     }
 
@@ -344,18 +323,20 @@ impl Collapser {
     pub fn place_new(&mut self, event: &Event, last_ts: Timestamp) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let fingerprint = Fingerprint::of_event(self.policy.mode, event);
-        let latest = (self.policy.mode == CollapseMode::Template).then(|| {
-            let exact = Fingerprint::of_event(CollapseMode::Exact, event);
-            (exact.digest(), exact)
-        });
-        self.remember(RecentRecord::new(
+        let mode = self.policy.mode;
+        self.remember(RecentRecord {
             seq,
             last_ts,
-            (fingerprint.digest(), fingerprint),
-            latest,
-        ));
+            digest: Fingerprint::of_event(mode, event).digest(),
+            latest: (mode == CollapseMode::Template)
+                .then(|| Fingerprint::of_event(CollapseMode::Exact, event).digest()),
+        });
         seq
+    }
+
+    /// Bytes the collapser holds beyond its own size (for the store's cache budget).
+    pub fn held_bytes(&self) -> usize {
+        self.recent.capacity() * std::mem::size_of::<RecentRecord>()
     }
 
     /// Makes a new record a collapse target, dropping the oldest beyond the lookback.

@@ -196,6 +196,7 @@ impl StreamState {
     fn recount(&mut self) {
         let slot = std::mem::size_of::<Arc<CachedRecord>>();
         let held = std::mem::size_of::<StreamState>()
+            + meter::heap(self.collapser.held_bytes())
             + meter::heap(slot * self.records.capacity())
             + meter::heap(slot * self.severe.capacity())
             + meter::heap(slot * self.goals.capacity())
@@ -228,15 +229,14 @@ impl StreamState {
             next_note_id,
             severe_created,
         } = snapshot;
-        let next_seq = totals.records + 1;
-        let collapser = Collapser::resume(policy, next_seq, tail.iter().map(|r| r.record()));
         let records = tail;
         let mut all_severe = older_severe;
         all_severe.extend(records.iter().filter(|r| is_severe(r.record())).cloned());
         let mut state = StreamState::metered(policy, capacity, meter);
         state.goals = goals;
         state.latest_goal = latest_goal;
-        state.collapser = collapser;
+        // Readers never place events: the collapser is built from the records if ever needed.
+        state.collapser_current = false;
         state.latest = records
             .iter()
             .max_by_key(|cached| cached.record().revision)
@@ -266,6 +266,7 @@ impl StreamState {
     /// stream can [`Self::adopt`] instead of deciding the same placement again.
     pub fn append_shared(&mut self, event: Event, ts: Timestamp) -> (Appended, Arc<CachedRecord>) {
         self.revision += 1;
+        self.ensure_collapser();
         let placement = self.collapser.place(&event, ts);
         self.totals
             .count(&event.kind, event.severity, ts, !placement.collapsed());
@@ -315,6 +316,7 @@ impl StreamState {
     ) -> (Appended, Arc<CachedRecord>) {
         let repeat_count = repeat_count.max(1);
         self.revision += 1;
+        self.ensure_collapser();
         let seq = self.collapser.place_new(&event, last_ts);
         self.totals
             .count_run(&event.kind, event.severity, first_ts, last_ts, repeat_count);
@@ -374,12 +376,9 @@ impl StreamState {
         }
         self.note_goal(&cached);
         self.latest = Some(cached.clone());
-        let capacity = self.records.capacity();
         self.records.push(cached);
         self.trim();
-        if self.records.capacity() != capacity {
-            self.recount();
-        }
+        self.recount();
     }
 
     /// Keeps a new record in reach if it is one of the first goal records, or the latest.
@@ -445,8 +444,7 @@ impl StreamState {
         fork.collapser = if self.collapser_current {
             self.collapser.clone()
         } else {
-            let newest = &self.records[self.records.len().saturating_sub(policy.lookback)..];
-            Collapser::resume(policy, self.next_seq(), newest.iter().map(|r| r.record()))
+            self.rebuilt_collapser()
         };
         let start = fork.capacity.tail_start(self.totals.records);
         let skip = self.records.partition_point(|r| r.record().seq < start);
@@ -470,6 +468,22 @@ impl StreamState {
         fork.next_note_id = self.next_note_id;
         fork.recount();
         fork
+    }
+
+    /// The collapse state as placing events here would have left it, from the newest records.
+    fn rebuilt_collapser(&self) -> Collapser {
+        let policy = self.collapser.policy();
+        let newest = &self.records[self.records.len().saturating_sub(policy.lookback)..];
+        Collapser::resume(policy, self.next_seq(), newest.iter().map(|r| r.record()))
+    }
+
+    /// Rebuilds the collapser before placing an event if records were adopted or restored.
+    fn ensure_collapser(&mut self) {
+        if !self.collapser_current {
+            self.collapser = self.rebuilt_collapser();
+            self.collapser_current = true;
+            self.recount();
+        }
     }
 
     /// The latest `last_ts` among records older than the tail (kept when the tail is trimmed).

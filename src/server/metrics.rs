@@ -31,6 +31,7 @@ pub struct Metrics {
     ingest_events: AtomicU64,
     collapsed_repeats: AtomicU64,
     sse_subscribers: AtomicI64,
+    sse_cut_off: AtomicU64,
     context: Histogram<{ CONTEXT_BUCKETS.len() }>,
     commit: Histogram<{ COMMIT_BUCKETS.len() }>,
 }
@@ -43,6 +44,7 @@ impl Default for Metrics {
             ingest_events: AtomicU64::new(0),
             collapsed_repeats: AtomicU64::new(0),
             sse_subscribers: AtomicI64::new(0),
+            sse_cut_off: AtomicU64::new(0),
             context: Histogram::new(CONTEXT_BUCKETS),
             commit: Histogram::new(COMMIT_BUCKETS),
         }
@@ -79,6 +81,11 @@ impl Metrics {
     /// An SSE subscriber connected (`+1`) or left (`-1`).
     pub fn sse_subscribers(&self, delta: i64) {
         self.sse_subscribers.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Counts an SSE subscriber cut off for not reading.
+    pub fn count_sse_cut_off(&self) {
+        self.sse_cut_off.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records how long a context request took.
@@ -143,6 +150,12 @@ impl Metrics {
             "Open SSE subscriptions.",
             self.sse_subscribers.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "recap_sse_cut_off_total",
+            "SSE subscribers cut off for taking no frame for a keepalive interval while their buffer was full (they resume with Last-Event-ID).",
+            self.sse_cut_off.load(Ordering::Relaxed),
+        );
         self.context.render(
             &mut out,
             "recap_context_seconds",
@@ -183,7 +196,7 @@ fn render_store(out: &mut String, store: &Store) {
     gauge(
         out,
         "recap_cache_budget_bytes",
-        "The cache budget (cache_bytes); least recently used streams are evicted beyond it.",
+        "The budget for stream state (three quarters of cache_bytes; redb's page cache has the rest); least recently used streams are evicted beyond it.",
         as_gauge(cache.budget),
     );
     gauge(
@@ -242,13 +255,14 @@ mod tests {
         metrics.count_request(Endpoint::PostEvents, 200);
         metrics.count_request(Endpoint::PostEvents, 418);
         metrics.count_ingest(5, 2);
+        metrics.count_sse_cut_off();
         metrics.observe_context(Duration::from_micros(150));
         metrics.observe_context(Duration::from_secs(1));
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), crate::store::StoreOptions::default()).unwrap();
         let text = metrics.render(&store);
         assert!(
-            text.contains("recap_cache_budget_bytes 268435456\n"),
+            text.contains("recap_cache_budget_bytes 201326592\n"),
             "{text}"
         );
         assert!(
@@ -259,6 +273,7 @@ mod tests {
         assert!(text.contains("status=\"other\"} 1\n"), "{text}");
         assert!(text.contains("recap_ingest_events_total 5\n"));
         assert!(text.contains("recap_collapsed_repeats_total 2\n"));
+        assert!(text.contains("recap_sse_cut_off_total 1\n"), "{text}");
         assert!(
             text.contains("recap_context_seconds_bucket{le=\"0.0001\"} 0\n"),
             "{text}"

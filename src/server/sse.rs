@@ -18,19 +18,34 @@
 //! point at or below the revision of a stream created again cannot be told from a real one:
 //! `id:` is a bare revision.
 //!
-//! How there are no gaps and no duplicates while writers are busy: the feed subscribes to the
-//! store's live broadcast *first*, then replays the changelog after `r`, then follows the live
-//! feed, skipping every change with a revision it has already sent. A change committed between
-//! the subscription and the replay shows up in both and is sent once.
+//! How there are no gaps and no duplicates while writers are busy: the feed subscribes to its
+//! stream's live changes *first* ([`Store::subscribe_to`]), then replays the changelog after
+//! `r`, then follows the live changes, skipping every change with a revision it has already
+//! sent. A change committed between the subscription and the replay shows up in both and is sent
+//! once. The subscription is to the stream's name, so the first change of a stream created again
+//! reaches the feed too.
 //!
-//! A slow subscriber never slows writers: the store's broadcast never waits for receivers, and
-//! each subscriber has its own bounded buffer. A subscriber that falls behind the broadcast
-//! (`Lagged`) or sees a jump in revisions catches up from the store's changelog.
+//! A slow subscriber never slows writers, and what it holds is bounded in bytes:
+//! - The store never waits for a subscriber: at most
+//!   [`MAX_LAG_BYTES`](crate::store::MAX_LAG_BYTES) of changes wait for a feed. A feed further
+//!   behind is dropped from the live changes (`Lagged`) and catches up from the changelog, as it
+//!   does when it sees a jump in revisions; catch-up reads pages of about [`REPLAY_PAGE_BYTES`].
+//! - Frames wait for the client in a buffer of at most [`MAX_BUFFERED_BYTES`] (a larger frame
+//!   only goes into an empty buffer), on top of what hyper and the kernel buffer. While it is
+//!   full the feed waits for the client, and the store drops it to the changelog if it must.
+//! - A client that takes no frame for a keepalive interval while its buffer is full is *cut
+//!   off*: its response ends, after a `: cut off` comment when there is room for it. The
+//!   comment moves no resume point: a client that reconnects with its last `id:` resumes exactly
+//!   where it was.
+//!
+//! So a subscriber holds about 6 MiB at most (the three bounds), besides hyper's and the kernel's
+//! buffers of its connection, however far behind it is and however large the events.
 //!
 //! `: keepalive` comments go out whenever nothing was written to the client for a keepalive
-//! interval: commits to other streams wake every feed, but do not count.
+//! interval. Commits to other streams do not wake the feed at all.
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,12 +54,12 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::event::{Note, StreamName, Timestamp};
 use crate::store::{
-    Change, ChangeBody, CommittedChanges, RecordQuery, Store, StoreError, StreamPosition,
+    Change, ChangeBody, RecordQuery, Store, StoreError, StreamPosition, Subscription,
 };
 
 use super::App;
@@ -56,10 +71,21 @@ use super::wire::ApiError;
 /// Default interval between `: keepalive` comments on an idle subscription: under the usual
 /// 30 to 60 s idle timeouts of proxies and load balancers.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
-/// Frames buffered per subscriber before its feed waits (and its broadcast receiver may lag).
+/// Most frames buffered per subscriber toward its connection: keepalives and small changes are
+/// bounded by this, large ones by [`MAX_BUFFERED_BYTES`].
 const BUFFER_FRAMES: usize = 256;
-/// Changes read from the changelog per catch-up step.
+/// Most bytes of frames buffered per subscriber toward its connection (a frame larger than this
+/// goes into an empty buffer alone): 1 MiB is a few seconds of a slow link, and what 16 of the
+/// largest records take.
+pub const MAX_BUFFERED_BYTES: usize = 1024 * 1024;
+/// Most changes read from the changelog per catch-up step.
 const REPLAY_PAGE: usize = 1_000;
+/// About how many bytes of changes one catch-up step reads: each step asks for as many changes
+/// as fit at the size of the previous step's.
+pub const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
+/// Changes the first catch-up step asks for, before their size is known: 16 messages of the
+/// largest size (64 KiB) fill [`REPLAY_PAGE_BYTES`].
+const FIRST_REPLAY_PAGE: usize = 16;
 
 /// Which frames a feed writes: recap's own (`record`, `repeat`, `note`, ...) or OpenIntent's
 /// (`event:` the event type, `data:` the event object; see [`super::openintent`]). The
@@ -117,7 +143,7 @@ pub fn open(
     dialect: Dialect,
 ) -> Response<Body> {
     // Subscribe before reading where to start: nothing committed from here on can be missed.
-    let live = app.store.subscribe();
+    let live = app.store.subscribe_to(&stream);
     let (incarnation, revision) = match app.store.position(&stream) {
         Some(StreamPosition {
             stream_id,
@@ -136,7 +162,8 @@ pub fn open(
         incarnation,
         last_sent: if stale_resume.is_some() { 0 } else { after },
         stale_resume,
-        sender,
+        replay_limit: FIRST_REPLAY_PAGE,
+        outbox: Outbox::new(sender),
         last_write: Instant::now(),
         shutdown: app.shutdown.clone(),
     };
@@ -160,6 +187,8 @@ enum Stop {
     ShuttingDown,
     /// The store failed.
     Store(StoreError),
+    /// The client took no frame for a keepalive interval while its buffer was full.
+    CutOff,
 }
 
 /// Which stream of the feed's name `last_sent` counts revisions of. Each stream created gets a
@@ -194,27 +223,50 @@ struct Feed {
     last_sent: u64,
     /// The client's resume point, when it is beyond the stream's revision (a reset is due).
     stale_resume: Option<u64>,
-    sender: mpsc::Sender<Bytes>,
+    /// Changes the next catch-up step asks for.
+    replay_limit: usize,
+    outbox: Outbox,
     /// When a frame or comment was last written to this client.
     last_write: Instant,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Feed {
-    async fn run(mut self, mut live: broadcast::Receiver<CommittedChanges>) {
+    async fn run(mut self, mut live: Subscription) {
         self.app.metrics.sse_subscribers(1);
         let result = self.follow(&mut live).await;
+        // Nothing more for this subscriber: its queue in the store goes now.
+        drop(live);
+        match result {
+            Err(Stop::Store(error)) => {
+                tracing::error!(%error, stream = %self.stream, "subscription ended by a store error");
+            }
+            Err(Stop::CutOff) => self.cut_off(),
+            Ok(()) | Err(Stop::Disconnected | Stop::ShuttingDown) => {}
+        }
         // Dropping the sender (with `self`) ends the response body.
         self.app.metrics.sse_subscribers(-1);
-        if let Err(Stop::Store(error)) = result {
-            tracing::error!(%error, stream = %self.stream, "subscription ended by a store error");
-        }
     }
 
-    async fn follow(
-        &mut self,
-        live: &mut broadcast::Receiver<CommittedChanges>,
-    ) -> Result<(), Stop> {
+    /// Ends the feed of a client that stopped reading. The comment goes after what is
+    /// buffered, if there is a slot for it: it may take the buffer a few bytes past its bound.
+    fn cut_off(&mut self) {
+        self.app.metrics.count_sse_cut_off();
+        tracing::info!(
+            stream = %self.stream,
+            last_sent = self.last_sent,
+            "cut off an SSE subscriber that stopped reading"
+        );
+        self.outbox.forget_taken();
+        let comment = format!(
+            ": cut off: this client took nothing for {} s while {} bytes waited for it; reconnect with Last-Event-ID to resume\n\n",
+            self.app.options.sse_keepalive.as_secs_f64(),
+            self.outbox.bytes,
+        );
+        drop(self.outbox.sender.try_send(Bytes::from(comment)));
+    }
+
+    async fn follow(&mut self, live: &mut Subscription) -> Result<(), Stop> {
         let mut shutdown = self.shutdown.clone();
         if *shutdown.borrow() {
             return Ok(());
@@ -226,11 +278,10 @@ impl Feed {
         self.catch_up().await?;
         let keepalive = self.app.options.sse_keepalive;
         loop {
-            // Only writes to this client count: every commit, to any stream, wakes the feed.
             let idle_until = self.last_write + keepalive;
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
-                () = self.sender.closed() => return Err(Stop::Disconnected),
+                () = self.outbox.sender.closed() => return Err(Stop::Disconnected),
                 () = tokio::time::sleep_until(idle_until) => self.idle().await?,
                 received = live.recv() => match received {
                     Ok(changes) => self.forward(&changes).await?,
@@ -294,10 +345,11 @@ impl Feed {
     /// Sends this stream's changes of one commit that were not sent yet.
     async fn forward(&mut self, changes: &[Change]) -> Result<(), Stop> {
         for change in changes {
-            if change.stream != self.stream
-                || !self.admit(change).await?
-                || change.revision <= self.last_sent
-            {
+            debug_assert_eq!(
+                change.stream, self.stream,
+                "a subscription is to one stream"
+            );
+            if !self.admit(change).await? || change.revision <= self.last_sent {
                 continue;
             }
             if change.revision > self.last_sent + 1 {
@@ -318,11 +370,10 @@ impl Feed {
         }
         loop {
             let store: Store = self.app.store.clone();
-            let (stream, after) = (self.stream.clone(), self.last_sent);
-            let changes =
-                tokio::task::spawn_blocking(move || store.changes(&stream, after, REPLAY_PAGE))
-                    .await
-                    .map_err(|error| Stop::Store(StoreError::Storage(error.to_string())))?;
+            let (stream, after, limit) = (self.stream.clone(), self.last_sent, self.replay_limit);
+            let changes = tokio::task::spawn_blocking(move || store.changes(&stream, after, limit))
+                .await
+                .map_err(|error| Stop::Store(StoreError::Storage(error.to_string())))?;
             let changes = match changes {
                 Ok(changes) => changes,
                 // A stream not created yet has no changes; its first ones will come live.
@@ -340,7 +391,8 @@ impl Feed {
             if self.last_sent < after {
                 continue;
             }
-            let full_page = changes.len() == REPLAY_PAGE;
+            let full_page = changes.len() == limit;
+            self.replay_limit = next_replay_limit(&changes);
             for change in &changes {
                 if change.revision <= self.last_sent {
                     continue;
@@ -451,13 +503,96 @@ impl Feed {
     }
 
     /// Sends a frame, waiting while the subscriber's buffer is full (this feed only: writers
-    /// and other subscribers go on), unless the server shuts down meanwhile.
-    async fn send(&mut self, bytes: Bytes) -> Result<(), Stop> {
-        tokio::select! {
-            sent = self.sender.send(bytes) => sent.map_err(|_| Stop::Disconnected)?,
-            _ = self.shutdown.wait_for(|stop| *stop) => return Err(Stop::ShuttingDown),
+    /// and other subscribers go on), unless the server shuts down meanwhile. A client that
+    /// takes no frame for a keepalive interval meanwhile is cut off.
+    async fn send(&mut self, mut bytes: Bytes) -> Result<(), Stop> {
+        let patience = self.app.options.sse_keepalive;
+        let mut deadline = Instant::now() + patience;
+        loop {
+            bytes = match self.outbox.try_send(bytes) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(bytes)) => bytes,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Disconnected),
+            };
+            tokio::select! {
+                taken = self.outbox.taken() => {
+                    taken.map_err(|_| Stop::Disconnected)?;
+                    deadline = Instant::now() + patience;
+                }
+                () = tokio::time::sleep_until(deadline) => return Err(Stop::CutOff),
+                _ = self.shutdown.wait_for(|stop| *stop) => return Err(Stop::ShuttingDown),
+            }
         }
         self.last_write = Instant::now();
+        Ok(())
+    }
+}
+
+/// How many changes the next catch-up step asks for: as many as fit in [`REPLAY_PAGE_BYTES`] at
+/// the size of these.
+fn next_replay_limit(changes: &[Change]) -> usize {
+    let bytes: usize = changes.iter().map(Change::estimated_bytes).sum();
+    let per_change = bytes.div_ceil(changes.len().max(1)).max(1);
+    (REPLAY_PAGE_BYTES / per_change).clamp(1, REPLAY_PAGE)
+}
+
+/// A feed's end of its response body, bounded in bytes as well as frames: the sizes of the
+/// frames sent and not yet taken by the body, oldest first.
+struct Outbox {
+    sender: mpsc::Sender<Bytes>,
+    sizes: VecDeque<usize>,
+    /// Sum of `sizes`.
+    bytes: usize,
+}
+
+impl Outbox {
+    fn new(sender: mpsc::Sender<Bytes>) -> Outbox {
+        Outbox {
+            sender,
+            sizes: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Sends a frame if it fits under [`MAX_BUFFERED_BYTES`] (or the buffer is empty); `Full`
+    /// when the client has to take some first.
+    fn try_send(&mut self, bytes: Bytes) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+        self.forget_taken();
+        if !self.sizes.is_empty() && self.bytes + bytes.len() > MAX_BUFFERED_BYTES {
+            return Err(mpsc::error::TrySendError::Full(bytes));
+        }
+        let size = bytes.len();
+        self.sender.try_send(bytes)?;
+        self.sizes.push_back(size);
+        self.bytes += size;
+        Ok(())
+    }
+
+    /// Forgets the frames the body has taken: the channel is first in, first out, so they are
+    /// the oldest.
+    fn forget_taken(&mut self) {
+        let buffered = self.sender.max_capacity() - self.sender.capacity();
+        while self.sizes.len() > buffered {
+            if let Some(size) = self.sizes.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Waits until the body takes one more frame: holds every free slot, then waits for one
+    /// more, which only the body taking a frame frees. `Err` when the client is gone.
+    async fn taken(&self) -> Result<(), mpsc::error::SendError<()>> {
+        let free = self.sender.capacity();
+        let _held = match free {
+            0 => None,
+            // Only the body frees slots meanwhile, so at least `free` are free.
+            free => Some(
+                self.sender
+                    .try_reserve_many(free)
+                    .map_err(|_| mpsc::error::SendError(()))?,
+            ),
+        };
+        let _slot = self.sender.reserve().await?;
         Ok(())
     }
 }

@@ -8,10 +8,12 @@
 //!   answers each caller only after its commit is durable.
 //! - Reads never block the writer: contexts come from an in-memory tail per stream
 //!   ([`crate::stream::StreamState`]), history pages from redb read transactions.
-//! - Every committed change is published on a broadcast channel after it is durable, and kept
-//!   in a per-stream changelog so that subscribers can resume from any recent revision.
+//! - Every committed change is handed to its stream's subscribers after it is durable
+//!   (`feed.rs`), and kept in a per-stream changelog so that subscribers can resume from any
+//!   recent revision.
 
 mod cache;
+mod feed;
 mod reads;
 mod schema;
 mod writer;
@@ -30,7 +32,7 @@ use std::time::Instant;
 
 use chrono::TimeDelta;
 use serde::Serialize;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::collapse::CollapsePolicy;
 use crate::context::{self, ContextRequest, ContextWindow};
@@ -40,6 +42,7 @@ use crate::stream::{Appended, TailCapacity};
 use crate::histogram::Histogram;
 pub use cache::COLD_LOAD_BUCKETS;
 use cache::{Cache, Loading, Slot};
+pub use feed::{MAX_LAG_BYTES, Subscription};
 pub use reads::MAX_SCAN_RECORDS;
 pub use schema::SCHEMA_VERSION;
 use writer::{Request, Shared, Writer};
@@ -147,8 +150,9 @@ pub struct StoreOptions {
     pub changelog_keep: u64,
     /// How many notes a stream may hold.
     pub notes: NoteLimits,
-    /// Bytes of cached stream state (records, notes, rendered lines, token counts) kept in
-    /// memory; the streams used least recently are evicted beyond it.
+    /// Bytes of memory for caches: a quarter for redb's page cache, the rest for stream state
+    /// (records, notes, rendered lines, token counts), beyond which the streams used least
+    /// recently are evicted.
     pub cache_bytes: usize,
 }
 
@@ -266,8 +270,8 @@ pub struct StreamPosition {
     pub revision: u64,
 }
 
-/// Changes from one durable commit, published after the commit: one entry per change, in
-/// revision order per stream.
+/// Changes from one durable commit, published after the commit, in revision order: a stream's
+/// (to its subscribers, see [`Store::subscribe_to`]) or all of them (see [`Store::subscribe`]).
 pub type CommittedChanges = Arc<Vec<Change>>;
 
 /// Which records a history read returns.
@@ -413,9 +417,11 @@ storage_error_from!(
     redb::CommitError
 );
 
-/// Size of redb's page cache: history pages and restores read from it; the tail cache serves
-/// contexts, so this need not hold the whole file.
-const CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// The share of [`StoreOptions::cache_bytes`] that goes to redb's page cache (history pages,
+/// cold loads and the writer's B-tree pages read from it); the rest holds stream state.
+const PAGE_CACHE_SHARE: usize = 4;
+/// The smallest page cache: a few B-tree paths.
+const MIN_PAGE_CACHE_BYTES: usize = 1024 * 1024;
 
 /// A context that needs tokenizing before it can be built (see [`Store::warm_context`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -470,20 +476,19 @@ impl Store {
         })?;
         let path = data_dir.join(DATA_FILE_NAME);
         let db = redb::Database::builder()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size((options.cache_bytes / PAGE_CACHE_SHARE).max(MIN_PAGE_CACHE_BYTES))
             .create(&path)
             .map_err(|error| reads::open_error(&path, error))?;
         reads::prepare(&db, &path)?;
         let loaded = reads::load(&db, &path)?;
         let db = Arc::new(db);
-        let (changes, _) = broadcast::channel(writer::BROADCAST_CAPACITY);
         let shared = Arc::new(Shared {
             path,
-            cache: Cache::new(options.cache_bytes),
+            cache: Cache::new(options.cache_bytes - options.cache_bytes / PAGE_CACHE_SHARE),
             options,
             db: RwLock::new(Some(db.clone())),
             streams: RwLock::new(loaded.streams),
-            changes,
+            subscribers: Arc::default(),
             counters: writer::Counters::default(),
             #[cfg(test)]
             failures_to_inject: Default::default(),
@@ -867,9 +872,19 @@ impl Store {
         &self.inner.shared.cache.cold_load_seconds
     }
 
-    /// Live feed of committed changes (all streams), published after each durable commit.
-    pub fn subscribe(&self) -> broadcast::Receiver<CommittedChanges> {
-        self.inner.shared.changes.subscribe()
+    /// Live feed of one stream's committed changes, published after each durable commit: one
+    /// message per commit that changed it, and nothing (not even a wakeup) for commits to other
+    /// streams. The subscription is by name, so it goes on to a stream created again after a
+    /// deletion (with a new [`Change::stream_id`]). At most [`MAX_LAG_BYTES`] wait for it; a
+    /// subscriber further behind is told it lagged and reads the changelog ([`Store::changes`]).
+    pub fn subscribe_to(&self, stream: &StreamName) -> Subscription {
+        self.inner.shared.subscribers.subscribe(Some(stream))
+    }
+
+    /// Live feed of every stream's committed changes, one message per commit, bounded like
+    /// [`Store::subscribe_to`]: for tests and tools that watch the whole store.
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.shared.subscribers.subscribe(None)
     }
 
     /// Stops taking writes, commits what is queued, and closes the file. Other handles' later

@@ -2,15 +2,18 @@
 //! show: keepalives reach a quiet subscriber while other streams are busy, and a resume point
 //! that is not a revision of the stream as it is now (beyond its revision, or of a stream
 //! deleted and created again) gets a reset and the stream from its start, never a silent skip.
+//! Subscribers hear only of their own stream; one that stops reading is dropped to the changelog
+//! and cut off, and resumes exactly where it was.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use recap::server::ServerOptions;
+use recap::store::MAX_LAG_BYTES;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::live_server::{DEADLINE, TestServer};
 
@@ -32,7 +35,20 @@ impl RawFeed {
     /// Subscribes at `path` (with `Last-Event-ID: resume` when given) and waits until the feed
     /// is set up.
     async fn open(server: &TestServer, path: &str, resume: Option<u64>) -> RawFeed {
-        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        RawFeed::open_on(tcp, path, resume).await
+    }
+
+    /// Subscribes like [`RawFeed::open`], on a socket with a small receive buffer: a client
+    /// that stops reading backs up into the server's buffers sooner.
+    async fn open_small(server: &TestServer, path: &str, resume: Option<u64>) -> RawFeed {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(8 * 1024).unwrap();
+        let tcp = socket.connect(server.addr).await.unwrap();
+        RawFeed::open_on(tcp, path, resume).await
+    }
+
+    async fn open_on(mut tcp: TcpStream, path: &str, resume: Option<u64>) -> RawFeed {
         let resume = resume
             .map(|id| format!("last-event-id: {id}\r\n"))
             .unwrap_or_default();
@@ -69,8 +85,38 @@ impl RawFeed {
         .await;
     }
 
+    /// Reads until `needle` arrives at or after byte `from`, looking only at what is new each
+    /// time (feeds of many megabytes); returns where it starts.
+    async fn read_until_seen(&mut self, needle: &str, mut from: usize) -> usize {
+        let needle = needle.as_bytes();
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let text = &self.text.as_bytes()[from.min(self.text.len())..];
+                if let Some(at) = text.windows(needle.len()).position(|w| w == needle) {
+                    return from + at;
+                }
+                from = self.text.len().saturating_sub(needle.len() - 1).max(from);
+                self.read_some().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not seen before the deadline: {}", self.tail()))
+    }
+
+    /// Reads until the whole frame with `id: revision` has arrived.
+    async fn read_through_frame(&mut self, revision: u64) {
+        let at = self.read_until_seen(&format!("id: {revision}\n"), 0).await;
+        self.read_until_seen("\n\n", at).await;
+    }
+
+    /// The last few hundred bytes read, for failure messages.
+    fn tail(&self) -> &str {
+        let start = self.text.len().saturating_sub(600);
+        self.text.get(start..).unwrap_or(&self.text)
+    }
+
     async fn read_some(&mut self) {
-        let mut buffer = [0u8; 4096];
+        let mut buffer = [0u8; 64 * 1024];
         let read = self.tcp.read(&mut buffer).await.unwrap();
         assert!(read > 0, "the feed closed: {}", self.text);
         self.text
@@ -108,8 +154,20 @@ impl RawFeed {
 
 /// Posts `count` events to `stream` in one request (one commit), messages `{label} 1..`.
 async fn post(server: &TestServer, stream: &str, label: &str, count: usize) {
+    post_padded(server, stream, label, count, 0).await;
+}
+
+/// Posts like [`post`], each message followed by `padding` bytes of `x`.
+async fn post_padded(server: &TestServer, stream: &str, label: &str, count: usize, padding: usize) {
+    let pad = "x".repeat(padding);
     let events: Vec<Value> = (1..=count)
-        .map(|n| serde_json::json!({"kind": "tool", "message": format!("{label} {n}")}))
+        .map(|n| {
+            let mut message = format!("{label} {n}");
+            if padding > 0 {
+                message = format!("{message} {pad}");
+            }
+            serde_json::json!({"kind": "tool", "message": message})
+        })
         .collect();
     let reply = server
         .post_json(
@@ -175,7 +233,7 @@ async fn keepalives_reach_a_quiet_subscriber_while_another_stream_is_busy() {
     let server = Arc::new(TestServer::with_options(options).await);
     let mut feed = RawFeed::open(&server, "/v1/streams/quiet/subscribe", None).await;
 
-    // Every commit wakes every feed; before the fix each one put the quiet feed's keepalive off.
+    // Commits to other streams once woke every feed, and each put the quiet feed's keepalive off.
     let stop = Arc::new(AtomicBool::new(false));
     let posts = Arc::new(AtomicUsize::new(0));
     let busy = tokio::spawn({
@@ -321,4 +379,172 @@ async fn openintent_subscribers_get_a_reset_comment_for_a_stale_resume_point() {
     assert_eq!(frames[0].data["payload"]["after"], 50, "{frames:?}");
     let ids: Vec<Option<u64>> = frames[1..].iter().map(|frame| frame.id).collect();
     assert_eq!(ids, [Some(1), Some(2)], "{frames:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_hears_nothing_of_other_streams() {
+    let options = ServerOptions {
+        sse_keepalive: Duration::from_millis(100),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::with_options(options).await;
+    let mut quiet = RawFeed::open(&server, "/v1/streams/a/subscribe", None).await;
+    let mut busy = RawFeed::open(&server, "/v1/streams/b/subscribe", None).await;
+    for round in 1..=20 {
+        post(&server, "b", &format!("round {round}"), 3).await;
+    }
+    assert_eq!(busy.frames_after(60).await.len(), 60, "{}", busy.text);
+
+    // `a`'s feed sent nothing for the 20 commits to `b` (keepalives at most), then its own.
+    post(&server, "a", "mine", 1).await;
+    let frames = quiet.frames_after(1).await;
+    assert_records(&frames, &[(1, "mine 1")]);
+}
+
+/// Events of about 60 KB, 15 to a request (under the 1 MiB body cap).
+const LARGE_PADDING: usize = 60 * 1024;
+const LARGE_PER_POST: usize = 15;
+
+/// Posts three times [`MAX_LAG_BYTES`] of large events to `stream`, one commit per request;
+/// returns the stream's revision after.
+async fn post_three_lags(server: &TestServer, stream: &str) -> u64 {
+    let posts = (3 * MAX_LAG_BYTES).div_ceil(LARGE_PADDING * LARGE_PER_POST);
+    for post in 1..=posts {
+        let label = format!("post {post} event");
+        post_padded(server, stream, &label, LARGE_PER_POST, LARGE_PADDING).await;
+    }
+    (posts * LARGE_PER_POST) as u64
+}
+
+/// Asserts record frames with revisions `from..=to`, in order, each once.
+fn assert_revisions(frames: &[Frame], from: u64, to: u64) {
+    let ids: Vec<u64> = frames
+        .iter()
+        .map(|frame| {
+            assert_eq!(frame.event, "record", "{:?}", frame.id);
+            assert_eq!(frame.id, frame.data["revision"].as_u64());
+            frame.id.unwrap()
+        })
+        .collect();
+    assert_eq!(ids, (from..=to).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_cut_off_and_resumes_exactly_where_it_was() {
+    let options = ServerOptions {
+        sse_keepalive: Duration::from_millis(200),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::with_options(options).await;
+    let mut stalled = RawFeed::open_small(&server, "/v1/streams/s/subscribe", None).await;
+
+    // The client reads nothing while far more than the store keeps for it is written.
+    let last = post_three_lags(&server, "s").await;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let metrics = server.get("/metrics").await.text();
+            if metrics.contains("recap_sse_cut_off_total 1\n")
+                && metrics.contains("recap_sse_subscribers 0\n")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stalled subscriber is cut off, and no longer counted");
+
+    // What was buffered still arrives, then the comment, then the end of the response.
+    stalled.read_until_seen("\r\n0\r\n\r\n", 0).await;
+    let comment = stalled
+        .text
+        .rfind(": cut off: ")
+        .expect("the cut-off comment");
+    assert!(
+        stalled.text[comment..].ends_with("\n\n\r\n0\r\n\r\n"),
+        "{}",
+        stalled.tail()
+    );
+    let frames = stalled.frames();
+    let received = frames.last().and_then(|frame| frame.id).unwrap_or(0);
+    assert!(received < last, "everything arrived: nothing was cut off");
+    assert_revisions(&frames, 1, received);
+
+    // Reconnecting with the last id gets the rest, each change once, in order.
+    let mut resumed = RawFeed::open(&server, "/v1/streams/s/subscribe", Some(received)).await;
+    resumed.read_through_frame(last).await;
+    assert_revisions(&resumed.frames(), received + 1, last);
+    assert!(!resumed.text.contains("event: gap"), "{}", resumed.tail());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_catches_up_from_the_changelog() {
+    // Keepalives (and so cut-offs) far apart: the client pauses, it does not stop.
+    let options = ServerOptions {
+        sse_keepalive: DEADLINE,
+        ..ServerOptions::default()
+    };
+    let server = TestServer::with_options(options).await;
+    let mut paused = RawFeed::open_small(&server, "/v1/streams/s/subscribe", None).await;
+
+    // While the client reads nothing, its feed is dropped from the live changes (more than
+    // MAX_LAG_BYTES wait for it); once it reads again, the feed catches up.
+    let last = post_three_lags(&server, "s").await;
+    paused.read_through_frame(last).await;
+    assert_revisions(&paused.frames(), 1, last);
+    assert!(!paused.text.contains("event: gap"), "{}", paused.tail());
+    assert!(!paused.text.contains(": cut off"), "{}", paused.tail());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_to_several_streams_reach_each_subscriber_once_in_order() {
+    const WRITERS: usize = 4;
+    const POSTS: usize = 25;
+    let server = Arc::new(TestServer::start().await);
+    let mut feeds = Vec::new();
+    for stream in ["a", "b"] {
+        let path = format!("/v1/streams/{stream}/subscribe");
+        feeds.push(RawFeed::open(&server, &path, None).await);
+    }
+    // Group commits mix both streams, in runs and interleaved.
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                for post_number in 0..POSTS {
+                    let stream = if (writer + post_number) % 2 == 0 {
+                        "a"
+                    } else {
+                        "b"
+                    };
+                    let label = format!("writer {writer} post {post_number}");
+                    post(&server, stream, &label, 1 + post_number % 3).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // Each subscriber gets every event of its stream, once, in revision order, and nothing else.
+    for (stream, feed) in ["a", "b"].into_iter().zip(&mut feeds) {
+        let mut expected: Vec<String> = Vec::new();
+        for writer in 0..WRITERS {
+            for post_number in (0..POSTS).filter(|p| ((writer + p) % 2 == 0) == (stream == "a")) {
+                for n in 1..=1 + post_number % 3 {
+                    expected.push(format!("writer {writer} post {post_number} {n}"));
+                }
+            }
+        }
+        let revision = expected.len() as u64;
+        let frames = feed.frames_after(expected.len()).await;
+        assert_revisions(&frames, 1, revision);
+        let mut received: Vec<String> = frames
+            .iter()
+            .map(|frame| frame.data["message"].as_str().unwrap().to_owned())
+            .collect();
+        received.sort();
+        expected.sort();
+        assert_eq!(received, expected, "{stream}");
+    }
 }

@@ -423,8 +423,11 @@ fn acknowledged_events_survive_sigkill() {
         // Kill once the child has acknowledged something, after a random extra delay.
         let started = Instant::now();
         let mut first_ack = None;
-        // Long enough for the reader to load streams that the writer then evicts.
+        // Long enough for the reader to load streams that the writer then evicts; the last
+        // round, if none has evicted yet, waits until one eviction has happened.
         let extra = Duration::from_millis(150 + rng.below(400));
+        let must_evict = round + 1 == ROUNDS && evictions == 0;
+        let mut evicted = false;
         let mut pending_lines = Vec::new();
         while started.elapsed() < Duration::from_secs(20) {
             match lines.recv_timeout(Duration::from_millis(5)) {
@@ -432,12 +435,13 @@ fn acknowledged_events_survive_sigkill() {
                     if line.starts_with("ACK ") && first_ack.is_none() {
                         first_ack = Some(Instant::now());
                     }
+                    evicted |= line.starts_with("EVICTIONS ") && line != "EVICTIONS 0";
                     pending_lines.push(line);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if first_ack.is_some_and(|at| at.elapsed() >= extra) {
+            if first_ack.is_some_and(|at| at.elapsed() >= extra) && (evicted || !must_evict) {
                 break;
             }
         }

@@ -33,10 +33,10 @@ pub(super) fn notify(shared: Arc<Shared>, notices: Receiver<Notice>) {
             } => {
                 apply_to_live(&shared, ops);
                 // Published before answering, so a caller that subscribed before writing has
-                // the change in its feed by the time its write is acknowledged.
+                // the change in its feed by the time its write is acknowledged. Never waits for
+                // a subscriber.
                 if !changes.is_empty() {
-                    // No subscriber is not an error.
-                    drop(shared.changes.send(Arc::new(changes)));
+                    shared.subscribers.publish(changes);
                 }
                 for answer in answers {
                     answer.send(None);

@@ -50,18 +50,17 @@ use std::time::{Duration, Instant};
 use chrono::{SubsecRound, Utc};
 use indexmap::IndexSet;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
-use crate::collapse::MAX_COLLAPSE_LOOKBACK;
 use crate::event::{Event, Note, Severity, StreamName, Timestamp};
+use crate::meter::Meter;
 use crate::stream::{Appended, Origin, StreamState, TailCapacity};
 
 use super::cache::{Cache, Slot, Update};
 use super::reads;
 use super::schema::{self, ChangeEntry, Created, StreamMeta};
 use super::{
-    Change, ChangeBody, CommittedChanges, ImportedRecord, MAX_EVENTS_PER_COMMIT, Retention,
-    StoreError, StoreOptions,
+    Change, ChangeBody, ImportedRecord, MAX_EVENTS_PER_COMMIT, Retention, StoreError, StoreOptions,
 };
 
 /// How often the writer looks for records past their age limit and notes past their expiry.
@@ -77,9 +76,6 @@ const MAX_MAINTENANCE_SCALE: usize = 8;
 /// Requests that pause this long leave the writer idle: pending maintenance steps then follow
 /// one another.
 const MAINTENANCE_IDLE_GAP: Duration = Duration::from_millis(2);
-/// Commits published but not yet received that a slow subscriber may lag behind before it
-/// misses some (it then resumes from the changelog).
-pub(super) const BROADCAST_CAPACITY: usize = 1_024;
 /// What readers and the writer share.
 pub(super) struct Shared {
     pub path: std::path::PathBuf,
@@ -89,7 +85,8 @@ pub(super) struct Shared {
     /// Every committed stream, resident or not.
     pub streams: RwLock<HashMap<StreamName, Arc<Slot>>>,
     pub cache: Cache,
-    pub changes: broadcast::Sender<CommittedChanges>,
+    /// Who follows which stream's changes (see [`super::feed`]).
+    pub subscribers: Arc<super::feed::Subscribers>,
     pub counters: Counters,
     /// Commits still to fail on purpose (tests of the failure path only).
     #[cfg(test)]
@@ -148,13 +145,57 @@ struct WriterStream {
     retention: Option<Retention>,
     first_seq: u64,
     changelog_floor: u64,
-    /// Creation facts of the newest records, the ones a repeat can land in.
-    created: VecDeque<(u64, Created)>,
+    /// Creation facts of the newest records, the ones a repeat can land in (see [`Created`]).
+    created: CreatedFacts,
     /// The latest `last_ts` before the readers' tail, and per block of the tail its latest
     /// (see [`StreamMeta::tail_blocks`]): kept here, where every record passes, so that a
     /// stream's metadata is exact whether or not its state is in memory.
     older_last_ts: Option<Timestamp>,
     tail_blocks: Vec<(u64, Timestamp)>,
+}
+
+/// How the newest records were created, so that a repeat rewrites its record's row without
+/// reading it back: at most `lookback` entries, their room charged to the cache's meter.
+struct CreatedFacts {
+    facts: VecDeque<(u64, Created)>,
+    lookback: usize,
+    meter: Meter,
+    charged: usize,
+}
+
+impl CreatedFacts {
+    fn new(lookback: usize, meter: &Meter) -> CreatedFacts {
+        let charged = crate::meter::heap(lookback * std::mem::size_of::<(u64, Created)>());
+        meter.charge(charged);
+        CreatedFacts {
+            facts: VecDeque::new(),
+            lookback,
+            meter: meter.clone(),
+            charged,
+        }
+    }
+
+    /// How record `seq` was created, if it is one of the newest.
+    fn get(&self, seq: u64) -> Option<Created> {
+        self.facts
+            .iter()
+            .rev()
+            .find(|(known, _)| *known == seq)
+            .map(|(_, created)| *created)
+    }
+
+    fn push(&mut self, seq: u64, created: Created) {
+        if self.facts.len() >= self.lookback {
+            self.facts.pop_front();
+        }
+        self.facts.push_back((seq, created));
+    }
+}
+
+impl Drop for CreatedFacts {
+    fn drop(&mut self) {
+        self.meter.release(self.charged);
+    }
 }
 
 impl WriterStream {
@@ -198,7 +239,7 @@ impl WriterStream {
             retention: meta.retention,
             first_seq: meta.first_seq,
             changelog_floor: meta.changelog_floor,
-            created: VecDeque::new(),
+            created: CreatedFacts::new(options.collapse.lookback, &cache.meter),
             older_last_ts: meta.older_last_ts,
             tail_blocks,
         })

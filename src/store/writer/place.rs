@@ -54,7 +54,7 @@ impl Writer {
                 retention: None,
                 first_seq: 1,
                 changelog_floor: 0,
-                created: VecDeque::new(),
+                created: CreatedFacts::new(options.collapse.lookback, &self.shared.cache.meter),
                 older_last_ts: None,
                 tail_blocks: Vec::new(),
             };
@@ -333,9 +333,9 @@ pub(super) fn store_appended(
     let id = target.slot.id;
     target.note_last_ts(tail, record.seq, record.last_ts);
     if appended.collapsed {
-        let created = match target.created.iter().rev().find(|(s, _)| *s == record.seq) {
-            Some((_, created)) => *created,
-            // Created before this shadow was forked, so committed: the file has it.
+        let created = match target.created.get(record.seq) {
+            Some(created) => created,
+            // Created before this shadow was made, so committed: the file has it.
             None => committed_creation(db, id, record.seq)?,
         };
         rows.record(id, record.seq, |out| {
@@ -355,10 +355,7 @@ pub(super) fn store_appended(
         if record.severity >= Severity::Error {
             rows.severe(id, record.seq);
         }
-        if target.created.len() == MAX_COLLAPSE_LOOKBACK {
-            target.created.pop_front();
-        }
-        target.created.push_back((record.seq, created));
+        target.created.push(record.seq, created);
         work.changes.push(Change {
             stream: target.name.clone(),
             stream_id: id,
