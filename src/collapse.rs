@@ -96,6 +96,18 @@ impl Default for CollapsePolicy {
     }
 }
 
+/// Events whose payload is longer than this (as compact JSON) are kept apart: never collapsed,
+/// and nothing collapses into them. Collapse keeps its targets' payloads in memory (a repeat
+/// keeps the payload it does not replace), so this bounds what a stream being written to holds
+/// to `lookback` times this, whatever clients post.
+pub const MAX_COLLAPSIBLE_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// Whether an event or record whose payload is `payload_bytes` long (compact JSON; 0 for none)
+/// takes part in collapse.
+pub fn collapsible(payload_bytes: usize) -> bool {
+    payload_bytes <= MAX_COLLAPSIBLE_PAYLOAD_BYTES
+}
+
 /// What makes two events "the same" for collapsing: kind, severity, actor and the message
 /// (masked in `template` mode). Borrows from the event it describes, so that deciding a repeat
 /// allocates nothing in `exact` mode; the collapser keeps only its digest (two hashes).
@@ -201,7 +213,9 @@ impl Placement {
 struct RecentRecord {
     seq: u64,
     last_ts: Timestamp,
-    digest: Digest,
+    /// `None` for a record kept apart (see [`MAX_COLLAPSIBLE_PAYLOAD_BYTES`]): it takes its
+    /// place in the lookback but nothing collapses into it.
+    digest: Option<Digest>,
     /// Template mode only: the digest of the record's latest message unmasked, a first match
     /// that needs no masking (storms mostly repeat the very same text).
     latest: Option<Digest>,
@@ -224,24 +238,28 @@ impl Collapser {
         Collapser::resume(policy, 1, std::iter::empty())
     }
 
-    /// The state of a stream whose next seq is `next_seq` and whose newest records are `newest`
-    /// (in any order; only the last `lookback` by seq are kept). Used after a restart.
+    /// The state of a stream whose next seq is `next_seq` and whose newest records are `newest`,
+    /// each with whether it is a collapse target (see [`collapsible`]); in any order, only the
+    /// last `lookback` by seq are kept. Used after a restart.
     pub fn resume<'a>(
         policy: CollapsePolicy,
         next_seq: u64,
-        newest: impl IntoIterator<Item = &'a Record>,
+        newest: impl IntoIterator<Item = (&'a Record, bool)>,
     ) -> Collapser {
-        let mut records: Vec<&Record> = newest.into_iter().collect();
-        records.sort_by_key(|record| record.seq);
+        let mut records: Vec<(&Record, bool)> = newest.into_iter().collect();
+        records.sort_by_key(|(record, _)| record.seq);
         let skip = records.len().saturating_sub(policy.lookback);
         let recent = records[skip..]
             .iter()
-            .map(|record| RecentRecord {
-                seq: record.seq,
-                last_ts: record.last_ts,
-                digest: Fingerprint::of_record(policy.mode, record).digest(),
-                latest: (policy.mode == CollapseMode::Template)
-                    .then(|| Fingerprint::of_record(CollapseMode::Exact, record).digest()),
+            .map(|&(record, target)| {
+                let digest = |mode| Fingerprint::of_record(mode, record).digest();
+                RecentRecord {
+                    seq: record.seq,
+                    last_ts: record.last_ts,
+                    digest: target.then(|| digest(policy.mode)),
+                    latest: (target && policy.mode == CollapseMode::Template)
+                        .then(|| digest(CollapseMode::Exact)),
+                }
             })
             .collect();
         Collapser {
@@ -288,7 +306,7 @@ impl Collapser {
             .recent
             .iter_mut()
             .rev()
-            .find(|recent| recent.digest == digest && within(recent));
+            .find(|recent| recent.digest == Some(digest) && within(recent));
         if let Some(recent) = matched {
             recent.last_ts = recent.last_ts.max(ts);
             if template_mode {
@@ -302,10 +320,24 @@ impl Collapser {
         self.remember(RecentRecord {
             seq,
             last_ts: ts,
-            digest,
+            digest: Some(digest),
             latest: template_mode.then_some(exact),
         });
         Placement::New { seq }
+    }
+
+    /// Places an event that is not a collapse target, as a new record that nothing collapses
+    /// into (see [`collapsible`]); it still takes its place in the lookback.
+    pub fn place_apart(&mut self, last_ts: Timestamp) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.remember(RecentRecord {
+            seq,
+            last_ts,
+            digest: None,
+            latest: None,
+        });
+        seq
     }
 
     /// Forgets a record (it was deleted), so nothing collapses into it any more.
@@ -327,7 +359,7 @@ impl Collapser {
         self.remember(RecentRecord {
             seq,
             last_ts,
-            digest: Fingerprint::of_event(mode, event).digest(),
+            digest: Some(Fingerprint::of_event(mode, event).digest()),
             latest: (mode == CollapseMode::Template)
                 .then(|| Fingerprint::of_event(CollapseMode::Exact, event).digest()),
         });
@@ -662,7 +694,8 @@ mod tests {
                 }
             }
         }
-        let mut resumed = Collapser::resume(policy, live.next_seq(), &records);
+        let mut resumed =
+            Collapser::resume(policy, live.next_seq(), records.iter().map(|r| (r, true)));
         for probe in ["a", "e", "d", "c", "zz"] {
             let at = ts(100);
             assert_eq!(

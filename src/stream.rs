@@ -7,9 +7,10 @@
 
 use std::sync::Arc;
 
-use crate::collapse::{CollapsePolicy, Collapser, Placement};
+use crate::collapse::{self, CollapsePolicy, Collapser, Placement};
+use crate::context::cache::{payload_text, without_payload};
 use crate::context::candidates::is_goal;
-use crate::context::{CachedNote, CachedRecord, MAX_GOALS, StreamView, Totals};
+use crate::context::{CachedNote, CachedRecord, MAX_GOALS, Payload, StreamView, Totals};
 use crate::event::{Event, Note, Record, Severity, Timestamp};
 use crate::meter::{self, Meter};
 
@@ -267,13 +268,20 @@ impl StreamState {
     pub fn append_shared(&mut self, event: Event, ts: Timestamp) -> (Appended, Arc<CachedRecord>) {
         self.revision += 1;
         self.ensure_collapser();
-        let placement = self.collapser.place(&event, ts);
+        let payload = event.payload.as_ref().map(payload_text);
+        let placement = if collapse::collapsible(payload.as_ref().map_or(0, String::len)) {
+            self.collapser.place(&event, ts)
+        } else {
+            Placement::New {
+                seq: self.collapser.place_apart(ts),
+            }
+        };
         self.totals
             .count(&event.kind, event.severity, ts, !placement.collapsed());
         match placement {
             Placement::New { seq } => {
                 let record = Record::from_event(event, seq, self.revision, ts);
-                self.push_record(record)
+                self.push_record(record, payload)
             }
             Placement::Repeat { seq } => {
                 let position = self
@@ -283,7 +291,7 @@ impl StreamState {
                     .expect("the collapse lookback stays inside the tail");
                 let mut record = self.records[position].full_record();
                 record.absorb(event, self.revision, ts);
-                let cached = Arc::new(CachedRecord::new(record.clone(), &self.meter));
+                let cached = Arc::new(CachedRecord::new(&record, &self.meter));
                 self.replace_record(position, cached.clone());
                 let appended = Appended {
                     record,
@@ -317,13 +325,18 @@ impl StreamState {
         let repeat_count = repeat_count.max(1);
         self.revision += 1;
         self.ensure_collapser();
-        let seq = self.collapser.place_new(&event, last_ts);
+        let payload = event.payload.as_ref().map(payload_text);
+        let seq = if collapse::collapsible(payload.as_ref().map_or(0, String::len)) {
+            self.collapser.place_new(&event, last_ts)
+        } else {
+            self.collapser.place_apart(last_ts)
+        };
         self.totals
             .count_run(&event.kind, event.severity, first_ts, last_ts, repeat_count);
         let mut record = Record::from_event(event, seq, self.revision, first_ts);
         record.last_ts = last_ts;
         record.repeat_count = repeat_count;
-        self.push_record(record)
+        self.push_record(record, payload)
     }
 
     /// Takes a record placed by another state of this stream (the store's writer decides
@@ -358,9 +371,18 @@ impl StreamState {
         self.push_cached(cached);
     }
 
-    /// Adds a new record to the tail (and the severe list).
-    fn push_record(&mut self, record: Record) -> (Appended, Arc<CachedRecord>) {
-        let cached = Arc::new(CachedRecord::new(record.clone(), &self.meter));
+    /// Adds a new record to the tail (and the severe list); `payload` is its payload as text.
+    fn push_record(
+        &mut self,
+        record: Record,
+        payload: Option<String>,
+    ) -> (Appended, Arc<CachedRecord>) {
+        let cached = Arc::new(CachedRecord::with_payload_text(
+            without_payload(&record),
+            payload,
+            Payload::Keep,
+            &self.meter,
+        ));
         self.push_cached(cached.clone());
         let appended = Appended {
             record,
@@ -474,7 +496,8 @@ impl StreamState {
     fn rebuilt_collapser(&self) -> Collapser {
         let policy = self.collapser.policy();
         let newest = &self.records[self.records.len().saturating_sub(policy.lookback)..];
-        Collapser::resume(policy, self.next_seq(), newest.iter().map(|r| r.record()))
+        let newest = newest.iter().map(|r| (r.record(), r.is_collapsible()));
+        Collapser::resume(policy, self.next_seq(), newest)
     }
 
     /// Rebuilds the collapser before placing an event if records were adopted or restored.
@@ -640,6 +663,47 @@ fn is_severe(record: &Record) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event with a payload over the collapsible size neither collapses nor is collapsed
+    /// into, and its payload is not kept in memory; smaller ones collapse as usual.
+    #[test]
+    fn large_payloads_are_kept_apart_and_not_held() {
+        let at = crate::event::parse_timestamp("2024-05-01T10:00:00Z").unwrap();
+        let with_payload = |bytes: usize| {
+            let mut event = Event::new("tool", Severity::Info, "fetched the page").unwrap();
+            let mut payload = serde_json::Map::new();
+            payload.insert("body".into(), "x".repeat(bytes).into());
+            event.payload = Some(payload);
+            event
+        };
+        let mut state = StreamState::new(CollapsePolicy::default(), TailCapacity::default());
+        let big = collapse::MAX_COLLAPSIBLE_PAYLOAD_BYTES;
+        let first = state.append(with_payload(big), at);
+        let second = state.append(with_payload(big), at);
+        assert!(!first.collapsed && !second.collapsed);
+        assert_eq!(second.record.seq, 2);
+        let small = state.append(with_payload(10), at);
+        let repeat = state.append(
+            Event::new("tool", Severity::Info, "fetched the page").unwrap(),
+            at,
+        );
+        assert!(!small.collapsed);
+        assert!(repeat.collapsed, "{repeat:?}");
+        assert_eq!(
+            repeat.record.payload, small.record.payload,
+            "a repeat keeps the payload"
+        );
+        let held: Vec<bool> = state
+            .records
+            .iter()
+            .map(|r| r.payload_text().is_some())
+            .collect();
+        assert_eq!(held, [false, false, true]);
+        // A fork (the writer's shadow rebuilt from the records) decides the same.
+        let mut fork = state.fork(TailCapacity::default());
+        assert!(!fork.append(with_payload(big), at).collapsed);
+        assert!(fork.append(with_payload(10), at).collapsed);
+    }
     use crate::collapse::CollapseMode;
     use crate::event::parse_timestamp;
     use chrono::TimeDelta;

@@ -73,7 +73,7 @@ impl RawLog {
         }
         self.severity_totals[record.severity.index()] += 1;
         self.lines
-            .push(CachedRecord::new(record, &Meter::detached()));
+            .push(CachedRecord::new(&record, &Meter::detached()));
     }
 
     /// Number of events.

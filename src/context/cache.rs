@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rustc_hash::FxHasher;
 use serde_json::{Map, Value};
 
+use crate::collapse;
 use crate::event::{NOTE_ID_KEY, Note, Record};
 use crate::meter::{self, Meter};
 
@@ -39,6 +40,40 @@ enum Shape {
 /// A cut line memoized for one (encoding, cap, shape); `None` when not even the head fits.
 type Cut = (Encoding, u32, Shape, Option<Arc<ClippedLine>>);
 
+/// Whether a [`CachedRecord`] keeps its payload (the writer's, for repeats) or not (readers',
+/// which never show it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Keep it, if the record is a collapse target.
+    Keep,
+    /// Never keep it.
+    Drop,
+}
+
+/// A payload as compact JSON text.
+pub fn payload_text(payload: &Map<String, Value>) -> String {
+    // A map of JSON values always serializes.
+    serde_json::to_string(payload).unwrap_or_default()
+}
+
+/// A copy of `record` without its payload (which is not cloned).
+pub fn without_payload(record: &Record) -> Record {
+    Record {
+        seq: record.seq,
+        message: record.message.clone(),
+        kind: record.kind.clone(),
+        severity: record.severity,
+        first_ts: record.first_ts,
+        last_ts: record.last_ts,
+        repeat_count: record.repeat_count,
+        revision: record.revision,
+        display_message: record.display_message.clone(),
+        actor: record.actor.clone(),
+        step_id: record.step_id.clone(),
+        payload: None,
+    }
+}
+
 /// A record with its rendered line and token counts, computed once and shared by every build.
 ///
 /// The payload is kept as compact JSON text, not parsed: windows never show it, and a parsed
@@ -50,6 +85,8 @@ pub struct CachedRecord {
     record: Record,
     payload: Option<Box<str>>,
     note_id: Option<u64>,
+    /// Whether the record is a collapse target (see [`crate::collapse::collapsible`]).
+    collapsible: bool,
     meter: Meter,
     /// Bytes charged to `meter` so far, given back on drop.
     charged: AtomicUsize,
@@ -78,30 +115,31 @@ pub struct Piece {
 impl CachedRecord {
     /// Wraps a record, charging what it holds to `meter`; nothing is rendered or counted until
     /// asked.
-    pub fn new(mut record: Record, meter: &Meter) -> CachedRecord {
-        let payload = record.payload.take().map(|payload| {
-            // A map of JSON values always serializes.
-            serde_json::to_string(&payload)
-                .unwrap_or_default()
-                .into_boxed_str()
-        });
-        CachedRecord::with_payload_text(record, payload, meter)
+    pub fn new(record: &Record, meter: &Meter) -> CachedRecord {
+        let payload = record.payload.as_ref().map(payload_text);
+        CachedRecord::with_payload_text(without_payload(record), payload, Payload::Keep, meter)
     }
 
     /// Wraps a record whose payload (if any) is already compact JSON text, as the store keeps
-    /// it; `record.payload` must be `None`.
+    /// it; `record.payload` must be `None`. The payload is kept only when asked and when it is
+    /// [collapsible](crate::collapse::collapsible): nothing but a repeat's rewrite needs it.
     pub fn with_payload_text(
         record: Record,
-        payload: Option<Box<str>>,
+        payload: Option<String>,
+        keep: Payload,
         meter: &Meter,
     ) -> CachedRecord {
         debug_assert!(record.payload.is_none());
+        let collapsible = collapse::collapsible(payload.as_ref().map_or(0, String::len));
         // Only recap's own audit records carry a note id; skip parsing every other payload.
         let note_id = payload
             .as_deref()
             .filter(|text| text.contains(NOTE_ID_KEY))
             .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok())
             .and_then(|payload| payload.get(NOTE_ID_KEY)?.as_u64());
+        let payload = payload
+            .filter(|_| keep == Payload::Keep && collapsible)
+            .map(String::into_boxed_str);
         let held = std::mem::size_of::<CachedRecord>()
             + ARC_HEADER
             + meter::ALLOCATION_OVERHEAD
@@ -118,6 +156,7 @@ impl CachedRecord {
             record,
             payload,
             note_id,
+            collapsible,
             meter: meter.clone(),
             charged: AtomicUsize::new(held),
             line: OnceLock::new(),
@@ -134,7 +173,13 @@ impl CachedRecord {
         &self.record
     }
 
-    /// The record with its payload.
+    /// Whether the record is a collapse target: its payload, if any, is short enough.
+    pub fn is_collapsible(&self) -> bool {
+        self.collapsible
+    }
+
+    /// The record with its payload (kept for collapse targets only, see
+    /// [`Self::with_payload_text`]).
     pub fn full_record(&self) -> Record {
         let mut record = self.record.clone();
         // The text was serialized from a map, or read from the file where it was stored as one.
@@ -417,7 +462,7 @@ mod tests {
     fn cached(text: String) -> CachedRecord {
         let event = Event::new("tool", Severity::Info, text).unwrap();
         let at = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
-        CachedRecord::new(Record::from_event(event, 1, 1, at), &Meter::detached())
+        CachedRecord::new(&Record::from_event(event, 1, 1, at), &Meter::detached())
     }
 
     proptest! {

@@ -10,7 +10,7 @@ use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, TableHandle,
 };
 
-use crate::context::CachedRecord;
+use crate::context::{CachedRecord, Payload};
 use crate::event::{Note, Record, StreamName, Timestamp};
 use crate::meter::Meter;
 use crate::stream::{Snapshot, StreamState, TailCapacity};
@@ -154,7 +154,8 @@ pub(super) fn load_state(
         Ok(_) | Err(StoreError::UnknownStream(_)) => return Ok(None),
         Err(error) => return Err(error),
     };
-    let state = restore_stream(&txn, &meta, options, options.tail, meter)
+    // Readers never show payloads.
+    let state = restore_stream(&txn, &meta, options, options.tail, Payload::Drop, meter)
         .map_err(|error| corrupt(path, error))?;
     Ok(Some(state))
 }
@@ -172,7 +173,8 @@ pub(super) fn load_shadow(
         records: options.collapse.lookback,
         severe: 0,
     };
-    restore_stream(&txn, meta, options, capacity, meter)
+    // A repeat keeps the payload it does not replace: the writer needs its targets' payloads.
+    restore_stream(&txn, meta, options, capacity, Payload::Keep, meter)
         .map_err(|error| StoreError::Storage(format!("cannot read stream {}: {error}", meta.id)))
 }
 
@@ -222,6 +224,7 @@ fn restore_stream(
     meta: &StreamMeta,
     options: &StoreOptions,
     capacity: TailCapacity,
+    payloads: Payload,
     meter: &Meter,
 ) -> Result<StreamState, RestoreError> {
     let id = meta.id;
@@ -229,7 +232,9 @@ fn restore_stream(
     let tail_from = capacity.tail_start(last_seq).max(meta.first_seq);
     let records = txn.open_table(schema::RECORDS).map_err(storage)?;
     let decode = |seq: u64, bytes: &[u8]| -> Result<_, RestoreError> {
-        Ok(Arc::new(schema::decode_cached(seq, bytes, meter)?))
+        Ok(Arc::new(schema::decode_cached(
+            seq, bytes, payloads, meter,
+        )?))
     };
     let mut tail = Vec::new();
     for entry in records

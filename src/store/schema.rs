@@ -18,7 +18,7 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::context::{CachedRecord, Totals};
+use crate::context::{CachedRecord, Payload, Totals};
 use crate::event::{Kind, Note, Record, Severity, Timestamp};
 use crate::meter::Meter;
 
@@ -335,12 +335,19 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<(Record, Created), Decode
     Ok((record, created))
 }
 
-/// Decodes a record stored under `seq` into the cache, its payload kept as the stored text.
-pub fn decode_cached(seq: u64, bytes: &[u8], meter: &Meter) -> Result<CachedRecord, DecodeError> {
+/// Decodes a record stored under `seq` into the cache, its payload kept (as the stored text)
+/// or not as `keep` says.
+pub fn decode_cached(
+    seq: u64,
+    bytes: &[u8],
+    keep: Payload,
+    meter: &Meter,
+) -> Result<CachedRecord, DecodeError> {
     let (record, payload, _) = decode_fields(seq, bytes)?;
     Ok(CachedRecord::with_payload_text(
         record,
-        payload.map(Into::into),
+        payload.map(str::to_owned),
+        keep,
         meter,
     ))
 }
