@@ -65,8 +65,13 @@ fn corrupt(path: &Path, detail: impl ToString) -> StoreError {
     }
 }
 
-/// Checks the schema version (writing it into a new file) and creates missing tables.
+/// Checks the schema version (writing it into a new file) and creates missing tables. A file
+/// that has them all is only read: a write transaction's durable commit on open costs a restart
+/// time that grows with the file.
 pub(super) fn prepare(db: &Database, path: &Path) -> Result<(), StoreError> {
+    if is_prepared(db)? {
+        return Ok(());
+    }
     let txn = db.begin_write()?;
     let existing: Vec<String> = txn
         .list_tables()?
@@ -108,6 +113,32 @@ pub(super) fn prepare(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(schema::PURGE)?;
     txn.commit()?;
     Ok(())
+}
+
+/// Whether the file has this schema's version and every table (nothing to write on open).
+fn is_prepared(db: &Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read()?;
+    let names: Vec<String> = txn
+        .list_tables()?
+        .map(|table| table.name().to_owned())
+        .collect();
+    let tables = [
+        schema::META.name(),
+        schema::STREAMS.name(),
+        schema::RECORDS.name(),
+        schema::SEVERE.name(),
+        schema::CHANGES.name(),
+        schema::NOTES.name(),
+        schema::PURGE.name(),
+    ];
+    if !tables.iter().all(|table| names.iter().any(|name| name == table)) {
+        return Ok(false);
+    }
+    let version = txn
+        .open_table(schema::META)?
+        .get(schema::SCHEMA_VERSION_KEY)?
+        .map(|v| v.value());
+    Ok(version.is_some_and(|version| (1..=u64::from(SCHEMA_VERSION)).contains(&version)))
 }
 
 /// Reads the directory of streams: every stream's metadata row, and nothing else. Their states
