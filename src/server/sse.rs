@@ -38,7 +38,7 @@
 //!   comment moves no resume point: a client that reconnects with its last `id:` resumes exactly
 //!   where it was.
 //!
-//! So a subscriber holds about 6 MiB at most (the three bounds), besides hyper's and the kernel's
+//! So a subscriber holds about 2.5 MiB at most (the three bounds), besides hyper's and the kernel's
 //! buffers of its connection, however far behind it is and however large the events.
 //!
 //! `: keepalive` comments go out whenever nothing was written to the client for a keepalive
@@ -75,9 +75,9 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 /// bounded by this, large ones by [`MAX_BUFFERED_BYTES`].
 const BUFFER_FRAMES: usize = 256;
 /// Most bytes of frames buffered per subscriber toward its connection (a frame larger than this
-/// goes into an empty buffer alone): 1 MiB is a few seconds of a slow link, and what 16 of the
-/// largest records take.
-pub const MAX_BUFFERED_BYTES: usize = 1024 * 1024;
+/// goes into an empty buffer alone): 256 KiB is a second or more of a slow link, and what 4 of
+/// the largest records take.
+pub const MAX_BUFFERED_BYTES: usize = 256 * 1024;
 /// Most changes read from the changelog per catch-up step.
 const REPLAY_PAGE: usize = 1_000;
 /// About how many bytes of changes one catch-up step reads: each step asks for as many changes

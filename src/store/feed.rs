@@ -26,10 +26,11 @@ use super::{Change, ChangeBody, CommittedChanges};
 use crate::event::{Record, StreamName};
 use crate::meter;
 
-/// Most bytes of changes one subscriber holds, queued or being worked on: 4 MiB is thousands of
-/// ordinary changes, or 64 events at the largest message size. A subscriber further behind is
-/// dropped to the changelog rather than held in memory.
-pub const MAX_LAG_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of changes one subscriber holds, queued or being worked on: 1 MiB is thousands of
+/// ordinary changes, or 16 events at the largest message size. A subscriber further behind is
+/// dropped to the changelog rather than held in memory (catching up from it costs little), and
+/// hundreds of stalled subscribers hold hundreds of MiB at most, not GiB.
+pub const MAX_LAG_BYTES: usize = 1024 * 1024;
 
 /// What one queued message costs besides its changes: the shared vector's header and the
 /// allocator's, and its slot in the queue.

@@ -131,7 +131,10 @@ fn is_prepared(db: &Database) -> Result<bool, StoreError> {
         schema::NOTES.name(),
         schema::PURGE.name(),
     ];
-    if !tables.iter().all(|table| names.iter().any(|name| name == table)) {
+    if !tables
+        .iter()
+        .all(|table| names.iter().any(|name| name == table))
+    {
         return Ok(false);
     }
     let version = txn

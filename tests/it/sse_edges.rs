@@ -405,10 +405,12 @@ async fn a_subscriber_hears_nothing_of_other_streams() {
 const LARGE_PADDING: usize = 60 * 1024;
 const LARGE_PER_POST: usize = 15;
 
-/// Posts three times [`MAX_LAG_BYTES`] of large events to `stream`, one commit per request;
-/// returns the stream's revision after.
-async fn post_three_lags(server: &TestServer, stream: &str) -> u64 {
-    let posts = (3 * MAX_LAG_BYTES).div_ceil(LARGE_PADDING * LARGE_PER_POST);
+/// Posts far more than [`MAX_LAG_BYTES`] of large events to `stream` (three times it, and at
+/// least 12 MiB, well past what the connection's socket buffers absorb), one commit per
+/// request; returns the stream's revision after.
+async fn post_far_past_the_lag(server: &TestServer, stream: &str) -> u64 {
+    let bytes = (3 * MAX_LAG_BYTES).max(12 * 1024 * 1024);
+    let posts = bytes.div_ceil(LARGE_PADDING * LARGE_PER_POST);
     for post in 1..=posts {
         let label = format!("post {post} event");
         post_padded(server, stream, &label, LARGE_PER_POST, LARGE_PADDING).await;
@@ -439,7 +441,7 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_resumes_exactly_where_it
     let mut stalled = RawFeed::open_small(&server, "/v1/streams/s/subscribe", None).await;
 
     // The client reads nothing while far more than the store keeps for it is written.
-    let last = post_three_lags(&server, "s").await;
+    let last = post_far_past_the_lag(&server, "s").await;
     tokio::time::timeout(DEADLINE, async {
         loop {
             let metrics = server.get("/metrics").await.text();
@@ -489,7 +491,7 @@ async fn a_subscriber_that_falls_behind_catches_up_from_the_changelog() {
 
     // While the client reads nothing, its feed is dropped from the live changes (more than
     // MAX_LAG_BYTES wait for it); once it reads again, the feed catches up.
-    let last = post_three_lags(&server, "s").await;
+    let last = post_far_past_the_lag(&server, "s").await;
     paused.read_through_frame(last).await;
     assert_revisions(&paused.frames(), 1, last);
     assert!(!paused.text.contains("event: gap"), "{}", paused.tail());
