@@ -1,9 +1,10 @@
 //! One stream's live state in memory: collapse state, the newest records with their cached
 //! token counts, the severe records that must stay in reach, totals, notes and the revision.
 //!
-//! The store keeps one per stream as its tail cache (rebuilt from the file on open), and the
-//! offline replay of `recap bench budgets` drives one directly: both go through the same
-//! [`StreamState::append`], so what a benchmark measures is what the server does.
+//! The store keeps one per stream in use as its tail cache (loaded from the file when first
+//! read, evicted beyond the cache budget), and the offline replay of `recap bench budgets`
+//! drives one directly: both go through the same [`StreamState::append`], so what a benchmark
+//! measures is what the server does.
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! What readers and the writer share in memory, within one byte budget.
 //!
 //! Every stream has a [`Slot`] from the moment the store opens: its metadata row (totals,
-//! revision, settings and restore hints), a few bytes. Its [`StreamState`] (the tail, severe
+//! revision, settings and what a restore needs besides the rows), about 1.5 KiB. Its [`StreamState`] (the tail, severe
 //! records, goals and notes, with their rendered lines and token counts) is *resident* only
 //! while it is used: a read of a cold stream loads it from the file
 //! ([`super::reads::load_state`]), and whenever the [`Meter`] shows more than the budget, the

@@ -43,7 +43,7 @@ pub(in crate::store) enum Request {
     /// A reader's cold load took the cache over its budget: evict now rather than after the
     /// next write.
     Evict,
-    /// Commits what is queued before it, saves exact restore hints, and stops. Answered on a
+    /// Commits what is queued before it, and stops. Answered on a
     /// std channel: `Store::close` may be called from a thread inside an async runtime, where a
     /// blocking tokio receive would panic.
     Shutdown {
