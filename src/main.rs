@@ -189,7 +189,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let result = runtime.block_on(run(cli.command));
+    // Blocking work still running (a context build for a client that went away) must not hold
+    // up the exit: by now the server has drained and the store is closed.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         // `recap export s | head`: the reader has what it wanted; that is not a failure.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
