@@ -20,13 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode};
 use recap::server::{self, ServerOptions};
 use recap::store::{Store, StoreOptions};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+#[path = "support/http.rs"]
+mod http_client;
+use http_client::{connect, send};
 
 const DEFAULT_SECONDS: u64 = 5;
 const CONTEXT_RECORDS: usize = 100_000;
@@ -167,34 +168,6 @@ fn batch(worker: usize, index: usize, size: usize) -> Body {
     )
 }
 
-async fn connect(addr: &str) -> http1::SendRequest<Full<Bytes>> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    sender
-}
-
-async fn send(
-    sender: &mut http1::SendRequest<Full<Bytes>>,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> StatusCode {
-    sender.ready().await.unwrap();
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "bench")
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    response.into_body().collect().await.unwrap();
-    status
-}
-
 async fn run(
     addr: &str,
     connections: usize,
@@ -213,7 +186,8 @@ async fn run(
                 while !stop.load(Ordering::Relaxed) {
                     let (path, body, count) = make(worker, index);
                     let sent = Instant::now();
-                    let status = send(&mut sender, Method::POST, path, Bytes::from(body)).await;
+                    let (status, _) =
+                        send(&mut sender, Method::POST, path, Bytes::from(body)).await;
                     assert_eq!(status, StatusCode::OK);
                     latencies.push(sent.elapsed());
                     events += count;
@@ -244,7 +218,7 @@ async fn run_get(
                 let mut latencies = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
-                    let status = send(&mut sender, Method::GET, path, Bytes::new()).await;
+                    let (status, _) = send(&mut sender, Method::GET, path, Bytes::new()).await;
                     assert_eq!(status, StatusCode::OK);
                     latencies.push(sent.elapsed());
                 }
@@ -295,7 +269,7 @@ async fn preload(addr: &str) {
                             format!(r#"{{"kind": "{kind}", "severity": "{severity}", "message": "w{worker} b{index} e{k}: step output with some detail about what happened"}}"#)
                         })
                         .collect();
-                    let status = send(&mut sender, Method::POST, "/v1/streams/big/events", Bytes::from(format!("[{}]", events.join(",")))).await;
+                    let (status, _) = send(&mut sender, Method::POST, "/v1/streams/big/events", Bytes::from(format!("[{}]", events.join(",")))).await;
                     assert_eq!(status, StatusCode::OK);
                 }
             })

@@ -18,11 +18,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, StatusCode};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+#[path = "support/http.rs"]
+mod http_client;
+use http_client::{connect, send};
 
 /// Most events per batched POST (all to one stream); fewer when streams get fewer events.
 const MAX_BATCH: u64 = 500;
@@ -385,34 +388,6 @@ fn rss(pid: u32) -> u64 {
                 .ok()
         })
         .map_or(0, |kib| kib * 1024)
-}
-
-async fn connect(addr: &str) -> http1::SendRequest<Full<Bytes>> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    sender
-}
-
-async fn send(
-    sender: &mut http1::SendRequest<Full<Bytes>>,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> (StatusCode, Bytes) {
-    sender.ready().await.unwrap();
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "bench")
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, body)
 }
 
 fn print_table(rows: &[Row], cache: &str) {

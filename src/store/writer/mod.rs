@@ -73,6 +73,9 @@ pub(super) const MAINTENANCE_CHUNK_ROWS: usize = 2_048;
 const BUSY_MAINTENANCE_INTERVAL: Duration = Duration::from_millis(10);
 /// The most a maintenance step's row budget grows to, in `MAINTENANCE_CHUNK_ROWS`.
 const MAX_MAINTENANCE_SCALE: usize = 8;
+/// The longest the writer waits before trying again an eviction round that could not get the
+/// cache under its low water.
+const FUTILE_EVICTION_PAUSE: Duration = Duration::from_millis(100);
 /// Requests that pause this long leave the writer idle: pending maintenance steps then follow
 /// one another.
 const MAINTENANCE_IDLE_GAP: Duration = Duration::from_millis(2);
@@ -337,6 +340,10 @@ pub(super) struct Writer {
     maintenance_scale: usize,
     /// No background maintenance before this (set after a failed maintenance commit).
     backoff_until: Option<Instant>,
+    /// After an eviction round that could not get under the low water (shadows of streams with
+    /// writes in flight stay): no new round before the cache grows past these bytes or this
+    /// instant. A round walks every stream, so it must not run on every batch.
+    next_eviction: Option<(usize, Instant)>,
     /// Batches placed since the last failure carry this; see [`committer`].
     epoch: u64,
     /// The newest epoch the committer failed (0: none).
@@ -395,6 +402,7 @@ impl Writer {
             last_request: Instant::now(),
             maintenance_scale: 1,
             backoff_until: None,
+            next_eviction: None,
             epoch: 1,
             failed_epoch,
             pipe: Some(pipe),
@@ -562,6 +570,13 @@ impl Writer {
         let cache = &self.shared.cache;
         cache.eviction_asked.store(false, Ordering::Relaxed);
         if !cache.is_over() {
+            self.next_eviction = None;
+            return;
+        }
+        if self
+            .next_eviction
+            .is_some_and(|(bytes, at)| cache.meter.bytes() < bytes && Instant::now() < at)
+        {
             return;
         }
         let mut candidates: Vec<(u64, StreamName, Arc<Slot>)> = read(&self.shared.streams)
@@ -587,6 +602,13 @@ impl Writer {
                 cache.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let left = cache.meter.bytes();
+        self.next_eviction = (left > low_water).then(|| {
+            (
+                left + cache.budget / 16,
+                Instant::now() + FUTILE_EVICTION_PAUSE,
+            )
+        });
     }
 
     fn begin(&self) -> Result<WriteTransaction, StoreError> {
