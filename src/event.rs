@@ -11,7 +11,9 @@ use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::payload::Payload;
 
 /// Points in time. Kept to the microsecond: that is what clients send, what the store keeps and
 /// what the OpenIntent wire format prints.
@@ -173,7 +175,7 @@ pub struct EventInput {
     /// Optional step correlation id.
     pub step_id: Option<String>,
     /// Optional structured data, stored and returned but never rendered into context text.
-    pub payload: Option<Map<String, Value>>,
+    pub payload: Option<Payload>,
 }
 
 /// Limits applied by [`EventInput::validate`].
@@ -335,7 +337,7 @@ pub struct Event {
     /// Correlates the events of one agent step.
     pub step_id: Option<String>,
     /// Structured data, stored and returned, not rendered.
-    pub payload: Option<Map<String, Value>>,
+    pub payload: Option<Payload>,
 }
 
 impl Event {
@@ -415,7 +417,7 @@ pub struct Record {
     pub step_id: Option<String>,
     /// Structured data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<Map<String, Value>>,
+    pub payload: Option<Payload>,
 }
 
 impl Record {
@@ -443,7 +445,7 @@ impl Record {
         if self.kind.as_str() != "note" {
             return None;
         }
-        self.payload.as_ref()?.get(NOTE_ID_KEY)?.as_u64()
+        self.payload.as_ref()?.get_u64(NOTE_ID_KEY)
     }
 
     /// Folds a repeat into the record: one more event, the latest message and time. A note's
@@ -456,12 +458,15 @@ impl Record {
         if event.display_message.is_some() {
             self.display_message = event.display_message;
         }
-        if let Some(mut payload) = event.payload {
-            let note_id = self.payload.as_ref().and_then(|old| old.get(NOTE_ID_KEY));
-            if let (Some(note_id), false) = (note_id, payload.contains_key(NOTE_ID_KEY)) {
-                payload.insert(NOTE_ID_KEY.to_owned(), note_id.clone());
-            }
-            self.payload = Some(payload);
+        if let Some(payload) = event.payload {
+            let note_id = self
+                .payload
+                .as_ref()
+                .and_then(|old| old.top_level(NOTE_ID_KEY));
+            self.payload = Some(match note_id {
+                Some(note_id) => payload.with_key_if_absent(NOTE_ID_KEY, &note_id),
+                None => payload,
+            });
         }
         if event.step_id.is_some() {
             self.step_id = event.step_id;
@@ -730,7 +735,7 @@ pub fn serde_named_field<'a>(detail: &'a str, problem: &str) -> Option<&'a str> 
 
 /// serde_json appends " at line 1 column 17"; the field name says more and the position of a
 /// value inside a batch would mislead.
-fn strip_position(detail: &str) -> String {
+pub(crate) fn strip_position(detail: &str) -> String {
     match detail.rfind(" at line ") {
         Some(at) => detail[..at].to_owned(),
         None => detail.to_owned(),

@@ -20,12 +20,16 @@
 //!
 //! A line is a record if it has `repeat_count` or `first_ts`; anything else is an event.
 
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::event::{
     Event, EventError, EventInput, EventLimits, Note, Record, Timestamp, format_timestamp,
     parse_timestamp,
 };
+use crate::payload::Payload;
 use crate::store::{ImportedNote, ImportedRecord};
 
 /// One parsed line.
@@ -61,6 +65,32 @@ pub fn parse_line(line: &str, limits: &EventLimits) -> Result<Line, EventError> 
         // The trace reader drops `stream` and keeps `source` as `payload.source`.
         crate::trace::parse_line(line, limits).map(|(_, event)| Line::Event(event))
     }
+}
+
+/// Parses an exported record from its JSON text; the payload is checked and kept as text,
+/// never parsed into a tree (see [`Payload`]).
+pub fn parse_record_text(json: &str, limits: &EventLimits) -> Result<ImportedRecord, EventError> {
+    let not_a_record = |error: serde_json::Error| EventError::Json {
+        field: None,
+        detail: format!("a record must be a JSON object as `recap export` writes it: {error}"),
+    };
+    let mut fields: IndexMap<String, Box<RawValue>> =
+        serde_json::from_str(json).map_err(not_a_record)?;
+    let payload = fields.shift_remove("payload");
+    let object = fields
+        .into_iter()
+        .map(|(name, raw)| Ok((name, serde_json::from_str(raw.get())?)))
+        .collect::<Result<Map<String, Value>, serde_json::Error>>()
+        .map_err(not_a_record)?;
+    let mut record = parse_record(object, limits)?;
+    record.event.payload = match payload {
+        None => None,
+        Some(raw) => Option::<Payload>::deserialize(&*raw).map_err(|error| EventError::Json {
+            field: Some("payload".to_owned()),
+            detail: crate::event::strip_position(&error.to_string()),
+        })?,
+    };
+    Ok(record)
 }
 
 /// Parses an exported record (as a JSON object) into what [`crate::store::Store::import`] takes.
@@ -161,7 +191,7 @@ pub fn event_json(event: &Event) -> Map<String, Value> {
         }
     }
     if let Some(payload) = &event.payload {
-        object.insert("payload".to_owned(), Value::Object(payload.clone()));
+        object.insert("payload".to_owned(), Value::Object(payload.to_object()));
     }
     object
 }
@@ -265,7 +295,7 @@ mod tests {
         };
         assert_eq!(event.kind.as_str(), "retry");
         assert_eq!(event.severity, Severity::Warning);
-        assert_eq!(event.payload.unwrap()["source"], "a/b.log");
+        assert_eq!(event.payload.unwrap().to_object()["source"], "a/b.log");
     }
 
     #[test]
@@ -318,10 +348,8 @@ mod tests {
     #[test]
     fn a_pinned_note_travels_on_its_audit_record() {
         let ts = parse_timestamp("2024-05-01T10:00:00.25Z").unwrap();
-        let mut payload = Map::new();
-        payload.insert("note_id".to_owned(), Value::from(3));
         let mut event = Event::new("note", Severity::Info, "the repo uses tabs").unwrap();
-        event.payload = Some(payload);
+        event.payload = Some(Payload::number("note_id", 3));
         let record = Record::from_event(event, 4, 9, ts);
         let note = Note {
             id: 3,

@@ -5,6 +5,7 @@
 //! token budget. The modules, from the data model outwards:
 //!
 //! - [`event`]: `Event`, `Severity`, `Kind`, `Record`, `Note`; validation with precise errors.
+//! - [`payload`]: an event's structured data, kept as compact JSON text.
 //! - [`collapse`]: fingerprints and the repeat-collapse rule (`exact` and `template` modes).
 //! - [`tokens`]: the only user of tiktoken-rs; encodings built once, per-record count caches.
 //! - [`openintent`]: OpenIntent event types ↔ recap kinds and severities (pure mapping).
@@ -32,6 +33,7 @@ pub mod histogram;
 pub mod jsonl;
 pub mod meter;
 pub mod openintent;
+pub mod payload;
 pub mod rank;
 pub mod render;
 pub mod server;

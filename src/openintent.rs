@@ -7,6 +7,7 @@
 //! back with their original `event_type` when they came in through OpenIntent, and as `comment`
 //! otherwise, with recap's view of them (kind, severity, message, repeat count) in the payload.
 
+use crate::payload::Payload;
 use serde_json::{Map, Value, json};
 
 use crate::event::{
@@ -481,7 +482,7 @@ impl IncomingEvent {
             display_message: None,
             actor: self.actor,
             step_id: None,
-            payload: Some(payload),
+            payload: Some(Payload::from_object(&payload)),
         })
     }
 }
@@ -498,23 +499,24 @@ pub fn event_id(stream: &StreamName, seq: u64) -> String {
 }
 
 /// The OpenIntent envelope a record carries, if it came in through OpenIntent.
-fn envelope_of(record: &Record) -> Option<&Map<String, Value>> {
-    record
-        .payload
-        .as_ref()
-        .and_then(|payload| payload.get(ENVELOPE_KEY))
-        .and_then(Value::as_object)
+fn envelope_of(record: &Record) -> Option<Map<String, Value>> {
+    let envelope = record.payload.as_ref()?.top_level(ENVELOPE_KEY)?;
+    serde_json::from_str(envelope.get()).ok()
 }
 
 /// The `event_type` a record has for an OpenIntent client: its original type when it came in
 /// through OpenIntent with a type the client knows, [`NATIVE_EVENT_TYPE`] otherwise. Filters
 /// and outgoing events both use this, so a filter matches exactly what the client is shown.
-pub fn event_type_of(record: &Record) -> &str {
-    envelope_of(record)
+pub fn event_type_of(record: &Record) -> &'static str {
+    let envelope = envelope_of(record);
+    let event_type = envelope
+        .as_ref()
         .and_then(|envelope| envelope.get("event_type"))
-        .and_then(Value::as_str)
-        .filter(|event_type| is_known_event_type(event_type))
-        .unwrap_or(NATIVE_EVENT_TYPE)
+        .and_then(Value::as_str);
+    EVENT_TYPES
+        .iter()
+        .find(|known| Some(**known) == event_type)
+        .unwrap_or(&NATIVE_EVENT_TYPE)
 }
 
 /// A record as an OpenIntent event object. Records that came in through OpenIntent keep their
@@ -526,6 +528,7 @@ pub fn event_type_of(record: &Record) -> &str {
 /// record, and these say how many there were and when the latest happened.
 pub fn outgoing_event(stream: &StreamName, record: &Record) -> Value {
     let envelope = envelope_of(record);
+    let envelope = envelope.as_ref();
     let event_type = event_type_of(record);
     let payload = if event_type == NATIVE_EVENT_TYPE && envelope.is_none() {
         let mut payload = json!({
@@ -535,7 +538,7 @@ pub fn outgoing_event(stream: &StreamName, record: &Record) -> Value {
             "repeat_count": record.repeat_count,
         });
         if let Some(extra) = &record.payload {
-            payload["payload"] = Value::Object(extra.clone());
+            payload["payload"] = Value::Object(extra.to_object());
         }
         payload
     } else if envelope
@@ -543,13 +546,21 @@ pub fn outgoing_event(stream: &StreamName, record: &Record) -> Value {
         .and_then(Value::as_str)
         == Some(event_type)
     {
-        let mut payload = record.payload.clone().unwrap_or_default();
+        let mut payload = record
+            .payload
+            .as_ref()
+            .map(Payload::to_object)
+            .unwrap_or_default();
         payload.remove(ENVELOPE_KEY);
         Value::Object(payload)
     } else {
         // Came in through OpenIntent with a type this client does not know: a comment that
         // says what it was, with its payload.
-        let mut original = record.payload.clone().unwrap_or_default();
+        let mut original = record
+            .payload
+            .as_ref()
+            .map(Payload::to_object)
+            .unwrap_or_default();
         let envelope = original.remove(ENVELOPE_KEY);
         json!({
             "kind": record.kind,
@@ -592,9 +603,11 @@ pub fn intent_object(
 ) -> Value {
     let fields = created
         .filter(|record| event_type_of(record) == "intent_created")
-        .and_then(|record| record.payload.as_ref());
+        .and_then(|record| record.payload.as_ref())
+        .map(Payload::to_object);
     let field = |key: &str, default: Value| {
         fields
+            .as_ref()
             .and_then(|fields| fields.get(key))
             .filter(|value| !value.is_null())
             .cloned()

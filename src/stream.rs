@@ -9,11 +9,12 @@
 use std::sync::Arc;
 
 use crate::collapse::{self, CollapsePolicy, Collapser, Placement};
-use crate::context::cache::{payload_text, without_payload};
+use crate::context::cache::without_payload;
 use crate::context::candidates::is_goal;
-use crate::context::{CachedNote, CachedRecord, MAX_GOALS, Payload, StreamView, Totals};
+use crate::context::{CachedNote, CachedRecord, MAX_GOALS, PayloadPolicy, StreamView, Totals};
 use crate::event::{Event, Note, Record, Severity, Timestamp};
 use crate::meter::{self, Meter};
+use crate::payload::Payload;
 
 /// Default number of newest records kept in memory per stream: a 32,000-token window rarely
 /// shows more than a few hundred, and [`crate::context`] never looks further back than
@@ -269,8 +270,8 @@ impl StreamState {
     pub fn append_shared(&mut self, event: Event, ts: Timestamp) -> (Appended, Arc<CachedRecord>) {
         self.revision += 1;
         self.ensure_collapser();
-        let payload = event.payload.as_ref().map(payload_text);
-        let placement = if collapse::collapsible(payload.as_ref().map_or(0, String::len)) {
+        let payload = event.payload.clone();
+        let placement = if collapse::collapsible(payload.as_ref().map_or(0, Payload::len)) {
             self.collapser.place(&event, ts)
         } else {
             Placement::New {
@@ -326,8 +327,8 @@ impl StreamState {
         let repeat_count = repeat_count.max(1);
         self.revision += 1;
         self.ensure_collapser();
-        let payload = event.payload.as_ref().map(payload_text);
-        let seq = if collapse::collapsible(payload.as_ref().map_or(0, String::len)) {
+        let payload = event.payload.clone();
+        let seq = if collapse::collapsible(payload.as_ref().map_or(0, Payload::len)) {
             self.collapser.place_new(&event, last_ts)
         } else {
             self.collapser.place_apart(last_ts)
@@ -376,12 +377,12 @@ impl StreamState {
     fn push_record(
         &mut self,
         record: Record,
-        payload: Option<String>,
+        payload: Option<Payload>,
     ) -> (Appended, Arc<CachedRecord>) {
-        let cached = Arc::new(CachedRecord::with_payload_text(
+        let cached = Arc::new(CachedRecord::with_payload(
             without_payload(&record),
             payload,
-            Payload::Keep,
+            PayloadPolicy::Keep,
             &self.meter,
         ));
         self.push_cached(cached.clone());
@@ -672,9 +673,8 @@ mod tests {
         let at = crate::event::parse_timestamp("2024-05-01T10:00:00Z").unwrap();
         let with_payload = |bytes: usize| {
             let mut event = Event::new("tool", Severity::Info, "fetched the page").unwrap();
-            let mut payload = serde_json::Map::new();
-            payload.insert("body".into(), "x".repeat(bytes).into());
-            event.payload = Some(payload);
+            let body = "x".repeat(bytes);
+            event.payload = Some(Payload::from_json(&format!(r#"{{"body":"{body}"}}"#)).unwrap());
             event
         };
         let mut state = StreamState::new(CollapsePolicy::default(), TailCapacity::default());
@@ -697,7 +697,7 @@ mod tests {
         let held: Vec<bool> = state
             .records
             .iter()
-            .map(|r| r.payload_text().is_some())
+            .map(|r| r.payload().is_some())
             .collect();
         assert_eq!(held, [false, false, true]);
         // A fork (the writer's shadow rebuilt from the records) decides the same.

@@ -127,7 +127,10 @@ mod tests {
         let (stream, event) = parse_line(line, &EventLimits::default()).unwrap();
         assert_eq!(stream.as_deref(), Some("chatdev/x"));
         assert_eq!(event.kind.as_str(), "retry");
-        assert_eq!(event.payload.unwrap()["source"], "OpenBMB/ChatDev/x.log");
+        assert_eq!(
+            event.payload.unwrap().to_object()["source"],
+            "OpenBMB/ChatDev/x.log"
+        );
         let bad = r#"{"kind": "retry", "severity": "loud", "message": "m"}"#;
         assert_eq!(
             parse_line(bad, &EventLimits::default())

@@ -7,12 +7,11 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use rustc_hash::FxHasher;
-use serde_json::{Map, Value};
-
 use crate::collapse;
 use crate::event::{NOTE_ID_KEY, Note, Record};
 use crate::meter::{self, Meter};
+use crate::payload::Payload;
+use rustc_hash::FxHasher;
 
 use super::HEADLINE_TOKENS;
 use crate::render::{self, ClippedLine};
@@ -43,17 +42,11 @@ type Cut = (Encoding, u32, Shape, Option<Arc<ClippedLine>>);
 /// Whether a [`CachedRecord`] keeps its payload (the writer's, for repeats) or not (readers',
 /// which never show it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Payload {
+pub enum PayloadPolicy {
     /// Keep it, if the record is a collapse target.
     Keep,
     /// Never keep it.
     Drop,
-}
-
-/// A payload as compact JSON text.
-pub fn payload_text(payload: &Map<String, Value>) -> String {
-    // A map of JSON values always serializes.
-    serde_json::to_string(payload).unwrap_or_default()
 }
 
 /// A copy of `record` without its payload (which is not cloned).
@@ -83,7 +76,7 @@ pub fn without_payload(record: &Record) -> Record {
 pub struct CachedRecord {
     /// The record without its payload (see [`Self::full_record`]).
     record: Record,
-    payload: Option<Box<str>>,
+    payload: Option<Payload>,
     note_id: Option<u64>,
     /// Whether the record is a collapse target (see [`crate::collapse::collapsible`]).
     collapsible: bool,
@@ -116,30 +109,43 @@ impl CachedRecord {
     /// Wraps a record, charging what it holds to `meter`; nothing is rendered or counted until
     /// asked.
     pub fn new(record: &Record, meter: &Meter) -> CachedRecord {
-        let payload = record.payload.as_ref().map(payload_text);
-        CachedRecord::with_payload_text(without_payload(record), payload, Payload::Keep, meter)
+        CachedRecord::with_payload(
+            without_payload(record),
+            record.payload.clone(),
+            PayloadPolicy::Keep,
+            meter,
+        )
     }
 
-    /// Wraps a record whose payload (if any) is already compact JSON text, as the store keeps
-    /// it; `record.payload` must be `None`. The payload is kept only when asked and when it is
-    /// [collapsible](crate::collapse::collapsible): nothing but a repeat's rewrite needs it.
-    pub fn with_payload_text(
+    /// Wraps a record whose payload is given apart; `record.payload` must be `None`. The payload
+    /// is kept only when asked and when it is [collapsible](crate::collapse::collapsible):
+    /// nothing but a repeat's rewrite needs it.
+    pub fn with_payload(
         record: Record,
-        payload: Option<String>,
-        keep: Payload,
+        payload: Option<Payload>,
+        keep: PayloadPolicy,
         meter: &Meter,
     ) -> CachedRecord {
         debug_assert!(record.payload.is_none());
-        let collapsible = collapse::collapsible(payload.as_ref().map_or(0, String::len));
-        // Only recap's own audit records carry a note id; skip parsing every other payload.
+        let collapsible = collapse::collapsible(payload.as_ref().map_or(0, Payload::len));
         let note_id = payload
-            .as_deref()
-            .filter(|text| text.contains(NOTE_ID_KEY))
-            .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok())
-            .and_then(|payload| payload.get(NOTE_ID_KEY)?.as_u64());
-        let payload = payload
-            .filter(|_| keep == Payload::Keep && collapsible)
-            .map(String::into_boxed_str);
+            .as_ref()
+            .filter(|_| record.kind.as_str() == "note")
+            .and_then(|payload| payload.get_u64(NOTE_ID_KEY));
+        let payload = payload.filter(|_| keep == PayloadPolicy::Keep && collapsible);
+        CachedRecord::from_parts(record, payload, note_id, collapsible, meter)
+    }
+
+    /// Wraps a record (without its payload) whose facts are known: the payload it keeps, the
+    /// note it is the audit record of, and whether it is a collapse target.
+    pub fn from_parts(
+        record: Record,
+        payload: Option<Payload>,
+        note_id: Option<u64>,
+        collapsible: bool,
+        meter: &Meter,
+    ) -> CachedRecord {
+        debug_assert!(record.payload.is_none());
         let held = std::mem::size_of::<CachedRecord>()
             + ARC_HEADER
             + meter::ALLOCATION_OVERHEAD
@@ -150,7 +156,9 @@ impl CachedRecord {
                 .flatten()
                 .map(|text| meter::heap(text.capacity()))
                 .sum::<usize>()
-            + payload.as_deref().map_or(0, meter::string);
+            + payload
+                .as_ref()
+                .map_or(0, |payload| meter::string(payload.as_str()));
         meter.charge(held);
         CachedRecord {
             record,
@@ -179,20 +187,16 @@ impl CachedRecord {
     }
 
     /// The record with its payload (kept for collapse targets only, see
-    /// [`Self::with_payload_text`]).
+    /// [`Self::with_payload`]).
     pub fn full_record(&self) -> Record {
         let mut record = self.record.clone();
-        // The text was serialized from a map, or read from the file where it was stored as one.
-        record.payload = self
-            .payload
-            .as_deref()
-            .and_then(|text| serde_json::from_str(text).ok());
+        record.payload = self.payload.clone();
         record
     }
 
-    /// The payload as compact JSON text.
-    pub fn payload_text(&self) -> Option<&str> {
-        self.payload.as_deref()
+    /// The payload, if kept.
+    pub fn payload(&self) -> Option<&Payload> {
+        self.payload.as_ref()
     }
 
     /// The note a `note` audit record stands for (see [`Record::note_id`]).

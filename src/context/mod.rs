@@ -41,7 +41,7 @@ use crate::rank::Weights;
 use crate::render;
 use crate::tokens::Encoding;
 
-pub use cache::{CachedNote, CachedRecord, Payload};
+pub use cache::{CachedNote, CachedRecord, PayloadPolicy};
 pub use pack::{Level, Reason};
 pub use totals::Totals;
 
@@ -622,10 +622,7 @@ mod tests {
             let text = format!("remember {index}: {}", MESSAGES[message]);
             let note = state.add_note(text.clone(), at, expires_at);
             let mut audit = Event::new("note", Severity::Info, text).unwrap();
-            audit.payload = Some(serde_json::Map::from_iter([(
-                NOTE_ID_KEY.to_owned(),
-                note.id.into(),
-            )]));
+            audit.payload = Some(crate::payload::Payload::number(NOTE_ID_KEY, note.id));
             state.append(audit, at);
             if fate == 2 {
                 state.remove_note(note.id);

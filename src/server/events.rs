@@ -9,7 +9,6 @@ use chrono::Utc;
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::event::{Event, EventError, EventInput, EventLimits, StreamName};
 use crate::jsonl;
@@ -133,14 +132,7 @@ pub fn parse_records(
 ) -> Result<Vec<ImportedRecord>, ApiError> {
     parse_batch(bytes, framing, |json| {
         check_syntax(json)?;
-        serde_json::from_str::<Map<String, Value>>(json)
-            .map_err(|error| EventError::Json {
-                field: None,
-                detail: format!(
-                    "a record must be a JSON object as `recap export` writes it: {error}"
-                ),
-            })
-            .and_then(|object| jsonl::parse_record(object, limits))
+        jsonl::parse_record_text(json, limits)
     })
 }
 

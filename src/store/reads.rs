@@ -10,7 +10,7 @@ use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, TableHandle,
 };
 
-use crate::context::{CachedRecord, Payload};
+use crate::context::{CachedRecord, PayloadPolicy};
 use crate::event::{Note, Record, StreamName, Timestamp};
 use crate::meter::Meter;
 use crate::stream::{Snapshot, StreamState, TailCapacity};
@@ -189,8 +189,15 @@ pub(super) fn load_state(
         Err(error) => return Err(error),
     };
     // Readers never show payloads.
-    let state = restore_stream(&txn, &meta, options, options.tail, Payload::Drop, meter)
-        .map_err(|error| corrupt(path, error))?;
+    let state = restore_stream(
+        &txn,
+        &meta,
+        options,
+        options.tail,
+        PayloadPolicy::Drop,
+        meter,
+    )
+    .map_err(|error| corrupt(path, error))?;
     Ok(Some(state))
 }
 
@@ -208,7 +215,7 @@ pub(super) fn load_shadow(
         severe: 0,
     };
     // A repeat keeps the payload it does not replace: the writer needs its targets' payloads.
-    restore_stream(&txn, meta, options, capacity, Payload::Keep, meter)
+    restore_stream(&txn, meta, options, capacity, PayloadPolicy::Keep, meter)
         .map_err(|error| StoreError::Storage(format!("cannot read stream {}: {error}", meta.id)))
 }
 
@@ -258,7 +265,7 @@ fn restore_stream(
     meta: &StreamMeta,
     options: &StoreOptions,
     capacity: TailCapacity,
-    payloads: Payload,
+    payloads: PayloadPolicy,
     meter: &Meter,
 ) -> Result<StreamState, RestoreError> {
     let id = meta.id;

@@ -16,11 +16,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeDelta};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use crate::context::{CachedRecord, Payload, Totals};
+use crate::collapse;
+use crate::context::{CachedRecord, NOTE_ID_KEY, PayloadPolicy, Totals};
 use crate::event::{Kind, Note, Record, Severity, Timestamp};
 use crate::meter::Meter;
+use crate::payload::{self, Payload};
 
 use super::Retention;
 
@@ -319,9 +320,7 @@ pub fn encode_record(record: &Record, created: &Created, out: &mut Vec<u8>) {
         put_str(out, text);
     }
     if let Some(payload) = &record.payload {
-        // A map of JSON values always serializes.
-        let json = serde_json::to_vec(payload).unwrap_or_default();
-        put_bytes(out, &json);
+        put_bytes(out, payload.as_str().as_bytes());
     }
 }
 
@@ -329,7 +328,7 @@ pub fn encode_record(record: &Record, created: &Created, out: &mut Vec<u8>) {
 pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<(Record, Created), DecodeError> {
     let (mut record, payload, created) = decode_fields(seq, bytes)?;
     record.payload = payload
-        .map(serde_json::from_str::<Map<String, Value>>)
+        .map(Payload::from_stored)
         .transpose()
         .map_err(|_| damaged("record"))?;
     Ok((record, created))
@@ -340,14 +339,27 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<(Record, Created), Decode
 pub fn decode_cached(
     seq: u64,
     bytes: &[u8],
-    keep: Payload,
+    keep: PayloadPolicy,
     meter: &Meter,
 ) -> Result<CachedRecord, DecodeError> {
     let (record, payload, _) = decode_fields(seq, bytes)?;
-    Ok(CachedRecord::with_payload_text(
+    let collapsible = collapse::collapsible(payload.map_or(0, str::len));
+    // A payload is read only where it is needed: to keep it, or to find a note's id.
+    let kept = match payload {
+        Some(text) if keep == PayloadPolicy::Keep && collapsible => {
+            Some(Payload::from_stored(text).map_err(|_| damaged("record"))?)
+        }
+        _ => None,
+    };
+    let note_id = match (record.kind.as_str(), payload) {
+        ("note", Some(text)) => payload::top_level_u64(text, NOTE_ID_KEY),
+        _ => None,
+    };
+    Ok(CachedRecord::from_parts(
         record,
-        payload.map(str::to_owned),
-        keep,
+        kept,
+        note_id,
+        collapsible,
         meter,
     ))
 }
@@ -659,8 +671,7 @@ mod tests {
 
     #[test]
     fn record_round_trips_with_every_field() {
-        let mut payload = Map::new();
-        payload.insert("n".into(), Value::from(3));
+        let payload = Payload::from_json(r#"{"n": 3, "s": "x y"}"#).unwrap();
         let mut event = Event::new("tool", Severity::Error, "boom\nline two ✓").unwrap();
         event.display_message = Some("boom".into());
         event.actor = Some("agent-1".into());

@@ -6,6 +6,7 @@ use chrono::{SubsecRound, TimeDelta};
 use proptest::prelude::*;
 use recap::context::ContextRequest;
 use recap::event::{Event, Severity, StreamName, Timestamp};
+use recap::payload::Payload;
 use recap::store::{Retention, Store, StoreOptions};
 use recap::stream::TailCapacity;
 use recap::tokens::Encoding;
@@ -81,7 +82,7 @@ fn event(message: usize, kind: usize, severity: usize, payload: bool) -> Event {
         let mut map = Map::new();
         map.insert("attempt".into(), Value::from(message as u64));
         map.insert("zeros".into(), Value::from(vec![0; 64]));
-        event.payload = Some(map);
+        event.payload = Some(Payload::from_object(&map));
     }
     event
 }

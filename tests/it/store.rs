@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::TimeDelta;
 use recap::context::{ContextRequest, Reason};
 use recap::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp, parse_timestamp};
+use recap::payload::Payload;
 use recap::store::{
     ChangeBody, ImportedRecord, NoteLimits, RecordQuery, Retention, Store, StoreError, StoreOptions,
 };
@@ -327,7 +328,7 @@ fn crash_child() {
                         if rng.below(3) == 0 {
                             let mut payload = Map::new();
                             payload.insert("i".into(), Value::from(i));
-                            event.payload = Some(payload);
+                            event.payload = Some(Payload::from_object(&payload));
                             event.actor = Some(format!("thread-{thread}"));
                         }
                         if e > 0 && rng.below(4) == 0 {
@@ -637,7 +638,7 @@ fn fill_fixture(store: &Store) {
         "search(\"redb durability\") -> 12 results",
         1,
     );
-    with_payload.payload = Some(payload);
+    with_payload.payload = Some(Payload::from_object(&payload));
     with_payload.actor = Some("searcher".into());
     with_payload.step_id = Some("step-1".into());
     with_payload.display_message = Some("search ok".into());
@@ -745,7 +746,7 @@ fn v1_fixture_still_opens() {
     assert_eq!(records[1].step_id.as_deref(), Some("step-1"));
     assert_eq!(records[1].display_message.as_deref(), Some("search ok"));
     assert_eq!(
-        records[1].payload.as_ref().unwrap()["query"],
+        records[1].payload.as_ref().unwrap().to_object()["query"],
         Value::from("redb durability")
     );
     assert_eq!((records[2].first_ts, records[2].last_ts), (ts(2), ts(4)));

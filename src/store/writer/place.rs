@@ -2,6 +2,8 @@
 //! earlier batches are still being committed.
 
 use super::*;
+use crate::context::NOTE_ID_KEY;
+use crate::payload::Payload;
 
 impl Writer {
     /// The writer's view of `name` if the stream exists, loaded if it was not in use.
@@ -147,10 +149,10 @@ impl Writer {
                             note.expires_at.map(at_micros),
                         );
                         notes_expire |= note.expires_at.is_some();
-                        event
-                            .payload
-                            .get_or_insert_with(serde_json::Map::new)
-                            .insert(crate::context::NOTE_ID_KEY.into(), note.id.into());
+                        event.payload = Some(match event.payload {
+                            Some(payload) => payload.with_number(NOTE_ID_KEY, note.id),
+                            None => Payload::number(NOTE_ID_KEY, note.id),
+                        });
                     }
                     let (appended, cached) = target.shadow.import_shared(
                         event,
@@ -456,8 +458,7 @@ pub(super) fn remove_note(
 /// The `note` event that records a note in the event log; `payload.note_id` lets the context
 /// leave it out while the note itself is pinned.
 pub(super) fn note_event(text: String, id: u64) -> Event {
-    let mut payload = serde_json::Map::new();
-    payload.insert(crate::context::NOTE_ID_KEY.into(), id.into());
+    let payload = Payload::number(NOTE_ID_KEY, id);
     Event {
         message: text,
         kind: crate::event::Kind::new("note").expect("`note` is a valid kind"),
