@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
 
 use super::ServerOptions;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::wire::ApiError;
 
@@ -125,14 +126,80 @@ pub fn framing(headers: &HeaderMap, ndjson_allowed: bool) -> Result<Framing, Api
 /// hold a connection and its handler forever.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many bodies of the largest size may be read and decoded at once. A body costs a few
+/// times its size while it is decoded and written; this bounds that memory (8 MiB of bodies
+/// with the default cap) however many clients post at once. Others wait their turn.
+pub const BODIES_IN_FLIGHT: usize = 8;
+
+/// The bodies being read or decoded now, counted in KiB against a fixed allowance.
+#[derive(Debug)]
+pub struct BodyGate {
+    kib: Arc<Semaphore>,
+    /// A body may take at most this many KiB (the whole allowance: a lone body always fits).
+    max_share: u32,
+}
+
+impl BodyGate {
+    /// Room for [`BODIES_IN_FLIGHT`] bodies of `max_body_bytes`.
+    pub fn new(max_body_bytes: usize) -> BodyGate {
+        let kib = (max_body_bytes.div_ceil(1024).max(1) * BODIES_IN_FLIGHT)
+            .min(Semaphore::MAX_PERMITS) as u32;
+        BodyGate {
+            kib: Arc::new(Semaphore::new(kib as usize)),
+            max_share: kib,
+        }
+    }
+}
+
+impl BodyGate {
+    /// Waits until `deadline` for room for a body of `length` bytes; a 503 with `Retry-After`
+    /// when there is none by then.
+    pub async fn admit(
+        &self,
+        length: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        let share = (length.div_ceil(1024).max(1) as u64).min(u64::from(self.max_share)) as u32;
+        let waited = tokio::time::timeout_at(deadline, self.kib.clone().acquire_many_owned(share));
+        match waited.await {
+            Ok(Ok(share)) => Ok(share),
+            // The semaphore is never closed; a timeout means the server is busy with bodies.
+            Ok(Err(_)) | Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server had no room for this body in time (too many large bodies at once); retry shortly",
+            )
+            .retry_after(1)),
+        }
+    }
+}
+
+/// A body that was read whole, and its share of the [`BodyGate`], given back when dropped:
+/// keep it until what was decoded from the body is done with.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The body.
+    pub bytes: Bytes,
+    share: OwnedSemaphorePermit,
+}
+
+impl Admitted {
+    /// The share of the gate, for a caller that keeps it past the bytes.
+    pub fn into_share(self) -> OwnedSemaphorePermit {
+        self.share
+    }
+}
+
 /// Reads a whole request body, refusing (413) anything over `cap` without reading past it: a
 /// declared `Content-Length` over the cap is refused before a byte is read, and a chunked body
-/// is cut off at the cap.
+/// is cut off at the cap. The body first waits for its share of `gate` (its declared length, or
+/// the cap when it declares none), within the same time limit as the read.
 pub async fn read_capped(
     body: Incoming,
     headers: &HeaderMap,
     options: &ServerOptions,
-) -> Result<Bytes, ApiError> {
+    gate: &BodyGate,
+) -> Result<Admitted, ApiError> {
     let cap = options.max_body_bytes;
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -142,7 +209,11 @@ pub async fn read_capped(
         return Err(too_large(cap));
     }
     let timeout = options.body_read_timeout;
-    let read = tokio::time::timeout(timeout, Limited::new(body, cap).collect());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let share = gate
+        .admit(declared.map_or(cap, |length| length as usize), deadline)
+        .await?;
+    let read = tokio::time::timeout_at(deadline, Limited::new(body, cap).collect());
     let Ok(collected) = read.await else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -154,7 +225,10 @@ pub async fn read_capped(
         ));
     };
     match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => Ok(Admitted {
+            bytes: collected.to_bytes(),
+            share,
+        }),
         Err(error) if error.is::<LengthLimitError>() => Err(too_large(cap)),
         Err(error) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -180,9 +254,10 @@ pub async fn read_json(
     body: Incoming,
     headers: &HeaderMap,
     options: &ServerOptions,
-) -> Result<Bytes, ApiError> {
+    gate: &BodyGate,
+) -> Result<Admitted, ApiError> {
     framing(headers, false)?;
-    read_capped(body, headers, options).await
+    read_capped(body, headers, options, gate).await
 }
 
 /// The body as UTF-8 text, or a 400 saying where the bad byte is.
@@ -197,4 +272,31 @@ pub fn utf8(bytes: &[u8]) -> Result<&str, ApiError> {
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{Duration, Instant};
+
+    #[tokio::test(start_paused = true)]
+    async fn bodies_wait_for_room_and_give_up_with_a_503_at_the_deadline() {
+        let gate = BodyGate::new(4 * 1024);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Room for 8 bodies of the largest size; small bodies take what they declare.
+        let mut held = Vec::new();
+        for _ in 0..BODIES_IN_FLIGHT {
+            held.push(gate.admit(4 * 1024, deadline).await.unwrap());
+        }
+        let error = gate.admit(1, deadline).await.unwrap_err();
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!((error.code, error.retry_after), ("busy", Some(1)));
+        assert_eq!(Instant::now(), deadline, "it waited until the deadline");
+        // Shares come back when dropped; a body that declares more than the whole gate still
+        // gets in once it is free.
+        drop(held);
+        let later = Instant::now() + Duration::from_secs(30);
+        let huge = gate.admit(usize::MAX / 2, later).await.unwrap();
+        assert_eq!(huge.num_permits(), gate.max_share as usize);
+    }
 }

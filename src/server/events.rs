@@ -9,6 +9,7 @@ use chrono::Utc;
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::value::RawValue;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::event::{Event, EventError, EventInput, EventLimits, StreamName};
 use crate::jsonl;
@@ -42,7 +43,8 @@ pub async fn post(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let events = read_batch(app, headers, body, parse_events).await?;
+    // The body's share of the gate is held until the events are committed.
+    let (events, _share) = read_batch(app, headers, body, parse_events).await?;
     if events.is_empty() {
         return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
     }
@@ -64,7 +66,7 @@ pub async fn import(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let records = read_batch(app, headers, body, parse_records).await?;
+    let (records, _share) = read_batch(app, headers, body, parse_records).await?;
     if records.is_empty() {
         return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
     }
@@ -211,23 +213,25 @@ fn empty_body() -> ApiError {
 type BatchParser<T> = fn(&[u8], Framing, &EventLimits) -> Result<Vec<T>, ApiError>;
 
 /// Reads a write's body and parses it with `parse`, all or nothing; large bodies are parsed
-/// off the async runtime.
+/// off the async runtime. Returns the body's share of the [`body::BodyGate`] with the items.
 async fn read_batch<T: Send + 'static>(
     app: &App,
     headers: &HeaderMap,
     body: Incoming,
     parse: BatchParser<T>,
-) -> Result<Vec<T>, ApiError> {
+) -> Result<(Vec<T>, OwnedSemaphorePermit), ApiError> {
     let framing = body::framing(headers, true)?;
-    let bytes = body::read_capped(body, headers, &app.options).await?;
+    let body = body::read_capped(body, headers, &app.options, &app.bodies).await?;
     let limits = app.options.limits;
-    if bytes.len() <= PARSE_INLINE_MAX_BYTES {
-        parse(&bytes, framing, &limits)
+    let items = if body.bytes.len() <= PARSE_INLINE_MAX_BYTES {
+        parse(&body.bytes, framing, &limits)?
     } else {
+        let bytes = body.bytes.clone();
         tokio::task::spawn_blocking(move || parse(&bytes, framing, &limits))
             .await
-            .map_err(ApiError::internal)?
-    }
+            .map_err(ApiError::internal)??
+    };
+    Ok((items, body.into_share()))
 }
 
 /// The reply to a write; `revision` is used when nothing was written.

@@ -123,6 +123,8 @@ pub struct App {
     store: Store,
     options: ServerOptions,
     metrics: Metrics,
+    /// Bounds the request bodies read and decoded at once.
+    bodies: body::BodyGate,
     /// Turns `true` when shutdown begins; SSE feeds end on it.
     shutdown: watch::Receiver<bool>,
 }
@@ -167,6 +169,7 @@ pub async fn run(
     let (stop_feeds, shutdown_seen) = watch::channel(false);
     let drain_timeout = options.drain_timeout;
     let app = Arc::new(App {
+        bodies: body::BodyGate::new(options.max_body_bytes),
         store,
         options,
         metrics: Metrics::default(),

@@ -44,8 +44,11 @@ pub async fn post(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = body::read_json(body, headers, &app.options).await?;
-    let input = parse(body::utf8(&bytes)?, app.options.limits.max_message_bytes)?;
+    let body = body::read_json(body, headers, &app.options, &app.bodies).await?;
+    let input = parse(
+        body::utf8(&body.bytes)?,
+        app.options.limits.max_message_bytes,
+    )?;
     let now = Utc::now();
     let expires_at = input
         .expires_at

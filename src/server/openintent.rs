@@ -129,8 +129,8 @@ pub async fn post_event(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = body::read_json(body, headers, &app.options).await?;
-    let input: EventBody = decode(&bytes)?;
+    let body = body::read_json(body, headers, &app.options, &app.bodies).await?;
+    let input: EventBody = decode(&body.bytes)?;
     let event_type = input
         .event_type
         .filter(|event_type| !event_type.is_empty())
@@ -373,8 +373,8 @@ pub async fn create_intent(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = body::read_json(body, headers, &app.options).await?;
-    let mut fields: Map<String, Value> = decode(&bytes)?;
+    let body = body::read_json(body, headers, &app.options, &app.bodies).await?;
+    let mut fields: Map<String, Value> = decode(&body.bytes)?;
     match fields.get("title") {
         Some(Value::String(title)) if !title.trim().is_empty() => {}
         Some(_) => {

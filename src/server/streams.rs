@@ -66,9 +66,9 @@ pub async fn set_retention(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = body::read_json(body, headers, &app.options).await?;
+    let body = body::read_json(body, headers, &app.options, &app.bodies).await?;
     let input: RetentionInput = wire::decode_object(
-        body::utf8(&bytes)?,
+        body::utf8(&body.bytes)?,
         r#"{"max_records": 10000, "max_age_seconds": 86400} (either may be null)"#,
     )?;
     if input.max_records == Some(0) {

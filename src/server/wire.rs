@@ -59,6 +59,8 @@ pub struct ApiError {
     pub index: Option<usize>,
     /// For 405: the methods the route takes.
     pub allow: Option<&'static str>,
+    /// For 503: seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -71,7 +73,14 @@ impl ApiError {
             field: None,
             index: None,
             allow: None,
+            retry_after: None,
         }
+    }
+
+    /// The same error with a `Retry-After` of `seconds`.
+    pub fn retry_after(mut self, seconds: u32) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// The same error naming a field.
@@ -152,6 +161,11 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was not read; the connection cannot be reused.
