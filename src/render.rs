@@ -148,12 +148,8 @@ pub struct ClippedLine {
 /// The longest line for `record` whose token count is at most `max_tokens`, with the message
 /// cut short and marked; `None` when not even the line's head and marker fit.
 pub fn clip_record(record: &Record, encoding: Encoding, max_tokens: u32) -> Option<ClippedLine> {
-    clip_record_at(
-        record,
-        encoding,
-        max_tokens,
-        &encoding.token_ends(&record.message),
-    )
+    let (ends, _) = encoding.token_ends_within(&record.message, max_tokens);
+    clip_record_at(record, encoding, max_tokens, &ends)
 }
 
 /// [`clip_record`] with the message's [`Encoding::token_ends`] already known: a caller that

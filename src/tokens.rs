@@ -7,9 +7,10 @@
 //! # Exact budgets without recounting
 //!
 //! tiktoken's pre-tokenizer splits text into chunks before byte-pair merging, and no chunk spans
-//! a newline that is followed by a non-space character. So if a text is cut into pieces that
-//! each end with `\n`, and every piece but the first starts with a non-space character, the
-//! token count of the whole is the sum of the pieces' counts. recap renders contexts in such
+//! a newline that is followed by a non-space character (other than `/`, which o200k_base lets
+//! a run of punctuation take after its newlines). So if a text is cut into pieces that each end
+//! with `\n`, and every piece but the first starts with a non-space character other than `/`
+//! (record lines start with a digit, notes with `-`, headers with `#`), the token count of the whole is the sum of the pieces' counts. recap renders contexts in such
 //! pieces (a header, a note, a record with its continuation lines), which turns the budget check
 //! into a sum over cached per-piece counts. [`Encoding::count`] of the joined text is the ground
 //! truth that tests compare against.
@@ -19,13 +20,14 @@
 //! that follows a non-whitespace character also counts as the sum of its fragments.
 //! [`Encoding::count_fragments`] uses that to count short, ever-changing texts (the Earlier
 //! summary) from a cache of word-sized fragments instead of running the tokenizer's regex, which
-//! costs tens of microseconds even on a short line.
+//! costs tens of microseconds even on a short line, and [`Encoding::count_within`] to count a
+//! long line only as far as a cap needs.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use tiktoken_rs::CoreBPE;
@@ -148,6 +150,77 @@ impl Encoding {
             .sum()
     }
 
+    /// The number of tokens in `text` if it is at most `limit`; `None` when it is more. Reads
+    /// only as much of `text` as it takes to know, in pieces whose counts add up (see the module
+    /// docs): a 64 KB line that a window clips to 250 tokens is not tokenized whole.
+    pub fn count_within(self, text: &str, limit: u32) -> Option<u32> {
+        let bpe = self.bpe();
+        let longest = self.longest_token_bytes();
+        let mut total: u64 = 0;
+        for piece in pieces(text) {
+            // No token is longer than `longest` bytes: a piece this long has too many tokens.
+            if (piece.len() / longest) as u64 + total > u64::from(limit) {
+                return None;
+            }
+            total += bpe.count_ordinary(piece) as u64;
+            if total > u64::from(limit) {
+                return None;
+            }
+        }
+        Some(total as u32)
+    }
+
+    /// [`Encoding::token_ends`] of a prefix of `text` holding more than `min_tokens` tokens
+    /// (all of them when `text` has no more), and whether that is all of `text`. The offsets
+    /// are exact where the text could be cut between pieces; a single piece too long to need
+    /// whole is read only in part, and its last offsets are then a close guess (callers count
+    /// what they cut, as [`Encoding::prefix_within`] does).
+    pub fn token_ends_within(self, text: &str, min_tokens: u32) -> (Vec<u32>, bool) {
+        let bpe = self.bpe();
+        let wanted = min_tokens as usize + 1;
+        // A prefix of this many bytes holds at least `wanted` tokens' worth of text.
+        let enough_bytes = wanted.saturating_mul(self.longest_token_bytes());
+        let mut ends = Vec::new();
+        let mut start = 0;
+        for piece in pieces(text) {
+            let mut piece = piece;
+            let mut partial = false;
+            if piece.len() > enough_bytes {
+                let mut end = enough_bytes;
+                while !piece.is_char_boundary(end) {
+                    end -= 1;
+                }
+                piece = &piece[..end];
+                partial = true;
+            }
+            let mut end = start;
+            for token in bpe.encode_ordinary(piece) {
+                end += bpe.decode_bytes(&[token]).map_or(0, |bytes| bytes.len());
+                ends.push(u32::try_from(end.min(text.len())).unwrap_or(u32::MAX));
+            }
+            start += piece.len();
+            if ends.len() >= wanted || partial {
+                return (ends, start == text.len());
+            }
+        }
+        (ends, true)
+    }
+
+    /// The length in bytes of the encoding's longest token, found once per process.
+    fn longest_token_bytes(self) -> usize {
+        static LONGEST: [OnceLock<usize>; 2] = [OnceLock::new(), OnceLock::new()];
+        *LONGEST[self.index()].get_or_init(|| {
+            let bpe = self.bpe();
+            // Both vocabularies are under 2^18 tokens; ids past the end do not decode.
+            (0..1u32 << 18)
+                .filter_map(|id| bpe.decode_bytes(&[id]).ok())
+                .map(|bytes| bytes.len())
+                .max()
+                .unwrap_or(1)
+                .max(1)
+        })
+    }
+
     /// The byte offsets at which `text`'s tokens end, in order: the prefix of `text` up to
     /// `ends[k - 1]` is its first `k` tokens. An offset can fall inside a character when a token
     /// holds part of one; [`Encoding::prefix_within`] rounds those down.
@@ -212,9 +285,30 @@ impl FromStr for Encoding {
     }
 }
 
+/// Consecutive [`fragments`] of `text` joined into pieces of about [`PIECE_BYTES`]: what a
+/// bounded count tokenizes one at a time (counts of pieces add up, as fragments' do).
+fn pieces(text: &str) -> impl Iterator<Item = &str> {
+    /// Large enough that the tokenizer's per-call cost is small, small enough to stop early.
+    const PIECE_BYTES: usize = 1024;
+    let mut fragments = fragments(text);
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let mut end = start + fragments.next()?.len();
+        while end - start < PIECE_BYTES {
+            match fragments.next() {
+                Some(fragment) => end += fragment.len(),
+                None => break,
+            }
+        }
+        let piece = &text[start..end];
+        start = end;
+        Some(piece)
+    })
+}
+
 /// Splits `text` before every space that follows a non-whitespace character and after every
-/// newline that is followed by a non-whitespace character: boundaries no tokenizer chunk
-/// crosses.
+/// newline that is followed by a non-whitespace character other than `/`: boundaries no
+/// tokenizer chunk crosses.
 pub fn fragments(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = text;
     std::iter::from_fn(move || {
@@ -226,7 +320,9 @@ pub fn fragments(text: &str) -> impl Iterator<Item = &str> {
         for (at, ch) in rest.char_indices() {
             if let Some(before) = previous {
                 let before_space = ch == ' ' && !before.is_whitespace();
-                let after_newline = before == '\n' && !ch.is_whitespace();
+                // o200k_base lets a run of punctuation take newlines and slashes after it
+                // (`=\n/`): a line that starts with `/` may continue a chunk.
+                let after_newline = before == '\n' && !ch.is_whitespace() && ch != '/';
                 if before_space || after_newline {
                     cut = at;
                     break;
@@ -273,6 +369,11 @@ impl TokenCounts {
             }
             count => count,
         }
+    }
+
+    /// Records the count under `encoding`, computed elsewhere.
+    pub fn set(&self, encoding: Encoding, count: u32) {
+        self.counts[encoding.index()].store(count.min(UNKNOWN - 1), Ordering::Relaxed);
     }
 
     /// The count under `encoding` if it was computed already.
@@ -398,6 +499,41 @@ mod tests {
                     "{encoding}: {text:?}"
                 );
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Bounded counts are exact within the limit and say "more" beyond it; bounded token
+        /// ends are the whole text's ends wherever the text splits into pieces.
+        #[test]
+        fn bounded_counts_and_ends_agree_with_whole_ones(
+            words in proptest::collection::vec("[a-zA-Z0-9é🎉 \n=_./-]{0,40}", 0..200),
+            // From 10 tokens up no piece here is long enough to be read in part.
+            limit in 10u32..600,
+        ) {
+            let text = words.join(" ");
+            for encoding in Encoding::ALL {
+                let count = encoding.count(&text);
+                let within = encoding.count_within(&text, limit);
+                proptest::prop_assert_eq!(within, (count <= limit).then_some(count));
+                let all = encoding.token_ends(&text);
+                let (ends, complete) = encoding.token_ends_within(&text, limit);
+                proptest::prop_assert!(ends.len() > limit as usize || complete);
+                proptest::prop_assert_eq!(complete, ends.len() == all.len());
+                proptest::prop_assert_eq!(&all[..ends.len()], &ends[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_run_without_spaces_is_read_only_in_part() {
+        let text = "a1".repeat(100_000);
+        for encoding in Encoding::ALL {
+            assert_eq!(encoding.count_within(&text, 300), None);
+            let (ends, complete) = encoding.token_ends_within(&text, 300);
+            assert!(!complete && ends.len() > 300);
+            let prefix = encoding.prefix_within(&text, &ends, 300);
+            assert_eq!(encoding.count(prefix), 300);
         }
     }
 

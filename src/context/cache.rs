@@ -4,7 +4,7 @@
 //! A change to a record (a repeat) makes a new [`CachedRecord`], so a cache is never stale.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::collapse;
@@ -38,6 +38,29 @@ enum Shape {
 
 /// A cut line memoized for one (encoding, cap, shape); `None` when not even the head fits.
 type Cut = (Encoding, u32, Shape, Option<Arc<ClippedLine>>);
+
+/// A record's cut lines, and per encoding where the tokens of its message's start end (kept
+/// once a clip needed them, so that a client asking for a new `line_cap` does not make every
+/// long record tokenize again; they reach as far as the largest cap asked for).
+#[derive(Debug, Default)]
+struct Cuts {
+    list: Vec<Cut>,
+    ends: [Option<TokenEnds>; 2],
+}
+
+/// [`Encoding::token_ends_within`] of a message: the ends, and whether they cover all of it.
+#[derive(Debug)]
+struct TokenEnds {
+    ends: Box<[u32]>,
+    complete: bool,
+}
+
+impl TokenEnds {
+    /// Whether these ends serve a clip to `cap` tokens.
+    fn reach(&self, cap: u32) -> bool {
+        self.complete || self.ends.len() > cap as usize
+    }
+}
 
 /// Whether a [`CachedRecord`] keeps its payload (the writer's, for repeats) or not (readers',
 /// which never show it).
@@ -85,10 +108,10 @@ pub struct CachedRecord {
     charged: AtomicUsize,
     line: OnceLock<String>,
     tokens: TokenCounts,
-    cuts: Mutex<Vec<Cut>>,
-    /// Per encoding, where the message's tokens end; kept once a clip needed them, so that a
-    /// client asking for a new `line_cap` does not make every long record tokenize again.
-    token_ends: [OnceLock<Box<[u32]>>; 2],
+    /// Per encoding, a count the full line is known to be over (0 until a bounded count stopped
+    /// early): a long line is only counted as far as the caps asked of it.
+    over: [AtomicU32; 2],
+    cuts: Mutex<Cuts>,
     /// Hashes of the message's body lines, sorted and distinct (see [`Self::body`]).
     body: OnceLock<Box<[u64]>>,
     /// Per encoding, the headline at [`HEADLINE_TOKENS`], the cap nearly every build uses:
@@ -169,8 +192,8 @@ impl CachedRecord {
             charged: AtomicUsize::new(held),
             line: OnceLock::new(),
             tokens: TokenCounts::new(),
-            cuts: Mutex::new(Vec::new()),
-            token_ends: [OnceLock::new(), OnceLock::new()],
+            over: [AtomicU32::new(0), AtomicU32::new(0)],
+            cuts: Mutex::new(Cuts::default()),
             body: OnceLock::new(),
             headlines: [OnceLock::new(), OnceLock::new()],
         }
@@ -215,6 +238,12 @@ impl CachedRecord {
         self.meter.charge(bytes);
     }
 
+    /// Gives back bytes a lazy cache let go of.
+    fn discharge(&self, bytes: usize) {
+        self.charged.fetch_sub(bytes, Ordering::Relaxed);
+        self.meter.release(bytes);
+    }
+
     /// The record's full line.
     pub fn line(&self) -> &str {
         self.line.get_or_init(|| {
@@ -230,20 +259,46 @@ impl CachedRecord {
             .get_or_count(encoding, || self.line().to_owned())
     }
 
+    /// The full line's token count if it is at most `cap`, `None` if it is more; counts only as
+    /// much of the line as that takes. `Err(())` when `tokenize` is false and it is not known.
+    fn tokens_within(
+        &self,
+        encoding: Encoding,
+        cap: u32,
+        tokenize: bool,
+    ) -> Result<Option<u32>, ()> {
+        if let Some(tokens) = self.tokens.cached(encoding) {
+            return Ok(Some(tokens).filter(|&tokens| tokens <= cap));
+        }
+        let over = &self.over[encoding.index()];
+        if over.load(Ordering::Relaxed) >= cap {
+            return Ok(None);
+        }
+        if !tokenize {
+            return Err(());
+        }
+        match encoding.count_within(self.line(), cap) {
+            Some(tokens) => {
+                self.tokens.set(encoding, tokens);
+                Ok(Some(tokens))
+            }
+            None => {
+                over.fetch_max(cap, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
     /// The record shown whole: its full line, or its line clipped to `cap` when longer. `None`
     /// when `tokenize` is false and something would have to be tokenized first.
     pub fn whole(&self, encoding: Encoding, cap: u32, tokenize: bool) -> Option<Piece> {
-        let tokens = if tokenize {
-            self.tokens(encoding)
-        } else {
-            self.tokens.cached(encoding)?
-        };
-        if tokens <= cap {
+        if let Some(tokens) = self.tokens_within(encoding, cap, tokenize).ok()? {
             return Some(Piece { tokens, cut: None });
         }
         let cut = self.cut(encoding, cap, Shape::Clip, tokenize)?;
         Some(Piece {
-            tokens: cut.as_ref().map_or(tokens, |clip| clip.tokens),
+            // Not even the head fits: the line is over the cap, by how much is not counted.
+            tokens: cut.as_ref().map_or(u32::MAX, |clip| clip.tokens),
             cut,
         })
     }
@@ -286,6 +341,7 @@ impl CachedRecord {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((.., cut)) = cuts
+            .list
             .iter()
             .find(|(e, c, s, _)| *e == encoding && *c == cap && *s == shape)
         {
@@ -296,28 +352,33 @@ impl CachedRecord {
         }
         let cut = match shape {
             Shape::Clip => {
-                let ends = self.token_ends[encoding.index()].get_or_init(|| {
-                    let ends: Box<[u32]> = encoding.token_ends(&self.record.message).into();
+                let kept = &mut cuts.ends[encoding.index()];
+                if !kept.as_ref().is_some_and(|kept| kept.reach(cap)) {
+                    // Reach further than asked, so that nearby caps find these ends enough.
+                    let (ends, complete) =
+                        encoding.token_ends_within(&self.record.message, cap.saturating_mul(2));
+                    let ends: Box<[u32]> = ends.into();
                     self.charge(meter::heap(std::mem::size_of_val(&*ends)));
-                    ends
-                });
+                    if let Some(old) = kept.replace(TokenEnds { ends, complete }) {
+                        self.discharge(meter::heap(std::mem::size_of_val(&*old.ends)));
+                    }
+                }
+                let ends = kept.as_ref().map_or(&[][..], |kept| &kept.ends);
                 render::clip_record_at(&self.record, encoding, cap, ends)
             }
             Shape::Headline => render::headline(&self.record, encoding, cap),
         }
         .map(Arc::new);
-        if cuts.is_empty() {
+        if cuts.list.is_empty() {
             self.charge(meter::heap(CUTS_PER_RECORD * std::mem::size_of::<Cut>()));
-            cuts.reserve_exact(CUTS_PER_RECORD);
+            cuts.list.reserve_exact(CUTS_PER_RECORD);
         }
-        if cuts.len() == CUTS_PER_RECORD {
-            let (.., dropped) = cuts.remove(0);
-            let freed = cut_bytes(&dropped);
-            self.charged.fetch_sub(freed, Ordering::Relaxed);
-            self.meter.release(freed);
+        if cuts.list.len() == CUTS_PER_RECORD {
+            let (.., dropped) = cuts.list.remove(0);
+            self.discharge(cut_bytes(&dropped));
         }
         self.charge(cut_bytes(&cut));
-        cuts.push((encoding, cap, shape, cut.clone()));
+        cuts.list.push((encoding, cap, shape, cut.clone()));
         Some(cut)
     }
 
