@@ -20,6 +20,7 @@
 //! cache_bytes = "256MiB"           # in-memory stream state; least recently used streams are evicted beyond it
 //! tail_records = 4096              # newest records kept in memory per stream
 //! severe_records = 256             # older error/critical records kept in reach per stream
+//! tail_block_bytes = "8MiB"        # a tail also keeps at most two blocks of this much text
 //! max_notes_per_stream = 1000      # live notes per stream (409 note_limit beyond)
 //! max_note_bytes_per_stream = 1048576  # bytes of live note text per stream
 //! ```
@@ -79,6 +80,7 @@ pub struct FileConfig {
     collapse_mode: Option<String>,
     collapse_window_seconds: Option<i64>,
     cache_bytes: Option<ByteSize>,
+    tail_block_bytes: Option<ByteSize>,
     tail_records: Option<usize>,
     severe_records: Option<usize>,
     max_notes_per_stream: Option<usize>,
@@ -120,8 +122,27 @@ enum ByteSize {
     Text(String),
 }
 
+impl ByteSize {
+    /// The number of bytes, or an error naming the setting `name`.
+    fn resolve(self, name: &'static str) -> Result<usize, ConfigError> {
+        match self {
+            ByteSize::Bytes(bytes) => Ok(bytes),
+            ByteSize::Text(text) => parse_bytes(&text).ok_or_else(|| {
+                invalid(
+                    name,
+                    format!(
+                        "{text:?} is not a size; write a number of bytes or one like 64MiB or 2GiB"
+                    ),
+                )
+            }),
+        }
+    }
+}
+
 /// Smallest cache budget: a few streams' state.
 pub const MIN_CACHE_BYTES: usize = 1024 * 1024;
+/// Smallest byte block of a tail: a few long messages.
+pub const MIN_TAIL_BLOCK_BYTES: usize = 64 * 1024;
 
 /// Reads a size: a whole number of bytes, optionally with a unit `B`, `KiB`, `MiB` or `GiB`
 /// (`KB`, `MB`, `GB` and `K`, `M`, `G` are read as the binary units too).
@@ -279,18 +300,17 @@ impl Config {
         if let Some(severe) = file.severe_records {
             tail.severe = severe;
         }
+        if let Some(size) = file.tail_block_bytes {
+            let bytes = size.resolve("tail_block_bytes")?;
+            if bytes < MIN_TAIL_BLOCK_BYTES {
+                return Err(invalid("tail_block_bytes", "must be at least 64KiB"));
+            }
+            tail.block_bytes = bytes as u64;
+        }
         let cache_text = overrides.cache_bytes.clone().map(ByteSize::Text);
         let cache_bytes = match cache_text.or(file.cache_bytes) {
             None => crate::store::DEFAULT_CACHE_BYTES,
-            Some(ByteSize::Bytes(bytes)) => bytes,
-            Some(ByteSize::Text(text)) => parse_bytes(&text).ok_or_else(|| {
-                invalid(
-                    "cache_bytes",
-                    format!(
-                        "{text:?} is not a size; write a number of bytes or one like 64MiB or 2GiB"
-                    ),
-                )
-            })?,
+            Some(size) => size.resolve("cache_bytes")?,
         };
         if cache_bytes < MIN_CACHE_BYTES {
             return Err(invalid("cache_bytes", "must be at least 1MiB"));
@@ -482,12 +502,14 @@ mod tests {
             let file: FileConfig = toml::from_str(text).unwrap();
             Config::merge(&Overrides::default(), file, Path::new(""))
         };
-        let config = load("tail_records = 512\nsevere_records = 16").unwrap();
+        let config =
+            load("tail_records = 512\nsevere_records = 16\ntail_block_bytes = \"1MiB\"").unwrap();
         assert_eq!(
             config.store_options().tail,
             TailCapacity {
                 records: 512,
-                severe: 16
+                severe: 16,
+                block_bytes: 1024 * 1024,
             }
         );
         assert_eq!(

@@ -604,6 +604,7 @@ mod tests {
         let capacity = TailCapacity {
             records: tail,
             severe: 16,
+            ..TailCapacity::default()
         };
         let mut state = StreamState::new(CollapsePolicy::default(), capacity);
         let mut at = t0();

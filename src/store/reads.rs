@@ -210,10 +210,7 @@ pub(super) fn load_shadow(
     meter: &Meter,
 ) -> Result<StreamState, StoreError> {
     let txn = db.begin_read()?;
-    let capacity = TailCapacity {
-        records: options.collapse.lookback,
-        severe: 0,
-    };
+    let capacity = TailCapacity::shadow(options.collapse.lookback);
     // A repeat keeps the payload it does not replace: the writer needs its targets' payloads.
     restore_stream(&txn, meta, options, capacity, PayloadPolicy::Keep, meter)
         .map_err(|error| StoreError::Storage(format!("cannot read stream {}: {error}", meta.id)))
@@ -270,7 +267,9 @@ fn restore_stream(
 ) -> Result<StreamState, RestoreError> {
     let id = meta.id;
     let last_seq = meta.totals.records;
-    let tail_from = capacity.tail_start(last_seq).max(meta.first_seq);
+    let tail_from = capacity
+        .start(last_seq, &meta.tail_bytes)
+        .max(meta.first_seq);
     let records = txn.open_table(schema::RECORDS).map_err(storage)?;
     let decode = |seq: u64, bytes: &[u8]| -> Result<_, RestoreError> {
         Ok(Arc::new(schema::decode_cached(
@@ -343,6 +342,7 @@ fn restore_stream(
             revision: meta.revision,
             next_note_id: meta.next_note_id,
             severe_created,
+            bytes: meta.tail_bytes,
         },
     ))
 }

@@ -22,6 +22,7 @@ use crate::context::{CachedRecord, NOTE_ID_KEY, PayloadPolicy, Totals};
 use crate::event::{Kind, Note, Record, Severity, Timestamp};
 use crate::meter::Meter;
 use crate::payload::{self, Payload};
+use crate::stream::{BlockTimes, TailBytes};
 
 use super::Retention;
 
@@ -89,6 +90,12 @@ pub struct StreamMeta {
     /// moves past a block, its latest time joins `older_last_ts`. `None` in rows written before
     /// this field existed (then read from the records).
     pub tail_blocks: Option<Vec<(u64, Timestamp)>>,
+    /// Where the byte bound has the tail start ([`TailCapacity::start`](crate::stream::TailCapacity::start)),
+    /// and the latest times of the blocks it keeps; rows written before these existed read as
+    /// one block holding every stored record.
+    pub tail_bytes: TailBytes,
+    /// See `tail_bytes`.
+    pub block_times: BlockTimes,
     /// Severe records ever created, which fixes how many the state keeps ([`TailCapacity::severe_kept`](crate::stream::TailCapacity::severe_kept));
     /// `None` in rows written before this field existed (then counted from the severe index).
     pub severe_created: Option<u64>,
@@ -115,6 +122,8 @@ impl StreamMeta {
             changelog_floor: 0,
             older_last_ts: None,
             tail_blocks: Some(Vec::new()),
+            tail_bytes: TailBytes::default(),
+            block_times: BlockTimes::default(),
             severe_created: Some(0),
             first_goals: Vec::new(),
             latest_goal: None,
@@ -145,6 +154,8 @@ struct StoredMeta {
     #[serde(default)]
     tail_blocks: Option<Vec<(u64, i64)>>,
     #[serde(default)]
+    tail_bytes: Option<StoredTailBytes>,
+    #[serde(default)]
     severe_created: Option<u64>,
     /// Written by builds before `goals`: the first goals, then the latest.
     #[serde(default, skip_serializing)]
@@ -158,6 +169,17 @@ struct StoredMeta {
 
 fn unknown_note_expiry() -> Option<i64> {
     Some(0)
+}
+
+/// [`TailBytes`] and [`BlockTimes`] (µs).
+#[derive(Serialize, Deserialize)]
+struct StoredTailBytes {
+    total: u64,
+    block: u64,
+    current: u64,
+    previous: u64,
+    current_last_ts: Option<i64>,
+    previous_last_ts: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -196,6 +218,14 @@ pub fn encode_meta(meta: &StreamMeta) -> Vec<u8> {
                 .iter()
                 .map(|&(block, last_ts)| (block, micros(last_ts)))
                 .collect()
+        }),
+        tail_bytes: Some(StoredTailBytes {
+            total: meta.tail_bytes.total,
+            block: meta.tail_bytes.block,
+            current: meta.tail_bytes.current,
+            previous: meta.tail_bytes.previous,
+            current_last_ts: meta.block_times.current.map(micros),
+            previous_last_ts: meta.block_times.previous.map(micros),
         }),
         severe_created: meta.severe_created,
         goal_seqs: Vec::new(),
@@ -253,6 +283,32 @@ pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, DecodeError> {
                     .collect::<Result<Vec<_>, DecodeError>>()
             })
             .transpose()?,
+        // A row from before the byte bound: every stored record counts as in the first block
+        // (whose latest time is the stream's), and blocks start with the next record.
+        tail_bytes: stored.tail_bytes.as_ref().map_or(
+            TailBytes {
+                total: 0,
+                block: 0,
+                current: stored.first_seq.max(1),
+                previous: stored.first_seq.max(1),
+            },
+            |bytes| TailBytes {
+                total: bytes.total,
+                block: bytes.block,
+                current: bytes.current,
+                previous: bytes.previous,
+            },
+        ),
+        block_times: match &stored.tail_bytes {
+            Some(bytes) => BlockTimes {
+                current: time(bytes.current_last_ts)?,
+                previous: time(bytes.previous_last_ts)?,
+            },
+            None => BlockTimes {
+                current: time(stored.last_ts)?,
+                previous: None,
+            },
+        },
         severe_created: stored.severe_created,
         first_goals,
         latest_goal,

@@ -4,6 +4,7 @@
 
 use chrono::{SubsecRound, TimeDelta};
 use proptest::prelude::*;
+use recap::collapse::CollapsePolicy;
 use recap::context::ContextRequest;
 use recap::event::{Event, Severity, StreamName, Timestamp};
 use recap::payload::Payload;
@@ -59,10 +60,16 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn options(cache_bytes: usize) -> StoreOptions {
     StoreOptions {
-        // A small tail, so that streams outgrow it and trim within a test.
+        // A small tail, bounded by count and by bytes (blocks of about fifty records), so that
+        // streams outgrow both within a test.
         tail: TailCapacity {
             records: 64,
             severe: 4,
+            block_bytes: 16 * 1024,
+        },
+        collapse: CollapsePolicy {
+            lookback: 16,
+            ..CollapsePolicy::default()
         },
         cache_bytes,
         ..StoreOptions::default()
@@ -214,4 +221,47 @@ fn streams_are_evicted_beyond_the_budget_and_loaded_back() {
     let again = store.context(&a, &request, at(1)).unwrap().unwrap();
     assert_eq!(again.text, first.text);
     assert_eq!(store.cache_metrics().cold_loads, 2);
+}
+
+/// A stream of long messages keeps about two byte blocks of them in memory, not its whole tail
+/// of records, and a context after a restart is the same.
+#[test]
+fn long_messages_are_bounded_in_bytes_not_just_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        tail: TailCapacity {
+            records: 4_096,
+            severe: 4,
+            block_bytes: 256 * 1024,
+        },
+        collapse: CollapsePolicy {
+            lookback: 16,
+            ..CollapsePolicy::default()
+        },
+        ..StoreOptions::default()
+    };
+    let stream = StreamName::new("long").unwrap();
+    let now = chrono::Utc::now().trunc_subsecs(0);
+    let mut store = Store::open(dir.path(), options.clone()).unwrap();
+    for batch in 0..20 {
+        let events = (0..50)
+            .map(|i| {
+                let text = format!("read chunk {batch}-{i}: {}", "lorem ipsum ".repeat(1_000));
+                Event::new("observation", Severity::Info, text).unwrap()
+            })
+            .collect();
+        store.append(&stream, events, now).wait().unwrap();
+    }
+    let request = ContextRequest::new(2_000, Encoding::Cl100kBase);
+    let before = store.context(&stream, &request, now).unwrap().unwrap();
+    // 1,000 records of 12 KB: the tail by count alone would hold all of them (12 MB, and as
+    // much again in rendered lines). Two blocks of records, the lines a window rendered and the
+    // writer's lookback come to about 1.5 MB.
+    let held = store.cache_metrics().bytes;
+    assert!(held < 2 * 1024 * 1024, "{held} bytes held");
+    store.close().unwrap();
+    store = Store::open(dir.path(), options).unwrap();
+    let after = store.context(&stream, &request, now).unwrap().unwrap();
+    assert_eq!(after.text, before.text);
+    assert!(before.text.contains("read chunk 19-49"), "{}", before.text);
 }

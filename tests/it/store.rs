@@ -295,6 +295,7 @@ fn crash_child() {
         tail: TailCapacity {
             records: 256,
             severe: 16,
+            block_bytes: 64 * 1024,
         },
         ..StoreOptions::default()
     };
@@ -942,6 +943,7 @@ fn reopen_restores_the_same_contexts() {
         tail: TailCapacity {
             records: 100,
             severe: 5,
+            ..TailCapacity::default()
         },
         ..StoreOptions::default()
     };

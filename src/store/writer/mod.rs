@@ -52,9 +52,9 @@ use indexmap::IndexSet;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
-use crate::event::{Event, Note, Severity, StreamName, Timestamp};
+use crate::event::{Event, Note, Record, Severity, StreamName, Timestamp};
 use crate::meter::Meter;
-use crate::stream::{Appended, Origin, StreamState, TailCapacity};
+use crate::stream::{Appended, BlockTimes, Origin, StreamState, TailBytes, TailCapacity};
 
 use super::cache::{Cache, Slot, Update};
 use super::reads;
@@ -155,6 +155,10 @@ struct WriterStream {
     /// stream's metadata is exact whether or not its state is in memory.
     older_last_ts: Option<Timestamp>,
     tail_blocks: Vec<(u64, Timestamp)>,
+    /// The readers' tail bound in bytes, and its blocks' latest times (see
+    /// [`crate::stream::bytes`]): the shadow is not bounded so, and cannot say.
+    tail_bytes: TailBytes,
+    block_times: BlockTimes,
 }
 
 /// How the newest records were created, so that a repeat rewrites its record's row without
@@ -215,12 +219,10 @@ impl WriterStream {
         let capacity = options.collapse.lookback;
         let (forked, meta) = {
             let live = read(&slot.live);
-            let forked = live.state.as_ref().map(|state| {
-                state.fork(TailCapacity {
-                    records: capacity,
-                    severe: 0,
-                })
-            });
+            let forked = live
+                .state
+                .as_ref()
+                .map(|state| state.fork(TailCapacity::shadow(capacity)));
             (forked, live.meta.clone())
         };
         let shadow = match forked {
@@ -245,7 +247,24 @@ impl WriterStream {
             created: CreatedFacts::new(options.collapse.lookback, &cache.meter),
             older_last_ts: meta.older_last_ts,
             tail_blocks,
+            tail_bytes: meta.tail_bytes,
+            block_times: meta.block_times,
         })
+    }
+
+    /// Counts a new record toward the readers' byte blocks: when it moves the start, the times
+    /// of the records passed join `older_last_ts`.
+    fn note_created(&mut self, tail: TailCapacity, record: &Record) {
+        let lookback = self.shadow.policy().lookback;
+        let size = TailBytes::size(record, tail.record_cap(lookback));
+        if self.tail_bytes.push(record.seq, size, tail.block_bytes) {
+            let passed = self.block_times.advance(&self.tail_bytes);
+            self.join_older(passed);
+        }
+    }
+
+    fn join_older(&mut self, last_ts: Option<Timestamp>) {
+        self.older_last_ts = self.older_last_ts.max(last_ts);
     }
 
     /// Keeps `older_last_ts` and the tail's blocks up to date after record `seq` took
@@ -261,6 +280,8 @@ impl WriterStream {
             Some((_, latest)) => *latest = (*latest).max(last_ts),
             None => self.tail_blocks.push((block, last_ts)),
         }
+        let before_blocks = self.block_times.note(&self.tail_bytes, seq, last_ts);
+        self.join_older(before_blocks);
         let start = tail.tail_start(self.shadow.totals().records);
         let first_block = (start - 1) / block_records;
         let older = &mut self.older_last_ts;

@@ -47,10 +47,7 @@ impl Writer {
                 slot,
                 shadow: StreamState::metered(
                     options.collapse,
-                    TailCapacity {
-                        records: options.collapse.lookback,
-                        severe: 0,
-                    },
+                    TailCapacity::shadow(options.collapse.lookback),
                     &self.shared.cache.meter,
                 ),
                 retention: None,
@@ -59,6 +56,8 @@ impl Writer {
                 created: CreatedFacts::new(options.collapse.lookback, &self.shared.cache.meter),
                 older_last_ts: None,
                 tail_blocks: Vec::new(),
+                tail_bytes: TailBytes::default(),
+                block_times: BlockTimes::default(),
             };
             self.streams.insert(name.clone(), stream);
         }
@@ -310,6 +309,8 @@ pub(super) fn stream_meta(stream: &WriterStream) -> StreamMeta {
         changelog_floor: stream.changelog_floor,
         older_last_ts: stream.older_last_ts,
         tail_blocks: Some(stream.tail_blocks.clone()),
+        tail_bytes: stream.tail_bytes,
+        block_times: stream.block_times,
         severe_created: Some(stream.shadow.severe_created()),
         first_goals: stream.shadow.first_goal_seqs(),
         latest_goal: stream.shadow.latest_goal_seq(),
@@ -333,6 +334,9 @@ pub(super) fn store_appended(
 ) -> Result<(), StoreError> {
     let record = &appended.record;
     let id = target.slot.id;
+    if !appended.collapsed {
+        target.note_created(tail, record);
+    }
     target.note_last_ts(tail, record.seq, record.last_ts);
     if appended.collapsed {
         let created = match target.created.get(record.seq) {

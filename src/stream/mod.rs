@@ -6,6 +6,8 @@
 //! drives one directly: both go through the same [`StreamState::append`], so what a benchmark
 //! measures is what the server does.
 
+pub mod bytes;
+
 use std::sync::Arc;
 
 use crate::collapse::{self, CollapsePolicy, Collapser, Placement};
@@ -16,12 +18,18 @@ use crate::event::{Event, Note, Record, Severity, Timestamp};
 use crate::meter::{self, Meter};
 use crate::payload::Payload;
 
+pub use bytes::{BlockTimes, TailBytes};
+
 /// Default number of newest records kept in memory per stream: a 32,000-token window rarely
 /// shows more than a few hundred, and [`crate::context`] never looks further back than
 /// `budget / 4` records.
 pub const DEFAULT_TAIL_RECORDS: usize = 4_096;
 /// Default number of severe (error and above) records kept in reach beyond the tail.
 pub const DEFAULT_SEVERE_RECORDS: usize = 256;
+/// Default size of the tail's byte blocks ([`bytes`]): a tail holds at most two, about 16 MiB
+/// of text, however long its messages are (4,096 records of 500 bytes are 2 MiB: ordinary
+/// streams never reach it).
+pub const DEFAULT_TAIL_BLOCK_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How much of a stream is kept in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +38,9 @@ pub struct TailCapacity {
     pub records: usize,
     /// Severe records kept.
     pub severe: usize,
+    /// Size of the byte blocks that bound the tail in bytes too ([`bytes`]); `u64::MAX` for no
+    /// such bound.
+    pub block_bytes: u64,
 }
 
 impl TailCapacity {
@@ -38,7 +49,34 @@ impl TailCapacity {
     pub fn for_policy(self, policy: &CollapsePolicy) -> TailCapacity {
         TailCapacity {
             records: self.records.max(policy.lookback),
-            severe: self.severe,
+            ..self
+        }
+    }
+
+    /// What the store's writer keeps of a stream to place events: the records collapse can
+    /// reach, nothing else.
+    pub fn shadow(lookback: usize) -> TailCapacity {
+        TailCapacity {
+            records: lookback,
+            severe: 0,
+            block_bytes: u64::MAX,
+        }
+    }
+
+    /// The most a record counts toward a byte block: a block then always holds more records
+    /// than the collapse lookback, so the bound in bytes never takes a repeat's target away.
+    pub fn record_cap(self, lookback: usize) -> u64 {
+        self.block_bytes / (lookback as u64 + 2)
+    }
+
+    /// The first seq a tail ending at `last_seq` holds under both bounds: the count's
+    /// ([`Self::tail_start`]) and the bytes' ([`TailBytes::start`]).
+    pub fn start(self, last_seq: u64, bytes: &TailBytes) -> u64 {
+        let by_count = self.tail_start(last_seq);
+        if self.block_bytes == u64::MAX {
+            by_count
+        } else {
+            by_count.max(bytes.start())
         }
     }
 
@@ -72,6 +110,7 @@ impl Default for TailCapacity {
         TailCapacity {
             records: DEFAULT_TAIL_RECORDS,
             severe: DEFAULT_SEVERE_RECORDS,
+            block_bytes: DEFAULT_TAIL_BLOCK_BYTES,
         }
     }
 }
@@ -79,7 +118,7 @@ impl Default for TailCapacity {
 /// What the store keeps of a stream, from which [`StreamState::restore`] rebuilds it.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// The records from [`TailCapacity::tail_start`] on, oldest first.
+    /// The records from [`TailCapacity::start`] on, oldest first.
     pub tail: Vec<Arc<CachedRecord>>,
     /// The severe records kept that are older than the tail, oldest first.
     pub older_severe: Vec<Arc<CachedRecord>>,
@@ -99,6 +138,8 @@ pub struct Snapshot {
     pub next_note_id: u64,
     /// Severe records ever created.
     pub severe_created: u64,
+    /// Where the byte bound has the tail start.
+    pub bytes: TailBytes,
 }
 
 /// The result of appending one event.
@@ -142,6 +183,8 @@ pub struct StreamState {
     /// The record holding the latest event: the last one created or repeated.
     latest: Option<Arc<CachedRecord>>,
     older_last_ts: Option<Timestamp>,
+    /// Where the byte bound has the tail start.
+    bytes: TailBytes,
     totals: Totals,
     notes: Vec<Arc<CachedNote>>,
     revision: u64,
@@ -178,6 +221,7 @@ impl StreamState {
             latest_goal: None,
             latest: None,
             older_last_ts: None,
+            bytes: TailBytes::default(),
             totals: Totals::default(),
             notes: Vec::new(),
             revision: 0,
@@ -231,6 +275,7 @@ impl StreamState {
             revision,
             next_note_id,
             severe_created,
+            bytes,
         } = snapshot;
         let records = tail;
         let mut all_severe = older_severe;
@@ -255,6 +300,7 @@ impl StreamState {
         state.revision = revision;
         state.next_note_id = next_note_id;
         state.severe_created = severe_created;
+        state.bytes = bytes;
         state.trim();
         state.recount();
         state
@@ -394,6 +440,10 @@ impl StreamState {
     }
 
     fn push_cached(&mut self, cached: Arc<CachedRecord>) {
+        let cap = self.capacity.record_cap(self.collapser.policy().lookback);
+        let size = TailBytes::size(cached.record(), cap);
+        self.bytes
+            .push(cached.record().seq, size, self.capacity.block_bytes);
         if is_severe(cached.record()) {
             self.severe_created += 1;
             self.severe.push(cached.clone());
@@ -483,6 +533,7 @@ impl StreamState {
             .min(self.severe.len());
         fork.severe = self.severe[self.severe.len() - keep..].to_vec();
         fork.severe_created = self.severe_created;
+        fork.bytes = self.bytes;
         fork.goals = self.goals.clone();
         fork.latest_goal = self.latest_goal.clone();
         fork.latest = self.latest.clone();
@@ -509,6 +560,11 @@ impl StreamState {
             self.collapser_current = true;
             self.recount();
         }
+    }
+
+    /// How events collapse here.
+    pub fn policy(&self) -> CollapsePolicy {
+        self.collapser.policy()
     }
 
     /// The latest `last_ts` among records older than the tail (kept when the tail is trimmed).
@@ -632,11 +688,10 @@ impl StreamState {
         self.next_note_id
     }
 
-    /// Drops the records before [`TailCapacity::tail_start`] and the severe records beyond
-    /// [`TailCapacity::severe_kept`]: `capacity.records` at a time, so that appends stay
-    /// amortized O(1).
+    /// Drops the records before [`TailCapacity::start`] and the severe records beyond
+    /// [`TailCapacity::severe_kept`]: a block at a time, so that appends stay amortized O(1).
     fn trim(&mut self) {
-        let start = self.capacity.tail_start(self.totals.records);
+        let start = self.capacity.start(self.totals.records, &self.bytes);
         if self.records.first().is_some_and(|r| r.record().seq < start) {
             let gone = self.records.partition_point(|r| r.record().seq < start);
             for dropped in self.records.drain(..gone) {
@@ -725,7 +780,11 @@ mod tests {
                 lookback: 8,
                 ..CollapsePolicy::default()
             };
-            let capacity = TailCapacity { records: 16, severe: 4 };
+            let capacity = TailCapacity {
+                records: 16,
+                severe: 4,
+                ..TailCapacity::default()
+            };
             let event = |message: usize, kind: usize| {
                 let kinds = ["tool", "llm", "retry"];
                 let severity = if message == 3 { Severity::Error } else { Severity::Info };
