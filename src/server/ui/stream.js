@@ -448,7 +448,7 @@ function drawStats() {
     badge.textContent = `${severity} ${formatCount(count)}`;
     dd.append(badge, " ");
   }
-  severities.append(el("dt", "", "Severities"), dd);
+  severities.append(el("dt", "", "Events by severity"), dd);
   nodes.push(severities);
   dl.replaceChildren(...nodes);
   drawKinds(Object.keys(stats.kinds));

@@ -69,7 +69,7 @@ function row(stream) {
   return tr;
 }
 
-/** The severities with their record counts, most severe first. */
+/** The events of each severity, most severe first. */
 function severities(counts) {
   const td = el("td", "severities");
   for (const severity of [...SEVERITIES].reverse()) {
