@@ -231,8 +231,12 @@ def test_context_panel_shows_the_token_count_and_receipt(open_recap, page):
     assert small["tokens"] <= 300
     expect(tokens).to_have_attribute("data-tokens", str(small["tokens"]))
     folded = [item for item in small["items"] if not item["included"]]
+    summary = page.locator(".folded summary")
+    expect(summary).to_contain_text(f"Left out: {len(folded)} records")
+    # The list of what was left out is drawn when opened (and stays open as the window follows).
+    summary.click()
     expect(page.locator("#receipt-folded tbody tr")).to_have_count(len(folded))
-    expect(page.locator(".folded summary")).to_contain_text(f"Left out: {len(folded)} records")
+    expect(page.locator("#receipt-folded .level-folded").first).to_be_visible()
     # The level of detail of each shown record is drawn.
     levels = {item["level"] for item in small["items"] if item["included"]}
     for level in levels:
@@ -241,6 +245,7 @@ def test_context_panel_shows_the_token_count_and_receipt(open_recap, page):
     # The window follows the stream: a new event changes it without a reload.
     post_events(open_recap, stream, {"kind": "user", "severity": "critical", "message": "stop now"})
     expect(page.locator(".window-text pre")).to_contain_text("stop now")
+    expect(page.locator("#receipt-folded")).to_be_visible()
 
 
 def test_keyed_server_asks_for_a_key_and_sends_it_everywhere(recap, page):

@@ -14,6 +14,9 @@ import { KeyRefused, ensureKey, el, formatCount, getJson, kindBadge, streamPath 
 const MAX_FOLDED_ROWS = 200;
 const MAX_BUDGET = 1000000;
 
+/** Which parts the viewer opened or closed: kept when the panel is drawn again. */
+const opened = { folded: false, text: true };
+
 /** What each reason means, in the words the README uses. */
 const REASONS = {
   newest: "one of the newest records, kept ahead of ranking",
@@ -91,27 +94,29 @@ export function contextPanel(name, recordOf) {
   return { refresh };
 }
 
-/** Draws a window and its receipt into `container`. */
-function draw(container, window, recordOf) {
-  const spent = spending(window);
+/**
+ * Draws a context window (the JSON answer) and its receipt into `container`.
+ */
+function draw(container, answer, recordOf) {
+  const spent = spending(answer);
   const parts = [
-    header(window),
-    bar(window.budget, spent),
+    header(answer),
+    bar(answer.budget, spent),
     legend(spent),
-    totals(window),
-    receipt(window.items, recordOf),
-    text(window.text),
+    totals(answer),
+    receipt(answer.items, recordOf),
+    text(answer.text),
   ];
   container.replaceChildren(...parts);
 }
 
-function header(window) {
+function header(answer) {
   const p = el("p", "tokens");
   p.id = "context-tokens";
-  const strong = el("strong", "", formatCount(window.tokens));
-  strong.dataset.tokens = window.tokens;
-  p.append(strong, ` of ${formatCount(window.budget)} tokens, counted with ${window.encoding}`,
-    el("span", "muted", ` (revision ${formatCount(window.revision)}, line cap ${window.line_cap})`));
+  const strong = el("strong", "", formatCount(answer.tokens));
+  strong.dataset.tokens = answer.tokens;
+  p.append(strong, ` of ${formatCount(answer.budget)} tokens, counted with ${answer.encoding}`,
+    el("span", "muted", ` (revision ${formatCount(answer.revision)}, line cap ${answer.line_cap})`));
   return p;
 }
 
@@ -119,17 +124,17 @@ function header(window) {
  * How the window's tokens are spent. Each shown record's line costs `tokens` at its level; what
  * the records do not account for is the headings and the Earlier summary.
  */
-function spending(window) {
+function spending(answer) {
   const spent = { whole: 0, headline: 0, notes: 0, framing: 0, unused: 0 };
-  for (const item of window.items) {
+  for (const item of answer.items) {
     if (!item.included) continue;
     if (item.reason === "pinned") spent.notes += item.tokens;
     else if (item.level === "whole") spent.whole += item.tokens;
     else if (item.level === "headline") spent.headline += item.tokens;
   }
   const lines = spent.whole + spent.headline + spent.notes;
-  spent.framing = Math.max(0, window.tokens - lines);
-  spent.unused = Math.max(0, window.budget - window.tokens);
+  spent.framing = Math.max(0, answer.tokens - lines);
+  spent.unused = Math.max(0, answer.budget - answer.tokens);
   return spent;
 }
 
@@ -160,40 +165,58 @@ function legend(spent) {
   return ul;
 }
 
-function totals(window) {
-  const t = window.totals;
+function totals(answer) {
+  const t = answer.totals;
   const p = el("p", "totals");
   p.id = "context-totals";
   p.textContent = `${formatCount(t.shown_records)} of ${formatCount(t.records)} records shown `
     + `(${formatCount(t.shown_whole)} whole, ${formatCount(t.shown_headlines)} as headlines), `
     + `${formatCount(t.elided_records)} folded into the Earlier line `
     + `(${formatCount(t.elided_events)} of ${formatCount(t.events)} events); `
-    + `${formatCount(t.notes_shown)} notes shown.`;
-  if (window.notes_cut) {
-    p.append(el("strong", "warn", ` ${formatCount(t.notes_cut)} notes did not fit the budget.`));
+    + `${plural(t.notes_shown, "note")} shown.`;
+  if (answer.notes_cut) {
+    p.append(el("strong", "warn", ` ${plural(t.notes_cut, "note")} did not fit the budget.`));
   }
   return p;
 }
 
-/** The receipt: the shown records, then (folded away) the records left out and why. */
+/**
+ * The receipt: the shown records, then (folded away) the records left out and why. The list of
+ * those is drawn when the viewer opens it: on a big stream it is the longer one, and the panel
+ * is drawn again about once a second while the stream is busy.
+ */
 function receipt(items, recordOf) {
   const wrap = el("div", "receipt");
   const newestFirst = [...items].sort((a, b) => b.seq - a.seq);
   const shown = newestFirst.filter((item) => item.included);
   const folded = newestFirst.filter((item) => !item.included);
-  wrap.append(table(`Shown: ${formatCount(shown.length)} records, newest first`, shown, recordOf, "receipt-shown"));
+  wrap.append(table(`Shown: ${plural(shown.length, "record")}, newest first`, shown, recordOf, "receipt-shown"));
 
   const details = el("details", "folded");
   const why = {};
   for (const item of folded) why[item.reason] = (why[item.reason] || 0) + 1;
   const reasons = Object.entries(why).map(([reason, n]) => `${reason} ${formatCount(n)}`).join(", ");
-  details.append(el("summary", "", `Left out: ${formatCount(folded.length)} records${reasons ? ` (${reasons})` : ""}`));
-  if (folded.length > MAX_FOLDED_ROWS) {
-    details.append(el("p", "muted small", `The newest ${MAX_FOLDED_ROWS} are listed.`));
-  }
-  details.append(table("Left out, newest first", folded.slice(0, MAX_FOLDED_ROWS), recordOf, "receipt-folded"));
+  details.append(el("summary", "", `Left out: ${plural(folded.length, "record")}${reasons ? ` (${reasons})` : ""}`));
+  const fill = () => {
+    if (details.childElementCount > 1) return;
+    if (folded.length > MAX_FOLDED_ROWS) {
+      details.append(el("p", "muted small", `The newest ${MAX_FOLDED_ROWS} are listed.`));
+    }
+    details.append(table("Left out, newest first", folded.slice(0, MAX_FOLDED_ROWS), recordOf, "receipt-folded"));
+  };
+  details.open = opened.folded;
+  if (opened.folded) fill();
+  details.addEventListener("toggle", () => {
+    opened.folded = details.open;
+    if (details.open) fill();
+  });
   wrap.append(details);
   return wrap;
+}
+
+/** "1 record", "2 records". */
+function plural(n, noun) {
+  return `${formatCount(n)} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 function table(caption, items, recordOf, id) {
@@ -234,7 +257,10 @@ function row(item, record) {
 
 function text(windowText) {
   const details = el("details", "window-text");
-  details.open = true;
+  details.open = opened.text;
+  details.addEventListener("toggle", () => {
+    opened.text = details.open;
+  });
   details.append(el("summary", "", "The window as the agent reads it"));
   const pre = el("pre", "", windowText || "(empty: the stream has nothing yet)");
   pre.tabIndex = 0;
