@@ -167,7 +167,7 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
     if segments.iter().any(|segment| segment.is_empty()) {
         return Err(ApiError::not_found(path));
     }
-    let (choices, allow, stream, id): (&[(Method, Endpoint)], &'static str, _, _) =
+    let (choices, allow, stream, id_or_file): (&[(Method, Endpoint)], &'static str, _, _) =
         match segments.as_slice() {
             ["healthz"] => (&[(Method::GET, Endpoint::Healthz)], "GET", None, None),
             ["metrics"] => (&[(Method::GET, Endpoint::Metrics)], "GET", None, None),
@@ -228,7 +228,12 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
             ),
             ["ui"] => (&[(Method::GET, Endpoint::Ui)], "GET", None, None),
             ["ui", "streams", s] => (&[(Method::GET, Endpoint::UiStream)], "GET", Some(*s), None),
-            ["ui", "assets", file] => (&[(Method::GET, Endpoint::UiAsset)], "GET", None, Some(*file)),
+            ["ui", "assets", file] => (
+                &[(Method::GET, Endpoint::UiAsset)],
+                "GET",
+                None,
+                Some(*file),
+            ),
             // OpenIntent (docs/openintent.md): an intent id is a stream name.
             ["api", "v1", "intents"] => (
                 &[(Method::POST, Endpoint::CreateIntent)],
@@ -273,7 +278,7 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
         .map(|(_, endpoint)| Matched {
             endpoint: *endpoint,
             stream,
-            id,
+            id: id_or_file,
         })
         .ok_or_else(|| ApiError::method_not_allowed(method, allow))
 }

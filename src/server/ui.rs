@@ -18,7 +18,8 @@ use super::body::Body;
 use super::wire::ApiError;
 
 /// What the view may load: its own origin only, nothing inline, no frames around it.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 /// The assets are not versioned by name: the browser revalidates them, so a new binary's view
 /// is the one shown after a reload.
 const CACHE: &str = "no-cache";
@@ -117,7 +118,10 @@ fn respond(content_type: &'static str, body: Bytes) -> Response<Body> {
         "content-security-policy",
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     response
 }

@@ -736,10 +736,11 @@ async fn the_web_view_is_served_without_a_key_and_its_data_is_not() {
         .get("/ui/assets/nope.js")
         .await
         .assert_error(404, "not_found", None);
-    server
-        .get("/ui/streams/bad%20name")
-        .await
-        .assert_error(400, "invalid_stream_name", Some("stream"));
+    server.get("/ui/streams/bad%20name").await.assert_error(
+        400,
+        "invalid_stream_name",
+        Some("stream"),
+    );
     let head = server
         .request(Method::HEAD, "/ui", None, Bytes::new(), &[])
         .await;
@@ -754,10 +755,7 @@ async fn the_web_view_is_served_without_a_key_and_its_data_is_not() {
         )
         .await
         .text();
-    assert!(
-        metrics.contains("route=\"/ui/assets/{file}\""),
-        "{metrics}"
-    );
+    assert!(metrics.contains("route=\"/ui/assets/{file}\""), "{metrics}");
 
     let open = TestServer::start().await;
     assert!(open.get("/ui").await.text().contains("data-auth=\"open\""));
