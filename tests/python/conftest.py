@@ -52,19 +52,20 @@ def recap_binary() -> Path:
 
 
 @contextlib.contextmanager
-def running_recap(keys: bool):
-    """Starts `recap serve` on a free loopback port with a temporary data directory (and, with
-    `keys`, a keys file holding API_KEY with the admin scope); stops it (SIGTERM, then waited
-    for, killed by its pid if it does not exit) when the block ends."""
+def running_recap(keys: bool, port: int | None = None, data_dir: Path | None = None):
+    """Starts `recap serve` on `port` (default a free one) on loopback with `data_dir` (default
+    a temporary one; and, with `keys`, a keys file holding API_KEY with the admin scope); stops
+    it (SIGTERM, then waited for, killed by its pid if it does not exit) when the block ends."""
     with tempfile.TemporaryDirectory(prefix="recap-pytest-") as tmp:
         tmp = Path(tmp)
+        data_dir = data_dir or tmp / "data"
         command = [
             str(recap_binary()),
             "serve",
             "--addr",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{port or free_port()}",
             "--data",
-            str(tmp / "data"),
+            str(data_dir),
         ]
         if keys:
             keys_file = tmp / "keys.toml"
@@ -90,7 +91,7 @@ def running_recap(keys: bool):
                 if time.monotonic() > deadline:
                     raise RuntimeError("recap did not answer /healthz in time")
                 time.sleep(0.05)
-            yield Recap(url=url, api_key=API_KEY if keys else "", data_dir=tmp / "data")
+            yield Recap(url=url, api_key=API_KEY if keys else "", data_dir=data_dir)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
