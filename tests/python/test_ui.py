@@ -262,6 +262,12 @@ def test_keyed_server_asks_for_a_key_and_sends_it_everywhere(recap, page):
     key_input = page.get_by_label("API key (kept in this tab only)")
     expect(key_input).to_be_visible()
     expect(page.locator("#main")).to_be_hidden()
+    # A wrong key is refused (401, on purpose here) and asked for again.
+    page.problems.expected += ["401"]
+    key_input.fill("not-the-key-0123456789")
+    key_input.press("Enter")
+    expect(page.locator("#auth-error")).to_contain_text("did not accept")
+    expect(key_input).to_be_visible()
     key_input.fill(API_KEY)
     key_input.press("Enter")
     expect(records(page)).to_have_count(1)
@@ -287,7 +293,12 @@ def test_pages_are_keyboard_navigable_and_fit_a_narrow_window(open_recap, page):
     assert width <= 400, width
     # Tab reaches the controls in order; the message's "show all" is a real button.
     page.keyboard.press("Tab")
-    expect(page.locator(".skip")).to_be_focused()
+    expect(page.get_by_role("link", name="Skip to the records")).to_be_focused()
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to the context window")
+    expect(skip).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#context-title")).to_be_focused()
     more = record(page, 1).locator("button.more")
     expect(more).to_have_accessible_name(re.compile("Show all"))
     more.focus()
