@@ -359,3 +359,51 @@ def test_the_feed_parser_reads_frames_split_anywhere(open_recap, page):
         {"id": 8, "event": "note", "data": {"text": "a"}},
         {"id": 0, "event": "gap", "data": {"reset": True}},
     ]
+
+
+def test_older_records_load_on_request_and_filters_narrow_the_records(open_recap, page):
+    stream = unique("ui-older")
+    events = [
+        {"kind": "tool" if i % 2 else "plan", "severity": "error" if i % 10 == 0 else "info",
+         "message": f"event {i}"}
+        for i in range(350)
+    ]
+    post_events(open_recap, stream, events)
+    page.goto(f"{open_recap.url}/ui/streams/{stream}")
+    # The newest 300 are drawn; the rest come a page at a time.
+    expect(records(page)).to_have_count(300)
+    expect(records(page).first).to_have_attribute("data-seq", "350")
+    expect(page.locator("#records-count")).to_have_text("showing 300 of 350")
+    page.get_by_role("button", name="Load older records").click()
+    expect(records(page)).to_have_count(350)
+    expect(records(page).last).to_have_attribute("data-seq", "1")
+    expect(page.locator("#records-end")).to_be_visible()
+    expect(page.get_by_role("button", name="Load older records")).to_be_hidden()
+
+    # Filters go to the server, and live records are held to them too.
+    page.get_by_label("Kind").select_option("plan")
+    page.get_by_label("Severity at least").select_option("error")
+    expect(records(page)).to_have_count(35)
+    expect(page.locator("#records > li .kind").first).to_have_text("plan")
+    post_events(open_recap, stream, [
+        {"kind": "tool", "severity": "error", "message": "not a plan"},
+        {"kind": "plan", "severity": "info", "message": "not severe"},
+        {"kind": "plan", "severity": "critical", "message": "a severe plan"},
+    ])
+    expect(records(page).first).to_contain_text("a severe plan")
+    expect(records(page)).to_have_count(36)
+    expect(page.locator("#records")).not_to_contain_text("not a plan")
+    expect(page.locator("#records")).not_to_contain_text("not severe")
+
+
+def test_a_stream_deleted_and_created_again_is_read_afresh(open_recap, page):
+    stream = unique("ui-reset")
+    post_events(open_recap, stream, [{"kind": "tool", "message": f"old {i}"} for i in range(3)])
+    page.goto(f"{open_recap.url}/ui/streams/{stream}")
+    expect(records(page)).to_have_count(3)
+    httpx.delete(f"{open_recap.url}/v1/streams/{stream}", timeout=10).raise_for_status()
+    post_events(open_recap, stream, {"kind": "plan", "message": "a new beginning"})
+    # The feed sends a reset (revisions start over); the page drops what it held.
+    expect(records(page)).to_have_count(1)
+    expect(record(page, 1)).to_contain_text("a new beginning")
+    expect(page.locator("#feed-status")).to_have_text("live")
