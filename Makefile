@@ -15,9 +15,9 @@ test:
 doc:
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 
-# The unmodified openintent client and the aegeantic bridge against a real recap (tests/python),
-# in a virtualenv with the pinned packages of tests/python/requirements.txt. CI runs it after
-# `check`.
+# The unmodified openintent client, the aegeantic bridge and the web view (in Debian's headless
+# Chromium, driven by Playwright) against a real recap (tests/python), in a virtualenv with the
+# pinned packages of tests/python/requirements.txt. CI runs it after `check`.
 VENV ?= target/pytest-venv
 pytest:
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)

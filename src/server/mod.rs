@@ -26,6 +26,7 @@ pub mod query;
 pub mod routes;
 pub mod sse;
 pub mod streams;
+pub mod ui;
 pub mod wire;
 
 use std::convert::Infallible;

@@ -14,7 +14,7 @@ use super::auth::Scope;
 use super::body::Body;
 use super::sse::{self, Dialect};
 use super::wire::{self, ApiError, ErrorStyle};
-use super::{context, events, notes, openintent, streams};
+use super::{context, events, notes, openintent, streams, ui};
 
 /// Every endpoint, for metrics labels and scope checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,13 +44,19 @@ pub enum Endpoint {
     GetIntentEvents,
     /// `GET /api/v1/intents/{id}/subscribe` or `/api/v1/subscribe/intents/{id}` (OpenIntent).
     SubscribeIntent,
+    /// `GET /ui`: the web view's list of streams (a page without data).
+    Ui,
+    /// `GET /ui/streams/{s}`: the web view of one stream (a page without data).
+    UiStream,
+    /// `GET /ui/assets/{file}`: the web view's scripts, style sheet and icon.
+    UiAsset,
     /// No route matched (404) or the method did not (405).
     Unmatched,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order (`ALL[e as usize] == e`).
-    pub const ALL: [Endpoint; 20] = [
+    pub const ALL: [Endpoint; 23] = [
         Endpoint::Healthz,
         Endpoint::Metrics,
         Endpoint::ListStreams,
@@ -70,6 +76,9 @@ impl Endpoint {
         Endpoint::PostIntentEvent,
         Endpoint::GetIntentEvents,
         Endpoint::SubscribeIntent,
+        Endpoint::Ui,
+        Endpoint::UiStream,
+        Endpoint::UiAsset,
         Endpoint::Unmatched,
     ];
 
@@ -106,14 +115,22 @@ impl Endpoint {
             Endpoint::GetIntent => "/api/v1/intents/{id}",
             Endpoint::PostIntentEvent | Endpoint::GetIntentEvents => "/api/v1/intents/{id}/events",
             Endpoint::SubscribeIntent => "/api/v1/intents/{id}/subscribe",
+            Endpoint::Ui => "/ui",
+            Endpoint::UiStream => "/ui/streams/{s}",
+            Endpoint::UiAsset => "/ui/assets/{file}",
             Endpoint::Unmatched => "unmatched",
         }
     }
 
-    /// The scope a key needs; `None` for endpoints open to any caller.
+    /// The scope a key needs; `None` for endpoints open to any caller. The web view's pages and
+    /// assets hold no data (the page asks for a key and sends it with its own API requests).
     fn scope(self) -> Option<Scope> {
         match self {
-            Endpoint::Healthz | Endpoint::Unmatched => None,
+            Endpoint::Healthz
+            | Endpoint::Ui
+            | Endpoint::UiStream
+            | Endpoint::UiAsset
+            | Endpoint::Unmatched => None,
             Endpoint::Metrics
             | Endpoint::ListStreams
             | Endpoint::GetStream
@@ -139,7 +156,8 @@ impl Endpoint {
 struct Matched<'a> {
     endpoint: Endpoint,
     stream: Option<&'a str>,
-    note_id: Option<&'a str>,
+    /// The second parameter: a note id, or the web view's asset file.
+    id: Option<&'a str>,
 }
 
 /// Matches a path and method.
@@ -149,7 +167,7 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
     if segments.iter().any(|segment| segment.is_empty()) {
         return Err(ApiError::not_found(path));
     }
-    let (choices, allow, stream, note_id): (&[(Method, Endpoint)], &'static str, _, _) =
+    let (choices, allow, stream, id_or_file): (&[(Method, Endpoint)], &'static str, _, _) =
         match segments.as_slice() {
             ["healthz"] => (&[(Method::GET, Endpoint::Healthz)], "GET", None, None),
             ["metrics"] => (&[(Method::GET, Endpoint::Metrics)], "GET", None, None),
@@ -208,6 +226,14 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
                 Some(*s),
                 None,
             ),
+            ["ui"] => (&[(Method::GET, Endpoint::Ui)], "GET", None, None),
+            ["ui", "streams", s] => (&[(Method::GET, Endpoint::UiStream)], "GET", Some(*s), None),
+            ["ui", "assets", file] => (
+                &[(Method::GET, Endpoint::UiAsset)],
+                "GET",
+                None,
+                Some(*file),
+            ),
             // OpenIntent (docs/openintent.md): an intent id is a stream name.
             ["api", "v1", "intents"] => (
                 &[(Method::POST, Endpoint::CreateIntent)],
@@ -252,7 +278,7 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
         .map(|(_, endpoint)| Matched {
             endpoint: *endpoint,
             stream,
-            note_id,
+            id: id_or_file,
         })
         .ok_or_else(|| ApiError::method_not_allowed(method, allow))
 }
@@ -328,7 +354,7 @@ async fn dispatch(
         Endpoint::GetContext => context::get(app, stream()?, query).await,
         Endpoint::PostNote => notes::post(app, stream()?, headers, body).await,
         Endpoint::GetNotes => notes::list(app, stream()?, query),
-        Endpoint::DeleteNote => notes::delete(app, stream()?, matched.note_id.unwrap_or("")).await,
+        Endpoint::DeleteNote => notes::delete(app, stream()?, matched.id.unwrap_or("")).await,
         Endpoint::Subscribe => sse::subscribe(app, stream()?, headers, query, Dialect::Recap),
         Endpoint::CreateIntent => openintent::create_intent(app, key, headers, body).await,
         Endpoint::GetIntent => openintent::get_intent(app, stream()?, query).await,
@@ -338,6 +364,10 @@ async fn dispatch(
         Endpoint::SubscribeIntent => {
             sse::subscribe(app, stream()?, headers, query, Dialect::OpenIntent)
         }
+        Endpoint::Ui => Ok(ui::page(ui::Page::Streams, app.options.keys.is_some())),
+        // The name was validated above: a page for a name no stream can have is a 400.
+        Endpoint::UiStream => Ok(ui::page(ui::Page::Stream, app.options.keys.is_some())),
+        Endpoint::UiAsset => ui::asset(matched.id.unwrap_or("")),
         Endpoint::Unmatched => Err(ApiError::not_found(parts.uri.path())),
     }
 }
@@ -389,8 +419,22 @@ mod tests {
         );
         let matched = resolve(&Method::DELETE, "/v1/streams/s/notes/3").unwrap();
         assert_eq!(
-            (matched.endpoint, matched.note_id),
+            (matched.endpoint, matched.id),
             (Endpoint::DeleteNote, Some("3"))
+        );
+        let matched = resolve(&Method::GET, "/ui/assets/stream.js").unwrap();
+        assert_eq!(
+            (matched.endpoint, matched.id),
+            (Endpoint::UiAsset, Some("stream.js"))
+        );
+        let matched = resolve(&Method::HEAD, "/ui/streams/a:b").unwrap();
+        assert_eq!(
+            (matched.endpoint, matched.stream),
+            (Endpoint::UiStream, Some("a:b"))
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/ui").err().unwrap().allow,
+            Some("GET")
         );
         for path in ["/v1/streams/", "/v1/streams//events", "/healthz/"] {
             let error = resolve(&Method::GET, path).err().unwrap();

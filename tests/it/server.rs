@@ -699,6 +699,69 @@ async fn keys_confine_callers_to_their_scope_and_prefix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_view_is_served_without_a_key_and_its_data_is_not() {
+    let options = ServerOptions {
+        keys: Some(Keys::parse(KEYS).unwrap()),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::with_options(options).await;
+    for (path, content_type) in [
+        ("/ui", "text/html; charset=utf-8"),
+        ("/ui/streams/team-a.x", "text/html; charset=utf-8"),
+        ("/ui/assets/stream.js", "text/javascript; charset=utf-8"),
+        ("/ui/assets/ui.css", "text/css; charset=utf-8"),
+        ("/ui/assets/icon.svg", "image/svg+xml"),
+    ] {
+        let reply = server.get(path).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.header("content-type"), Some(content_type), "{path}");
+        let policy = reply.header("content-security-policy").unwrap();
+        assert!(policy.starts_with("default-src 'self'"), "{path}: {policy}");
+        assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(reply.header("cache-control"), Some("no-cache"));
+    }
+    // The page tells its script to ask for a key; the data it would show still needs one.
+    assert!(
+        server
+            .get("/ui/streams/team-a.x")
+            .await
+            .text()
+            .contains("data-auth=\"keys\"")
+    );
+    server
+        .get("/v1/streams/team-a.x/events")
+        .await
+        .assert_error(401, "unauthorized", None);
+    server
+        .get("/ui/assets/nope.js")
+        .await
+        .assert_error(404, "not_found", None);
+    server.get("/ui/streams/bad%20name").await.assert_error(
+        400,
+        "invalid_stream_name",
+        Some("stream"),
+    );
+    let head = server
+        .request(Method::HEAD, "/ui", None, Bytes::new(), &[])
+        .await;
+    assert_eq!((head.status.as_u16(), head.body.len()), (200, 0));
+    let metrics = server
+        .request(
+            Method::GET,
+            "/metrics",
+            None,
+            Bytes::new(),
+            &[("x-api-key", "admin-secret-0123456789")],
+        )
+        .await
+        .text();
+    assert!(metrics.contains("route=\"/ui/assets/{file}\""), "{metrics}");
+
+    let open = TestServer::start().await;
+    assert!(open.get("/ui").await.text().contains("data-auth=\"open\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_keys_the_server_refuses_a_non_loopback_listener() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();

@@ -1,5 +1,6 @@
-"""Fixtures for the Python compatibility tests: a real `recap serve` on a free loopback port,
-with a temporary data directory and an API key, stopped (SIGTERM, then waited for) at the end.
+"""Fixtures for the Python tests: a real `recap serve` on a free loopback port, with a temporary
+data directory and an API key (`recap`) or without keys (`open_recap`), stopped (SIGTERM, then
+waited for) at the end.
 
 The binary is `$RECAP_BIN`, or `target/debug/recap` (run `cargo build` first; `.ci/run` builds
 it and sets `RECAP_BIN`).
@@ -7,6 +8,7 @@ it and sets `RECAP_BIN`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -33,7 +35,7 @@ class Recap:
     data_dir: Path
 
     def headers(self) -> dict[str, str]:
-        return {"X-API-Key": self.api_key}
+        return {"X-API-Key": self.api_key} if self.api_key else {}
 
 
 def free_port() -> int:
@@ -49,31 +51,31 @@ def recap_binary() -> Path:
     return binary
 
 
-@pytest.fixture(scope="session")
-def recap():
+@contextlib.contextmanager
+def running_recap(keys: bool, port: int | None = None, data_dir: Path | None = None):
+    """Starts `recap serve` on `port` (default a free one) on loopback with `data_dir` (default
+    a temporary one; and, with `keys`, a keys file holding API_KEY with the admin scope); stops
+    it (SIGTERM, then waited for, killed by its pid if it does not exit) when the block ends."""
     with tempfile.TemporaryDirectory(prefix="recap-pytest-") as tmp:
         tmp = Path(tmp)
-        keys = tmp / "keys.toml"
-        keys.write_text(
-            f'[[keys]]\nname = "pytest"\nkey = "{API_KEY}"\nscopes = ["admin"]\n'
-        )
-        port = free_port()
+        data_dir = data_dir or tmp / "data"
+        command = [
+            str(recap_binary()),
+            "serve",
+            "--addr",
+            f"127.0.0.1:{port or free_port()}",
+            "--data",
+            str(data_dir),
+        ]
+        if keys:
+            keys_file = tmp / "keys.toml"
+            keys_file.write_text(
+                f'[[keys]]\nname = "pytest"\nkey = "{API_KEY}"\nscopes = ["admin"]\n'
+            )
+            command += ["--keys", str(keys_file)]
+        url = f"http://{command[3]}"
         log = open(tmp / "recap.log", "wb")
-        process = subprocess.Popen(
-            [
-                str(recap_binary()),
-                "serve",
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--data",
-                str(tmp / "data"),
-                "--keys",
-                str(keys),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + STARTUP_SECONDS
             while True:
@@ -89,12 +91,26 @@ def recap():
                 if time.monotonic() > deadline:
                     raise RuntimeError("recap did not answer /healthz in time")
                 time.sleep(0.05)
-            yield Recap(url=url, api_key=API_KEY, data_dir=tmp / "data")
+            yield Recap(url=url, api_key=API_KEY if keys else "", data_dir=data_dir)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.kill(process.pid, signal.SIGKILL)
                 process.wait()
             log.close()
+
+
+@pytest.fixture(scope="session")
+def recap():
+    """A server with an API key (every request but /healthz and the web view's pages needs it)."""
+    with running_recap(keys=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def open_recap():
+    """A server without keys (loopback only), as `recap serve` runs on a developer's machine."""
+    with running_recap(keys=False) as server:
+        yield server
