@@ -474,6 +474,13 @@ impl Record {
     }
 }
 
+/// The largest repeat count a record takes: 2^53 - 1, the largest whole number a JSON reader
+/// that uses doubles (JavaScript) reads exactly. A record at this count takes no more repeats
+/// (the next one starts a record), and an import that would take a stream's events past it is
+/// refused. Events posted one at a time keep counting (2^64 is out of their reach): no count
+/// ever wraps.
+pub const MAX_EVENT_COUNT: u64 = (1 << 53) - 1;
+
 /// Payload key of a note's audit record (the `note` event recap logs for every note) that names
 /// the note. Only recap writes it: windows hide the record once its note is forgotten.
 pub const NOTE_ID_KEY: &str = "note_id";

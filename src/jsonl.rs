@@ -26,8 +26,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::event::{
-    Event, EventError, EventInput, EventLimits, Note, Record, Timestamp, format_timestamp,
-    parse_timestamp,
+    Event, EventError, EventInput, EventLimits, MAX_EVENT_COUNT, Note, Record, Timestamp,
+    format_timestamp, parse_timestamp,
 };
 use crate::payload::Payload;
 use crate::store::{ImportedNote, ImportedRecord};
@@ -135,7 +135,9 @@ pub fn parse_record(
         });
     }
     let repeat_count = match object.remove("repeat_count") {
-        Some(Value::Number(number)) => number.as_u64().filter(|count| *count >= 1),
+        Some(Value::Number(number)) => number
+            .as_u64()
+            .filter(|count| (1..=MAX_EVENT_COUNT).contains(count)),
         None => {
             return Err(EventError::MissingField {
                 field: "repeat_count",
@@ -145,7 +147,7 @@ pub fn parse_record(
     }
     .ok_or_else(|| EventError::Json {
         field: Some("repeat_count".to_owned()),
-        detail: "repeat_count must be a whole number ≥ 1".to_owned(),
+        detail: format!("repeat_count must be a whole number from 1 to {MAX_EVENT_COUNT}"),
     })?;
     let mut event = EventInput::from_value(Value::Object(object))?.validate(limits)?;
     event.ts = Some(first_ts);
@@ -343,6 +345,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again, Line::Record(imported));
+    }
+
+    #[test]
+    fn repeat_counts_are_refused_past_the_largest_exact_number() {
+        let line = |count: &str| {
+            format!(
+                r#"{{"seq":1,"message":"m","kind":"tool","severity":"info","first_ts":"2024-05-01T10:00:00Z","last_ts":"2024-05-01T10:00:00Z","repeat_count":{count},"revision":1}}"#
+            )
+        };
+        let limits = EventLimits::default();
+        assert!(parse_record_text(&line("9007199254740991"), &limits).is_ok());
+        for count in ["9007199254740992", "18446744073709551615", "0", "1.5", "-1"] {
+            let error = parse_record_text(&line(count), &limits).unwrap_err();
+            assert_eq!(error.field(), Some("repeat_count"), "{count}");
+            assert!(
+                error.to_string().contains("from 1 to 9007199254740991"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

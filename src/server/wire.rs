@@ -319,6 +319,10 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the server is shutting down; retry against the next instance",
             ),
+            StoreError::CountLimit { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", error.to_string())
+                    .with_field("repeat_count")
+            }
             StoreError::NoteLimit { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "note_limit", error.to_string())
             }

@@ -110,6 +110,19 @@ pub enum StoreError {
         /// The config setting that raises it.
         setting: &'static str,
     },
+    /// An import would take the stream's event count past [`crate::event::MAX_EVENT_COUNT`];
+    /// nothing was written.
+    #[error(
+        "the stream counts {held} events and the import brings {adding} more, past the most a stream counts ({limit}); import the records into a new stream"
+    )]
+    CountLimit {
+        /// Events the stream counts now.
+        held: u64,
+        /// Events the import brings (the sum of its repeat counts).
+        adding: u64,
+        /// [`crate::event::MAX_EVENT_COUNT`].
+        limit: u64,
+    },
     /// An I/O or database failure; the write was not acknowledged.
     #[error("storage failure: {0}")]
     Storage(String),

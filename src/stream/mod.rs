@@ -14,7 +14,7 @@ use crate::collapse::{self, CollapsePolicy, Collapser, Placement};
 use crate::context::cache::without_payload;
 use crate::context::candidates::is_goal;
 use crate::context::{CachedNote, CachedRecord, MAX_GOALS, PayloadPolicy, StreamView, Totals};
-use crate::event::{Event, Note, Record, Severity, Timestamp};
+use crate::event::{Event, MAX_EVENT_COUNT, Note, Record, Severity, Timestamp};
 use crate::meter::{self, Meter};
 use crate::payload::Payload;
 
@@ -337,6 +337,14 @@ impl StreamState {
                     .iter()
                     .rposition(|r| r.record().seq == seq)
                     .expect("the collapse lookback stays inside the tail");
+                if self.records[position].record().repeat_count >= MAX_EVENT_COUNT {
+                    // A full record takes no more repeats: the event starts the next one.
+                    self.collapser.forget(seq);
+                    let seq = self.collapser.place_new(&event, ts);
+                    self.totals.records += 1;
+                    let record = Record::from_event(event, seq, self.revision, ts);
+                    return self.push_record(record, payload);
+                }
                 let mut record = self.records[position].full_record();
                 record.absorb(event, self.revision, ts);
                 let cached = Arc::new(CachedRecord::new(&record, &self.meter));

@@ -1511,3 +1511,45 @@ fn notes_past_the_cap_are_refused_and_write_nothing() {
         Err(StoreError::NoteLimit { .. })
     ));
 }
+
+/// No count wraps: a record at the largest count takes no more repeats (the next one starts a
+/// record), and an import that would take the stream's events past it is refused whole.
+#[test]
+fn counts_stop_at_the_largest_exact_number_instead_of_wrapping() {
+    use recap::event::MAX_EVENT_COUNT;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let stream = name("full");
+    let full = |repeat_count| ImportedRecord {
+        event: Event::new("tool", Severity::Info, "same").unwrap(),
+        first_ts: ts(0),
+        last_ts: ts(1),
+        repeat_count,
+        note: None,
+    };
+    store
+        .import(&stream, vec![full(MAX_EVENT_COUNT - 1)])
+        .wait()
+        .unwrap();
+    let event = || Event::new("tool", Severity::Info, "same").unwrap();
+    let appended = store.append(&stream, vec![event(), event(), event()], ts(2));
+    let appended = appended.wait().unwrap();
+    let placed: Vec<(u64, u64, bool)> = appended
+        .iter()
+        .map(|a| (a.record.seq, a.record.repeat_count, a.collapsed))
+        .collect();
+    assert_eq!(
+        placed,
+        [(1, MAX_EVENT_COUNT, true), (2, 1, false), (2, 2, true)]
+    );
+    let stats = store.stream(&stream).unwrap();
+    assert_eq!((stats.records, stats.events), (2, MAX_EVENT_COUNT + 2));
+    let refused = store.import(&stream, vec![full(1)]).wait().unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("past the most a stream counts"),
+        "{refused}"
+    );
+    assert_eq!(store.stream(&stream).unwrap().records, 2, "nothing written");
+}

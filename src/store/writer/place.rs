@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::context::NOTE_ID_KEY;
+use crate::event::MAX_EVENT_COUNT;
 use crate::payload::Payload;
 
 impl Writer {
@@ -128,6 +129,22 @@ impl Writer {
             } => {
                 if records.is_empty() {
                     work.answers.push(Answer::Appended(reply, Vec::new()));
+                    return Ok(());
+                }
+                // Counts never wrap: an import that would take the stream past the limit is
+                // refused whole, before anything is placed.
+                let adding = records
+                    .iter()
+                    .fold(0u64, |sum, record| sum.saturating_add(record.repeat_count));
+                let held = self
+                    .loaded(&stream)?
+                    .map_or(0, |target| target.shadow.totals().events);
+                if held.saturating_add(adding) > MAX_EVENT_COUNT {
+                    drop(reply.send(Err(StoreError::CountLimit {
+                        held,
+                        adding,
+                        limit: MAX_EVENT_COUNT,
+                    })));
                     return Ok(());
                 }
                 let target = self.stream_for_write(&stream, work)?;
