@@ -117,6 +117,10 @@ pub enum ServerError {
     /// The store failed to open or to close.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// One of the store's threads died while serving; the server stopped so that its
+    /// supervisor restarts it.
+    #[error("stopped because the store failed: {0}")]
+    StoreFailed(String),
 }
 
 /// What every handler shares.
@@ -181,9 +185,17 @@ pub async fn run(
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     tokio::pin!(shutdown);
+    let failed = store_failure(app.store.clone());
+    tokio::pin!(failed);
+    let mut failure = None;
     loop {
         let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
+            cause = &mut failed => {
+                tracing::error!(%cause, "the store failed; stopping so that the supervisor restarts recap");
+                failure = Some(cause);
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -222,11 +234,27 @@ pub async fn run(
     }
     let store = app.store.clone();
     drop(app);
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .map_err(|error| StoreError::Storage(error.to_string()))??;
+    let closed = tokio::task::spawn_blocking(move || store.close()).await;
+    if let Some(cause) = failure {
+        // Closing a failed store fails too; the failure is what to report.
+        return Err(ServerError::StoreFailed(cause));
+    }
+    closed.map_err(|error| StoreError::Storage(error.to_string()))??;
     tracing::info!("store closed; bye");
     Ok(())
+}
+
+/// Resolves with the cause once one of the store's threads has died.
+async fn store_failure(store: Store) -> String {
+    /// How soon a dead store thread stops the server.
+    const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+    let mut ticks = tokio::time::interval(CHECK_INTERVAL);
+    loop {
+        ticks.tick().await;
+        if let Some(cause) = store.failure() {
+            return cause;
+        }
+    }
 }
 
 /// One request: route it, count it, log it (method, peer, the key's name, route template,
@@ -267,5 +295,42 @@ impl App {
     /// Requests being handled now.
     pub fn requests_in_flight(&self) -> i64 {
         self.metrics.requests_in_flight()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Severity, StreamName};
+    use crate::store::StoreOptions;
+
+    /// A store whose writer thread died stops the server with the cause, so that `recap serve`
+    /// exits non-zero and its supervisor restarts it.
+    #[tokio::test]
+    async fn a_dead_store_stops_the_server_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options = ServerOptions::default();
+        let served = tokio::spawn(run(
+            listener,
+            store.clone(),
+            options,
+            std::future::pending(),
+        ));
+        store.inject_writer_panic();
+        let stream = StreamName::new("agent").unwrap();
+        let event = Event::new("tool", Severity::Info, "boom").unwrap();
+        let refused = store.append(&stream, vec![event], chrono::Utc::now()).await;
+        assert!(matches!(refused, Err(StoreError::Failed(_))), "{refused:?}");
+        // Bounded, not timed: the server checks four times a second.
+        let stopped = tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .expect("the server stops")
+            .unwrap();
+        assert!(
+            matches!(&stopped, Err(ServerError::StoreFailed(cause)) if cause.contains("writer thread died")),
+            "{stopped:?}"
+        );
     }
 }

@@ -339,10 +339,13 @@ async fn dispatch(
             .ok_or_else(|| ApiError::internal("route without a stream"))
     };
     match endpoint {
-        Endpoint::Healthz => Ok(wire::json(
-            StatusCode::OK,
-            &serde_json::json!({"status": "ok"}),
-        )),
+        Endpoint::Healthz => Ok(match app.store.failure() {
+            None => wire::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            Some(cause) => wire::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "failed", "cause": cause}),
+            ),
+        }),
         Endpoint::Metrics => Ok(wire::text(StatusCode::OK, app.metrics.render(&app.store))),
         Endpoint::ListStreams => Ok(streams::list(app, key)),
         Endpoint::GetStream => streams::get(app, stream()?),

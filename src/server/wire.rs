@@ -319,6 +319,11 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the server is shutting down; retry against the next instance",
             ),
+            StoreError::Failed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_failed",
+                error.to_string(),
+            ),
             StoreError::CountLimit { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", error.to_string())
                     .with_field("repeat_count")

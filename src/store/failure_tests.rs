@@ -426,3 +426,34 @@ fn random_failures_under_mixed_load_keep_every_invariant() {
     assert_eq!(store.streams(), before);
     check(&store);
 }
+
+/// A writer thread that dies is recorded as the store's failure: writes answer `Failed` with
+/// the cause (not "shutting down" forever), and what was committed still reads.
+#[test]
+fn a_dead_writer_is_reported_not_mistaken_for_a_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let stream = name("agent");
+    store
+        .append(&stream, vec![event("kept")], Utc::now())
+        .wait()
+        .unwrap();
+    assert_eq!(store.failure(), None);
+    store.inject_writer_panic();
+    let error = store
+        .append(&stream, vec![event("lost")], Utc::now())
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Failed(cause) if cause.contains("writer thread died: injected writer panic")),
+        "{error:?}"
+    );
+    assert!(store.failure().is_some());
+    let later = store.append(&stream, vec![event("later")], Utc::now());
+    assert!(matches!(later.wait(), Err(StoreError::Failed(_))));
+    assert_eq!(
+        stored(&store, &stream).len(),
+        1,
+        "committed records still read"
+    );
+}

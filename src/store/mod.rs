@@ -26,7 +26,7 @@ use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -123,6 +123,10 @@ pub enum StoreError {
         /// [`crate::event::MAX_EVENT_COUNT`].
         limit: u64,
     },
+    /// One of the store's threads died (the cause is logged); it takes no more writes until the
+    /// process is restarted, which the server does by exiting.
+    #[error("{0}; restart recap (it exits by itself so that its supervisor does)")]
+    Failed(String),
     /// An I/O or database failure; the write was not acknowledged.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -392,14 +396,25 @@ pub struct CacheMetrics {
 #[must_use = "a write is acknowledged only when its Pending resolves"]
 pub struct Pending<T> {
     reply: oneshot::Receiver<Result<T, StoreError>>,
+    /// The store's failure, if any, is why a reply never came.
+    failure: Arc<OnceLock<String>>,
 }
 
 impl<T> Pending<T> {
     /// Blocks the current thread until the write is durable. Not for async contexts.
     pub fn wait(self) -> Result<T, StoreError> {
+        let failure = self.failure;
         self.reply
             .blocking_recv()
-            .unwrap_or(Err(StoreError::ShuttingDown))
+            .unwrap_or_else(|_| Err(unanswered(&failure)))
+    }
+}
+
+/// Why a request got no answer: the store failed, or it is shutting down.
+fn unanswered(failure: &OnceLock<String>) -> StoreError {
+    match failure.get() {
+        Some(cause) => StoreError::Failed(cause.clone()),
+        None => StoreError::ShuttingDown,
     }
 }
 
@@ -408,7 +423,12 @@ impl<T: Send + 'static> IntoFuture for Pending<T> {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { self.reply.await.unwrap_or(Err(StoreError::ShuttingDown)) })
+        Box::pin(async move {
+            let failure = self.failure;
+            self.reply
+                .await
+                .unwrap_or_else(|_| Err(unanswered(&failure)))
+        })
     }
 }
 
@@ -503,8 +523,11 @@ impl Store {
             streams: RwLock::new(loaded.streams),
             subscribers: Arc::default(),
             counters: writer::Counters::default(),
+            failure: Arc::default(),
             #[cfg(test)]
             failures_to_inject: Default::default(),
+            #[cfg(test)]
+            panic_to_inject: Default::default(),
         });
         let (sender, receiver) = mpsc::channel();
         let writer = Writer::new(
@@ -516,7 +539,13 @@ impl Store {
         )?;
         let handle = std::thread::Builder::new()
             .name("recap-store-writer".into())
-            .spawn(move || writer.run())
+            .spawn(writer::watched(
+                shared.failure.clone(),
+                "writer",
+                move || {
+                    writer.run();
+                },
+            ))
             .map_err(|error| StoreError::Storage(format!("cannot start the writer: {error}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -527,7 +556,23 @@ impl Store {
         })
     }
 
-    /// Hands a request to the writer; `ShuttingDown` when it no longer takes any.
+    /// Makes the writer thread panic at its next request (tests of the failure path only).
+    #[cfg(test)]
+    pub(crate) fn inject_writer_panic(&self) {
+        self.inner
+            .shared
+            .panic_to_inject
+            .store(true, Ordering::Release);
+    }
+
+    /// Why the store takes no more writes, if one of its threads died (see
+    /// [`StoreError::Failed`]); the server's health check reports it.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.shared.failure.get().cloned()
+    }
+
+    /// Hands a request to the writer; `ShuttingDown` when it no longer takes any (`Failed` when
+    /// its thread died).
     fn submit<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
@@ -540,7 +585,10 @@ impl Store {
         // A request that was not sent is dropped with its reply sender, which resolves the
         // Pending to `ShuttingDown`.
         let _ = sent;
-        Pending { reply }
+        Pending {
+            reply,
+            failure: self.inner.shared.failure.clone(),
+        }
     }
 
     /// Appends events to a stream (created on first write), all or nothing. Each event without a

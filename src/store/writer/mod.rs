@@ -32,6 +32,7 @@ mod maintenance;
 mod place;
 mod request;
 mod rows;
+mod watch;
 
 use committer::{Committer, Piped, Placed};
 use live::{Notice, notify};
@@ -40,11 +41,12 @@ use place::{remove_note, stream_meta};
 pub(super) use request::Request;
 use request::{Answer, Reply};
 use rows::{Rows, Tables};
+pub(super) use watch::watched;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{SubsecRound, Utc};
@@ -91,9 +93,15 @@ pub(super) struct Shared {
     /// Who follows which stream's changes (see [`super::feed`]).
     pub subscribers: Arc<super::feed::Subscribers>,
     pub counters: Counters,
+    /// Why one of the store's threads died, once one has: the store then takes no more writes
+    /// (see [`watched`]).
+    pub failure: Arc<OnceLock<String>>,
     /// Commits still to fail on purpose (tests of the failure path only).
     #[cfg(test)]
     pub failures_to_inject: AtomicU64,
+    /// Set to make the writer thread panic at its next request (tests only).
+    #[cfg(test)]
+    pub panic_to_inject: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -383,19 +391,16 @@ impl Writer {
         next_stream_id: u64,
         purges: BTreeSet<u64>,
     ) -> Result<Writer, StoreError> {
-        let start = |name: &str, body: Box<dyn FnOnce() + Send>| {
+        let start = |name: &'static str, body: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
-                .name(name.into())
-                .spawn(body)
-                .map_err(|error| StoreError::Storage(format!("cannot start {name}: {error}")))
+                .name(format!("recap-store-{name}"))
+                .spawn(watched(shared.failure.clone(), name, body))
+                .map_err(|error| StoreError::Storage(format!("cannot start the {name}: {error}")))
         };
         let (notices, receiver) = mpsc::channel();
         let notifier = {
             let shared = shared.clone();
-            start(
-                "recap-store-notifier",
-                Box::new(move || notify(shared, receiver)),
-            )?
+            start("notifier", Box::new(move || notify(shared, receiver)))?
         };
         let (pipe, receiver) = mpsc::channel();
         let failed_epoch = Arc::new(AtomicU64::new(0));
@@ -407,7 +412,7 @@ impl Writer {
             failed_epoch: failed_epoch.clone(),
             gather: Default::default(),
         };
-        let committer = start("recap-store-committer", Box::new(move || committer.run()))?;
+        let committer = start("committer", Box::new(move || committer.run()))?;
         let writer = Writer {
             shared,
             db,
@@ -470,6 +475,14 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            #[cfg(test)]
+            if self
+                .shared
+                .panic_to_inject
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                panic!("injected writer panic");
+            }
             if Instant::now() >= self.next_sweep {
                 self.sweep();
             }
