@@ -313,6 +313,29 @@ pub fn parse_timestamp(value: &str) -> Result<Timestamp, EventError> {
         })
 }
 
+/// How far ahead of the server's clock an event's time may be: clocks drift, but a time days
+/// ahead is a bug, and would hold age retention off its stream until then.
+pub const MAX_SECONDS_AHEAD: i64 = 24 * 60 * 60;
+
+/// Refuses a time more than [`MAX_SECONDS_AHEAD`] after `now`, naming `field`.
+pub fn check_not_ahead(
+    ts: &Timestamp,
+    now: &Timestamp,
+    field: &'static str,
+) -> Result<(), EventError> {
+    if (*ts - *now).num_seconds() <= MAX_SECONDS_AHEAD {
+        return Ok(());
+    }
+    Err(EventError::Json {
+        field: Some(field.to_owned()),
+        detail: format!(
+            "{field} {} is more than 24 hours after the server's clock ({}); send the time the event happened, in UTC",
+            format_timestamp(ts),
+            format_timestamp(now)
+        ),
+    })
+}
+
 /// Formats a timestamp the way recap writes them on the wire: RFC 3339, UTC, six fractional
 /// digits, `Z`.
 pub fn format_timestamp(ts: &Timestamp) -> String {

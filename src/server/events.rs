@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::event::{Event, EventError, EventInput, EventLimits, StreamName};
+use crate::event::{Event, EventError, EventInput, EventLimits, StreamName, check_not_ahead};
 use crate::jsonl;
 use crate::store::{ImportedRecord, MAX_PAGE_RECORDS, RecordQuery};
 use crate::stream::Appended;
@@ -45,13 +45,20 @@ pub async fn post(
 ) -> Result<Response<Body>, ApiError> {
     // The body's share of the gate is held until the events are committed.
     let (events, _share) = read_batch(app, headers, body, parse_events).await?;
+    let now = Utc::now();
+    for (index, event) in events.iter().enumerate() {
+        if let Some(ts) = &event.ts {
+            check_not_ahead(ts, &now, "ts")
+                .map_err(|error| ApiError::in_batch(error, index, None))?;
+        }
+    }
     if events.is_empty() {
         return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
     }
     let count = events.len() as u64;
     let appended = app
         .metrics
-        .commit(app.store.append(&stream, events, Utc::now()))
+        .commit(app.store.append(&stream, events, now))
         .await?;
     let collapsed = appended.iter().filter(|a| a.collapsed).count() as u64;
     app.metrics.count_ingest(count, collapsed);
@@ -67,6 +74,11 @@ pub async fn import(
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let (records, _share) = read_batch(app, headers, body, parse_records).await?;
+    let now = Utc::now();
+    for (index, record) in records.iter().enumerate() {
+        check_not_ahead(&record.last_ts, &now, "last_ts")
+            .map_err(|error| ApiError::in_batch(error, index, None))?;
+    }
     if records.is_empty() {
         return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
     }

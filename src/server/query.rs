@@ -9,6 +9,9 @@ use crate::event::{Kind, Severity, Timestamp, parse_timestamp};
 
 use super::wire::ApiError;
 
+/// Parameters that hold lists: they may be given more than once.
+const LISTS: [&str; 1] = ["kinds"];
+
 /// The decoded query string of one request.
 #[derive(Debug, Default)]
 pub struct Query {
@@ -35,14 +38,25 @@ impl Query {
             };
             return Err(ApiError::parameter(name, message));
         }
+        // Which of two values was meant is a guess: say so rather than pick one. Lists may
+        // repeat (their values add up).
+        let mut seen = BTreeSet::new();
+        let mut repeated = |name: &str| !LISTS.contains(&name) && !seen.insert(name.to_owned());
+        if let Some((name, _)) = pairs.iter().find(|(name, _)| repeated(name)) {
+            return Err(ApiError::parameter(
+                name,
+                format!(
+                    "query parameter {name:?} is given more than once; give it once (lists are comma-separated: kinds=tool,llm)"
+                ),
+            ));
+        }
         Ok(Query { pairs })
     }
 
-    /// The last value given for `name`, if any (empty values count as absent).
+    /// The value given for `name`, if any (an empty value counts as absent).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
-            .rev()
             .find(|(n, value)| n == name && !value.is_empty())
             .map(|(_, value)| value.as_str())
     }
@@ -97,6 +111,18 @@ impl Query {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_a_parameter_given_twice_unless_it_is_a_list() {
+        let error = Query::parse(Some("budget=10&budget=20"), &["budget"]).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("budget"));
+        assert!(
+            error.message.contains("more than once"),
+            "{}",
+            error.message
+        );
+        assert!(Query::parse(Some("kinds=a&kinds=b"), &["kinds"]).is_ok());
+    }
 
     #[test]
     fn refuses_unknown_parameters_by_name() {

@@ -391,6 +391,22 @@ async fn every_error_path_has_its_status_and_code() {
     put(b"{\"max_records\": 5, \"x\": \"\xff\"}")
         .await
         .assert_error(400, "invalid_utf8", None);
+
+    // A time days ahead of the server's clock is a bug in the client, not an event.
+    let batch = r#"[{"kind": "tool", "message": "ok"}, {"kind": "tool", "message": "m", "ts": "9999-01-01T00:00:00Z"}]"#;
+    let reply = server.post_json(events, batch).await;
+    reply.assert_error(400, "invalid_field", Some("ts"));
+    assert_eq!(reply.json()["error"]["index"], 1);
+    assert!(
+        reply.text().contains("more than 24 hours after"),
+        "{}",
+        reply.text()
+    );
+    // Which of two values was meant would be a guess.
+    server
+        .get("/v1/streams/s/context?budget=100&budget=5000")
+        .await
+        .assert_error(400, "invalid_parameter", Some("budget"));
 }
 
 /// Sends raw bytes on a fresh connection and returns what comes back until the server closes.
