@@ -333,6 +333,19 @@ pub struct RecordPage {
     /// for backward pages (asked with `before` and no `after`). A page may be short (or empty)
     /// with a cursor when a selective filter stopped after [`MAX_SCAN_RECORDS`] records.
     pub next: Option<u64>,
+    /// Seqs of the asked range that retention removed (absent when none were): a client paging
+    /// through a stream learns that records are missing rather than seeing a jump in seqs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<SeqRange>,
+}
+
+/// Seqs `from ..= to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SeqRange {
+    /// The first.
+    pub from: u64,
+    /// The last.
+    pub to: u64,
 }
 
 /// One stream's statistics.

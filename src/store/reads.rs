@@ -18,7 +18,8 @@ use crate::stream::{Snapshot, StreamState, TailCapacity};
 use super::cache::Slot;
 use super::schema::{self, DecodeError, SCHEMA_VERSION, StreamMeta};
 use super::{
-    Change, ChangeBody, MAX_PAGE_RECORDS, RecordPage, RecordQuery, StoreError, StoreOptions,
+    Change, ChangeBody, MAX_PAGE_RECORDS, RecordPage, RecordQuery, SeqRange, StoreError,
+    StoreOptions,
 };
 
 /// A history read scans at most this many records for one page: a filter that matches little
@@ -418,9 +419,16 @@ pub(super) fn records(
         .before
         .unwrap_or(u64::MAX)
         .min(last_seq.saturating_add(1));
+    // What retention removed of the asked range: seqs before the oldest stored one.
+    let asked_low = query.after.map_or(1, |after| after.saturating_add(1));
+    let removed = (asked_low < meta.first_seq && asked_low < high).then(|| SeqRange {
+        from: asked_low,
+        to: (meta.first_seq - 1).min(high - 1),
+    });
     let empty = RecordPage {
         records: Vec::new(),
         next: None,
+        removed,
     };
     if limit == 0 || low >= high {
         return Ok(empty);
@@ -459,6 +467,7 @@ pub(super) fn records(
     Ok(RecordPage {
         records: page,
         next,
+        removed,
     })
 }
 

@@ -18,7 +18,8 @@ use recap::context::{ContextRequest, Reason};
 use recap::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp, parse_timestamp};
 use recap::payload::Payload;
 use recap::store::{
-    ChangeBody, ImportedRecord, NoteLimits, RecordQuery, Retention, Store, StoreError, StoreOptions,
+    ChangeBody, ImportedRecord, NoteLimits, RecordQuery, Retention, SeqRange, Store, StoreError,
+    StoreOptions,
 };
 use recap::stream::TailCapacity;
 use recap::tokens::Encoding;
@@ -855,6 +856,25 @@ fn retention_keeps_totals_and_never_removes_notes() {
     assert_eq!(after.severities, before.severities);
     let records = check_stream_consistent(&store, &stream);
     assert_eq!(records.first().unwrap().seq, before.records - 49);
+    // Paging through the removed seqs says so, and says which.
+    let page = |after, before| {
+        let query = RecordQuery {
+            after,
+            before,
+            limit: 10,
+            ..RecordQuery::default()
+        };
+        store.records(&stream, &query).unwrap()
+    };
+    let from_start = page(Some(0), None);
+    assert_eq!(from_start.records[0].seq, 252);
+    assert_eq!(from_start.removed, Some(SeqRange { from: 1, to: 251 }));
+    assert_eq!(
+        page(Some(99), Some(120)).removed,
+        Some(SeqRange { from: 100, to: 119 })
+    );
+    assert!(page(Some(99), Some(120)).records.is_empty());
+    assert_eq!(page(Some(260), None).removed, None);
     assert_eq!(
         store.notes(&stream, later(400)).unwrap(),
         vec![old_note.clone()]
