@@ -190,6 +190,25 @@ impl Keys {
         Ok(keys)
     }
 
+    /// What an operator should hear about these keys at startup: prefixes that end inside a
+    /// name segment, which confine a key less than they seem to (`team-c` also matches
+    /// `team-corp.secret`). Prefixes match by plain string start; ending one with `.` or `:`
+    /// makes it a whole segment.
+    pub fn warnings(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .filter(|key| !key.prefix.is_empty() && !key.prefix.ends_with(['.', ':']))
+            .map(|key| {
+                format!(
+                    "key {:?} has prefix {:?}, which also matches streams that merely start with it (such as {:?}); end it with '.' or ':' to confine the key to one name segment",
+                    key.name,
+                    key.prefix,
+                    format!("{}x.y", key.prefix)
+                )
+            })
+            .collect()
+    }
+
     /// The key a request presents, or 401.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<&ApiKey, ApiError> {
         let presented = presented_key(headers).ok_or_else(|| {
@@ -270,6 +289,31 @@ mod tests {
                 .unwrap_err()
                 .status,
             401
+        );
+    }
+
+    #[test]
+    fn prefixes_inside_a_name_segment_are_warned_about() {
+        let keys = Keys::parse(
+            r#"
+            [[keys]]
+            name = "loose"
+            key = "0123456789abcdef0123456789abcdef"
+            scopes = ["read"]
+            prefix = "team-c"
+            [[keys]]
+            name = "tight"
+            key = "fedcba9876543210fedcba9876543210"
+            scopes = ["read"]
+            prefix = "team-c."
+            "#,
+        )
+        .unwrap();
+        let warnings = keys.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(r#"key "loose" has prefix "team-c""#),
+            "{warnings:?}"
         );
     }
 

@@ -151,6 +151,9 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
             });
         }
     };
+    for warning in config.keys.iter().flat_map(Keys::warnings) {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), auth = config.keys.is_some(), "recap is serving");
     run(listener, store, config.server_options(), shutdown).await
 }
