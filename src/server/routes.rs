@@ -347,7 +347,7 @@ async fn dispatch(
             ),
         }),
         Endpoint::Metrics => Ok(wire::text(StatusCode::OK, app.metrics.render(&app.store))),
-        Endpoint::ListStreams => Ok(streams::list(app, key)),
+        Endpoint::ListStreams => streams::list(app, key, query),
         Endpoint::GetStream => streams::get(app, stream()?),
         Endpoint::DeleteStream => streams::delete(app, stream()?).await,
         Endpoint::PutRetention => streams::set_retention(app, stream()?, headers, body).await,

@@ -11,11 +11,17 @@ use crate::store::{Retention, StreamStats};
 use super::App;
 use super::auth::ApiKey;
 use super::body::{self, Body};
+use super::query::Query;
 use super::wire::{self, ApiError, REVISION_HEADER};
+
+/// Most streams a page lists, and the default.
+pub const MAX_STREAMS_PER_PAGE: usize = 1_000;
 
 #[derive(Serialize)]
 struct StreamList {
     streams: Vec<StreamStats>,
+    /// The `after=` of the next page; `None` on the last.
+    next: Option<StreamName>,
 }
 
 /// A retention as clients send it.
@@ -26,15 +32,24 @@ struct RetentionInput {
     max_age_seconds: Option<i64>,
 }
 
-/// `GET /v1/streams`: every stream the caller may see, with stats.
-pub fn list(app: &App, key: Option<&ApiKey>) -> Response<Body> {
-    let streams = app
-        .store
-        .streams()
-        .into_iter()
-        .filter(|stats| key.is_none_or(|key| key.covers(&stats.name)))
-        .collect();
-    wire::json(StatusCode::OK, &StreamList { streams })
+/// `GET /v1/streams`: the streams the caller may see, with stats, by name, in pages (`after` a
+/// name, `limit` ≤ [`MAX_STREAMS_PER_PAGE`], `prefix`).
+pub fn list(
+    app: &App,
+    key: Option<&ApiKey>,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(query, &["after", "limit", "prefix"])?;
+    let limit = match query.number::<usize>("limit")? {
+        None => MAX_STREAMS_PER_PAGE,
+        Some(0) => return Err(ApiError::parameter("limit", "limit must be at least 1")),
+        Some(limit) => limit.min(MAX_STREAMS_PER_PAGE),
+    };
+    let prefix = query.get("prefix").unwrap_or("");
+    let (streams, next) = app.store.streams_page(query.get("after"), limit, |name| {
+        name.as_str().starts_with(prefix) && key.is_none_or(|key| key.covers(name))
+    });
+    Ok(wire::json(StatusCode::OK, &StreamList { streams, next }))
 }
 
 /// `GET /v1/streams/{s}`.

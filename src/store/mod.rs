@@ -830,6 +830,32 @@ impl Store {
         }
     }
 
+    /// A page of streams' statistics, by name: at most `limit` of those after `after` that
+    /// `admit` lets through, and the name to continue after when there are more.
+    pub fn streams_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        admit: impl Fn(&StreamName) -> bool,
+    ) -> (Vec<StreamStats>, Option<StreamName>) {
+        let mut names: Vec<(StreamName, Arc<Slot>)> = writer::read(&self.inner.shared.streams)
+            .iter()
+            .filter(|(name, _)| after.is_none_or(|after| name.as_str() > after) && admit(name))
+            .map(|(name, slot)| (name.clone(), slot.clone()))
+            .collect();
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let more = names.len() > limit;
+        names.truncate(limit);
+        let next = more
+            .then(|| names.last().map(|(name, _)| name.clone()))
+            .flatten();
+        let stats = names
+            .into_iter()
+            .map(|(name, slot)| self.stats(name, &slot))
+            .collect();
+        (stats, next)
+    }
+
     /// Every stream's statistics, by name.
     pub fn streams(&self) -> Vec<StreamStats> {
         let slots: Vec<(StreamName, Arc<Slot>)> = writer::read(&self.inner.shared.streams)

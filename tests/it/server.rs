@@ -1294,3 +1294,47 @@ async fn forgotten_notes_stay_forgotten_and_audit_records_cannot_be_forged() {
         .await
         .assert_error(400, "invalid_field", Some("payload.note_id"));
 }
+
+/// The streams list comes in pages by name, with a cursor, narrowed by a prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_list_pages_by_name() {
+    let server = TestServer::start().await;
+    for name in ["b.1", "a.3", "a.1", "a.2", "c"] {
+        let posted = server
+            .post_json(
+                &format!("/v1/streams/{name}/events"),
+                r#"{"kind": "tool", "message": "m"}"#,
+            )
+            .await;
+        assert_eq!(posted.status, 200);
+    }
+    let names = |reply: &serde_json::Value| -> Vec<String> {
+        reply["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|stats| stats["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = server.get("/v1/streams?limit=2").await.json();
+    assert_eq!(
+        (names(&first), &first["next"]),
+        (
+            vec!["a.1".to_owned(), "a.2".to_owned()],
+            &serde_json::json!("a.2")
+        )
+    );
+    let second = server.get("/v1/streams?limit=2&after=a.2").await.json();
+    assert_eq!(names(&second), ["a.3", "b.1"]);
+    let last = server.get("/v1/streams?limit=2&after=b.1").await.json();
+    assert_eq!(
+        (names(&last), &last["next"]),
+        (vec!["c".to_owned()], &serde_json::Value::Null)
+    );
+    let prefixed = server.get("/v1/streams?prefix=a.").await.json();
+    assert_eq!(names(&prefixed), ["a.1", "a.2", "a.3"]);
+    server
+        .get("/v1/streams?limit=0")
+        .await
+        .assert_error(400, "invalid_parameter", Some("limit"));
+}

@@ -17,8 +17,13 @@ const status = document.getElementById("list-status");
 async function load() {
   clearTimeout(timer);
   try {
-    const { body } = await getJson("/v1/streams");
-    streams = body.streams;
+    // The list comes in pages of up to 1,000 streams, by name.
+    let page = await getJson("/v1/streams");
+    streams = page.body.streams;
+    while (page.body.next) {
+      page = await getJson(`/v1/streams?after=${encodeURIComponent(page.body.next)}`);
+      streams = streams.concat(page.body.streams);
+    }
     // Most recently active first: what an operator looks for.
     streams.sort((a, b) => (b.last_ts || "").localeCompare(a.last_ts || ""));
     status.textContent = `updated ${new Date().toLocaleTimeString()}`;
