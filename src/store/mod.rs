@@ -497,6 +497,24 @@ impl Drop for Inner {
     }
 }
 
+/// Written beside the data file once it is a recap store: a data file that is later missing or
+/// empty is then refused rather than silently replaced by an empty store.
+pub const MARKER_FILE_NAME: &str = "recap.marker";
+
+fn write_marker(marker: &Path) -> Result<(), StoreError> {
+    let text = format!(
+        "This directory holds a recap store (recap.redb), first opened {}.\nrecap refuses to start while recap.redb is missing or empty and this file exists;\ndelete this file to start afresh with an empty store.\n",
+        crate::event::format_timestamp(&chrono::Utc::now())
+    );
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(marker)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()
+    };
+    write()
+        .map_err(|error| StoreError::Storage(format!("cannot write {}: {error}", marker.display())))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -521,11 +539,26 @@ impl Store {
             StoreError::Storage(format!("cannot create {}: {error}", data_dir.display()))
         })?;
         let path = data_dir.join(DATA_FILE_NAME);
+        let marker = data_dir.join(MARKER_FILE_NAME);
+        let emptied = std::fs::metadata(&path).map_or(true, |file| file.len() == 0);
+        if emptied && marker.exists() {
+            return Err(StoreError::Corrupt {
+                path,
+                detail: format!(
+                    "the data file is missing or empty, but this directory held a recap store ({} says so); restore recap.redb from a backup, or delete {} to start with an empty store",
+                    marker.display(),
+                    marker.display()
+                ),
+            });
+        }
         let db = redb::Database::builder()
             .set_cache_size((options.cache_bytes / PAGE_CACHE_SHARE).max(MIN_PAGE_CACHE_BYTES))
             .create(&path)
             .map_err(|error| reads::open_error(&path, error))?;
         reads::prepare(&db, &path)?;
+        if !marker.exists() {
+            write_marker(&marker)?;
+        }
         let loaded = reads::load(&db, &path)?;
         let db = Arc::new(db);
         let shared = Arc::new(Shared {

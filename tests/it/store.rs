@@ -1573,3 +1573,38 @@ fn counts_stop_at_the_largest_exact_number_instead_of_wrapping() {
     );
     assert_eq!(store.stream(&stream).unwrap().records, 2, "nothing written");
 }
+
+/// A data file that went missing or was emptied is refused, not replaced by an empty store,
+/// until the operator deletes the marker that says the directory held one.
+#[test]
+fn an_emptied_data_file_is_refused_until_the_operator_says_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let stream = name("kept");
+    store
+        .append(
+            &stream,
+            vec![Event::new("tool", Severity::Info, "m").unwrap()],
+            ts(0),
+        )
+        .wait()
+        .unwrap();
+    store.close().unwrap();
+    let data = dir.path().join(recap::store::DATA_FILE_NAME);
+    std::fs::File::create(&data).unwrap();
+    let refused = Store::open(dir.path(), StoreOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&refused, StoreError::Corrupt { detail, .. } if detail.contains("missing or empty")),
+        "{refused}"
+    );
+    std::fs::remove_file(&data).unwrap();
+    assert!(
+        Store::open(dir.path(), StoreOptions::default()).is_err(),
+        "missing too"
+    );
+    std::fs::remove_file(dir.path().join(recap::store::MARKER_FILE_NAME)).unwrap();
+    let fresh = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(fresh.streams().is_empty());
+}
