@@ -238,6 +238,25 @@ pub async fn read_capped(
     }
 }
 
+/// Reads and drops a body that was refused before it was read: hyper closes a connection whose
+/// request body was left unread, and the client's next request on it would fail. A body over
+/// the cap, or one that does not arrive within [`DISCARD_TIMEOUT`], is left (the connection
+/// closes then).
+pub async fn discard(body: Incoming, headers: &HeaderMap, options: &ServerOptions) {
+    let cap = options.max_body_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > cap as u64) {
+        return;
+    }
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, Limited::new(body, cap).collect()).await;
+}
+
+/// How long a refused body may take to arrive before its connection is given up.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn too_large(cap: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -185,6 +185,18 @@ fn render_store(out: &mut String, store: &Store) {
         "Commits that failed; their writes were not acknowledged.",
         writes.failed_commits,
     );
+    counter(
+        out,
+        "recap_store_reopens_total",
+        "Times the data file was reopened after a failed write (a full disk, say).",
+        writes.reopens,
+    );
+    gauge(
+        out,
+        "recap_store_degraded",
+        "1 while writes fail (the data file's disk is full, say), 0 otherwise.",
+        i64::from(writes.degraded),
+    );
     let cache = store.cache_metrics();
     let as_gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
     gauge(

@@ -10,8 +10,8 @@ use hyper::body::Incoming;
 use crate::event::StreamName;
 
 use super::App;
-use super::auth::Scope;
-use super::body::Body;
+use super::auth::{ApiKey, Scope};
+use super::body::{self, Body};
 use super::sse::{self, Dialect};
 use super::wire::{self, ApiError, ErrorStyle};
 use super::{context, events, notes, openintent, streams, ui};
@@ -291,23 +291,35 @@ pub async fn handle(
 ) -> (Endpoint, Response<Body>) {
     let (parts, body) = request.into_parts();
     let style = ErrorStyle::for_path(parts.uri.path());
-    let matched = match resolve(&parts.method, parts.uri.path()) {
-        Ok(matched) => matched,
-        Err(error) => return (Endpoint::Unmatched, error.into_response_as(style)),
+    let admitted = resolve(&parts.method, parts.uri.path())
+        .map_err(|error| (Endpoint::Unmatched, error))
+        .and_then(|matched| {
+            let endpoint = matched.endpoint;
+            let (key, stream) = admit(app, &matched, &parts).map_err(|error| (endpoint, error))?;
+            Ok((matched, key, stream))
+        });
+    let (matched, key, stream) = match admitted {
+        Ok(admitted) => admitted,
+        Err((endpoint, error)) => {
+            // Refused before its body was read: read it anyway, so that the connection can
+            // carry the client's next request.
+            body::discard(body, &parts.headers, &app.options).await;
+            return (endpoint, error.into_response_as(style));
+        }
     };
     let endpoint = matched.endpoint;
-    let response = dispatch(app, matched, &parts, body)
+    let response = dispatch(app, matched, key, stream, &parts, body)
         .await
         .unwrap_or_else(|error| error.into_response_as(style));
     (endpoint, response)
 }
 
-async fn dispatch(
-    app: &std::sync::Arc<App>,
-    matched: Matched<'_>,
+/// The checks before a handler: the key (401), the stream name (400), scope and prefix (403).
+fn admit<'a>(
+    app: &'a App,
+    matched: &Matched<'_>,
     parts: &http::request::Parts,
-    body: Incoming,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<(Option<&'a ApiKey>, Option<StreamName>), ApiError> {
     let endpoint = matched.endpoint;
     let key = match (&app.options.keys, endpoint.scope()) {
         (Some(keys), Some(_)) => Some(keys.authenticate(&parts.headers)?),
@@ -330,6 +342,18 @@ async fn dispatch(
     if let (Some(key), Some(scope)) = (key, endpoint.scope()) {
         key.authorize(scope, stream.as_ref())?;
     }
+    Ok((key, stream))
+}
+
+async fn dispatch(
+    app: &std::sync::Arc<App>,
+    matched: Matched<'_>,
+    key: Option<&ApiKey>,
+    stream: Option<StreamName>,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let endpoint = matched.endpoint;
     let query = parts.uri.query();
     let headers = &parts.headers;
     // Every route with a `{s}` has a stream; the others have none.
@@ -339,11 +363,16 @@ async fn dispatch(
             .ok_or_else(|| ApiError::internal("route without a stream"))
     };
     match endpoint {
-        Endpoint::Healthz => Ok(match app.store.failure() {
-            None => wire::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-            Some(cause) => wire::json(
+        Endpoint::Healthz => Ok(match (app.store.failure(), app.store.degraded()) {
+            (None, None) => wire::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            (Some(cause), _) => wire::json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"status": "failed", "cause": cause}),
+            ),
+            // Reads are still served; writes fail until the file takes them again.
+            (None, Some(cause)) => wire::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "degraded", "cause": cause}),
             ),
         }),
         Endpoint::Metrics => Ok(wire::text(StatusCode::OK, app.metrics.render(&app.store))),

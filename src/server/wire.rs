@@ -319,6 +319,17 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the server is shutting down; retry against the next instance",
             ),
+            StoreError::DiskFull(_) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                error.to_string(),
+            ),
+            StoreError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                error.to_string(),
+            )
+            .retry_after(1),
             StoreError::Failed(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_failed",

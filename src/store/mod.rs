@@ -127,6 +127,15 @@ pub enum StoreError {
     /// process is restarted, which the server does by exiting.
     #[error("{0}; restart recap (it exits by itself so that its supervisor does)")]
     Failed(String),
+    /// The data file's disk is full; the write was not acknowledged. Writes resume by themselves
+    /// once space is freed.
+    #[error(
+        "the data file's disk is full ({0}); nothing of this request was written, and writes resume once space is freed"
+    )]
+    DiskFull(String),
+    /// The data file cannot be used for a moment (it is being reopened after a failed write).
+    #[error("the store is briefly unavailable: {0}; retry shortly")]
+    Unavailable(String),
     /// An I/O or database failure; the write was not acknowledged.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -382,6 +391,10 @@ pub struct StoreMetrics {
     pub commits: u64,
     /// Commits that failed (their callers got an error).
     pub failed_commits: u64,
+    /// Times the data file was reopened after a failed write.
+    pub reopens: u64,
+    /// Whether writes fail now (the disk is full, say): until a commit succeeds again.
+    pub degraded: bool,
     /// Events and imported records acknowledged.
     pub events: u64,
     /// Write requests acknowledged.
@@ -445,23 +458,75 @@ impl<T: Send + 'static> IntoFuture for Pending<T> {
     }
 }
 
+impl StoreError {
+    /// The error as each caller of a failed batch gets it: the kinds a client acts on kept,
+    /// the rest as their message.
+    pub(crate) fn for_caller(&self) -> StoreError {
+        match self {
+            StoreError::DiskFull(detail) => StoreError::DiskFull(detail.clone()),
+            StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
+            StoreError::Failed(cause) => StoreError::Failed(cause.clone()),
+            StoreError::Storage(detail) => StoreError::Storage(detail.clone()),
+            other => StoreError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// A storage failure, told apart by what a client can do about it: a full disk (507, writes
+/// resume once space is freed), a file being reopened after a failed write (503, retry), or
+/// anything else.
+fn storage_failure(storage: Option<&redb::StorageError>, text: String) -> StoreError {
+    match storage {
+        Some(redb::StorageError::Io(error)) if is_disk_full(error) => StoreError::DiskFull(text),
+        Some(redb::StorageError::PreviousIo) => StoreError::Unavailable(
+            "a write to the data file failed and the file is being reopened".into(),
+        ),
+        _ => StoreError::Storage(text),
+    }
+}
+
+/// ENOSPC, or EDQUOT (a quota is a full disk to this process).
+fn is_disk_full(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::StorageFull
+        || error.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(error.raw_os_error(), Some(28 | 122))
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(error: redb::StorageError) -> StoreError {
+        let text = error.to_string();
+        storage_failure(Some(&error), text)
+    }
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(error: redb::Error) -> StoreError {
+        let text = error.to_string();
+        let storage = match &error {
+            redb::Error::Io(io) if is_disk_full(io) => return StoreError::DiskFull(text),
+            redb::Error::PreviousIo => Some(&redb::StorageError::PreviousIo),
+            _ => None,
+        };
+        storage_failure(storage, text)
+    }
+}
+
 macro_rules! storage_error_from {
-    ($($error:ty),*) => {$(
-        impl From<$error> for StoreError {
-            fn from(error: $error) -> StoreError {
-                StoreError::Storage(error.to_string())
+    ($($error:ident),*) => {$(
+        impl From<redb::$error> for StoreError {
+            fn from(error: redb::$error) -> StoreError {
+                let text = error.to_string();
+                let storage = match &error {
+                    redb::$error::Storage(storage) => Some(storage),
+                    _ => None,
+                };
+                storage_failure(storage, text)
             }
         }
     )*};
 }
 
-storage_error_from!(
-    redb::Error,
-    redb::StorageError,
-    redb::TableError,
-    redb::TransactionError,
-    redb::CommitError
-);
+storage_error_from!(TableError, TransactionError, CommitError);
 
 /// The share of [`StoreOptions::cache_bytes`] that goes to redb's page cache (history pages,
 /// cold loads and the writer's B-tree pages read from it); the rest holds stream state.
@@ -495,6 +560,14 @@ impl Drop for Inner {
         }
         writer::write(&self.shared.db).take();
     }
+}
+
+/// Opens (or creates) the redb file with its share of the cache budget.
+pub(super) fn open_database(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    redb::Database::builder()
+        .set_cache_size((cache_bytes / PAGE_CACHE_SHARE).max(MIN_PAGE_CACHE_BYTES))
+        .create(path)
+        .map_err(|error| reads::open_error(path, error))
 }
 
 /// Written beside the data file once it is a recap store: a data file that is later missing or
@@ -551,25 +624,24 @@ impl Store {
                 ),
             });
         }
-        let db = redb::Database::builder()
-            .set_cache_size((options.cache_bytes / PAGE_CACHE_SHARE).max(MIN_PAGE_CACHE_BYTES))
-            .create(&path)
-            .map_err(|error| reads::open_error(&path, error))?;
+        let db = open_database(&path, options.cache_bytes)?;
         reads::prepare(&db, &path)?;
         if !marker.exists() {
             write_marker(&marker)?;
         }
         let loaded = reads::load(&db, &path)?;
-        let db = Arc::new(db);
         let shared = Arc::new(Shared {
             path,
             cache: Cache::new(options.cache_bytes - options.cache_bytes / PAGE_CACHE_SHARE),
             options,
-            db: RwLock::new(Some(db.clone())),
+            db: RwLock::new(Some(Arc::new(db))),
             streams: RwLock::new(loaded.streams),
             subscribers: Arc::default(),
             counters: writer::Counters::default(),
             failure: Arc::default(),
+            degraded: Default::default(),
+            reopening: Default::default(),
+            reopens: Default::default(),
             #[cfg(test)]
             failures_to_inject: Default::default(),
             #[cfg(test)]
@@ -578,7 +650,6 @@ impl Store {
         let (sender, receiver) = mpsc::channel();
         let writer = Writer::new(
             shared.clone(),
-            db,
             receiver,
             loaded.next_stream_id,
             loaded.purges,
@@ -732,9 +803,13 @@ impl Store {
     }
 
     fn db(&self) -> Result<Arc<redb::Database>, StoreError> {
-        writer::read(&self.inner.shared.db)
-            .clone()
-            .ok_or(StoreError::ShuttingDown)
+        self.inner.shared.database()
+    }
+
+    /// Why writes cannot succeed now (the data file's disk is full, say), until a commit
+    /// succeeds again; the server's health check reports it.
+    pub fn degraded(&self) -> Option<String> {
+        self.inner.shared.degraded()
     }
 
     /// The context window of a stream if it is resident and can be built from counts already
@@ -977,6 +1052,8 @@ impl Store {
         StoreMetrics {
             commits: counters.commits.load(Ordering::Relaxed),
             failed_commits: counters.failed_commits.load(Ordering::Relaxed),
+            reopens: self.inner.shared.reopens.load(Ordering::Relaxed),
+            degraded: self.inner.shared.degraded().is_some(),
             events: counters.events.load(Ordering::Relaxed),
             requests: counters.requests.load(Ordering::Relaxed),
         }

@@ -1338,3 +1338,51 @@ async fn the_streams_list_pages_by_name() {
         .await
         .assert_error(400, "invalid_parameter", Some("limit"));
 }
+
+/// A request refused before its body is read (a bad stream name, no key, no route) leaves the
+/// connection usable: the next request on it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_body_does_not_cost_the_connection() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let answered = tokio::task::spawn_blocking(move || {
+        let body = r#"{"kind": "tool", "message": "m"}"#;
+        let refused = format!(
+            "POST /v1/streams/bad%20name!/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let unrouted = format!(
+            "POST /nowhere HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let next = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        // Each body a moment after its head, as a slow client sends it: the refusal is decided
+        // before the body arrives.
+        for part in [refused.as_str(), body, unrouted.as_str(), body, next] {
+            // A write after the server gave up on the connection fails; what it answered shows.
+            if std::io::Write::write_all(&mut stream, part.as_bytes()).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut answers = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut answers);
+        String::from_utf8_lossy(&answers).into_owned()
+    })
+    .await
+    .unwrap();
+    let statuses: Vec<&str> = answered
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .filter_map(|answer| answer.lines().next())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["400 Bad Request", "404 Not Found", "200 OK"],
+        "{answered}"
+    );
+}

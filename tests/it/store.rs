@@ -1608,3 +1608,101 @@ fn an_emptied_data_file_is_refused_until_the_operator_says_otherwise() {
     let fresh = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert!(fresh.streams().is_empty());
 }
+
+/// A tmpfs of a fixed size, mounted for one test and unmounted after; `None` where this process
+/// may not mount one (not root, or in a container without the right).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(Tmpfs { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A full disk: writes fail as `DiskFull` (507 on the wire) and the store says so, nothing
+/// acknowledged is lost, and writes succeed again once space is freed, without a restart.
+#[test]
+fn a_full_disk_fails_writes_until_space_is_freed() {
+    let Some(tmpfs) = Tmpfs::mount("12m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root and the right to mount)");
+        return;
+    };
+    let data = tmpfs.dir.path().join("data");
+    let ballast = tmpfs.dir.path().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 4 * 1024 * 1024]).unwrap();
+    let options = StoreOptions {
+        cache_bytes: 4 * 1024 * 1024,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&data, options.clone()).unwrap();
+    let stream = name("full");
+    let batch = |round: usize| -> Vec<Event> {
+        (0..20)
+            .map(|i| {
+                let text = format!("round {round} event {i} {}", "x".repeat(4_000));
+                Event::new("tool", Severity::Info, text).unwrap()
+            })
+            .collect()
+    };
+    let mut acknowledged = 0;
+    let mut refused = None;
+    for round in 0..1_000 {
+        match store.append(&stream, batch(round), ts(0)).wait() {
+            Ok(appended) => acknowledged += appended.len() as u64,
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the disk filled up");
+    assert!(matches!(refused, StoreError::DiskFull(_)), "{refused:?}");
+    assert!(store.degraded().is_some());
+    assert!(store.metrics().degraded);
+    std::fs::remove_file(&ballast).unwrap();
+    // The writer reopens the file once a second while it is degraded: bounded, not timed.
+    let mut attempts = 0;
+    let appended = loop {
+        attempts += 1;
+        match store.append(&stream, batch(9_999), ts(1)).wait() {
+            Ok(appended) => break appended,
+            Err(error) if attempts < 100 => {
+                assert!(
+                    matches!(error, StoreError::DiskFull(_) | StoreError::Unavailable(_)),
+                    "{error:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(error) => panic!("writes did not come back: {error:?}"),
+        }
+    };
+    acknowledged += appended.len() as u64;
+    assert_eq!(store.degraded(), None);
+    assert!(store.metrics().reopens >= 1);
+    let stats = store.stream(&stream).unwrap();
+    assert_eq!(
+        stats.events, acknowledged,
+        "every acknowledged event, and no other"
+    );
+    store.close().unwrap();
+    let reopened = Store::open(&data, options).unwrap();
+    assert_eq!(reopened.stream(&stream).unwrap().events, acknowledged);
+    drop(reopened);
+}

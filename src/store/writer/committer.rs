@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability};
+use redb::Durability;
 
 use super::live::Notice;
 use super::rows::{Rows, Tables};
@@ -43,7 +43,6 @@ pub(super) struct Placed {
 /// What the committer needs; `failed_epoch` is shared with the writer (0: no failure yet).
 pub(super) struct Committer {
     pub shared: Arc<Shared>,
-    pub db: Arc<Database>,
     pub pipe: Receiver<Piped>,
     pub notices: mpsc::Sender<Notice>,
     pub failed_epoch: Arc<AtomicU64>,
@@ -138,7 +137,9 @@ impl Committer {
         for placed in doomed {
             self.fail(
                 placed,
-                "an earlier commit failed; nothing of this request was written",
+                &StoreError::Unavailable(
+                    "an earlier commit failed, so this request was not written".into(),
+                ),
             );
         }
         if group.is_empty() {
@@ -148,6 +149,7 @@ impl Committer {
         match self.write(&group) {
             Ok(()) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.shared.set_degraded(None);
                 for placed in group {
                     counters.count_requests(&placed.answers);
                     self.notify(Notice::Committed {
@@ -159,19 +161,23 @@ impl Committer {
             }
             Err(error) => {
                 tracing::error!(%error, "commit failed; its writes were not acknowledged");
+                if matches!(error, StoreError::DiskFull(_) | StoreError::Unavailable(_)) {
+                    // The file needs reopening before it takes writes again (see
+                    // `Writer::reopen_if_degraded`).
+                    self.shared.set_degraded(Some(error.to_string()));
+                }
                 counters.failed_commits.fetch_add(1, Ordering::Relaxed);
                 let epoch = group.iter().map(|placed| placed.epoch).max().unwrap_or(0);
                 self.failed_epoch.fetch_max(epoch, Ordering::Release);
-                let detail = error.to_string();
                 for placed in group {
-                    self.fail(placed, &detail);
+                    self.fail(placed, &error);
                 }
             }
         }
     }
 
     fn write(&self, group: &[Placed]) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.shared.database()?.begin_write()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|error| StoreError::Storage(error.to_string()))?;
         {
@@ -185,10 +191,10 @@ impl Committer {
         Ok(())
     }
 
-    fn fail(&self, placed: Placed, detail: &str) {
+    fn fail(&self, placed: Placed, error: &StoreError) {
         self.notify(Notice::Failed {
             answers: placed.answers,
-            detail: detail.to_owned(),
+            error: error.for_caller(),
         });
     }
 

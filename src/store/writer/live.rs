@@ -15,7 +15,7 @@ pub(super) enum Notice {
     /// A failed commit: nothing of it is visible; its callers get the error.
     Failed {
         answers: Vec<Answer>,
-        detail: String,
+        error: StoreError,
     },
     /// Answers once everything sent before it is done.
     Flush(mpsc::Sender<()>),
@@ -42,9 +42,9 @@ pub(super) fn notify(shared: Arc<Shared>, notices: Receiver<Notice>) {
                     answer.send(None);
                 }
             }
-            Notice::Failed { answers, detail } => {
+            Notice::Failed { answers, error } => {
                 for answer in answers {
-                    answer.send(Some(&detail));
+                    answer.send(Some(&error));
                 }
             }
             Notice::Flush(done) => drop(done.send(())),

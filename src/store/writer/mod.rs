@@ -96,6 +96,13 @@ pub(super) struct Shared {
     /// Why one of the store's threads died, once one has: the store then takes no more writes
     /// (see [`watched`]).
     pub failure: Arc<OnceLock<String>>,
+    /// Why the data file cannot be written now (its disk is full, say), from a failed commit
+    /// until the file is reopened and a commit succeeds again; health checks report it.
+    pub degraded: std::sync::Mutex<Option<String>>,
+    /// True while the writer reopens the data file (`db` is `None` then).
+    pub reopening: std::sync::atomic::AtomicBool,
+    /// Times the data file was reopened after a failed write.
+    pub reopens: AtomicU64,
     /// Commits still to fail on purpose (tests of the failure path only).
     #[cfg(test)]
     pub failures_to_inject: AtomicU64,
@@ -105,6 +112,35 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The data file's database for one operation: `Unavailable` while it is being reopened,
+    /// `ShuttingDown` once the store is closed.
+    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
+        read(&self.db).clone().ok_or_else(|| {
+            if self.reopening.load(Ordering::Acquire) {
+                StoreError::Unavailable(
+                    "the data file is being reopened after a failed write".into(),
+                )
+            } else {
+                StoreError::ShuttingDown
+            }
+        })
+    }
+
+    /// Why writes cannot succeed now, if they cannot.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_degraded(&self, cause: Option<String>) {
+        *self
+            .degraded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = cause;
+    }
+
     /// An error when a test has asked for a failed commit; nothing otherwise.
     fn injected_failure(&self) -> Result<(), StoreError> {
         #[cfg(test)]
@@ -313,6 +349,42 @@ impl WriterStream {
     }
 }
 
+/// How often the writer tries to reopen a data file that failed a write.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a reopen waits for readers to let go of the old file handle.
+const REOPEN_READERS_WAIT: Duration = Duration::from_secs(5);
+
+/// Drops the store's handle on the data file and opens it again (redb repairs it on open when
+/// the failed write left it unfinished). Until it is open, reads and writes answer
+/// `Unavailable`; if it cannot be opened, it stays closed for the next try.
+fn reopen(shared: &Shared) -> Result<(), StoreError> {
+    shared.reopening.store(true, Ordering::Release);
+    if let Some(mut old) = write(&shared.db).take() {
+        // Readers hold the handle for one transaction each: wait for them to finish.
+        let deadline = Instant::now() + REOPEN_READERS_WAIT;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => break drop(db),
+                Err(still) if Instant::now() >= deadline => {
+                    *write(&shared.db) = Some(still);
+                    shared.reopening.store(false, Ordering::Release);
+                    return Err(StoreError::Unavailable(
+                        "readers still hold the data file".into(),
+                    ));
+                }
+                Err(still) => {
+                    old = still;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    let db = super::open_database(&shared.path, shared.options.cache_bytes)?;
+    *write(&shared.db) = Some(Arc::new(db));
+    shared.reopening.store(false, Ordering::Release);
+    Ok(())
+}
+
 /// One operation to apply once its commit is durable.
 enum Op {
     Created(StreamName, Arc<Slot>),
@@ -350,7 +422,6 @@ impl Work {
 /// The writer thread's state.
 pub(super) struct Writer {
     shared: Arc<Shared>,
-    db: Arc<Database>,
     requests: Receiver<Request>,
     streams: HashMap<StreamName, WriterStream>,
     next_stream_id: u64,
@@ -361,6 +432,8 @@ pub(super) struct Writer {
     /// Streams that may have retention, expiry or changelog trimming to do.
     dirty: BTreeSet<StreamName>,
     next_sweep: Instant,
+    /// No reopen of a failed data file before this (see [`Writer::reopen_if_degraded`]).
+    next_reopen: Instant,
     /// When maintenance last took a step.
     last_maintenance: Instant,
     /// When the last request arrived.
@@ -386,7 +459,6 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn new(
         shared: Arc<Shared>,
-        db: Arc<Database>,
         requests: Receiver<Request>,
         next_stream_id: u64,
         purges: BTreeSet<u64>,
@@ -406,7 +478,6 @@ impl Writer {
         let failed_epoch = Arc::new(AtomicU64::new(0));
         let committer = Committer {
             shared: shared.clone(),
-            db: db.clone(),
             pipe: receiver,
             notices: notices.clone(),
             failed_epoch: failed_epoch.clone(),
@@ -415,7 +486,6 @@ impl Writer {
         let committer = start("committer", Box::new(move || committer.run()))?;
         let writer = Writer {
             shared,
-            db,
             requests,
             streams: HashMap::new(),
             next_stream_id,
@@ -424,6 +494,7 @@ impl Writer {
             dirty: BTreeSet::new(),
             // Look at every stream once soon after opening.
             next_sweep: Instant::now(),
+            next_reopen: Instant::now(),
             last_maintenance: Instant::now(),
             last_request: Instant::now(),
             maintenance_scale: 1,
@@ -459,6 +530,9 @@ impl Writer {
             // queue that is empty for a moment is not idle: callers waiting for the commit in
             // flight are about to send their next requests.
             let mut due = self.next_sweep;
+            if self.shared.degraded().is_some() {
+                due = due.min(self.next_reopen);
+            }
             if self.maintenance_pending() {
                 let busy_due = self.last_maintenance + BUSY_MAINTENANCE_INTERVAL;
                 let idle_due = self.last_request + MAINTENANCE_IDLE_GAP;
@@ -487,6 +561,7 @@ impl Writer {
                 self.sweep();
             }
             self.recover_if_failed();
+            self.reopen_if_degraded();
             self.evict_if_over();
             let first = match first {
                 // Idle: one bounded maintenance step.
@@ -646,7 +721,7 @@ impl Writer {
     }
 
     fn begin(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.shared.database()?.begin_write()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|error| StoreError::Storage(error.to_string()))?;
         Ok(txn)
@@ -660,13 +735,12 @@ impl Writer {
         while let Some(request) = requests.next() {
             if let Err(error) = self.apply(request, &mut rows, &mut work) {
                 tracing::error!(%error, "a batch could not be placed; nothing of it was written");
-                let detail = error.to_string();
                 for request in requests {
-                    request.fail(&detail);
+                    request.fail(&error);
                 }
                 self.notify(Notice::Failed {
                     answers: work.answers,
-                    detail,
+                    error,
                 });
                 // Earlier batches do not depend on this one: let them commit, then start over
                 // from what they committed.
@@ -694,7 +768,9 @@ impl Writer {
             tracing::error!("the committer has stopped; writes fail until recap restarts");
             self.notify(Notice::Failed {
                 answers: placed.answers,
-                detail: "the store's committer has stopped; restart recap".into(),
+                error: StoreError::Storage(
+                    "the store's committer has stopped; restart recap".into(),
+                ),
             });
             self.failed_epoch.fetch_max(self.epoch, Ordering::AcqRel);
         }
@@ -741,6 +817,27 @@ impl Writer {
 
     /// After the committer failed a commit: start over from the committed state before placing
     /// anything on top of it.
+    /// After a failed write (a full disk, say) redb refuses every operation until the file is
+    /// opened again: reopen it once nothing is in flight, at most every [`REOPEN_INTERVAL`]
+    /// while it keeps failing. Writes that come meanwhile fail as the disk does (507), and
+    /// succeed again once it has room, without a restart.
+    fn reopen_if_degraded(&mut self) {
+        if self.shared.degraded().is_none() || Instant::now() < self.next_reopen {
+            return;
+        }
+        self.settle();
+        self.next_reopen = Instant::now() + REOPEN_INTERVAL;
+        match reopen(&self.shared) {
+            Ok(()) => {
+                self.shared.reopens.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("the data file was reopened after a failed write");
+                // What placed batches left in the shadows was never committed.
+                self.recover();
+            }
+            Err(error) => tracing::warn!(%error, "the data file cannot be reopened yet"),
+        }
+    }
+
     fn recover_if_failed(&mut self) {
         if self.failed_epoch.load(Ordering::Acquire) >= self.epoch {
             self.settle();
@@ -800,10 +897,9 @@ impl Writer {
                     .counters
                     .failed_commits
                     .fetch_add(1, Ordering::Relaxed);
-                let detail = error.to_string();
                 self.notify(Notice::Failed {
                     answers: work.answers,
-                    detail,
+                    error: error.for_caller(),
                 });
                 self.settle();
                 self.recover();

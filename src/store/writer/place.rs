@@ -17,8 +17,13 @@ impl Writer {
                 return Ok(None);
             };
             let shared = &self.shared;
-            let stream =
-                WriterStream::load(name.clone(), slot, &self.db, &shared.options, &shared.cache)?;
+            let stream = WriterStream::load(
+                name.clone(),
+                slot,
+                &*shared.database()?,
+                &shared.options,
+                &shared.cache,
+            )?;
             self.streams.insert(name.clone(), stream);
         }
         let stream = self
@@ -80,7 +85,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let default_retention = self.shared.options.retention;
         let changelog_keep = self.shared.options.changelog_keep;
-        let db = self.db.clone();
+        let db = self.shared.database()?;
         let tail = self.shared.options.tail;
         match request {
             Request::Append {
@@ -276,7 +281,9 @@ impl Writer {
             // keeps a caller from hanging if that ever changes.
             Request::Evict => {}
             request @ (Request::Maintain { .. } | Request::Shutdown { .. }) => {
-                request.fail("internal error: a control request reached a batch");
+                request.fail(&StoreError::Storage(
+                    "internal error: a control request reached a batch".into(),
+                ));
             }
         }
         Ok(())

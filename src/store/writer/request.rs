@@ -61,8 +61,8 @@ impl Request {
     }
 
     /// Answers the request with a storage error, without doing anything.
-    pub(super) fn fail(self, detail: &str) {
-        let error = || StoreError::Storage(detail.to_owned());
+    pub(super) fn fail(self, failure: &StoreError) {
+        let error = || failure.for_caller();
         match self {
             Request::Append { reply, .. } | Request::Import { reply, .. } => {
                 drop(reply.send(Err(error())))
@@ -97,8 +97,8 @@ pub(super) enum Answer {
 }
 
 impl Answer {
-    pub(super) fn send(self, failure: Option<&str>) {
-        let fail = |detail: &str| StoreError::Storage(detail.to_owned());
+    pub(super) fn send(self, failure: Option<&StoreError>) {
+        let fail = StoreError::for_caller;
         // A caller that stopped waiting is not an error.
         match (self, failure) {
             (Answer::Appended(reply, value), None) => drop(reply.send(Ok(value))),
