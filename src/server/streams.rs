@@ -28,13 +28,17 @@ struct RetentionInput {
 
 /// `GET /v1/streams`: every stream the caller may see, with stats.
 pub fn list(app: &App, key: Option<&ApiKey>) -> Response<Body> {
-    let streams = app
-        .store
+    let streams = visible(app, key);
+    wire::json(StatusCode::OK, &StreamList { streams })
+}
+
+/// The stats of every stream `key` may see (all of them without keys), by name.
+pub fn visible(app: &App, key: Option<&ApiKey>) -> Vec<StreamStats> {
+    app.store
         .streams()
         .into_iter()
         .filter(|stats| key.is_none_or(|key| key.covers(&stats.name)))
-        .collect();
-    wire::json(StatusCode::OK, &StreamList { streams })
+        .collect()
 }
 
 /// `GET /v1/streams/{s}`.
