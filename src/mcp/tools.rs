@@ -105,7 +105,8 @@ pub struct GetEventsArgs {
 #[derive(Clone)]
 pub struct Tools {
     backend: Arc<dyn Backend>,
-    tool_router: ToolRouter<Tools>,
+    /// Shared by clones: the HTTP transport clones a handler per request.
+    tool_router: Arc<ToolRouter<Tools>>,
 }
 
 #[tool_router]
@@ -114,7 +115,7 @@ impl Tools {
     pub fn new(backend: Arc<dyn Backend>) -> Tools {
         Tools {
             backend,
-            tool_router: Self::tool_router(),
+            tool_router: Arc::new(Self::tool_router()),
         }
     }
 

@@ -38,8 +38,11 @@ pub fn service(options: &ServerOptions) -> McpService {
     if options.keys.is_some() {
         config = config.disable_allowed_hosts();
     }
+    // Stateless: the SDK asks for a handler per request. Building one makes the tools' JSON
+    // schemas; a clone of one built here shares them.
+    let tools = Tools::new(Arc::new(InProcess));
     StreamableHttpService::new(
-        || Ok(Tools::new(Arc::new(InProcess))),
+        move || Ok(tools.clone()),
         Arc::new(NeverSessionManager::default()),
         config,
     )
