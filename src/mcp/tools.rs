@@ -8,7 +8,11 @@ use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
@@ -23,6 +27,21 @@ errors, retries, plans, decisions) with log_event; repeats are folded into one l
 token budget: notes first, then the most important recent events. Use remember for facts that \
 must never be forgotten (they stay at the top until you forget them). One stream per task or \
 agent, named like `team.agent-1`.";
+
+/// The resource of a stream's context window (RFC 6570 template).
+pub const CONTEXT_TEMPLATE: &str = "recap://streams/{name}/context";
+
+/// The context resource's URI of `stream`.
+pub fn context_uri(stream: &str) -> String {
+    format!("recap://streams/{stream}/context")
+}
+
+/// The stream a context resource's URI names, if it is one.
+pub fn stream_of(uri: &str) -> Option<&str> {
+    uri.strip_prefix("recap://streams/")?
+        .strip_suffix("/context")
+        .filter(|stream| !stream.is_empty() && !stream.contains('/'))
+}
 
 /// `get_context`'s arguments.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -288,9 +307,70 @@ impl Tools {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Tools {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("recap", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let template = ResourceTemplate::new(CONTEXT_TEMPLATE, "context")
+            .with_description("A stream's context window at the default budget (2,000 tokens).")
+            .with_mime_type("text/plain");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
+    }
+
+    /// Every stream the caller may read, as its context resource.
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let streams = self
+            .backend
+            .streams(&context.extensions)
+            .await
+            .map_err(|error| ErrorData::invalid_request(error.0, None))?;
+        let resources = streams
+            .iter()
+            .filter_map(|stats| stats["name"].as_str())
+            .map(|stream| {
+                Resource::new(context_uri(stream), format!("{stream} context"))
+                    .with_mime_type("text/plain")
+            })
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let stream = stream_of(&request.uri).ok_or_else(|| {
+            ErrorData::resource_not_found(
+                format!(
+                    "no resource {:?}; recap serves {CONTEXT_TEMPLATE}",
+                    request.uri
+                ),
+                None,
+            )
+        })?;
+        let window = self
+            .backend
+            .context(&context.extensions, stream, String::new())
+            .await
+            .map_err(|error| ErrorData::invalid_params(error.0, None))?;
+        let contents =
+            ResourceContents::text(window.text, request.uri.clone()).with_mime_type("text/plain");
+        Ok(ReadResourceResult::new(vec![contents]).into())
     }
 }
 
@@ -315,5 +395,18 @@ fn reply(outcome: Result<Vec<ContentBlock>, ToolError>) -> CallToolResult {
     match outcome {
         Ok(content) => CallToolResult::success(content),
         Err(error) => CallToolResult::error(vec![ContentBlock::text(error.0)]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_uris_name_their_stream() {
+        assert_eq!(stream_of(&context_uri("team-a.x")), Some("team-a.x"));
+        assert_eq!(stream_of("recap://streams//context"), None);
+        assert_eq!(stream_of("recap://streams/a/b/context"), None);
+        assert_eq!(stream_of("file:///etc/passwd"), None);
     }
 }

@@ -110,6 +110,16 @@ async def collapse_note_forget(client: Client) -> None:
     streams = json.loads(text(await client.call_tool("list_streams", {"prefix": "mcp-"})))
     assert stream in {s["name"] for s in streams["streams"]}
 
+    # Each stream's context is a resource too.
+    templates = await client.list_resource_templates()
+    assert [t.uri_template for t in templates.resource_templates] == [
+        "recap://streams/{name}/context"
+    ]
+    uri = f"recap://streams/{stream}/context"
+    assert uri in {str(r.uri) for r in (await client.list_resources()).resources}
+    contents = (await client.read_resource(uri)).contents
+    assert "x3" in contents[0].text, contents
+
     # A mistake is a tool error that says what to fix, not a protocol error.
     result = await client.call_tool(
         "log_event", {"stream": stream, "kind": "tool", "message": "x", "severity": "loud"}
