@@ -149,6 +149,16 @@ async fn mcp_tools_over_http_fold_repeats_and_pin_notes() {
     // The window is the HTTP route's, byte for byte.
     let plain = server.get("/v1/streams/m/context?budget=300").await.text();
     assert!(window.starts_with(&plain), "{window}\n---\n{plain}");
+    // The same window is a resource.
+    let (_, read) = rpc(
+        &server,
+        None,
+        "resources/read",
+        json!({"uri": "recap://streams/m/context"}),
+    )
+    .await;
+    let resource = read["result"]["contents"][0]["text"].as_str().unwrap_or("");
+    assert!(resource.contains("search timed out x3"), "{read}");
 
     let (error, _) = call(
         &server,
