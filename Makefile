@@ -15,8 +15,9 @@ test:
 doc:
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 
-# The unmodified openintent client, the aegeantic bridge and the web view (in Debian's headless
-# Chromium, driven by Playwright) against a real recap (tests/python), in a virtualenv with the
+# The unmodified openintent client, the official MCP Python SDK (HTTP and stdio), `recap hook` on
+# recorded Claude Code and Codex events, the aegeantic bridge and the web view (in Debian's
+# headless Chromium, driven by Playwright) against a real recap (tests/python), in a virtualenv with the
 # pinned packages of tests/python/requirements.txt. CI runs it after `check`.
 VENV ?= target/pytest-venv
 pytest:

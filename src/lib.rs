@@ -31,6 +31,7 @@ pub mod context;
 pub mod event;
 pub mod histogram;
 pub mod jsonl;
+pub mod mcp;
 pub mod meter;
 pub mod openintent;
 pub mod payload;

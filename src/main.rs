@@ -39,6 +39,12 @@ enum Command {
     Import(ImportArgs),
     /// Write a stream's records as JSONL (what `import` reads back).
     Export(ExportArgs),
+    /// Speak MCP on stdin/stdout (for agents that start MCP servers as commands), forwarding
+    /// each tool call to the recap server; logs go to stderr.
+    Mcp(McpArgs),
+    /// Post one coding-agent hook event (Claude Code or Codex, JSON on stdin) to a stream;
+    /// for session start, prompt submit and pre-compaction, print the context window.
+    Hook(HookArgs),
     /// Offline benchmarks (no server needed).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -162,6 +168,24 @@ struct ExportArgs {
     /// The stream.
     #[arg(value_parser = parse_stream)]
     stream: StreamName,
+}
+
+#[derive(Args)]
+struct McpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args)]
+struct HookArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The stream the agent's events go to.
+    #[arg(long, env = "RECAP_STREAM", value_parser = parse_stream)]
+    stream: StreamName,
+    /// Token budget of the context window printed.
+    #[arg(long)]
+    budget: Option<u32>,
 }
 
 fn parse_stream(value: &str) -> Result<StreamName, String> {
@@ -332,6 +356,19 @@ async fn run(command: Command) -> Result<ExitCode> {
                 );
             }
         }
+        Command::Hook(args) => {
+            let client = connect(&args.server)?;
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut input)
+                .context("cannot read the hook event from stdin")?;
+            let output = client::hook::run(&client, &args.stream, &input, args.budget).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(output.as_bytes())?;
+            if !output.is_empty() && !output.ends_with('\n') {
+                writeln!(out)?;
+            }
+        }
+        Command::Mcp(args) => client::mcp::serve_stdio(connect(&args.server)?).await?,
         // Offline and CPU-bound: its own exit code (2 for usage errors) says how it went.
         Command::Bench(BenchCommand::Budgets(args)) => {
             return Ok(tokio::task::block_in_place(|| bench_budgets(&args)));

@@ -7,7 +7,9 @@
 
 pub mod commands;
 pub mod export;
+pub mod hook;
 pub mod import;
+pub mod mcp;
 pub mod tail;
 
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::StatusCode;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
 
@@ -23,14 +24,16 @@ use super::wire::ApiError;
 /// is buffered in memory per request.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// A response body: a whole buffer, or a live feed of chunks (SSE) that ends when its sender is
-/// dropped.
+/// A response body: a whole buffer, a live feed of chunks (SSE) that ends when its sender is
+/// dropped, or the body of a response the MCP SDK made.
 #[derive(Debug)]
 pub enum Body {
     /// Everything at once (`None` once sent).
     Full(Option<Bytes>),
     /// Chunks as they come.
     Channel(mpsc::Receiver<Bytes>),
+    /// The `/mcp` route's answer, as `rmcp` built it.
+    Boxed(BoxBody<Bytes, Infallible>),
 }
 
 impl Body {
@@ -58,11 +61,16 @@ impl hyper::body::Body for Body {
             Body::Channel(receiver) => receiver
                 .poll_recv(cx)
                 .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes)))),
+            Body::Boxed(body) => hyper::body::Body::poll_frame(Pin::new(body), cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, Body::Full(None))
+        match self {
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Channel(_) => false,
+            Body::Boxed(body) => hyper::body::Body::is_end_stream(body),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -70,6 +78,7 @@ impl hyper::body::Body for Body {
             Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Channel(_) => SizeHint::default(),
+            Body::Boxed(body) => hyper::body::Body::size_hint(body),
         }
     }
 }

@@ -69,19 +69,7 @@ pub async fn get(
     };
     // Read before the build: the window reflects at least this revision.
     let revision = app.store.revision(&stream);
-    let now = Utc::now();
-    // A warm build takes microseconds; loading a cold stream from the file or tokenizing (long
-    // messages, a new encoding, line cap or note) runs on a blocking thread.
-    let window = match app.store.warm_context(&stream, &request, now) {
-        Ok(window) => window,
-        Err(Cold) => {
-            let (store, request) = (app.store.clone(), request.clone());
-            tokio::task::spawn_blocking(move || store.context(&stream, &request, now))
-                .await
-                .map_err(ApiError::internal)??
-        }
-    }
-    .unwrap_or_else(|| empty_window(&request, now));
+    let window = window(app, stream, &request).await?;
     let response = if json {
         let mut response = wire::json(
             StatusCode::OK,
@@ -111,6 +99,33 @@ pub async fn get(
     wire::set_number(&mut response, REVISION_HEADER, revision);
     app.metrics.observe_context(started.elapsed());
     Ok(response)
+}
+
+/// The query parameters of a context request as a [`ContextRequest`] (`format` is the caller's
+/// business): the MCP `get_context` tool parses its arguments with the route's parser.
+pub fn parse_request(query: Option<&str>) -> Result<ContextRequest, ApiError> {
+    request_from(&Query::parse(query, PARAMS)?)
+}
+
+/// The window `request` asks for (an empty one for a stream with no history yet).
+pub async fn window(
+    app: &App,
+    stream: StreamName,
+    request: &ContextRequest,
+) -> Result<ContextWindow, ApiError> {
+    let now = Utc::now();
+    // A warm build takes microseconds; loading a cold stream from the file or tokenizing (long
+    // messages, a new encoding, line cap or note) runs on a blocking thread.
+    let window = match app.store.warm_context(&stream, request, now) {
+        Ok(window) => window,
+        Err(Cold) => {
+            let (store, request) = (app.store.clone(), request.clone());
+            tokio::task::spawn_blocking(move || store.context(&stream, &request, now))
+                .await
+                .map_err(ApiError::internal)??
+        }
+    };
+    Ok(window.unwrap_or_else(|| empty_window(request, now)))
 }
 
 /// The request's parameters as a [`ContextRequest`].

@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::event::{Event, EventError, EventInput, EventLimits, StreamName, check_not_ahead};
 use crate::jsonl;
-use crate::store::{ImportedRecord, MAX_PAGE_RECORDS, RecordQuery};
+use crate::store::{ImportedRecord, MAX_PAGE_RECORDS, RecordPage, RecordQuery};
 use crate::stream::Appended;
 
 use super::App;
@@ -45,6 +45,19 @@ pub async fn post(
 ) -> Result<Response<Body>, ApiError> {
     // The body's share of the gate is held until the events are committed.
     let (events, _share) = read_batch(app, headers, body, parse_events).await?;
+    if events.is_empty() {
+        return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
+    }
+    Ok(write_reply(append(app, &stream, events).await?, 0))
+}
+
+/// Appends parsed events, counted in the metrics; returns where each landed once durable.
+pub async fn append(
+    app: &App,
+    stream: &StreamName,
+    events: Vec<Event>,
+) -> Result<Vec<Appended>, ApiError> {
+    // A time days ahead of the server's clock is a bug in the client, not an event.
     let now = Utc::now();
     for (index, event) in events.iter().enumerate() {
         if let Some(ts) = &event.ts {
@@ -52,17 +65,14 @@ pub async fn post(
                 .map_err(|error| ApiError::in_batch(error, index, None))?;
         }
     }
-    if events.is_empty() {
-        return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
-    }
     let count = events.len() as u64;
     let appended = app
         .metrics
-        .commit(app.store.append(&stream, events, now))
+        .commit(app.store.append(stream, events, now))
         .await?;
     let collapsed = appended.iter().filter(|a| a.collapsed).count() as u64;
     app.metrics.count_ingest(count, collapsed);
-    Ok(write_reply(appended, 0))
+    Ok(appended)
 }
 
 /// `POST /v1/streams/{s}/records`: exported records (JSON array or NDJSON), imported as they
@@ -97,6 +107,20 @@ pub async fn history(
     stream: StreamName,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
+    // Read before the page: the page reflects at least this revision.
+    let revision = app.store.revision(&stream);
+    let page = page(app, stream, query).await?;
+    let mut response = wire::json(StatusCode::OK, &page);
+    wire::set_number(&mut response, REVISION_HEADER, revision);
+    Ok(response)
+}
+
+/// The page of history the query parameters of `GET .../events` ask for.
+pub async fn page(
+    app: &App,
+    stream: StreamName,
+    query: Option<&str>,
+) -> Result<RecordPage, ApiError> {
     let query = Query::parse(query, HISTORY_PARAMS)?;
     let limit = match query.number::<usize>("limit")? {
         None => RecordQuery::default().limit,
@@ -113,15 +137,11 @@ pub async fn history(
         since: query.timestamp("since")?,
         until: query.timestamp("until")?,
     };
-    // Read before the page: the page reflects at least this revision.
-    let revision = app.store.revision(&stream);
     let store = app.store.clone();
     let page = tokio::task::spawn_blocking(move || store.records(&stream, &record_query))
         .await
         .map_err(ApiError::internal)??;
-    let mut response = wire::json(StatusCode::OK, &page);
-    wire::set_number(&mut response, REVISION_HEADER, revision);
-    Ok(response)
+    Ok(page)
 }
 
 /// Parses a body of events, all or nothing.

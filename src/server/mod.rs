@@ -12,13 +12,14 @@
 //! Modules, one job each: [`routes`] (the route table), [`wire`] (response shapes and the one
 //! error-to-status mapping), [`body`] (body type, capped reads, content types), [`query`] (query
 //! strings), [`events`], [`context`], [`notes`], [`streams`] (handlers), [`sse`]
-//! (subscriptions), [`openintent`] (the OpenIntent-compatible routes), [`auth`] (API keys),
+//! (subscriptions), [`mcp`] (the MCP tools over Streamable HTTP), [`openintent`] (the OpenIntent-compatible routes), [`auth`] (API keys),
 //! [`metrics`] (Prometheus text).
 
 pub mod auth;
 pub mod body;
 pub mod context;
 pub mod events;
+pub mod mcp;
 pub mod metrics;
 pub mod notes;
 pub mod openintent;
@@ -132,6 +133,8 @@ pub struct App {
     bodies: body::BodyGate,
     /// Turns `true` when shutdown begins; SSE feeds end on it.
     shutdown: watch::Receiver<bool>,
+    /// The MCP SDK's service behind `/mcp`.
+    mcp: mcp::McpService,
 }
 
 /// Opens the store, binds `config.addr` and serves until `shutdown` resolves.
@@ -178,6 +181,7 @@ pub async fn run(
     let drain_timeout = options.drain_timeout;
     let app = Arc::new(App {
         bodies: body::BodyGate::new(options.max_body_bytes),
+        mcp: mcp::service(&options),
         store,
         options,
         metrics: Metrics::default(),

@@ -45,10 +45,17 @@ pub async fn post(
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let body = body::read_json(body, headers, &app.options, &app.bodies).await?;
-    let input = parse(
-        body::utf8(&body.bytes)?,
-        app.options.limits.max_message_bytes,
-    )?;
+    let note = add(app, &stream, body::utf8(&body.bytes)?).await?;
+    // Read after the durable write: at least the revision the note took.
+    let revision = app.store.revision(&stream);
+    let mut response = wire::json(StatusCode::CREATED, &note);
+    wire::set_number(&mut response, REVISION_HEADER, revision);
+    Ok(response)
+}
+
+/// Adds the note a JSON body (`{"text", "expires_at"}`) describes; returns it once durable.
+pub async fn add(app: &App, stream: &StreamName, body: &str) -> Result<Note, ApiError> {
+    let input = parse(body, app.options.limits.max_message_bytes)?;
     let now = Utc::now();
     let expires_at = input
         .expires_at
@@ -72,15 +79,10 @@ pub async fn post(
         )
         .with_field("expires_at"));
     }
-    let note = app
-        .metrics
-        .commit(app.store.add_note(&stream, input.text, expires_at, now))
-        .await?;
-    // Read after the durable write: at least the revision the note took.
-    let revision = app.store.revision(&stream);
-    let mut response = wire::json(StatusCode::CREATED, &note);
-    wire::set_number(&mut response, REVISION_HEADER, revision);
-    Ok(response)
+    app.metrics
+        .commit(app.store.add_note(stream, input.text, expires_at, now))
+        .await
+        .map_err(ApiError::from)
 }
 
 /// `GET /v1/streams/{s}/notes`: the live notes, oldest first, `limit` (default 1,000) after the
@@ -123,6 +125,14 @@ pub fn list(
 
 /// `DELETE /v1/streams/{s}/notes/{id}`: 204, or 404 if there is no such note.
 pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<Body>, ApiError> {
+    remove(app, &stream, id).await?;
+    let mut response = wire::empty(StatusCode::NO_CONTENT);
+    wire::set_number(&mut response, REVISION_HEADER, app.store.revision(&stream));
+    Ok(response)
+}
+
+/// Deletes note `id` (as given in the path), or says it does not exist.
+pub async fn remove(app: &App, stream: &StreamName, id: &str) -> Result<(), ApiError> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -132,12 +142,10 @@ pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<
     })?;
     let deleted = app
         .metrics
-        .commit(app.store.delete_note(&stream, id))
+        .commit(app.store.delete_note(stream, id))
         .await?;
     if deleted {
-        let mut response = wire::empty(StatusCode::NO_CONTENT);
-        wire::set_number(&mut response, REVISION_HEADER, app.store.revision(&stream));
-        Ok(response)
+        Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,

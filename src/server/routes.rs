@@ -14,7 +14,7 @@ use super::auth::{ApiKey, Scope};
 use super::body::{self, Body};
 use super::sse::{self, Dialect};
 use super::wire::{self, ApiError, ErrorStyle};
-use super::{context, events, notes, openintent, streams, ui};
+use super::{context, events, mcp, notes, openintent, streams, ui};
 
 /// Every endpoint, for metrics labels and scope checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,13 +50,16 @@ pub enum Endpoint {
     UiStream,
     /// `GET /ui/assets/{file}`: the web view's scripts, style sheet and icon.
     UiAsset,
+    /// `POST /mcp` (and `GET`, `DELETE`): MCP over Streamable HTTP. Any valid key may call;
+    /// each tool checks its own scope and the stream's prefix.
+    Mcp,
     /// No route matched (404) or the method did not (405).
     Unmatched,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order (`ALL[e as usize] == e`).
-    pub const ALL: [Endpoint; 23] = [
+    pub const ALL: [Endpoint; 24] = [
         Endpoint::Healthz,
         Endpoint::Metrics,
         Endpoint::ListStreams,
@@ -79,6 +82,7 @@ impl Endpoint {
         Endpoint::Ui,
         Endpoint::UiStream,
         Endpoint::UiAsset,
+        Endpoint::Mcp,
         Endpoint::Unmatched,
     ];
 
@@ -92,7 +96,7 @@ impl Endpoint {
             | Endpoint::PostNote
             | Endpoint::CreateIntent
             | Endpoint::PostIntentEvent => "POST",
-            Endpoint::Unmatched => "any",
+            Endpoint::Mcp | Endpoint::Unmatched => "any",
             _ => "GET",
         }
     }
@@ -118,11 +122,19 @@ impl Endpoint {
             Endpoint::Ui => "/ui",
             Endpoint::UiStream => "/ui/streams/{s}",
             Endpoint::UiAsset => "/ui/assets/{file}",
+            Endpoint::Mcp => "/mcp",
             Endpoint::Unmatched => "unmatched",
         }
     }
 
-    /// The scope a key needs; `None` for endpoints open to any caller. The web view's pages and
+    /// Whether a server with keys asks for one: every endpoint with a scope, and `/mcp`, whose
+    /// tools check their own scopes.
+    fn needs_key(self) -> bool {
+        self.scope().is_some() || self == Endpoint::Mcp
+    }
+
+    /// The scope a key needs; `None` for endpoints open to any caller (or, for `/mcp`, that
+    /// check their own). The web view's pages and
     /// assets hold no data (the page asks for a key and sends it with its own API requests).
     fn scope(self) -> Option<Scope> {
         match self {
@@ -130,6 +142,7 @@ impl Endpoint {
             | Endpoint::Ui
             | Endpoint::UiStream
             | Endpoint::UiAsset
+            | Endpoint::Mcp
             | Endpoint::Unmatched => None,
             Endpoint::Metrics
             | Endpoint::ListStreams
@@ -226,6 +239,18 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
                 Some(*s),
                 None,
             ),
+            // MCP's Streamable HTTP: POST carries the messages; GET (a server-initiated feed)
+            // and DELETE (end a session) are answered by the SDK, which has no sessions here.
+            ["mcp"] => (
+                &[
+                    (Method::POST, Endpoint::Mcp),
+                    (Method::GET, Endpoint::Mcp),
+                    (Method::DELETE, Endpoint::Mcp),
+                ],
+                "GET, POST, DELETE",
+                None,
+                None,
+            ),
             ["ui"] => (&[(Method::GET, Endpoint::Ui)], "GET", None, None),
             ["ui", "streams", s] => (&[(Method::GET, Endpoint::UiStream)], "GET", Some(*s), None),
             ["ui", "assets", file] => (
@@ -270,7 +295,10 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
         m == method
             || (method == Method::HEAD
                 && m == Method::GET
-                && !matches!(endpoint, Endpoint::Subscribe | Endpoint::SubscribeIntent))
+                && !matches!(
+                    endpoint,
+                    Endpoint::Subscribe | Endpoint::SubscribeIntent | Endpoint::Mcp
+                ))
     };
     choices
         .iter()
@@ -321,8 +349,8 @@ fn admit<'a>(
     parts: &http::request::Parts,
 ) -> Result<(Option<&'a ApiKey>, Option<StreamName>), ApiError> {
     let endpoint = matched.endpoint;
-    let key = match (&app.options.keys, endpoint.scope()) {
-        (Some(keys), Some(_)) => Some(keys.authenticate(&parts.headers)?),
+    let key = match &app.options.keys {
+        Some(keys) if endpoint.needs_key() => Some(keys.authenticate(&parts.headers)?),
         _ => None,
     };
     if let Some(key) = key {
@@ -400,6 +428,7 @@ async fn dispatch(
         // The name was validated above: a page for a name no stream can have is a 400.
         Endpoint::UiStream => Ok(ui::page(ui::Page::Stream, app.options.keys.is_some())),
         Endpoint::UiAsset => ui::asset(matched.id.unwrap_or("")),
+        Endpoint::Mcp => mcp::handle(app, key, parts, body).await,
         Endpoint::Unmatched => Err(ApiError::not_found(parts.uri.path())),
     }
 }

@@ -52,6 +52,15 @@ pub fn list(
     Ok(wire::json(StatusCode::OK, &StreamList { streams, next }))
 }
 
+/// The stats of the first [`MAX_STREAMS_PER_PAGE`] streams named from `prefix` that `key` may
+/// see (all of them without keys), by name.
+pub fn visible(app: &App, key: Option<&ApiKey>, prefix: &str) -> Vec<StreamStats> {
+    let admit = |name: &StreamName| {
+        name.as_str().starts_with(prefix) && key.is_none_or(|key| key.covers(name))
+    };
+    app.store.streams_page(None, MAX_STREAMS_PER_PAGE, admit).0
+}
+
 /// `GET /v1/streams/{s}`.
 pub fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
     let stats = app

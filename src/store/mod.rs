@@ -903,11 +903,12 @@ impl Store {
     /// has run).
     fn ask_for_eviction(&self) {
         let cache = &self.inner.shared.cache;
-        if cache.is_over() && !cache.eviction_asked.swap(true, Ordering::Relaxed) {
-            if let Some(requests) = lock(&self.inner.requests).as_ref() {
-                // A writer that has stopped has nothing left to evict for.
-                drop(requests.send(Request::Evict));
-            }
+        // A writer that has stopped has nothing left to evict for.
+        if cache.is_over()
+            && !cache.eviction_asked.swap(true, Ordering::Relaxed)
+            && let Some(requests) = lock(&self.inner.requests).as_ref()
+        {
+            drop(requests.send(Request::Evict));
         }
     }
 

@@ -2,8 +2,9 @@
 //! memory just because its tail counts records.
 //!
 //! Records are laid end to end by the size they had when created, in blocks of
-//! [`TailCapacity::block_bytes`](super::TailCapacity::block_bytes) bytes. The tail keeps at most the records
-//! that start in the current block or the one before it: between one and two blocks of text.
+//! [`TailCapacity::block_bytes`](super::TailCapacity::block_bytes) bytes. The tail keeps at
+//! most the records that start in the current block or the one before it: between one and two
+//! blocks of text.
 //! Like the count bound, the start moves at fixed places, so every state of a stream at the
 //! same seq holds the same records, whether appended one by one, restored after a restart or
 //! loaded again after an eviction; the writer keeps these numbers in the stream's metadata.

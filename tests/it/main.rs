@@ -6,6 +6,7 @@ mod cache;
 mod cli_import;
 mod context_golden;
 mod live_server;
+mod mcp;
 mod openintent;
 mod server;
 mod sse_edges;

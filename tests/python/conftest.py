@@ -52,9 +52,12 @@ def recap_binary() -> Path:
 
 
 @contextlib.contextmanager
-def running_recap(keys: bool, port: int | None = None, data_dir: Path | None = None):
+def running_recap(
+    keys: bool, port: int | None = None, data_dir: Path | None = None, extra_keys: str = ""
+):
     """Starts `recap serve` on `port` (default a free one) on loopback with `data_dir` (default
-    a temporary one; and, with `keys`, a keys file holding API_KEY with the admin scope); stops
+    a temporary one; and, with `keys`, a keys file holding API_KEY with the admin scope, then
+    `extra_keys`, more `[[keys]]` tables); stops
     it (SIGTERM, then waited for, killed by its pid if it does not exit) when the block ends."""
     with tempfile.TemporaryDirectory(prefix="recap-pytest-") as tmp:
         tmp = Path(tmp)
@@ -71,6 +74,7 @@ def running_recap(keys: bool, port: int | None = None, data_dir: Path | None = N
             keys_file = tmp / "keys.toml"
             keys_file.write_text(
                 f'[[keys]]\nname = "pytest"\nkey = "{API_KEY}"\nscopes = ["admin"]\n'
+                + extra_keys
             )
             command += ["--keys", str(keys_file)]
         url = f"http://{command[3]}"
