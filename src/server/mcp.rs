@@ -62,7 +62,11 @@ pub async fn handle(
     parts: &Parts,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let mut request = Request::from_parts(parts.clone(), body);
+    // Read here like every other route's body: within the size cap and the time limit, and
+    // counted against the bodies decoded at once (held until the answer is made).
+    let body = super::body::read_capped(body, &parts.headers, &app.options, &app.bodies).await?;
+    let mut request =
+        Request::from_parts(parts.clone(), http_body_util::Full::new(body.bytes.clone()));
     request.extensions_mut().insert(Caller {
         app: Arc::clone(app),
         key: key.cloned(),
