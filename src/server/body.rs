@@ -249,7 +249,7 @@ pub async fn read_capped(
 
 /// Reads and drops a body that was refused before it was read: hyper closes a connection whose
 /// request body was left unread, and the client's next request on it would fail. A body over
-/// the cap, or one that does not arrive within [`DISCARD_TIMEOUT`], is left (the connection
+/// the cap, or one that does not arrive within a second, is left (the connection
 /// closes then).
 pub async fn discard(body: Incoming, headers: &HeaderMap, options: &ServerOptions) {
     let cap = options.max_body_bytes;
