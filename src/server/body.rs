@@ -210,10 +210,7 @@ pub async fn read_capped(
     gate: &BodyGate,
 ) -> Result<Admitted, ApiError> {
     let cap = options.max_body_bytes;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|length| length > cap as u64) {
         return Err(too_large(cap));
     }
@@ -253,14 +250,19 @@ pub async fn read_capped(
 /// closes then).
 pub async fn discard(body: Incoming, headers: &HeaderMap, options: &ServerOptions) {
     let cap = options.max_body_bytes;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|length| length > cap as u64) {
         return;
     }
     let _ = tokio::time::timeout(DISCARD_TIMEOUT, Limited::new(body, cap).collect()).await;
+}
+
+/// The body's length as its `Content-Length` says, if it says one that parses.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
 }
 
 /// How long a refused body may take to arrive before its connection is given up.

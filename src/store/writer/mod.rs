@@ -128,17 +128,11 @@ impl Shared {
 
     /// Why writes cannot succeed now, if they cannot.
     pub fn degraded(&self) -> Option<String> {
-        self.degraded
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        super::lock(&self.degraded).clone()
     }
 
     fn set_degraded(&self, cause: Option<String>) {
-        *self
-            .degraded
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = cause;
+        *super::lock(&self.degraded) = cause;
     }
 
     /// An error when a test has asked for a failed commit; nothing otherwise.
