@@ -342,6 +342,11 @@ impl From<StoreError> for ApiError {
             StoreError::NoteLimit { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "note_limit", error.to_string())
             }
+            StoreError::Damaged { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt",
+                error.to_string(),
+            ),
             other => ApiError::internal(other),
         }
     }

@@ -16,6 +16,7 @@ mod cache;
 mod feed;
 mod reads;
 mod schema;
+mod upgrade;
 mod writer;
 
 #[cfg(test)]
@@ -89,6 +90,19 @@ pub enum StoreError {
         path: PathBuf,
         /// What is wrong.
         detail: String,
+    },
+    /// A row of the data file is damaged: it fails its checksum, does not decode, or is missing
+    /// where the stream's other rows say it must be. Nothing of it is served.
+    #[error(
+        "the data file is damaged: {row} of stream {stream:?} {problem}; nothing damaged is served. `recap check --data DIR` (with the server stopped) lists every damaged row; restore recap.redb from a backup, or export the stream's readable records"
+    )]
+    Damaged {
+        /// The stream the row belongs to.
+        stream: String,
+        /// The row: `record 17`, `note 3`, `change 40`, `stream row`, `records 10..=20`.
+        row: String,
+        /// What is wrong with it.
+        problem: String,
     },
     /// No such stream.
     #[error("stream {0:?} does not exist")]
@@ -467,6 +481,15 @@ impl StoreError {
             StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
             StoreError::Failed(cause) => StoreError::Failed(cause.clone()),
             StoreError::Storage(detail) => StoreError::Storage(detail.clone()),
+            StoreError::Damaged {
+                stream,
+                row,
+                problem,
+            } => StoreError::Damaged {
+                stream: stream.clone(),
+                row: row.clone(),
+                problem: problem.clone(),
+            },
             other => StoreError::Storage(other.to_string()),
         }
     }
@@ -558,16 +581,40 @@ impl Drop for Inner {
         if let Some(writer) = lock(&self.writer).take() {
             drop(writer.join());
         }
-        writer::write(&self.shared.db).take();
+        if let Err(error) = release(&self.shared) {
+            tracing::error!(%error, "closing the data file");
+        }
     }
 }
 
 /// Opens (or creates) the redb file with its share of the cache budget.
 pub(super) fn open_database(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
-    redb::Database::builder()
-        .set_cache_size((cache_bytes / PAGE_CACHE_SHARE).max(MIN_PAGE_CACHE_BYTES))
-        .create(path)
-        .map_err(|error| reads::open_error(path, error))
+    let open = || {
+        redb::Database::builder()
+            .set_cache_size((cache_bytes / PAGE_CACHE_SHARE).max(MIN_PAGE_CACHE_BYTES))
+            .create(path)
+    };
+    // redb panics on some damaged files (a free-space map that does not parse): refused, as
+    // any other damaged file is.
+    match std::panic::catch_unwind(open) {
+        Ok(opened) => opened.map_err(|error| reads::open_error(path, error)),
+        Err(panic) => Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!(
+                "the file could not be opened ({}); `recap check --data DIR` says more; restore it from a backup",
+                panic_message(&*panic)
+            ),
+        }),
+    }
+}
+
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Written beside the data file once it is a recap store: a data file that is later missing or
@@ -586,6 +633,21 @@ fn write_marker(marker: &Path) -> Result<(), StoreError> {
     };
     write()
         .map_err(|error| StoreError::Storage(format!("cannot write {}: {error}", marker.display())))
+}
+
+/// Runs a read of `stream` from the file; a panic inside it (redb meeting a damaged page) is
+/// that stream's damage, answered as an error rather than a dead request.
+fn guarded<T>(
+    stream: &StreamName,
+    read: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        Err(StoreError::Damaged {
+            stream: stream.to_string(),
+            row: "a page of the data file".into(),
+            problem: format!("could not be read ({})", panic_message(&*panic)),
+        })
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -625,6 +687,7 @@ impl Store {
             });
         }
         let db = open_database(&path, options.cache_bytes)?;
+        let db = upgrade::to_current(db, &path, options.cache_bytes)?;
         reads::prepare(&db, &path)?;
         if !marker.exists() {
             write_marker(&marker)?;
@@ -869,10 +932,9 @@ impl Store {
             return self.context(stream, request, now);
         }
         let started = Instant::now();
-        let loaded = self.db().and_then(|db| {
+        let loaded = guarded(stream, || {
             reads::load_state(
-                &db,
-                &shared.path,
+                &*self.db()?,
                 stream,
                 slot.id,
                 &shared.options,
@@ -918,7 +980,7 @@ impl Store {
         stream: &StreamName,
         query: &RecordQuery,
     ) -> Result<RecordPage, StoreError> {
-        reads::records(&*self.db()?, &self.inner.shared.path, stream, query)
+        guarded(stream, || reads::records(&*self.db()?, stream, query))
     }
 
     /// A stream's live notes, oldest first.
@@ -935,7 +997,7 @@ impl Store {
         });
         match resident {
             Some(notes) => Ok(notes),
-            None => reads::notes(&*self.db()?, &self.inner.shared.path, stream, now),
+            None => guarded(stream, || reads::notes(&*self.db()?, stream, now)),
         }
     }
 
@@ -990,12 +1052,18 @@ impl Store {
         let live = writer::read(&slot.live);
         let notes = match &live.state {
             Some(state) => Some(state.notes().filter(|n| n.is_live(now)).count()),
-            // A cold stream's notes are counted from the file (at most `max_notes` rows).
-            None => self
+            // A cold stream's notes are counted from the file (at most `max_notes` rows); if
+            // they cannot be read, the stream's row says how many it stores.
+            None => match self
                 .db()
-                .and_then(|db| reads::notes(&db, &self.inner.shared.path, &name, now))
-                .ok()
-                .map(|notes| notes.len()),
+                .and_then(|db| guarded(&name, || reads::notes(&db, &name, now)))
+            {
+                Ok(notes) => Some(notes.len()),
+                Err(error) => {
+                    tracing::error!(%error, "cannot count a stream's notes");
+                    live.meta.notes.map(|stored| stored as usize)
+                }
+            },
         };
         let totals = &live.meta.totals;
         StreamStats {
@@ -1044,7 +1112,9 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Change>, StoreError> {
-        reads::changes(&*self.db()?, &self.inner.shared.path, stream, after, limit)
+        guarded(stream, || {
+            reads::changes(&*self.db()?, stream, after, limit)
+        })
     }
 
     /// Counters of the writer's work since the store was opened.
@@ -1115,7 +1185,22 @@ impl Store {
                 .join()
                 .map_err(|_| StoreError::Storage("the writer thread panicked".into()))?;
         }
-        writer::write(&self.inner.shared.db).take();
+        release(&self.inner.shared)?;
         result
     }
+}
+
+/// Drops the store's handle on the file. Closing writes redb's free-space map, which panics on
+/// some damaged files: that is an error, not a panic of the caller.
+fn release(shared: &Shared) -> Result<(), StoreError> {
+    let db = writer::write(&shared.db).take();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))).map_err(|panic| {
+        StoreError::Corrupt {
+            path: shared.path.clone(),
+            detail: format!(
+                "the file could not be closed cleanly ({})",
+                panic_message(&*panic)
+            ),
+        }
+    })
 }

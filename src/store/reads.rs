@@ -66,6 +66,24 @@ fn corrupt(path: &Path, detail: impl ToString) -> StoreError {
     }
 }
 
+/// A damaged row of `stream`, as the store reports it.
+pub(super) fn damaged(stream: &str, error: DecodeError) -> StoreError {
+    StoreError::Damaged {
+        stream: stream.to_owned(),
+        row: error.row,
+        problem: error.problem,
+    }
+}
+
+/// Rows of `stream` that its metadata says are stored but that are not there.
+fn missing(stream: &str, row: String) -> StoreError {
+    StoreError::Damaged {
+        stream: stream.to_owned(),
+        row,
+        problem: "is missing though the stream's row says it is stored".to_owned(),
+    }
+}
+
 /// Checks the schema version (writing it into a new file) and creates missing tables. A file
 /// that has them all is only read: a write transaction's durable commit on open costs a restart
 /// time that grows with the file.
@@ -163,7 +181,10 @@ pub(super) fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
     for entry in streams_table.iter()? {
         let (name, value) = entry?;
         let name = StreamName::new(name.value()).map_err(|error| corrupt(path, error))?;
-        let meta = schema::decode_meta(value.value()).map_err(|error| corrupt(path, error))?;
+        // A stream whose row is damaged cannot be served or written without risking its other
+        // rows: the file is refused, naming it.
+        let meta = schema::decode_meta(name.as_str(), value.value())
+            .map_err(|error| corrupt(path, format!("{error} (stream {:?})", name.as_str())))?;
         streams.insert(name, Arc::new(Slot::new(meta)));
     }
     Ok(Loaded {
@@ -177,14 +198,13 @@ pub(super) fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
 /// when the stream was deleted meanwhile.
 pub(super) fn load_state(
     db: &Database,
-    path: &Path,
     name: &StreamName,
     id: u64,
     options: &StoreOptions,
     meter: &Meter,
 ) -> Result<Option<StreamState>, StoreError> {
     let txn = db.begin_read()?;
-    let meta = match stream_meta(&txn, name, path) {
+    let meta = match stream_meta(&txn, name) {
         Ok(meta) if meta.id == id => meta,
         Ok(_) | Err(StoreError::UnknownStream(_)) => return Ok(None),
         Err(error) => return Err(error),
@@ -198,7 +218,7 @@ pub(super) fn load_state(
         PayloadPolicy::Drop,
         meter,
     )
-    .map_err(|error| corrupt(path, error))?;
+    .map_err(|error| error.into_store(name.as_str()))?;
     Ok(Some(state))
 }
 
@@ -206,6 +226,7 @@ pub(super) fn load_state(
 /// records (at least the ones collapse can reach), goals and notes.
 pub(super) fn load_shadow(
     db: &Database,
+    name: &StreamName,
     meta: &StreamMeta,
     options: &StoreOptions,
     meter: &Meter,
@@ -214,40 +235,62 @@ pub(super) fn load_shadow(
     let capacity = TailCapacity::shadow(options.collapse.lookback);
     // A repeat keeps the payload it does not replace: the writer needs its targets' payloads.
     restore_stream(&txn, meta, options, capacity, PayloadPolicy::Keep, meter)
-        .map_err(|error| StoreError::Storage(format!("cannot read stream {}: {error}", meta.id)))
+        .map_err(|error| error.into_store(name.as_str()))
 }
 
 /// A stream's notes read from the file, oldest first.
 pub(super) fn notes(
     db: &Database,
-    path: &Path,
     name: &StreamName,
     now: Timestamp,
 ) -> Result<Vec<Note>, StoreError> {
     let txn = db.begin_read()?;
-    let meta = stream_meta(&txn, name, path)?;
-    let mut notes = read_notes(&txn, meta.id).map_err(|error| corrupt(path, error))?;
+    let meta = stream_meta(&txn, name)?;
+    let mut notes = read_notes(&txn, &meta).map_err(|error| error.into_store(name.as_str()))?;
     notes.retain(|note| note.is_live(now));
     Ok(notes)
 }
 
-fn read_notes(txn: &ReadTransaction, id: u64) -> Result<Vec<Note>, RestoreError> {
+fn read_notes(txn: &ReadTransaction, meta: &StreamMeta) -> Result<Vec<Note>, RestoreError> {
+    let id = meta.id;
     let table = txn.open_table(schema::NOTES).map_err(storage)?;
     let mut notes = Vec::new();
     for entry in table.range((id, 0)..=(id, u64::MAX)).map_err(storage)? {
         let (key, value) = entry.map_err(storage)?;
-        notes.push(schema::decode_note(key.value().1, value.value())?);
+        notes.push(schema::decode_note(id, key.value().1, value.value())?);
+    }
+    if meta
+        .notes
+        .is_some_and(|stored| stored != notes.len() as u64)
+    {
+        return Err(RestoreError::Missing(format!(
+            "a note ({} of {} found)",
+            notes.len(),
+            meta.notes.unwrap_or_default()
+        )));
     }
     Ok(notes)
 }
 
-/// Errors while restoring one stream; the caller reports them as a damaged file.
+/// Errors while restoring one stream.
 #[derive(Debug, thiserror::Error)]
 enum RestoreError {
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error("{0} is missing though the stream's row says it is stored")]
+    Missing(String),
     #[error(transparent)]
     Storage(#[from] redb::Error),
+}
+
+impl RestoreError {
+    fn into_store(self, stream: &str) -> StoreError {
+        match self {
+            RestoreError::Decode(error) => damaged(stream, error),
+            RestoreError::Missing(row) => missing(stream, row),
+            RestoreError::Storage(error) => error.into(),
+        }
+    }
 }
 
 fn storage<E: Into<redb::Error>>(error: E) -> RestoreError {
@@ -274,7 +317,7 @@ fn restore_stream(
     let records = txn.open_table(schema::RECORDS).map_err(storage)?;
     let decode = |seq: u64, bytes: &[u8]| -> Result<_, RestoreError> {
         Ok(Arc::new(schema::decode_cached(
-            seq, bytes, payloads, meter,
+            id, seq, bytes, payloads, meter,
         )?))
     };
     let mut tail = Vec::new();
@@ -283,7 +326,17 @@ fn restore_stream(
         .map_err(storage)?
     {
         let (key, value) = entry.map_err(storage)?;
-        tail.push(decode(key.value().1, value.value())?);
+        let seq = key.value().1;
+        // Seqs are dense: a gap is a lost row, which a window must not silently skip.
+        let expected = tail_from + tail.len() as u64;
+        if seq != expected {
+            return Err(RestoreError::Missing(format!("record {expected}")));
+        }
+        tail.push(decode(seq, value.value())?);
+    }
+    if tail_from <= last_seq && tail.len() as u64 != last_seq - tail_from + 1 {
+        let expected = tail_from + tail.len() as u64;
+        return Err(RestoreError::Missing(format!("record {expected}")));
     }
     let severe_created = match meta.severe_created {
         Some(created) => created,
@@ -306,7 +359,15 @@ fn restore_stream(
     let mut severe = Vec::with_capacity(severe_seqs.len());
     for seq in severe_seqs {
         if let Some(value) = records.get((id, seq)).map_err(storage)? {
-            severe.push(decode(seq, value.value())?);
+            let record = decode(seq, value.value())?;
+            // The index names only severe records; another one means its key was damaged.
+            if record.record().severity < crate::event::Severity::Error {
+                return Err(RestoreError::Decode(DecodeError {
+                    row: format!("severe index entry {seq}"),
+                    problem: "names a record that is not severe".to_owned(),
+                }));
+            }
+            severe.push(record);
         }
     }
     // Goal records in the tail are the tail's (seqs are dense from `first_seq`).
@@ -327,7 +388,7 @@ fn restore_stream(
         goals.extend(goal(seq)?);
     }
     let latest_goal = meta.latest_goal.map(goal).transpose()?.flatten();
-    let notes = read_notes(txn, id)?;
+    let notes = read_notes(txn, meta)?;
     Ok(StreamState::restore(
         options.collapse,
         capacity,
@@ -376,7 +437,7 @@ pub(super) fn tail_blocks(
     let mut blocks: Vec<(u64, Timestamp)> = Vec::new();
     for entry in records.range((id, from)..=(id, last_seq))? {
         let (key, value) = entry?;
-        let last_ts = schema::last_ts(value.value())
+        let last_ts = schema::last_ts(id, key.value().1, value.value())
             .map_err(|error| StoreError::Storage(error.to_string()))?;
         let block = (key.value().1 - 1) / block_records;
         match blocks.last_mut() {
@@ -388,27 +449,23 @@ pub(super) fn tail_blocks(
 }
 
 /// A stream's metadata as of `txn`.
-fn stream_meta(
-    txn: &ReadTransaction,
-    stream: &StreamName,
-    path: &Path,
-) -> Result<StreamMeta, StoreError> {
+fn stream_meta(txn: &ReadTransaction, stream: &StreamName) -> Result<StreamMeta, StoreError> {
     let streams = txn.open_table(schema::STREAMS)?;
     let value = streams
         .get(stream.as_str())?
         .ok_or_else(|| StoreError::UnknownStream(stream.to_string()))?;
-    schema::decode_meta(value.value()).map_err(|error| corrupt(path, error))
+    schema::decode_meta(stream.as_str(), value.value())
+        .map_err(|error| damaged(stream.as_str(), error))
 }
 
 /// A page of history (see [`RecordQuery`]).
 pub(super) fn records(
     db: &Database,
-    path: &Path,
     stream: &StreamName,
     query: &RecordQuery,
 ) -> Result<RecordPage, StoreError> {
     let txn = db.begin_read()?;
-    let meta = stream_meta(&txn, stream, path)?;
+    let meta = stream_meta(&txn, stream)?;
     let limit = query.limit.min(MAX_PAGE_RECORDS);
     let last_seq = meta.totals.records;
     let low = query
@@ -443,11 +500,19 @@ pub(super) fn records(
     };
     let mut page = Vec::new();
     let mut next = None;
-    for (scanned, entry) in entries.enumerate() {
+    // Seqs `low..high` are all stored (they are dense): the scan meets each in turn, and a
+    // missing one is damage, never a page that silently ends early.
+    let mut expected = if backward { high - 1 } else { low };
+    let mut scanned = 0;
+    for entry in entries {
         let (key, value) = entry?;
         let seq = key.value().1;
-        let (record, _) =
-            schema::decode_record(seq, value.value()).map_err(|error| corrupt(path, error))?;
+        if seq != expected {
+            return Err(missing(stream.as_str(), format!("record {expected}")));
+        }
+        let (record, _) = schema::decode_record(meta.id, seq, value.value())
+            .map_err(|error| damaged(stream.as_str(), error))?;
+        scanned += 1;
         if admits(query, &record) {
             page.push(record);
         }
@@ -456,10 +521,17 @@ pub(super) fn records(
         } else {
             seq + 1 == high
         };
-        if (page.len() == limit || scanned + 1 == MAX_SCAN_RECORDS) && !at_end {
+        if at_end {
+            break;
+        }
+        if page.len() == limit || scanned == MAX_SCAN_RECORDS {
             next = Some(seq);
             break;
         }
+        expected = if backward { seq - 1 } else { seq + 1 };
+    }
+    if next.is_none() && scanned as u64 != high - low {
+        return Err(missing(stream.as_str(), format!("record {expected}")));
     }
     if backward {
         page.reverse();
@@ -488,27 +560,26 @@ fn admits(query: &RecordQuery, record: &Record) -> bool {
 /// every other change from the changelog table; the two are merged by revision.
 pub(super) fn changes(
     db: &Database,
-    path: &Path,
     stream: &StreamName,
     after: u64,
     limit: usize,
 ) -> Result<Vec<Change>, StoreError> {
     let txn = db.begin_read()?;
-    let meta = stream_meta(&txn, stream, path)?;
+    let meta = stream_meta(&txn, stream)?;
     let start = after.max(meta.changelog_floor);
     if limit == 0 || start >= meta.revision {
         return Ok(Vec::new());
     }
     let id = meta.id;
     let records = txn.open_table(schema::RECORDS)?;
-    let damaged = |error: DecodeError| corrupt(path, error);
+    let damaged = |error: DecodeError| damaged(stream.as_str(), error);
     // First stored seq created after `start`.
     let (mut low, mut high) = (meta.first_seq, meta.totals.records + 1);
     while low < high {
         let middle = low + (high - low) / 2;
         let created = match records.get((id, middle))? {
-            Some(value) => schema::created_revision(value.value()).map_err(damaged)?,
-            None => return Err(corrupt(path, format!("record {middle} is missing"))),
+            Some(value) => schema::created_revision(id, middle, value.value()).map_err(damaged)?,
+            None => return Err(missing(stream.as_str(), format!("record {middle}"))),
         };
         if created > start {
             high = middle;
@@ -524,7 +595,9 @@ pub(super) fn changes(
     let mut out = Vec::new();
     while out.len() < limit {
         let record_revision = match &next_record {
-            Some((_, value)) => Some(schema::created_revision(value.value()).map_err(damaged)?),
+            Some((key, value)) => {
+                Some(schema::created_revision(id, key.value().1, value.value()).map_err(damaged)?)
+            }
             None => None,
         };
         let other_revision = next_other.as_ref().map(|(key, _)| key.value().1);
@@ -539,7 +612,7 @@ pub(super) fn changes(
                 break;
             };
             let (mut record, created) =
-                schema::decode_record(key.value().1, value.value()).map_err(damaged)?;
+                schema::decode_record(id, key.value().1, value.value()).map_err(damaged)?;
             // The record as it was created; later repeats are their own changes.
             record.revision = created.revision;
             record.repeat_count = created.repeat_count;
@@ -556,7 +629,7 @@ pub(super) fn changes(
                 break;
             };
             let revision = key.value().1;
-            let body = schema::decode_change(value.value())
+            let body = schema::decode_change(id, revision, value.value())
                 .map_err(damaged)?
                 .into();
             out.push(Change {
@@ -567,6 +640,21 @@ pub(super) fn changes(
             });
             next_other = others.next().transpose()?;
         }
+        // Every revision past the floor is one change (invariant 3): a gap is a lost row, and
+        // a subscriber must not be told the stream went on without it.
+        let revision = out.last().map_or(start, |change| change.revision);
+        if revision != start + out.len() as u64 {
+            return Err(missing(
+                stream.as_str(),
+                format!("change {}", start + out.len() as u64),
+            ));
+        }
+    }
+    if out.len() < limit && start + (out.len() as u64) < meta.revision {
+        return Err(missing(
+            stream.as_str(),
+            format!("change {}", start + out.len() as u64 + 1),
+        ));
     }
     Ok(out)
 }

@@ -10,6 +10,10 @@
 //! the file and of every history page, and this format is about a third of their JSON size and
 //! several times faster to decode. Stream metadata is JSON: one small row per stream, written
 //! once per commit, and easy to extend with defaulted fields.
+//!
+//! Every value ends with a CRC-32C of its table, its key and its bytes ([`RowKey`]), checked on
+//! every read: a damaged value, or a sound value found under the wrong key, is a [`DecodeError`]
+//! naming the row, never data served as if it were whole.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +31,11 @@ use crate::stream::{BlockTimes, TailBytes};
 use super::Retention;
 
 /// The schema this build writes, and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The schema whose values carry no checksum; opening such a file upgrades it
+/// (`super::upgrade`).
+pub const UNSEALED_SCHEMA_VERSION: u32 = 1;
 
 /// Small counters: `schema_version`, `next_stream_id`.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("recap_meta");
@@ -53,13 +61,112 @@ pub(super) const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// `META` key of the id the next new stream gets (ids are never reused).
 pub(super) const NEXT_STREAM_ID_KEY: &str = "next_stream_id";
 
-/// A value that does not decode: the file is damaged or was written by a different schema.
+/// A stored value that fails its checksum or does not decode: the file is damaged.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DecodeError(pub String);
+#[error("{row} {problem}")]
+pub struct DecodeError {
+    /// The row, as a reader names it: `record 17`, `note 3`, `change 40`, `stream row`.
+    pub row: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
 
-fn damaged(what: &str) -> DecodeError {
-    DecodeError(format!("undecodable {what}"))
+/// Why a value's bytes do not decode, before the caller names the row.
+#[derive(Debug)]
+struct Bad(&'static str);
+
+const UNDECODABLE: Bad = Bad("does not decode");
+
+/// A row's table and key: the part of a value's checksum that ties the value to where it is
+/// stored.
+#[derive(Clone, Copy, Debug)]
+pub enum RowKey<'a> {
+    /// A row of `STREAMS`.
+    Stream(&'a str),
+    /// A row of `RECORDS`.
+    Record {
+        /// The stream's id.
+        stream: u64,
+        /// The record's seq.
+        seq: u64,
+    },
+    /// A row of `CHANGES`.
+    Change {
+        /// The stream's id.
+        stream: u64,
+        /// The change's revision.
+        revision: u64,
+    },
+    /// A row of `NOTES`.
+    Note {
+        /// The stream's id.
+        stream: u64,
+        /// The note's id.
+        id: u64,
+    },
+}
+
+/// Bytes of the checksum at the end of every value.
+pub const CHECKSUM_BYTES: usize = 4;
+
+impl RowKey<'_> {
+    /// The CRC-32C of the table and key, which a value's checksum continues.
+    fn checksum(self) -> u32 {
+        let pair = |table: u8, a: u64, b: u64| {
+            let mut key = [0u8; 17];
+            key[0] = table;
+            key[1..9].copy_from_slice(&a.to_le_bytes());
+            key[9..].copy_from_slice(&b.to_le_bytes());
+            crc32c::crc32c(&key)
+        };
+        match self {
+            RowKey::Stream(name) => crc32c::crc32c_append(crc32c::crc32c(&[0]), name.as_bytes()),
+            RowKey::Record { stream, seq } => pair(1, stream, seq),
+            RowKey::Change { stream, revision } => pair(2, stream, revision),
+            RowKey::Note { stream, id } => pair(3, stream, id),
+        }
+    }
+
+    fn error(self, problem: impl ToString) -> DecodeError {
+        DecodeError {
+            row: self.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for RowKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowKey::Stream(_) => f.write_str("stream row"),
+            RowKey::Record { seq, .. } => write!(f, "record {seq}"),
+            RowKey::Change { revision, .. } => write!(f, "change {revision}"),
+            RowKey::Note { id, .. } => write!(f, "note {id}"),
+        }
+    }
+}
+
+/// Ends the value that starts at `out[start]` with its checksum under `key`.
+pub fn seal(key: RowKey<'_>, out: &mut Vec<u8>, start: usize) {
+    let checksum = crc32c::crc32c_append(key.checksum(), &out[start..]);
+    out.extend_from_slice(&checksum.to_le_bytes());
+}
+
+/// A stored value without its checksum, once the checksum matches `key` and the bytes.
+pub fn unseal<'v>(key: RowKey<'_>, stored: &'v [u8]) -> Result<&'v [u8], DecodeError> {
+    let Some(split) = stored.len().checked_sub(CHECKSUM_BYTES) else {
+        return Err(key.error("is too short to hold its checksum"));
+    };
+    let (value, checksum) = stored.split_at(split);
+    let stored_checksum = u32::from_le_bytes(checksum.try_into().unwrap_or_default());
+    let computed = crc32c::crc32c_append(key.checksum(), value);
+    if stored_checksum == computed {
+        Ok(value)
+    } else {
+        Err(key.error(format!(
+            "fails its checksum (stored {stored_checksum:08x}, computed {computed:08x})"
+        )))
+    }
 }
 
 /// What a stream's row in `STREAMS` holds. The in-memory state is rebuilt from it, the stream's
@@ -107,6 +214,9 @@ pub struct StreamMeta {
     /// the streams with notes to expire without loading them. Rows written before this field
     /// existed read as the Unix epoch (due at once, so the stream is looked at once).
     pub note_expiry: Option<Timestamp>,
+    /// How many notes the stream stores (expired ones not yet removed included): a read that
+    /// finds another number found damage. `None` in rows written before this field existed.
+    pub notes: Option<u64>,
 }
 
 impl StreamMeta {
@@ -128,6 +238,7 @@ impl StreamMeta {
             first_goals: Vec::new(),
             latest_goal: None,
             note_expiry: None,
+            notes: Some(0),
         }
     }
 }
@@ -165,6 +276,8 @@ struct StoredMeta {
     /// A row from before this field reads as due at the Unix epoch (unknown: look once).
     #[serde(default = "unknown_note_expiry")]
     note_expiry: Option<i64>,
+    #[serde(default)]
+    notes: Option<u64>,
 }
 
 fn unknown_note_expiry() -> Option<i64> {
@@ -194,8 +307,8 @@ struct StoredRetention {
     max_age_seconds: Option<i64>,
 }
 
-/// Encodes a stream's metadata row.
-pub fn encode_meta(meta: &StreamMeta) -> Vec<u8> {
+/// Encodes the metadata row of stream `name`.
+pub fn encode_meta(name: &str, meta: &StreamMeta) -> Vec<u8> {
     let stored = StoredMeta {
         id: meta.id,
         records: meta.totals.records,
@@ -234,15 +347,23 @@ pub fn encode_meta(meta: &StreamMeta) -> Vec<u8> {
             latest: meta.latest_goal,
         }),
         note_expiry: meta.note_expiry.map(micros),
+        notes: meta.notes,
     };
     // A struct of numbers, strings and maps with string keys always serializes.
-    serde_json::to_vec(&stored).unwrap_or_default()
+    let mut out = serde_json::to_vec(&stored).unwrap_or_default();
+    seal(RowKey::Stream(name), &mut out, 0);
+    out
 }
 
-/// Decodes a stream's metadata row.
-pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, DecodeError> {
-    let stored: StoredMeta = serde_json::from_slice(bytes)
-        .map_err(|error| DecodeError(format!("undecodable stream row: {error}")))?;
+/// Decodes the metadata row of stream `name`.
+pub fn decode_meta(name: &str, stored: &[u8]) -> Result<StreamMeta, DecodeError> {
+    let key = RowKey::Stream(name);
+    decode_meta_value(unseal(key, stored)?).map_err(|Bad(problem)| key.error(problem))
+}
+
+fn decode_meta_value(bytes: &[u8]) -> Result<StreamMeta, Bad> {
+    let stored: StoredMeta =
+        serde_json::from_slice(bytes).map_err(|_| Bad("is not a stream row's JSON"))?;
     let time = |value: Option<i64>| value.map(from_micros).transpose();
     let (first_goals, latest_goal) = match stored.goals {
         Some(goals) => (goals.first, goals.latest),
@@ -280,7 +401,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, DecodeError> {
                 blocks
                     .into_iter()
                     .map(|(block, last_ts)| Ok((block, from_micros(last_ts)?)))
-                    .collect::<Result<Vec<_>, DecodeError>>()
+                    .collect::<Result<Vec<_>, Bad>>()
             })
             .transpose()?,
         // A row from before the byte bound: every stored record counts as in the first block
@@ -313,6 +434,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, DecodeError> {
         first_goals,
         latest_goal,
         note_expiry: time(stored.note_expiry)?,
+        notes: stored.notes,
     })
 }
 
@@ -350,8 +472,9 @@ const HAS_PAYLOAD: u8 = 8;
 /// `first_ts` (zigzag varint, µs), `last_ts - first_ts`, `created.last_ts - first_ts` (zigzag
 /// varints, µs), severity (1 byte), flags (1 byte), kind, message, then `display_message`,
 /// `actor`, `step_id`, `payload` (compact JSON) when their flag is set; strings are a varint
-/// length and UTF-8 bytes.
-pub fn encode_record(record: &Record, created: &Created, out: &mut Vec<u8>) {
+/// length and UTF-8 bytes; then the checksum under (`stream`, the record's seq).
+pub fn encode_record(stream: u64, record: &Record, created: &Created, out: &mut Vec<u8>) {
+    let start = out.len();
     let first = micros(record.first_ts);
     put_varint(out, created.revision);
     put_varint(out, record.revision);
@@ -378,32 +501,66 @@ pub fn encode_record(record: &Record, created: &Created, out: &mut Vec<u8>) {
     if let Some(payload) = &record.payload {
         put_bytes(out, payload.as_str().as_bytes());
     }
+    let key = RowKey::Record {
+        stream,
+        seq: record.seq,
+    };
+    seal(key, out, start);
 }
 
-/// Decodes a record stored under `seq`.
-pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<(Record, Created), DecodeError> {
-    let (mut record, payload, created) = decode_fields(seq, bytes)?;
-    record.payload = payload
-        .map(Payload::from_stored)
-        .transpose()
-        .map_err(|_| damaged("record"))?;
-    Ok((record, created))
+/// Decodes the record stored under (`stream`, `seq`).
+pub fn decode_record(
+    stream: u64,
+    seq: u64,
+    stored: &[u8],
+) -> Result<(Record, Created), DecodeError> {
+    checked(RowKey::Record { stream, seq }, stored, |value| {
+        let (mut record, payload, created) = decode_fields(seq, value)?;
+        record.payload = payload
+            .map(Payload::from_stored)
+            .transpose()
+            .map_err(|_| NOT_AN_OBJECT)?;
+        Ok((record, created))
+    })
 }
 
-/// Decodes a record stored under `seq` into the cache, its payload kept (as the stored text)
-/// or not as `keep` says.
+const NOT_AN_OBJECT: Bad = Bad("has a payload that is not a JSON object");
+
+/// Decodes a stored value with `decode` once its checksum matches, naming the row in any error.
+fn checked<'v, T>(
+    key: RowKey<'_>,
+    stored: &'v [u8],
+    decode: impl FnOnce(&'v [u8]) -> Result<T, Bad>,
+) -> Result<T, DecodeError> {
+    decode(unseal(key, stored)?).map_err(|Bad(problem)| key.error(problem))
+}
+
+/// Decodes the record stored under (`stream`, `seq`) into the cache, its payload kept (as the
+/// stored text) or not as `keep` says.
 pub fn decode_cached(
+    stream: u64,
+    seq: u64,
+    stored: &[u8],
+    keep: PayloadPolicy,
+    meter: &Meter,
+) -> Result<CachedRecord, DecodeError> {
+    checked(RowKey::Record { stream, seq }, stored, |value| {
+        decode_cached_value(seq, value, keep, meter)
+    })
+}
+
+fn decode_cached_value(
     seq: u64,
     bytes: &[u8],
     keep: PayloadPolicy,
     meter: &Meter,
-) -> Result<CachedRecord, DecodeError> {
+) -> Result<CachedRecord, Bad> {
     let (record, payload, _) = decode_fields(seq, bytes)?;
     let collapsible = collapse::collapsible(payload.map_or(0, str::len));
     // A payload is read only where it is needed: to keep it, or to find a note's id.
     let kept = match payload {
         Some(text) if keep == PayloadPolicy::Keep && collapsible => {
-            Some(Payload::from_stored(text).map_err(|_| damaged("record"))?)
+            Some(Payload::from_stored(text).map_err(|_| NOT_AN_OBJECT)?)
         }
         _ => None,
     };
@@ -421,9 +578,8 @@ pub fn decode_cached(
 }
 
 /// A record's fields (without its payload), its payload's JSON text and its creation facts.
-fn decode_fields(seq: u64, bytes: &[u8]) -> Result<(Record, Option<&str>, Created), DecodeError> {
-    let what = "record";
-    let mut input = Input::new(bytes, what);
+fn decode_fields(seq: u64, bytes: &[u8]) -> Result<(Record, Option<&str>, Created), Bad> {
+    let mut input = Input::new(bytes);
     let created_revision = input.varint()?;
     let revision = input.varint()?;
     let repeat_count = input.varint()?;
@@ -433,11 +589,11 @@ fn decode_fields(seq: u64, bytes: &[u8]) -> Result<(Record, Option<&str>, Create
     let created_last = first.wrapping_add(input.signed()?);
     let severity = *Severity::ALL
         .get(usize::from(input.byte()?))
-        .ok_or_else(|| damaged(what))?;
+        .ok_or(Bad("has an unknown severity"))?;
     let flags = input.byte()?;
-    let kind = Kind::new(input.str()?).map_err(|_| damaged(what))?;
+    let kind = Kind::new(input.str()?).map_err(|_| Bad("has an invalid kind"))?;
     let message = input.str()?.to_owned();
-    let mut optional = |flag: u8| -> Result<Option<String>, DecodeError> {
+    let mut optional = |flag: u8| -> Result<Option<String>, Bad> {
         (flags & flag != 0)
             .then(|| input.str().map(str::to_owned))
             .transpose()
@@ -446,7 +602,7 @@ fn decode_fields(seq: u64, bytes: &[u8]) -> Result<(Record, Option<&str>, Create
     let actor = optional(HAS_ACTOR)?;
     let step_id = optional(HAS_STEP_ID)?;
     let payload = if flags & HAS_PAYLOAD != 0 {
-        Some(std::str::from_utf8(input.bytes()?).map_err(|_| damaged(what))?)
+        Some(input.str()?)
     } else {
         None
     };
@@ -474,32 +630,49 @@ fn decode_fields(seq: u64, bytes: &[u8]) -> Result<(Record, Option<&str>, Create
     Ok((record, payload, created))
 }
 
-/// The `last_ts` of a stored record, read without decoding the rest.
-pub fn last_ts(bytes: &[u8]) -> Result<Timestamp, DecodeError> {
-    let mut input = Input::new(bytes, "record");
-    for _ in 0..4 {
+/// The `last_ts` of the record stored under (`stream`, `seq`), read without decoding the rest.
+pub fn last_ts(stream: u64, seq: u64, stored: &[u8]) -> Result<Timestamp, DecodeError> {
+    checked(RowKey::Record { stream, seq }, stored, |value| {
+        let mut input = Input::new(value);
+        for _ in 0..4 {
+            input.varint()?;
+        }
+        let first = input.signed()?;
+        from_micros(first.wrapping_add(input.signed()?))
+    })
+}
+
+/// The revision that created the record stored under (`stream`, `seq`), read without decoding
+/// the rest.
+pub fn created_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u64, DecodeError> {
+    checked(RowKey::Record { stream, seq }, stored, |value| {
+        Input::new(value).varint()
+    })
+}
+
+/// The revision of the last change of the record stored under (`stream`, `seq`), read without
+/// decoding the rest.
+pub fn last_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u64, DecodeError> {
+    checked(RowKey::Record { stream, seq }, stored, |value| {
+        let mut input = Input::new(value);
         input.varint()?;
-    }
-    let first = input.signed()?;
-    from_micros(first.wrapping_add(input.signed()?))
+        input.varint()
+    })
 }
 
-/// The revision that created a stored record, read without decoding the rest.
-pub fn created_revision(bytes: &[u8]) -> Result<u64, DecodeError> {
-    Input::new(bytes, "record").varint()
-}
-
-/// The revision of a stored record's last change, read without decoding the rest.
-pub fn last_revision(bytes: &[u8]) -> Result<u64, DecodeError> {
-    let mut input = Input::new(bytes, "record");
-    input.varint()?;
-    input.varint()
-}
-
-/// Encodes a note (its id is in the key) onto the end of `out`: `created_at` (zigzag varint, µs), a flag
-/// byte and `expires_at` when set, then the text.
-pub fn encode_note(note: &Note, out: &mut Vec<u8>) {
+/// Encodes note `note.id` of `stream` onto the end of `out`: `created_at` (zigzag varint, µs),
+/// a flag byte and `expires_at` when set, the text, then the checksum.
+pub fn encode_note(stream: u64, note: &Note, out: &mut Vec<u8>) {
+    let start = out.len();
     put_note(note, out);
+    seal(
+        RowKey::Note {
+            stream,
+            id: note.id,
+        },
+        out,
+        start,
+    );
 }
 
 fn put_note(note: &Note, out: &mut Vec<u8>) {
@@ -514,20 +687,22 @@ fn put_note(note: &Note, out: &mut Vec<u8>) {
     put_str(out, &note.text);
 }
 
-/// Decodes a note stored under `id`.
-pub fn decode_note(id: u64, bytes: &[u8]) -> Result<Note, DecodeError> {
-    let mut input = Input::new(bytes, "note");
-    let note = read_note(id, &mut input)?;
-    input.end()?;
-    Ok(note)
+/// Decodes the note stored under (`stream`, `id`).
+pub fn decode_note(stream: u64, id: u64, stored: &[u8]) -> Result<Note, DecodeError> {
+    checked(RowKey::Note { stream, id }, stored, |value| {
+        let mut input = Input::new(value);
+        let note = read_note(id, &mut input)?;
+        input.end()?;
+        Ok(note)
+    })
 }
 
-fn read_note(id: u64, input: &mut Input<'_>) -> Result<Note, DecodeError> {
+fn read_note(id: u64, input: &mut Input<'_>) -> Result<Note, Bad> {
     let created_at = from_micros(input.signed()?)?;
     let expires_at = match input.byte()? {
         0 => None,
         1 => Some(from_micros(input.signed()?)?),
-        _ => return Err(damaged("note")),
+        _ => return Err(UNDECODABLE),
     };
     let text = input.str()?.to_owned();
     Ok(Note {
@@ -581,8 +756,10 @@ const TAG_REPEAT: u8 = 1;
 const TAG_NOTE: u8 = 2;
 const TAG_NOTE_DELETED: u8 = 3;
 
-/// Encodes a changelog entry onto the end of `out`.
-pub fn encode_change(entry: &ChangeEntry, out: &mut Vec<u8>) {
+/// Encodes the changelog entry of `stream` at `revision` onto the end of `out`, then its
+/// checksum.
+pub fn encode_change(stream: u64, revision: u64, entry: &ChangeEntry, out: &mut Vec<u8>) {
+    let start = out.len();
     match entry {
         ChangeEntry::Repeat {
             seq,
@@ -604,11 +781,24 @@ pub fn encode_change(entry: &ChangeEntry, out: &mut Vec<u8>) {
             put_varint(out, *id);
         }
     }
+    seal(RowKey::Change { stream, revision }, out, start);
 }
 
-/// Decodes a changelog entry.
-pub fn decode_change(bytes: &[u8]) -> Result<ChangeEntry, DecodeError> {
-    let mut input = Input::new(bytes, "change");
+/// Decodes the changelog entry of `stream` at `revision`.
+pub fn decode_change(
+    stream: u64,
+    revision: u64,
+    stored: &[u8],
+) -> Result<ChangeEntry, DecodeError> {
+    checked(
+        RowKey::Change { stream, revision },
+        stored,
+        decode_change_value,
+    )
+}
+
+fn decode_change_value(bytes: &[u8]) -> Result<ChangeEntry, Bad> {
+    let mut input = Input::new(bytes);
     let entry = match input.byte()? {
         TAG_REPEAT => ChangeEntry::Repeat {
             seq: input.varint()?,
@@ -622,7 +812,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeEntry, DecodeError> {
         TAG_NOTE_DELETED => ChangeEntry::NoteDeleted {
             id: input.varint()?,
         },
-        _ => return Err(damaged("change")),
+        _ => return Err(Bad("has an unknown change tag")),
     };
     input.end()?;
     Ok(entry)
@@ -633,8 +823,8 @@ pub fn micros(ts: Timestamp) -> i64 {
     ts.timestamp_micros()
 }
 
-fn from_micros(value: i64) -> Result<Timestamp, DecodeError> {
-    DateTime::from_timestamp_micros(value).ok_or_else(|| damaged("timestamp"))
+fn from_micros(value: i64) -> Result<Timestamp, Bad> {
+    DateTime::from_timestamp_micros(value).ok_or(Bad("has a time out of range"))
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -662,21 +852,20 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
 /// never a panic.
 struct Input<'a> {
     bytes: &'a [u8],
-    what: &'static str,
 }
 
 impl<'a> Input<'a> {
-    fn new(bytes: &'a [u8], what: &'static str) -> Input<'a> {
-        Input { bytes, what }
+    fn new(bytes: &'a [u8]) -> Input<'a> {
+        Input { bytes }
     }
 
-    fn byte(&mut self) -> Result<u8, DecodeError> {
-        let (&first, rest) = self.bytes.split_first().ok_or_else(|| damaged(self.what))?;
+    fn byte(&mut self) -> Result<u8, Bad> {
+        let (&first, rest) = self.bytes.split_first().ok_or(UNDECODABLE)?;
         self.bytes = rest;
         Ok(first)
     }
 
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    fn varint(&mut self) -> Result<u64, Bad> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = self.byte()?;
@@ -685,33 +874,33 @@ impl<'a> Input<'a> {
                 return Ok(value);
             }
         }
-        Err(damaged(self.what))
+        Err(UNDECODABLE)
     }
 
-    fn signed(&mut self) -> Result<i64, DecodeError> {
+    fn signed(&mut self) -> Result<i64, Bad> {
         let raw = self.varint()?;
         Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
-        let len = usize::try_from(self.varint()?).map_err(|_| damaged(self.what))?;
+    fn bytes(&mut self) -> Result<&'a [u8], Bad> {
+        let len = usize::try_from(self.varint()?).map_err(|_| UNDECODABLE)?;
         if len > self.bytes.len() {
-            return Err(damaged(self.what));
+            return Err(UNDECODABLE);
         }
         let (head, rest) = self.bytes.split_at(len);
         self.bytes = rest;
         Ok(head)
     }
 
-    fn str(&mut self) -> Result<&'a str, DecodeError> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| damaged(self.what))
+    fn str(&mut self) -> Result<&'a str, Bad> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| Bad("has text that is not UTF-8"))
     }
 
-    fn end(&self) -> Result<(), DecodeError> {
+    fn end(&self) -> Result<(), Bad> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(damaged(self.what))
+            Err(Bad("has bytes past its end"))
         }
     }
 }
@@ -739,9 +928,46 @@ mod tests {
         record.revision = 900;
         record.last_ts = ts("2024-05-01T11:00:00Z");
         let mut bytes = Vec::new();
-        encode_record(&record, &created, &mut bytes);
-        assert_eq!(decode_record(42, &bytes).unwrap(), (record, created));
-        assert_eq!(created_revision(&bytes).unwrap(), 7);
+        encode_record(5, &record, &created, &mut bytes);
+        assert_eq!(decode_record(5, 42, &bytes).unwrap(), (record, created));
+        assert_eq!(created_revision(5, 42, &bytes).unwrap(), 7);
+        assert_eq!(last_revision(5, 42, &bytes).unwrap(), 900);
+    }
+
+    /// Every single-bit flip of a value, and the value read under another key, fails its
+    /// checksum: nothing damaged decodes as a different record.
+    #[test]
+    fn damage_and_misplaced_values_fail_their_checksum() {
+        let record = Record::from_event(
+            Event::new("tool", Severity::Info, "search(q) -> 3 results").unwrap(),
+            9,
+            12,
+            ts("2024-05-01T10:31:41Z"),
+        );
+        let mut bytes = Vec::new();
+        encode_record(2, &record, &Created::of(&record), &mut bytes);
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            let error = decode_record(2, 9, &flipped).unwrap_err();
+            assert_eq!(error.row, "record 9");
+        }
+        assert!(decode_record(2, 10, &bytes).is_err(), "another seq");
+        assert!(decode_record(3, 9, &bytes).is_err(), "another stream");
+        let change = ChangeEntry::NoteDeleted { id: 9 };
+        let mut change_bytes = Vec::new();
+        encode_change(2, 9, &change, &mut change_bytes);
+        assert!(decode_change(2, 9, &change_bytes).is_ok());
+        assert!(decode_note(2, 9, &change_bytes).is_err(), "another table");
+        let meta = encode_meta("a", &StreamMeta::new(1));
+        assert!(decode_meta("a", &meta).is_ok());
+        let error = decode_meta("b", &meta).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("stream row fails its checksum"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -753,12 +979,47 @@ mod tests {
             ts("2024-05-01T10:31:41Z"),
         );
         let mut bytes = Vec::new();
-        encode_record(&record, &Created::of(&record), &mut bytes);
+        encode_record(1, &record, &Created::of(&record), &mut bytes);
         for len in 0..bytes.len() {
-            assert!(decode_record(1, &bytes[..len]).is_err(), "prefix of {len}");
+            assert!(
+                decode_record(1, 1, &bytes[..len]).is_err(),
+                "prefix of {len}"
+            );
         }
-        assert!(decode_change(&[9]).is_err());
-        assert!(decode_note(1, &[]).is_err());
+        assert!(decode_change(1, 1, &[9]).is_err());
+        assert!(decode_note(1, 1, &[]).is_err());
+    }
+
+    /// The decoders behind the checksum reject what does not decode, without panicking, even
+    /// when the checksum is right (a value written by a buggy build, or a collision).
+    #[test]
+    fn sealed_garbage_is_an_error_not_a_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..200 {
+            let mut bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let mut record = bytes.clone();
+            seal(RowKey::Record { stream: 1, seq: 1 }, &mut record, 0);
+            let _ = decode_record(1, 1, &record);
+            let mut change = bytes.clone();
+            seal(
+                RowKey::Change {
+                    stream: 1,
+                    revision: 1,
+                },
+                &mut change,
+                0,
+            );
+            let _ = decode_change(1, 1, &change);
+            seal(RowKey::Note { stream: 1, id: 1 }, &mut bytes, 0);
+            let _ = decode_note(1, 1, &bytes);
+        }
     }
 
     #[test]
@@ -779,12 +1040,12 @@ mod tests {
             ChangeEntry::NoteDeleted { id: 3 },
         ] {
             let mut bytes = Vec::new();
-            encode_change(&entry, &mut bytes);
-            assert_eq!(decode_change(&bytes).unwrap(), entry);
+            encode_change(1, 8, &entry, &mut bytes);
+            assert_eq!(decode_change(1, 8, &bytes).unwrap(), entry);
         }
         let mut bytes = Vec::new();
-        encode_note(&note, &mut bytes);
-        assert_eq!(decode_note(3, &bytes).unwrap(), note);
+        encode_note(1, &note, &mut bytes);
+        assert_eq!(decode_note(1, 3, &bytes).unwrap(), note);
     }
 
     #[test]
@@ -804,8 +1065,9 @@ mod tests {
         meta.tail_blocks = Some(vec![(3, ts("2024-05-01T09:30:00Z"))]);
         meta.severe_created = Some(2);
         meta.older_last_ts = Some(ts("2024-05-01T09:00:00Z"));
-        assert_eq!(decode_meta(&encode_meta(&meta)).unwrap(), meta);
+        assert_eq!(decode_meta("s", &encode_meta("s", &meta)).unwrap(), meta);
         meta.note_expiry = Some(ts("2024-05-01T11:00:00Z"));
-        assert_eq!(decode_meta(&encode_meta(&meta)).unwrap(), meta);
+        meta.notes = Some(3);
+        assert_eq!(decode_meta("s", &encode_meta("s", &meta)).unwrap(), meta);
     }
 }

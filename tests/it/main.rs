@@ -5,6 +5,7 @@ mod budgets;
 mod cache;
 mod cli_import;
 mod context_golden;
+mod damage;
 mod live_server;
 mod mcp;
 mod openintent;

@@ -18,8 +18,8 @@ use recap::context::{ContextRequest, Reason};
 use recap::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp, parse_timestamp};
 use recap::payload::Payload;
 use recap::store::{
-    ChangeBody, ImportedRecord, NoteLimits, RecordQuery, Retention, SeqRange, Store, StoreError,
-    StoreOptions,
+    ChangeBody, ImportedRecord, NoteLimits, RecordQuery, Retention, SCHEMA_VERSION, SeqRange,
+    Store, StoreError, StoreOptions,
 };
 use recap::stream::TailCapacity;
 use recap::tokens::Encoding;
@@ -577,7 +577,8 @@ fn newer_schemas_and_foreign_files_are_refused() {
             let mut meta = txn
                 .open_table(redb::TableDefinition::<&str, u64>::new("recap_meta"))
                 .unwrap();
-            meta.insert("schema_version", 2).unwrap();
+            meta.insert("schema_version", u64::from(SCHEMA_VERSION) + 1)
+                .unwrap();
         }
         txn.commit().unwrap();
     }
@@ -587,11 +588,8 @@ fn newer_schemas_and_foreign_files_are_refused() {
     assert!(
         matches!(
             error,
-            StoreError::SchemaTooNew {
-                found: 2,
-                supported: 1,
-                ..
-            }
+            StoreError::SchemaTooNew { found, supported, .. }
+                if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION
         ),
         "{error}"
     );
@@ -624,12 +622,13 @@ fn newer_schemas_and_foreign_files_are_refused() {
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
 }
 
-fn fixture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/store/v1.redb")
+/// The committed data file written by schema `version`.
+fn fixture_path(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/store/v{version}.redb"))
 }
 
-/// What the fixture holds; written by [`write_v1_fixture`] and checked by
-/// [`v1_fixture_still_opens`].
+/// What every fixture holds; written by [`write_fixture`] and checked by
+/// [`every_fixture_still_opens`].
 fn fill_fixture(store: &Store) {
     let agent = name("agent-1");
     let mut payload = Map::new();
@@ -695,11 +694,11 @@ fn fill_fixture(store: &Store) {
         .unwrap();
 }
 
-/// Writes `fixtures/store/v1.redb`. Run once per schema version, by hand:
-/// `cargo test --test it store::write_v1_fixture -- --ignored`.
+/// Writes `fixtures/store/v{SCHEMA_VERSION}.redb`. Run once per schema version, by hand:
+/// `cargo test --test it store::write_fixture -- --ignored`.
 #[test]
 #[ignore = "writes the committed fixture; run by hand when a schema version is introduced"]
-fn write_v1_fixture() {
+fn write_fixture() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     fill_fixture(&store);
@@ -708,22 +707,49 @@ fn write_v1_fixture() {
     let mut db = redb::Database::open(dir.path().join(recap::store::DATA_FILE_NAME)).unwrap();
     while db.compact().unwrap() {}
     drop(db);
-    let target = fixture_path();
+    let target = fixture_path(SCHEMA_VERSION);
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
     std::fs::copy(dir.path().join(recap::store::DATA_FILE_NAME), target).unwrap();
 }
 
-/// The compatibility test every later schema must keep passing: a file written by schema 1
-/// opens and reads the same.
+/// The compatibility test every later schema must keep passing: a file written by any schema
+/// opens (upgraded if it is older), reads the same, and opens again.
 #[test]
-fn v1_fixture_still_opens() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture_path(),
-        dir.path().join(recap::store::DATA_FILE_NAME),
-    )
-    .unwrap();
-    let store = open(dir.path());
+fn every_fixture_still_opens() {
+    for version in 1..=SCHEMA_VERSION {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixture_path(version),
+            dir.path().join(recap::store::DATA_FILE_NAME),
+        )
+        .unwrap();
+        check_fixture(dir.path());
+        // Upgraded in place: it opens as the current schema, with the same content.
+        let path = dir.path().join(recap::store::DATA_FILE_NAME);
+        assert_eq!(
+            schema_version(&path),
+            u64::from(SCHEMA_VERSION),
+            "v{version}"
+        );
+        let store = open(dir.path());
+        assert_eq!(all_records(&store, &name("agent-1")).len(), 7, "v{version}");
+        store.close().unwrap();
+    }
+}
+
+fn schema_version(path: &Path) -> u64 {
+    use redb::ReadableDatabase;
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn
+        .open_table(redb::TableDefinition::<&str, u64>::new("recap_meta"))
+        .unwrap();
+    meta.get("schema_version").unwrap().unwrap().value()
+}
+
+/// Opens a copy of a fixture and checks it holds what [`fill_fixture`] wrote.
+fn check_fixture(dir: &Path) {
+    let store = open(dir);
     let agent = name("agent-1");
     let stats = store.stream(&agent).unwrap();
     assert_eq!((stats.records, stats.events, stats.notes), (6, 8, 1));
@@ -796,10 +822,10 @@ fn v1_fixture_still_opens() {
     store.close().unwrap();
 }
 
-/// A fresh store with the fixture's content has the same layout as the committed fixture: if
-/// this fails, the schema changed and needs a new version and fixture.
+/// A fresh store with the fixture's content has the same layout as the current schema's
+/// committed fixture: if this fails, the schema changed and needs a new version and fixture.
 #[test]
-fn current_schema_matches_the_v1_fixture_contents() {
+fn current_schema_matches_its_fixture_contents() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     fill_fixture(&store);
@@ -807,12 +833,39 @@ fn current_schema_matches_the_v1_fixture_contents() {
     store.close().unwrap();
     let copy = tempfile::tempdir().unwrap();
     std::fs::copy(
-        fixture_path(),
+        fixture_path(SCHEMA_VERSION),
         copy.path().join(recap::store::DATA_FILE_NAME),
     )
     .unwrap();
     let old = open(copy.path());
     assert_eq!(all_records(&old, &name("agent-1")), fresh);
+    old.close().unwrap();
+    // Byte for byte: an encoding change that reads back the same still needs a new version.
+    for table in ["recap_records", "recap_changes", "recap_notes"] {
+        assert_eq!(
+            raw_rows(&dir.path().join(recap::store::DATA_FILE_NAME), table),
+            raw_rows(&copy.path().join(recap::store::DATA_FILE_NAME), table),
+            "{table}"
+        );
+    }
+}
+
+/// Every (key, value) of a per-stream table, as stored.
+fn raw_rows(path: &Path, table: &str) -> Vec<((u64, u64), Vec<u8>)> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn
+        .open_table(redb::TableDefinition::<(u64, u64), &[u8]>::new(table))
+        .unwrap();
+    table
+        .iter()
+        .unwrap()
+        .map(|entry| {
+            let (key, value) = entry.unwrap();
+            (key.value(), value.value().to_vec())
+        })
+        .collect()
 }
 
 #[test]

@@ -52,18 +52,36 @@ pub(super) fn maintain_stream(
             let Some(stored) = tables.records.get((id, seq))? else {
                 break;
             };
-            let (record, _) = schema::decode_record(seq, stored.value())
-                .map_err(|error| StoreError::Storage(error.to_string()))?;
-            if record.last_ts >= cutoff {
+            let last_ts = match schema::last_ts(id, seq, stored.value()) {
+                Ok(last_ts) => last_ts,
+                // Its age is unknown: age retention stops there rather than guess.
+                Err(error) => {
+                    tracing::error!(stream = %target.name, %error, "age retention stops at a damaged record");
+                    break;
+                }
+            };
+            if last_ts >= cutoff {
                 break;
             }
             through = seq;
         }
         if let Some(removed) = tables.records.remove((id, seq))? {
-            let damaged = |error: schema::DecodeError| StoreError::Storage(error.to_string());
-            let revision = schema::last_revision(removed.value()).map_err(damaged)?;
-            max_revision = max_revision.max(revision);
-            target.note_removed(schema::last_ts(removed.value()).map_err(damaged)?);
+            let stored = removed.value();
+            match (
+                schema::last_revision(id, seq, stored),
+                schema::last_ts(id, seq, stored),
+            ) {
+                (Ok(revision), Ok(last_ts)) => {
+                    max_revision = max_revision.max(revision);
+                    target.note_removed(last_ts);
+                }
+                // A damaged record goes like any other; since its last revision is unknown,
+                // no change up to now can be replayed any more (subscribers resuming get a reset).
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::warn!(stream = %target.name, %error, "retention removed a damaged record");
+                    max_revision = target.shadow.revision();
+                }
+            }
         }
         tables.severe.remove((id, seq))?;
         *budget = budget.saturating_sub(1);

@@ -265,7 +265,7 @@ impl WriterStream {
         };
         let shadow = match forked {
             Some(shadow) => shadow,
-            None => reads::load_shadow(db, &meta, options, &cache.meter)?,
+            None => reads::load_shadow(db, &name, &meta, options, &cache.meter)?,
         };
         let tail_blocks = match meta.tail_blocks {
             Some(blocks) => blocks,
@@ -727,6 +727,13 @@ impl Writer {
         let mut rows = Rows::with_capacity(events);
         let mut requests = batch.into_iter();
         while let Some(request) = requests.next() {
+            // A stream whose rows are damaged fails its own requests, not its batch's others.
+            if let Some(stream) = request.stream()
+                && let Err(error @ StoreError::Damaged { .. }) = self.loaded(stream)
+            {
+                request.fail(&error);
+                continue;
+            }
             if let Err(error) = self.apply(request, &mut rows, &mut work) {
                 tracing::error!(%error, "a batch could not be placed; nothing of it was written");
                 for request in requests {
@@ -776,7 +783,7 @@ impl Writer {
         for name in &work.touched {
             if let Some(stream) = self.streams.get(name) {
                 let meta = stream_meta(stream);
-                rows.stream(name.clone(), &schema::encode_meta(&meta));
+                rows.stream(name.clone(), &schema::encode_meta(name.as_str(), &meta));
                 let update = Update::Meta(Box::new(meta));
                 work.ops.push(Op::Update(stream.slot.clone(), update));
             }

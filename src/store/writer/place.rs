@@ -343,6 +343,7 @@ pub(super) fn stream_meta(stream: &WriterStream) -> StreamMeta {
             .notes()
             .filter_map(|note| note.expires_at)
             .min(),
+        notes: Some(stream.shadow.notes().count() as u64),
     }
 }
 
@@ -366,10 +367,10 @@ pub(super) fn store_appended(
         let created = match target.created.get(record.seq) {
             Some(created) => created,
             // Created before this shadow was made, so committed: the file has it.
-            None => committed_creation(db, id, record.seq)?,
+            None => committed_creation(db, &target.name, id, record.seq)?,
         };
         rows.record(id, record.seq, |out| {
-            schema::encode_record(record, &created, out)
+            schema::encode_record(id, record, &created, out)
         });
         let entry = ChangeEntry::Repeat {
             seq: record.seq,
@@ -380,7 +381,7 @@ pub(super) fn store_appended(
     } else {
         let created = Created::of(record);
         rows.record(id, record.seq, |out| {
-            schema::encode_record(record, &created, out)
+            schema::encode_record(id, record, &created, out)
         });
         if record.severity >= Severity::Error {
             rows.severe(id, record.seq);
@@ -399,6 +400,7 @@ pub(super) fn store_appended(
 /// How a committed record was created, read from the file.
 pub(super) fn committed_creation(
     db: &Database,
+    name: &StreamName,
     stream: u64,
     seq: u64,
 ) -> Result<Created, StoreError> {
@@ -407,8 +409,8 @@ pub(super) fn committed_creation(
     let stored = records
         .get((stream, seq))?
         .ok_or_else(|| StoreError::Storage(format!("record {seq} is missing")))?;
-    let (_, created) = schema::decode_record(seq, stored.value())
-        .map_err(|error| StoreError::Storage(error.to_string()))?;
+    let (_, created) = schema::decode_record(stream, seq, stored.value())
+        .map_err(|error| reads::damaged(name.as_str(), error))?;
     Ok(created)
 }
 
@@ -424,7 +426,7 @@ pub(super) fn place_note(
 ) -> Note {
     let note = target.shadow.add_note(text, created_at, expires_at);
     let id = target.slot.id;
-    rows.note(id, note.id, |out| schema::encode_note(&note, out));
+    rows.note(id, note.id, |out| schema::encode_note(id, &note, out));
     let revision = target.shadow.revision();
     log_change(
         target,
@@ -449,7 +451,9 @@ pub(super) fn log_change(
     entry: ChangeEntry,
 ) {
     let id = target.slot.id;
-    rows.change(id, revision, |out| schema::encode_change(&entry, out));
+    rows.change(id, revision, |out| {
+        schema::encode_change(id, revision, &entry, out)
+    });
     work.changes.push(Change {
         stream: target.name.clone(),
         stream_id: id,

@@ -60,6 +60,19 @@ impl Request {
         }
     }
 
+    /// The stream the request reads or writes, if one.
+    pub(super) fn stream(&self) -> Option<&StreamName> {
+        match self {
+            Request::Append { stream, .. }
+            | Request::Import { stream, .. }
+            | Request::AddNote { stream, .. }
+            | Request::DeleteNote { stream, .. }
+            | Request::DeleteStream { stream, .. }
+            | Request::SetRetention { stream, .. } => Some(stream),
+            Request::Maintain { .. } | Request::Evict | Request::Shutdown { .. } => None,
+        }
+    }
+
     /// Answers the request with a storage error, without doing anything.
     pub(super) fn fail(self, failure: &StoreError) {
         let error = || failure.for_caller();
