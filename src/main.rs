@@ -45,9 +45,22 @@ enum Command {
     /// Post one coding-agent hook event (Claude Code or Codex, JSON on stdin) to a stream;
     /// for session start, prompt submit and pre-compaction, print the context window.
     Hook(HookArgs),
+    /// Verify a data file offline (with the server stopped): read every row, check it against
+    /// its checksum and its stream's row, and list what is damaged. Exits 1 if anything is.
+    Check(CheckArgs),
     /// Offline benchmarks (no server needed).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Data directory (holds recap.redb); default as for `serve`.
+    #[arg(long, env = "RECAP_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Config file (TOML) whose `data_dir` to check.
+    #[arg(long, env = "RECAP_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -369,6 +382,40 @@ async fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Mcp(args) => client::mcp::serve_stdio(connect(&args.server)?).await?,
+        Command::Check(args) => {
+            let config = Config::load(&Overrides {
+                data_dir: args.data,
+                config_file: args.config,
+                ..Overrides::default()
+            })?;
+            let dir = config.data_dir;
+            let report = tokio::task::block_in_place(|| recap::store::check(&dir))?;
+            for problem in &report.problems {
+                println!("{problem}");
+            }
+            if report.unlisted > 0 {
+                println!("... and {} more problems", report.unlisted);
+            }
+            let verdict = if report.is_clean() {
+                "no damage found".to_owned()
+            } else {
+                format!(
+                    "DAMAGED: {} problems",
+                    report.problems.len() as u64 + report.unlisted
+                )
+            };
+            println!(
+                "{}: {} streams, {} records, {} changes, {} notes checked; {verdict}",
+                dir.join(recap::store::DATA_FILE_NAME).display(),
+                report.streams,
+                report.records,
+                report.changes,
+                report.notes
+            );
+            if !report.is_clean() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         // Offline and CPU-bound: its own exit code (2 for usage errors) says how it went.
         Command::Bench(BenchCommand::Budgets(args)) => {
             return Ok(tokio::task::block_in_place(|| bench_budgets(&args)));

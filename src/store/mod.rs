@@ -13,6 +13,7 @@
 //!   recent revision.
 
 mod cache;
+mod check;
 mod feed;
 mod reads;
 mod schema;
@@ -43,6 +44,7 @@ use crate::stream::{Appended, TailCapacity};
 use crate::histogram::Histogram;
 pub use cache::COLD_LOAD_BUCKETS;
 use cache::{Cache, Loading, Slot};
+pub use check::{CheckReport, Problem, check};
 pub use feed::{MAX_LAG_BYTES, Subscription};
 pub use reads::MAX_SCAN_RECORDS;
 pub use schema::SCHEMA_VERSION;

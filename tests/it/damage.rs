@@ -1,6 +1,6 @@
 //! A damaged data file is never served as if it were whole: byte flips in a real file make the
 //! store refuse to open, or serve exactly what it served before, or answer the damaged reads
-//! with an error (issue #12).
+//! with an error; and `recap check` finds every copy whose reads fail.
 
 use std::path::{Path, PathBuf};
 
@@ -141,6 +141,8 @@ fn check_copy(pristine: &[u8], at: usize, xor: u8, expected: &[String], outcomes
     let mut damaged = pristine.to_vec();
     damaged[at] ^= xor;
     std::fs::write(dir.path().join(DATA_FILE_NAME), &damaged).unwrap();
+    // `recap check` on the copy, before the store opens it.
+    let checked_clean = recap::store::check(dir.path()).is_ok_and(|report| report.is_clean());
     let store = match Store::open(dir.path(), StoreOptions::default()) {
         Ok(store) => store,
         Err(error) => {
@@ -162,6 +164,10 @@ fn check_copy(pristine: &[u8], at: usize, xor: u8, expected: &[String], outcomes
         }
     }
     if any_error {
+        assert!(
+            !checked_clean,
+            "a flip at byte {at} (xor {xor:#04x}) failed reads that `recap check` passed"
+        );
         outcomes.errors += 1;
     } else {
         outcomes.identical += 1;
@@ -283,4 +289,29 @@ fn a_damaged_record_is_an_error_naming_its_stream_and_seq() {
         "agent-a is untouched"
     );
     store.close().unwrap();
+
+    // `recap check` names the same row, and exits 1; on the pristine file it exits 0.
+    let check = |dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_recap"))
+            .args(["check", "--data"])
+            .arg(dir)
+            .env_remove("RECAP_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let damaged = check(dir.path());
+    let report = String::from_utf8_lossy(&damaged.stdout);
+    assert_eq!(damaged.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&format!("stream \"agent-b\": {row} fails its checksum")),
+        "{report}"
+    );
+    assert!(report.contains("DAMAGED: 1 problems"), "{report}");
+    let clean = check(path.parent().unwrap());
+    let report = String::from_utf8_lossy(&clean.stdout);
+    assert_eq!(clean.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("3 streams, 2436 records, 594 changes, 15 notes checked; no damage found"),
+        "{report}"
+    );
 }
