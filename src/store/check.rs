@@ -51,7 +51,7 @@ pub struct CheckReport {
     pub changes: u64,
     /// Note rows read.
     pub notes: u64,
-    /// What is damaged or missing (at most [`LISTED_PER_STREAM`] per stream and table).
+    /// What is damaged or missing (at most 20 per stream).
     pub problems: Vec<Problem>,
     /// Problems found beyond those listed.
     pub unlisted: u64,
