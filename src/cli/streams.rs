@@ -178,9 +178,11 @@ async fn list(args: ListArgs, out: &mut impl Write) -> Result<(), ClientError> {
                 .iter()
                 .map(|raw| streams::read_info(raw))
                 .collect::<Result<Vec<_>, _>>()?;
-            out.write_all(table(&infos, header).as_bytes())
-                .map_err(ClientError::Output)?;
-            header = false;
+            if !infos.is_empty() {
+                out.write_all(table(&infos, header).as_bytes())
+                    .map_err(ClientError::Output)?;
+                header = false;
+            }
         }
         let next = page
             .next
@@ -193,6 +195,9 @@ async fn list(args: ListArgs, out: &mut impl Write) -> Result<(), ClientError> {
             }
             None => break,
         }
+    }
+    if header && !args.json {
+        eprintln!("(no streams)");
     }
     out.flush().map_err(ClientError::Output)
 }

@@ -774,7 +774,7 @@ async fn completions_and_man_pages_come_from_the_command_definitions() {
             "{shell}: {}",
             &script[..200.min(script.len())]
         );
-        for command in ["retention", "streams", "notes", "--min-severity"] {
+        for command in ["retention", "streams", "notes", "min-severity"] {
             assert!(script.contains(command), "{shell} completes {command}");
         }
     }
