@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use clap::Args;
+use clap::builder::{PossibleValue, TypedValueParser};
 
 use crate::client::{Client, ClientError, DEFAULT_SERVER_URL};
 use crate::context::MAX_BUDGET_TOKENS;
@@ -42,11 +43,36 @@ pub fn kind(value: &str) -> Result<Kind, String> {
     Kind::new(value).map_err(|error| error.to_string().replace("field `kind`: ", ""))
 }
 
-/// A severity (any case, with the aliases warn, err and fatal).
-pub fn severity(value: &str) -> Result<Severity, String> {
-    value
-        .parse()
-        .map_err(|error: crate::EventError| error.to_string().replace("field `severity`: ", ""))
+/// Parses a severity as the API does (any case, with the aliases warn, err and fatal), and
+/// names the five severities to help and shell completions.
+#[derive(Clone, Copy, Debug)]
+pub struct SeverityParser;
+
+impl TypedValueParser for SeverityParser {
+    type Value = Severity;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Severity, clap::Error> {
+        // clap's own wording for a value its parser refused, with recap's reason.
+        fn parse(value: &str) -> Result<Severity, String> {
+            value.parse().map_err(|error: crate::EventError| {
+                error.to_string().replace("field `severity`: ", "")
+            })
+        }
+        parse.parse_ref(command, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            Severity::ALL
+                .iter()
+                .map(|severity| PossibleValue::new(severity.as_str())),
+        ))
+    }
 }
 
 /// An actor or step id: at most [`MAX_LABEL_BYTES`] bytes.

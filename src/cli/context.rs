@@ -66,7 +66,7 @@ pub struct ContextArgs {
     #[arg(long, value_delimiter = ',', value_parser = args::kind, value_name = "KINDS")]
     pub kinds: Vec<Kind>,
     /// Only records at least this severe compete.
-    #[arg(long, value_parser = args::severity, value_name = "SEVERITY")]
+    #[arg(long, value_parser = args::SeverityParser, value_name = "SEVERITY")]
     pub min_severity: Option<Severity>,
     /// Only records whose latest event is at or after this time compete.
     #[arg(long, value_parser = args::timestamp, value_name = "TIME")]

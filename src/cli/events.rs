@@ -48,7 +48,7 @@ pub struct EventsArgs {
     #[arg(long, value_delimiter = ',', value_parser = args::kind, value_name = "KINDS")]
     pub kinds: Vec<Kind>,
     /// Only records at least this severe.
-    #[arg(long, value_parser = args::severity, value_name = "SEVERITY")]
+    #[arg(long, value_parser = args::SeverityParser, value_name = "SEVERITY")]
     pub min_severity: Option<Severity>,
     /// Only records whose latest event is at or after this time.
     #[arg(long, value_parser = args::timestamp, value_name = "TIME")]

@@ -37,8 +37,8 @@ pub struct PostArgs {
     /// weigh more in the context).
     #[arg(long, value_parser = args::kind)]
     pub kind: Kind,
-    /// debug, info, warning, error or critical (also warn, err, fatal; any case).
-    #[arg(long, default_value = "info", value_parser = args::severity)]
+    /// How much it matters (the aliases warn, err and fatal, and any case, are accepted too).
+    #[arg(long, default_value = "info", value_parser = args::SeverityParser)]
     pub severity: Severity,
     /// When it happened (RFC 3339, or a UTC date-time) [default: the server's clock].
     #[arg(long, value_parser = args::timestamp, value_name = "TIME")]

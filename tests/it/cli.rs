@@ -869,6 +869,7 @@ fn command_for(endpoint: Endpoint) -> Result<&'static [&'static str], &'static s
             );
         }
         (_, route) if route.starts_with("/ui") => return Err("the web view, for a browser"),
+        (_, "/openapi.json") => return Err("the API's description, for tools"),
         (_, "unmatched") => return Err("not a route"),
         _ => return Ok(&[]),
     };
