@@ -82,7 +82,8 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Client(command) => return Ok(cli::run_client(command).await?),
         Command::Completions(args) => {
-            cli::generate::completions(args.shell, &mut cli::command(), &mut std::io::stdout());
+            cli::generate::completions(args.shell, &mut cli::command(), &mut std::io::stdout())
+                .context("cannot write the completion script")?;
         }
         Command::Man(args) => {
             cli::generate::man(&args, cli::command(), &mut std::io::stdout().lock())

@@ -37,9 +37,17 @@ pub struct ManArgs {
 }
 
 /// Writes the completion script of `command` for `shell`.
-pub fn completions(shell: Shell, command: &mut clap::Command, out: &mut impl Write) {
+pub fn completions(
+    shell: Shell,
+    command: &mut clap::Command,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    // Built in memory first: clap_complete panics if its writer fails (`| head`).
+    let mut script = Vec::new();
     let name = command.get_name().to_owned();
-    clap_complete::generate(shell, command, name, out);
+    clap_complete::generate(shell, command, name, &mut script);
+    out.write_all(&script)?;
+    out.flush()
 }
 
 /// Writes the man page of `command` to `out`, or every page (recap.1, recap-post.1,
