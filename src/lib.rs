@@ -20,10 +20,13 @@
 //! - [`jsonl`]: the line formats of import and export (events, trace lines, exported records).
 //! - [`server`]: the HTTP API on hyper: routes, wire types and error mapping, SSE, auth, metrics.
 //! - [`config`]: flags, environment and config file merged into a validated server `Config`.
-//! - [`client`]: the CLI's client commands (post, context, tail, import, export) over HTTP.
+//! - [`client`]: the requests of the CLI's client commands over HTTP, as typed answers.
+//! - [`cli`]: the command line: clap definitions with examples, what each command prints,
+//!   shell completions and man pages.
 //! - [`budgets`]: `recap bench budgets`: replays traces over a budget matrix against baselines.
 
 pub mod budgets;
+pub mod cli;
 pub mod client;
 pub mod collapse;
 pub mod config;

@@ -45,8 +45,18 @@ pub const DEFAULT_BUDGETS: [u32; 6] = [256, 512, 1_024, 2_048, 4_096, 8_192];
 /// of a trace, not only at its end.
 pub const DEFAULT_EVERY: usize = 50;
 
+/// `recap bench budgets --help`'s examples.
+const EXAMPLES: &str = "\
+Examples:
+  recap bench budgets ../shared/traces/*.jsonl               # the table, every default budget
+  recap bench budgets trace.jsonl --budgets 512,2048 --encodings cl100k_base,o200k_base
+  recap bench budgets ../shared/traces/*.jsonl --svg budgets.svg --json > budgets.json
+
+No server is needed: the traces are replayed in memory.";
+
 /// The options of `recap bench budgets`, as parsed from the command line.
 #[derive(Clone, Debug, PartialEq, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct BudgetsArgs {
     /// Trace files (JSONL, one event per line, one stream per file).
     #[arg(required = true, value_name = "FILE.jsonl")]

@@ -2,14 +2,20 @@
 //!
 //! [`Client`] wraps a hyper client with the server's base URL and optional API key, and turns
 //! every non-2xx answer into a [`ClientError::Api`] carrying the server's error body, so the
-//! CLI can print what the server said to fix. The commands live one per module: [`commands`]
-//! (post, context), [`tail`], [`import`], [`export`].
+//! CLI can print what the server said to fix. The requests live one concern per module:
+//! [`commands`] (post, context), [`history`] (pages of records), [`notes`], [`streams`]
+//! (list, show, delete, retention), [`status`] (health, metrics), [`tail`], [`import`],
+//! [`export`], [`hook`], [`mcp`]. What the command line prints is [`crate::cli`]'s business.
 
 pub mod commands;
 pub mod export;
+pub mod history;
 pub mod hook;
 pub mod import;
 pub mod mcp;
+pub mod notes;
+pub mod status;
+pub mod streams;
 pub mod tail;
 
 use std::path::PathBuf;
@@ -23,6 +29,9 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use crate::event::StreamName;
 
 /// Default server URL of client commands.
 pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:7070";
@@ -85,6 +94,15 @@ pub enum ClientError {
         bytes: usize,
         /// The status (413).
         status: StatusCode,
+    },
+    /// The stream named does not exist (the server answered 404 `unknown_stream`, or an empty
+    /// context window for a stream it does not know).
+    #[error(
+        "stream {stream:?} does not exist; `recap streams list` lists the streams, and its first `recap post` creates it"
+    )]
+    UnknownStream {
+        /// The stream.
+        stream: String,
     },
     /// The server's answer was not what recap sends.
     #[error("unexpected answer from the server: {0}; is --server pointing at a recap server?")]
@@ -180,6 +198,23 @@ impl Client {
         body: Option<(&'static str, Bytes)>,
         headers: &[(&'static str, String)],
     ) -> Result<Response<Incoming>, ClientError> {
+        let response = self.send_any(method, path_and_query, body, headers).await?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(api_error(response).await)
+        }
+    }
+
+    /// Sends a request and returns the answer whatever its status (`/healthz` answers 503 with
+    /// a body that says why).
+    pub async fn send_any(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&'static str, Bytes)>,
+        headers: &[(&'static str, String)],
+    ) -> Result<Response<Incoming>, ClientError> {
         let url = format!("{}{path_and_query}", self.base);
         let mut request = Request::builder().method(method).uri(&url);
         if let Some(key) = &self.key {
@@ -198,19 +233,13 @@ impl Client {
             url: url.clone(),
             detail: error.to_string(),
         })?;
-        let response = self
-            .http
+        self.http
             .request(request)
             .await
             .map_err(|error| ClientError::Connect {
                 url: self.base.clone(),
                 detail: error_chain(&error),
-            })?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            Err(api_error(response).await)
-        }
+            })
     }
 
     /// Sends a request and decodes the JSON answer.
@@ -234,6 +263,14 @@ pub async fn read_body(response: Response<Incoming>) -> Result<Bytes, ClientErro
         .await
         .map(|collected| collected.to_bytes())
         .map_err(|error| ClientError::Protocol(format!("the answer was cut off: {error}")))
+}
+
+/// A JSON answer as the server sent it (for `--json`, printed unchanged).
+pub async fn raw_json(response: Response<Incoming>) -> Result<Box<RawValue>, ClientError> {
+    let bytes = read_body(response).await?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|error| ClientError::Protocol(error.to_string()))?;
+    RawValue::from_string(text).map_err(|error| ClientError::Protocol(error.to_string()))
 }
 
 async fn api_error(response: Response<Incoming>) -> ClientError {
@@ -287,6 +324,36 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Says a 404 `unknown_stream` from the server as [`ClientError::UnknownStream`], which tells a
+/// command-line user how to find the streams there are; other errors pass unchanged.
+pub fn name_unknown_stream(error: ClientError, stream: &StreamName) -> ClientError {
+    match error {
+        ClientError::Api { status, code, .. }
+            if status == StatusCode::NOT_FOUND && code == "unknown_stream" =>
+        {
+            ClientError::UnknownStream {
+                stream: stream.to_string(),
+            }
+        }
+        other => other,
+    }
+}
+
+/// A query string (`?a=1&b=x`, or nothing when there are no pairs) with every value
+/// percent-encoded.
+pub fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        serializer.append_pair(name, &value);
+    }
+    let query = serializer.finish();
+    if query.is_empty() {
+        query
+    } else {
+        format!("?{query}")
+    }
 }
 
 /// Percent-encodes a query value (stream names never need it; kinds, timestamps and weights may).

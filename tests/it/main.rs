@@ -3,6 +3,7 @@
 
 mod budgets;
 mod cache;
+mod cli;
 mod cli_import;
 mod context_golden;
 mod damage;
