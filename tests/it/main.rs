@@ -9,6 +9,7 @@ mod context_golden;
 mod damage;
 mod live_server;
 mod mcp;
+mod model;
 mod openintent;
 mod server;
 mod sse_edges;
