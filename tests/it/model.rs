@@ -82,7 +82,7 @@ impl Row {
 }
 
 /// One stream as the model keeps it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Model {
     /// Every record ever created; those before `first_seq` were removed by retention.
     rows: Vec<Row>,
@@ -94,15 +94,22 @@ struct Model {
     keep: Option<u64>,
 }
 
-impl Model {
-    fn new() -> Model {
+impl Default for Model {
+    /// A stream that has just been created.
+    fn default() -> Model {
         Model {
+            rows: Vec::new(),
             first_seq: 1,
+            events: 0,
+            revision: 0,
+            notes: BTreeMap::new(),
             next_note_id: 1,
-            ..Model::default()
+            keep: None,
         }
     }
+}
 
+impl Model {
     /// The store's collapse rule with a lookback of one: an event repeats the newest record if
     /// kind, severity, actor and message are the same and it is within the window of the
     /// record's `last_ts`; otherwise it is a new record.
@@ -247,7 +254,7 @@ proptest! {
         for op in &ops {
             match op {
                 Op::Append(index, events) => {
-                    let model = models.entry(*index).or_insert_with(Model::new);
+                    let model = models.entry(*index).or_default();
                     let mut batch = Vec::new();
                     for &(message, kind, severity, actor, gap) in events {
                         clock += TimeDelta::seconds(GAPS[gap]);
@@ -262,7 +269,7 @@ proptest! {
                 }
                 Op::AddNote(index, message) => {
                     clock += TimeDelta::seconds(1);
-                    let model = models.entry(*index).or_insert_with(Model::new);
+                    let model = models.entry(*index).or_default();
                     let id = model.add_note(MESSAGES[*message], clock);
                     let note = store.add_note(&name(*index), MESSAGES[*message].into(), None, clock).wait().unwrap();
                     prop_assert_eq!(note.id, id);
@@ -319,7 +326,7 @@ proptest! {
 #[test]
 fn the_model_collapses_as_documented() {
     let at = |seconds| chrono::DateTime::UNIX_EPOCH + TimeDelta::seconds(seconds);
-    let mut model = Model::new();
+    let mut model = Model::default();
     for (actor, ts) in [(None, 0), (None, 600), (None, 1_201), (Some("a"), 1_201)] {
         model.append("tool", Severity::Error, actor, "timed out", at(ts));
     }
