@@ -1,5 +1,5 @@
 # `make check` runs exactly what CI runs (.ci/run calls it).
-.PHONY: check fmt clippy test doc pytest bench golden
+.PHONY: check fmt clippy test doc pytest fuzz bench golden
 
 check: fmt clippy test doc
 
@@ -25,6 +25,22 @@ pytest:
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 	cargo build --locked --bin recap
 	RECAP_BIN=$(CURDIR)/target/debug/recap $(VENV)/bin/python -m pytest tests/python -q -p no:cacheprovider
+
+# Fuzz the decoders of stored rows, request bodies of events and records, and stream names and
+# keys files (fuzz/: cargo-fuzz on the stable toolchain, without a sanitizer, unoptimized with
+# overflow checks) for FUZZ_SECONDS each, starting from fuzz/seeds/. A finding fails the run and
+# leaves its input in fuzz/artifacts/TARGET/ (replay: cd fuzz && cargo fuzz run --dev
+# --sanitizer none TARGET artifacts/TARGET/crash-...). CI runs it after pytest.
+FUZZ_SECONDS ?= 45
+FUZZ_TARGETS = stored_rows event_body keys
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
+	cd fuzz && cargo fuzz build --dev --sanitizer none
+	for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$target && cp fuzz/seeds/* fuzz/corpus/$$target/ && \
+		(cd fuzz && cargo fuzz run --dev --sanitizer none $$target corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
+	done
 
 # Benchmarks print tables; they are never part of the test suite.
 bench:

@@ -32,6 +32,8 @@ pub mod collapse;
 pub mod config;
 pub mod context;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod histogram;
 pub mod jsonl;
 pub mod mcp;

@@ -15,6 +15,7 @@
 mod cache;
 mod check;
 mod feed;
+pub(crate) mod fuzz;
 mod reads;
 mod schema;
 mod upgrade;

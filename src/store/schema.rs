@@ -481,8 +481,9 @@ pub fn encode_record(stream: u64, record: &Record, created: &Created, out: &mut 
     put_varint(out, record.repeat_count);
     put_varint(out, created.repeat_count);
     put_signed(out, first);
-    put_signed(out, micros(record.last_ts) - first);
-    put_signed(out, micros(created.last_ts) - first);
+    // Wrapping, as the decoder adds: any two times the decoder accepts round-trip.
+    put_signed(out, micros(record.last_ts).wrapping_sub(first));
+    put_signed(out, micros(created.last_ts).wrapping_sub(first));
     out.push(record.severity as u8);
     let flag = |present: bool, flag: u8| if present { flag } else { 0 };
     let flags = flag(record.display_message.is_some(), HAS_DISPLAY_MESSAGE)
