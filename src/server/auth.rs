@@ -20,13 +20,13 @@
 
 use std::path::{Path, PathBuf};
 
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::event::StreamName;
 
-use super::wire::ApiError;
+use super::wire::{ApiError, ErrorCode};
 
 /// Shortest key accepted: long enough that guessing is hopeless.
 pub const MIN_KEY_LEN: usize = 16;
@@ -94,9 +94,8 @@ impl ApiKey {
     pub fn authorize(&self, scope: Scope, stream: Option<&StreamName>) -> Result<(), ApiError> {
         if !self.allows(scope) {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
+            ErrorCode::Forbidden,
+            format!(
                     "key {:?} lacks the {} scope this request needs",
                     self.name,
                     scope.as_str()
@@ -107,9 +106,8 @@ impl ApiKey {
             && !self.covers(stream)
         {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
+            ErrorCode::Forbidden,
+            format!(
                     "key {:?} is confined to streams starting with {:?}",
                     self.name, self.prefix
                 ),
@@ -213,9 +211,8 @@ impl Keys {
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<&ApiKey, ApiError> {
         let presented = presented_key(headers).ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this server needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
+            ErrorCode::Unauthorized,
+            "this server needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
             )
         })?;
         // Compare with every key without stopping early, so the time taken does not say which
@@ -228,9 +225,8 @@ impl Keys {
         }
         found.ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the API key is not valid; check the key you were given",
+            ErrorCode::Unauthorized,
+            "the API key is not valid; check the key you were given",
             )
         })
     }

@@ -20,14 +20,15 @@ use crate::store::Cold;
 use crate::tokens::Encoding;
 
 use super::App;
-use super::body::Body;
+use super::wire::Body;
 use super::query::Query;
 use super::wire::{
     self, ApiError, BUDGET_HEADER, ENCODING_HEADER, NOTES_CUT_HEADER, REVISION_HEADER,
     TOKENS_HEADER,
 };
 
-const PARAMS: &[&str] = &[
+/// The query parameters of `GET .../context`.
+pub(crate) const PARAMS: &[&str] = &[
     "budget",
     "encoding",
     "model",

@@ -17,16 +17,16 @@ use crate::store::{ImportedRecord, MAX_PAGE_RECORDS, RecordPage, RecordQuery};
 use crate::stream::Appended;
 
 use super::App;
-use super::body::{self, Body, Framing};
+use super::body::{self, Framing};
 use super::query::Query;
-use super::wire::{self, ApiError, REVISION_HEADER, WriteReply, WrittenRecord};
+use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER, WriteReply, WrittenRecord};
 
 /// Bodies larger than this are parsed on the blocking pool, so that a 1 MiB batch does not
 /// hold up other requests on the same runtime thread.
 const PARSE_INLINE_MAX_BYTES: usize = 64 * 1024;
 
 /// Query parameters of `GET .../events`.
-const HISTORY_PARAMS: &[&str] = &[
+pub(crate) const HISTORY_PARAMS: &[&str] = &[
     "after",
     "before",
     "limit",
@@ -226,8 +226,7 @@ fn first_byte(text: &str) -> Option<u8> {
 fn json_array(text: &str) -> Result<Vec<&RawValue>, ApiError> {
     serde_json::from_str::<Vec<&RawValue>>(text).map_err(|error| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("the body is not valid JSON: {error}"),
         )
     })
@@ -235,9 +234,8 @@ fn json_array(text: &str) -> Result<Vec<&RawValue>, ApiError> {
 
 fn empty_body() -> ApiError {
     ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "empty_body",
-        "the body is empty; send an event object, a JSON array of events, or NDJSON",
+            ErrorCode::EmptyBody,
+            "the body is empty; send an event object, a JSON array of events, or NDJSON",
     )
 }
 

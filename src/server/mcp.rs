@@ -20,7 +20,7 @@ use crate::event::StreamName;
 use crate::mcp::{Backend, BoxFuture, ToolError, Tools, Window, Written};
 
 use super::auth::{ApiKey, Scope};
-use super::body::Body;
+use super::wire::Body;
 use super::wire::ApiError;
 use super::{App, ServerOptions, context, events, notes, streams};
 

@@ -22,6 +22,7 @@ pub mod events;
 pub mod mcp;
 pub mod metrics;
 pub mod notes;
+pub mod openapi;
 pub mod openintent;
 pub mod query;
 pub mod routes;
@@ -51,7 +52,7 @@ use crate::event::EventLimits;
 use crate::store::{Store, StoreError};
 
 use self::auth::Keys;
-use self::body::Body;
+use self::wire::Body;
 use self::metrics::Metrics;
 
 /// How long a client may take to send a request's headers (slow-loris protection).
@@ -281,18 +282,21 @@ async fn serve_request(
         %peer,
         key = tracing::field::Empty,
     );
-    app.metrics.in_flight(1);
-    let (endpoint, response) = routes::handle(app, request).instrument(span.clone()).await;
-    app.metrics.in_flight(-1);
-    let status = response.status().as_u16();
-    app.metrics.count_request(endpoint, status);
+    // Counted when dropped: a client that hangs up mid-request is counted too.
+    let mut counted = app.metrics.start(&method);
+    let response = routes::handle(app, request, &mut counted.label)
+        .instrument(span.clone())
+        .await;
+    let (label, status) = (counted.label, response.status().as_u16());
+    counted.status = Some(status);
+    drop(counted);
     let error = response.extensions().get::<wire::ErrorCode>();
     tracing::debug!(
         target: "recap::request",
         parent: &span,
-        route = endpoint.route(),
+        route = label.route(),
         status,
-        error = error.map_or("", |code| code.0),
+        error = error.map_or("", |code| code.as_str()),
         micros = started.elapsed().as_micros() as u64,
     );
     response

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::event::{EventError, Note, StreamName, format_timestamp, parse_timestamp};
 
 use super::App;
-use super::body::{self, Body};
+use super::body;
 use super::query::Query;
-use super::wire::{self, ApiError, REVISION_HEADER};
+use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
 
 /// A note as a client posts it.
 #[derive(Debug, Deserialize)]
@@ -30,6 +30,9 @@ struct NoteList {
     /// `after=` for the next page, or `null` when this page ends the list.
     next: Option<u64>,
 }
+
+/// The query parameters of `GET .../notes`.
+pub(crate) const LIST_PARAMS: &[&str] = &["after", "limit"];
 
 /// Notes per page when a request names no `limit`: the default `max_notes_per_stream`, so a
 /// stream under the default cap lists in one page.
@@ -69,8 +72,7 @@ pub async fn add(app: &App, stream: &StreamName, body: &str) -> Result<Note, Api
         .transpose()?;
     if let Some(expires_at) = expires_at.filter(|at| *at <= now) {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "expired_note",
+            ErrorCode::ExpiredNote,
             format!(
                 "expires_at {} is already past (now {}): the note would never be shown; give a time in the future, or leave expires_at out for a note that never expires",
                 format_timestamp(&expires_at),
@@ -92,7 +94,7 @@ pub fn list(
     stream: StreamName,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(query, &["after", "limit"])?;
+    let query = Query::parse(query, LIST_PARAMS)?;
     let after = query.number::<u64>("after")?.unwrap_or(0);
     let limit = match query.number::<usize>("limit")? {
         None => DEFAULT_NOTES_PAGE,
@@ -135,8 +137,7 @@ pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<
 pub async fn remove(app: &App, stream: &StreamName, id: &str) -> Result<(), ApiError> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_note",
+            ErrorCode::UnknownNote,
             format!("note {id:?} does not exist; note ids are the numbers GET .../notes lists"),
         )
     })?;
@@ -148,22 +149,20 @@ pub async fn remove(app: &App, stream: &StreamName, id: &str) -> Result<(), ApiE
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_note",
+            ErrorCode::UnknownNote,
             format!("stream {stream} has no note {id}; GET .../notes lists the live ones"),
         ))
     }
 }
 
 fn parse(text: &str, max_bytes: usize) -> Result<NoteInput, ApiError> {
-    let input: NoteInput = wire::decode_object(
+    let input: NoteInput = body::decode_object(
         text,
         r#"{"text": "...", "expires_at": "2024-05-01T10:00:00Z"} (expires_at optional)"#,
     )?;
     if input.text.trim().is_empty() {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "missing_field",
+            ErrorCode::MissingField,
             "field `text` is empty; a note needs text",
         )
         .with_field("text"));

@@ -35,9 +35,12 @@ use crate::store::{MAX_PAGE_RECORDS, MAX_SCAN_RECORDS, RecordQuery};
 
 use super::App;
 use super::auth::ApiKey;
-use super::body::{self, Body};
+use super::body;
 use super::query::Query;
-use super::wire::{self, ApiError, REVISION_HEADER};
+use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
+
+/// The query parameters of `GET /api/v1/intents/{id}/events`.
+pub(crate) const LIST_PARAMS: &[&str] = &["event_type", "since", "limit", "offset"];
 
 /// `limit` when the client gives none: the client's own default.
 pub const DEFAULT_EVENTS_LIMIT: usize = 100;
@@ -51,9 +54,8 @@ const ID_ATTEMPTS: usize = 8;
 /// The 400 for an intent id that is not a stream name.
 pub fn invalid_intent_id(id: &str) -> ApiError {
     ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_intent_id",
-        format!(
+            ErrorCode::InvalidIntentId,
+            format!(
             "intent id {id:?} cannot be used: recap keeps an intent as a stream, and stream names are 1 to 128 characters from A-Z, a-z, 0-9 and `. _ : -`, starting with a letter or digit; use the id POST /api/v1/intents returned, or such a name"
         ),
     )
@@ -78,16 +80,14 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         Some(b'{') => {}
         None => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "empty_body",
-                "the body is empty; send a JSON object",
+            ErrorCode::EmptyBody,
+            "the body is empty; send a JSON object",
             ));
         }
         Some(_) => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                "the body must be a JSON object",
+            ErrorCode::InvalidJson,
+            "the body must be a JSON object",
             ));
         }
     }
@@ -175,7 +175,7 @@ pub async fn list_events(
     stream: StreamName,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(query, &["event_type", "since", "limit", "offset"])?;
+    let query = Query::parse(query, LIST_PARAMS)?;
     let limit = match query.number::<usize>("limit")? {
         None => DEFAULT_EVENTS_LIMIT,
         Some(0) => return Err(ApiError::parameter("limit", "limit must be at least 1")),
@@ -438,8 +438,7 @@ pub async fn get_intent(
     Query::parse(query, &[])?;
     let stats = app.store.stream(&stream).ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_intent",
+            ErrorCode::UnknownIntent,
             format!(
                 "intent {:?} does not exist; create one with POST /api/v1/intents, or post an event to it",
                 stream.as_str()

@@ -63,7 +63,7 @@ use crate::store::{
 };
 
 use super::App;
-use super::body::Body;
+use super::wire::Body;
 use super::openintent;
 use super::query::Query;
 use super::wire::ApiError;
@@ -87,6 +87,9 @@ pub const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 /// largest size (64 KiB) fill [`REPLAY_PAGE_BYTES`].
 const FIRST_REPLAY_PAGE: usize = 16;
 
+/// The query parameters of the subscribe routes.
+pub(crate) const PARAMS: &[&str] = &["after"];
+
 /// Which frames a feed writes: recap's own (`record`, `repeat`, `note`, ...) or OpenIntent's
 /// (`event:` the event type, `data:` the event object; see [`super::openintent`]). The
 /// machinery (resume, replay, live feed, keepalives, shutdown) is the same for both.
@@ -107,7 +110,7 @@ pub fn subscribe(
     query: Option<&str>,
     dialect: Dialect,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(query, &["after"])?;
+    let query = Query::parse(query, PARAMS)?;
     let resume = match last_event_id(headers)? {
         Some(revision) => Some(revision),
         None => query.number::<u64>("after")?,

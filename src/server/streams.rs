@@ -10,9 +10,9 @@ use crate::store::{Retention, StreamStats};
 
 use super::App;
 use super::auth::ApiKey;
-use super::body::{self, Body};
+use super::body;
 use super::query::Query;
-use super::wire::{self, ApiError, REVISION_HEADER};
+use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
 
 /// Most streams a page lists, and the default.
 pub const MAX_STREAMS_PER_PAGE: usize = 1_000;
@@ -23,6 +23,9 @@ struct StreamList {
     /// The `after=` of the next page; `None` on the last.
     next: Option<StreamName>,
 }
+
+/// The query parameters of `GET /v1/streams`.
+pub(crate) const LIST_PARAMS: &[&str] = &["after", "limit", "prefix"];
 
 /// A retention as clients send it.
 #[derive(Deserialize)]
@@ -39,7 +42,7 @@ pub fn list(
     key: Option<&ApiKey>,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(query, &["after", "limit", "prefix"])?;
+    let query = Query::parse(query, LIST_PARAMS)?;
     let limit = match query.number::<usize>("limit")? {
         None => MAX_STREAMS_PER_PAGE,
         Some(0) => return Err(ApiError::parameter("limit", "limit must be at least 1")),
@@ -91,14 +94,13 @@ pub async fn set_retention(
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let body = body::read_json(body, headers, &app.options, &app.bodies).await?;
-    let input: RetentionInput = wire::decode_object(
+    let input: RetentionInput = body::decode_object(
         body::utf8(&body.bytes)?,
         r#"{"max_records": 10000, "max_age_seconds": 86400} (either may be null)"#,
     )?;
     if input.max_records == Some(0) {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
+            ErrorCode::InvalidField,
             "max_records must be at least 1",
         )
         .with_field("max_records"));
@@ -106,17 +108,15 @@ pub async fn set_retention(
     let max_age = match input.max_age_seconds {
         Some(seconds) if seconds <= 0 => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_field",
-                "max_age_seconds must be at least 1",
+            ErrorCode::InvalidField,
+            "max_age_seconds must be at least 1",
             )
             .with_field("max_age_seconds"));
         }
         Some(seconds) => Some(TimeDelta::try_seconds(seconds).ok_or_else(|| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_field",
-                "max_age_seconds is too large",
+            ErrorCode::InvalidField,
+            "max_age_seconds is too large",
             )
             .with_field("max_age_seconds")
         })?),

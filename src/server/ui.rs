@@ -14,8 +14,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::body::Body;
-use super::wire::ApiError;
+use super::wire::{ApiError, Body, ErrorCode};
 
 /// What the view may load: its own origin only, nothing inline, no frames around it.
 const CONTENT_SECURITY_POLICY: &str =
@@ -100,9 +99,8 @@ pub fn asset(name: &str) -> Result<Response<Body>, ApiError> {
         .find(|asset| asset.name == name)
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("the web view has no asset {name:?}"),
+            ErrorCode::NotFound,
+            format!("the web view has no asset {name:?}"),
             )
         })?;
     Ok(respond(asset.content_type, Bytes::from_static(asset.bytes)))

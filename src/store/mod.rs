@@ -1060,6 +1060,13 @@ impl Store {
         }
     }
 
+    /// The size of the data file in bytes (for the metrics); `None` if it cannot be read.
+    pub fn file_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.inner.shared.path)
+            .ok()
+            .map(|meta| meta.len())
+    }
+
     /// The state of the stream cache.
     pub fn cache_metrics(&self) -> CacheMetrics {
         let shared = &self.inner.shared;
