@@ -20,6 +20,7 @@
 //! - [`jsonl`]: the line formats of import and export (events, trace lines, exported records).
 //! - [`server`]: the HTTP API on hyper: routes, wire types and error mapping, SSE, auth, metrics.
 //! - [`config`]: flags, environment and config file merged into a validated server `Config`.
+//! - [`logging`]: the log format and the `RUST_LOG` filter (which adds to the default).
 //! - [`client`]: the CLI's client commands (post, context, tail, import, export) over HTTP.
 //! - [`budgets`]: `recap bench budgets`: replays traces over a budget matrix against baselines.
 
@@ -31,6 +32,7 @@ pub mod context;
 pub mod event;
 pub mod histogram;
 pub mod jsonl;
+pub mod logging;
 pub mod mcp;
 pub mod meter;
 pub mod openintent;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use recap::budgets::{self, BudgetsArgs};
 use recap::client::{self, Client, commands, export, import, tail};
 use recap::config::{Config, Overrides};
+use recap::logging::LogFormat;
 use recap::event::{Event, Kind, Severity, StreamName};
 
 /// mimalloc instead of the system allocator: ingest allocates and frees small records across
@@ -75,6 +76,10 @@ struct ServeArgs {
     /// recently are evicted beyond it and loaded again from disk when next used.
     #[arg(long, env = "RECAP_CACHE_BYTES", value_name = "SIZE")]
     cache_bytes: Option<String>,
+    /// Log lines as text (the default) or json (one object per line); RUST_LOG adds to the
+    /// default filter (RUST_LOG=recap::request=debug logs every request).
+    #[arg(long, env = "RECAP_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<String>,
 }
 
 /// How client commands reach the server.
@@ -205,7 +210,10 @@ fn parse_severity(value: &str) -> Result<Severity, String> {
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors (and 0 for --help / --version).
     let cli = Cli::parse();
-    init_logging();
+    // `serve` installs logging once its config (which may choose the format) is read.
+    if !matches!(cli.command, Command::Serve(_)) {
+        recap::logging::init(LogFormat::default());
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -249,17 +257,6 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    // RUST_LOG=recap::request=debug adds one line per request.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 /// Runs a command; `Ok` carries the exit code of a command that reports its own.
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
@@ -270,8 +267,10 @@ async fn run(command: Command) -> Result<ExitCode> {
                 config_file: args.config,
                 keys_file: args.keys,
                 cache_bytes: args.cache_bytes,
+                log_format: args.log_format,
             })?;
-            recap::server::serve(&config, shutdown_signal()).await?;
+            recap::logging::init(config.log_format);
+            recap::server::serve(config.startup(), shutdown_signal()).await?;
         }
         Command::Post(args) => {
             let client = connect(&args.server)?;

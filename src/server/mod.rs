@@ -34,6 +34,7 @@ pub mod wire;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,14 +48,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::config::Config;
 use crate::event::EventLimits;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 
 use self::auth::Keys;
 use self::wire::Body;
 use self::metrics::Metrics;
 
+/// How long shutdown waits for in-flight requests before closing the store anyway.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to send a request's headers (slow-loris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the
@@ -85,7 +87,7 @@ impl Default for ServerOptions {
             max_body_bytes: body::DEFAULT_MAX_BODY_BYTES,
             limits: EventLimits::default(),
             sse_keepalive: sse::DEFAULT_KEEPALIVE,
-            drain_timeout: crate::config::DEFAULT_DRAIN_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             body_read_timeout: body::BODY_READ_TIMEOUT,
         }
     }
@@ -138,28 +140,43 @@ pub struct App {
     mcp: mcp::McpService,
 }
 
-/// Opens the store, binds `config.addr` and serves until `shutdown` resolves.
-pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let store_options = config.store_options();
-    let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(data_dir, store_options))
+/// What [`serve`] starts from (`recap serve` makes it from its validated config).
+#[derive(Clone, Debug)]
+pub struct Startup {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// How the store behaves.
+    pub store: StoreOptions,
+    /// How the HTTP layer behaves.
+    pub server: ServerOptions,
+}
+
+/// Opens the store, binds `startup.addr` and serves until `shutdown` resolves.
+pub async fn serve(startup: Startup, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let Startup {
+        addr,
+        data_dir,
+        store: store_options,
+        server: options,
+    } = startup;
+    let dir = data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(dir, store_options))
         .await
-        .map_err(|error| StoreError::Storage(error.to_string()))??;
-    let listener = match TcpListener::bind(config.addr).await {
+        .map_err(|error| ServerError::StoreFailed(format!("opening the store panicked: {error}")))??;
+    let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(source) => {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
-            return Err(ServerError::Bind {
-                addr: config.addr,
-                source,
-            });
+            return Err(ServerError::Bind { addr, source });
         }
     };
-    for warning in config.keys.iter().flat_map(Keys::warnings) {
+    for warning in options.keys.iter().flat_map(Keys::warnings) {
         tracing::warn!("{warning}");
     }
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), auth = config.keys.is_some(), "recap is serving");
-    run(listener, store, config.server_options(), shutdown).await
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), auth = options.keys.is_some(), "recap is serving");
+    run(listener, store, options, shutdown).await
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains and closes `store`.
@@ -247,7 +264,7 @@ pub async fn run(
         // Closing a failed store fails too; the failure is what to report.
         return Err(ServerError::StoreFailed(cause));
     }
-    closed.map_err(|error| StoreError::Storage(error.to_string()))??;
+    closed.map_err(|error| ServerError::StoreFailed(format!("closing the store panicked: {error}")))??;
     tracing::info!("store closed; bye");
     Ok(())
 }

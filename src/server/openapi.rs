@@ -18,8 +18,8 @@ use serde_json::{Map, Value, json};
 
 use crate::context::{DEFAULT_BUDGET_TOKENS, MAX_BUDGET_TOKENS, MAX_GOALS};
 use crate::event::{
-    DEFAULT_MAX_MESSAGE_BYTES, MAX_DISPLAY_MESSAGE_BYTES, MAX_KIND_BYTES, MAX_LABEL_BYTES,
-    MAX_STREAM_NAME_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES, MAX_DISPLAY_MESSAGE_BYTES, MAX_EVENT_COUNT, MAX_KIND_BYTES,
+    MAX_LABEL_BYTES, MAX_STREAM_NAME_BYTES,
 };
 use crate::store::MAX_PAGE_RECORDS;
 
@@ -29,7 +29,7 @@ use super::wire::{
     BUDGET_HEADER, Body, ENCODING_HEADER, ErrorCode, NOTES_CUT_HEADER, REVISION_HEADER,
     TOKENS_HEADER,
 };
-use super::{context, events, notes, openintent, sse, streams};
+use super::{context, events, notes, openintent, sse, streams, ui};
 
 /// The document, serialized once.
 static DOCUMENT: LazyLock<Bytes> = LazyLock::new(|| {
@@ -398,7 +398,12 @@ fn operation_of(route: &Route) -> Value {
     }
     operation["description"] = json!(description);
     let mut parameters: Vec<Value> = path_parameters(route.path);
-    parameters.extend(described.query.iter().map(|name| query_parameter(name)));
+    parameters.extend(
+        described
+            .query
+            .iter()
+            .map(|name| query_parameter(route.endpoint, name)),
+    );
     parameters.extend(described.headers.iter().map(|name| header_parameter(name)));
     if !parameters.is_empty() {
         operation["parameters"] = json!(parameters);
@@ -577,15 +582,19 @@ fn path_parameters(path: &str) -> Vec<Value> {
                     "The note's id, as GET .../notes lists it.",
                     json!({"type": "string", "pattern": "^[0-9]+$"}),
                 ),
-                _ => ("The file's name.", json!({"type": "string"})),
+                _ => (
+                    "The file's name.",
+                    json!({"type": "string", "enum": ui::asset_names().collect::<Vec<_>>()}),
+                ),
             };
             json!({"name": name, "in": "path", "required": true, "description": description, "schema": schema})
         })
         .collect()
 }
 
-/// A query parameter, by the name the handlers parse. An empty value counts as absent.
-fn query_parameter(name: &str) -> Value {
+/// A query parameter of `endpoint`, by the name its handler parses. An empty value counts as
+/// absent.
+fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
     let whole = |minimum: u64| json!({"type": "integer", "minimum": minimum});
     let (description, schema): (String, Value) = match name {
         "budget" => (
@@ -628,9 +637,25 @@ fn query_parameter(name: &str) -> Value {
             format!("How many of the stream's opening task/user records to keep (0 to {MAX_GOALS})."),
             json!({"type": "integer", "minimum": 0, "maximum": MAX_GOALS}),
         ),
-        "after" | "before" => (
-            "A cursor: a seq (records), a note id (notes), a stream name (streams) or a revision (feeds).".into(),
+        "after" if endpoint == Endpoint::ListStreams => (
+            "The page after this stream name (the previous page's `next`).".into(),
             json!({"type": "string"}),
+        ),
+        "after" | "before" => (
+            format!(
+                "A cursor: {} (the previous page's `next`).",
+                match endpoint {
+                    Endpoint::GetNotes => "the page after this note id",
+                    Endpoint::GetEvents if name == "before" => "records before this seq (a backward page)",
+                    Endpoint::GetEvents => "records after this seq",
+                    _ => "the changes after this revision",
+                }
+            ),
+            whole(0),
+        ),
+        "limit" if endpoint == Endpoint::GetNotes => (
+            format!("Most notes in the page (default {}).", notes::DEFAULT_NOTES_PAGE),
+            json!({"type": "integer", "minimum": 1, "maximum": notes::MAX_NOTES_PAGE}),
         ),
         "limit" => (
             format!("Most items in the page (larger values are clamped to {MAX_PAGE_RECORDS})."),
@@ -673,9 +698,51 @@ fn severity_pattern() -> String {
     format!("^({})$", alternatives.join("|"))
 }
 
+/// A record as `GET .../events` or `recap export` wrote it: an event's fields with its times and
+/// count (`seq` and `revision` are assigned anew and ignored; `note` makes a note's audit
+/// record's note again).
+fn imported_record() -> Value {
+    let mut record = event_schema();
+    let properties = &mut record["properties"];
+    properties["first_ts"] = json!({"type": "string", "description": "RFC 3339."});
+    properties["last_ts"] = json!({"type": "string", "description": "RFC 3339, not before first_ts."});
+    properties["repeat_count"] = json!({"type": "integer", "minimum": 1, "maximum": MAX_EVENT_COUNT});
+    properties["seq"] = json!({"description": "Ignored."});
+    properties["revision"] = json!({"description": "Ignored."});
+    properties["note"] = json!({
+        "type": ["object", "null"],
+        "additionalProperties": false,
+        "required": ["created_at"],
+        "properties": {"created_at": {"type": "string"}, "expires_at": {"type": ["string", "null"]}},
+        "description": "On a note's audit record (kind `note`): the note is made again.",
+    });
+    record["required"] = json!(["kind", "message", "first_ts", "last_ts", "repeat_count"]);
+    record["description"] = json!("A record as GET .../events or `recap export` wrote it.");
+    record
+}
+
+/// An event as a client posts it.
+fn event_schema() -> Value {
+    let string_or_null = |max: usize| json!({"type": ["string", "null"], "maxLength": max});
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["kind", "message"],
+        "properties": {
+            "message": {"type": "string", "maxLength": DEFAULT_MAX_MESSAGE_BYTES, "description": "Kept verbatim; may be empty. At most 64 KiB (max_message_bytes)."},
+            "kind": {"type": "string", "pattern": format!("^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{}}}$", MAX_KIND_BYTES - 1), "description": "Lower-cased. Well-known kinds weigh more in the context."},
+            "severity": {"type": ["string", "null"], "pattern": severity_pattern(), "description": "debug, info (default), warning, error, critical; any case; aliases warn, err, fatal."},
+            "ts": {"type": ["string", "null"], "description": "RFC 3339 (naive times are UTC); the server's time when absent; at most 24 hours ahead of the server's clock."},
+            "display_message": string_or_null(MAX_DISPLAY_MESSAGE_BYTES),
+            "actor": string_or_null(MAX_LABEL_BYTES),
+            "step_id": string_or_null(MAX_LABEL_BYTES),
+            "payload": {"type": ["object", "null"], "description": "Stored and returned, never rendered into the context."},
+        },
+    })
+}
+
 /// The component schemas: what bodies and answers hold.
 fn schemas() -> Value {
-    let string_or_null = |max: usize| json!({"type": ["string", "null"], "maxLength": max});
     let whole = json!({"type": "integer", "minimum": 0});
     let timestamp = json!({"type": "string", "description": "RFC 3339, UTC, microseconds."});
     let error_object = json!({
@@ -715,21 +782,7 @@ fn schemas() -> Value {
                 "cause": {"type": "string"},
             },
         },
-        "Event": {
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["kind", "message"],
-            "properties": {
-                "message": {"type": "string", "maxLength": DEFAULT_MAX_MESSAGE_BYTES, "description": "Kept verbatim; may be empty. At most 64 KiB (max_message_bytes)."},
-                "kind": {"type": "string", "pattern": format!("^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{}}}$", MAX_KIND_BYTES - 1), "description": "Lower-cased. Well-known kinds weigh more in the context."},
-                "severity": {"type": ["string", "null"], "pattern": severity_pattern(), "description": "debug, info (default), warning, error, critical; any case; aliases warn, err, fatal."},
-                "ts": {"type": ["string", "null"], "description": "RFC 3339 (naive times are UTC); the server's time when absent; at most 24 hours ahead of the server's clock."},
-                "display_message": string_or_null(MAX_DISPLAY_MESSAGE_BYTES),
-                "actor": string_or_null(MAX_LABEL_BYTES),
-                "step_id": string_or_null(MAX_LABEL_BYTES),
-                "payload": {"type": ["object", "null"], "description": "Stored and returned, never rendered into the context."},
-            },
-        },
+        "Event": event_schema(),
         "Record": {
             "type": "object",
             "required": ["seq", "message", "kind", "severity", "first_ts", "last_ts", "repeat_count", "revision"],
@@ -749,19 +802,7 @@ fn schemas() -> Value {
                 "note": {"type": "object"},
             },
         },
-        "ImportedRecord": {
-            "type": "object",
-            "description": "A record as GET .../events or `recap export` wrote it.",
-            "required": ["message", "kind", "first_ts", "last_ts"],
-            "properties": {
-                "message": {"type": "string", "maxLength": DEFAULT_MAX_MESSAGE_BYTES},
-                "kind": {"type": "string"},
-                "severity": {"type": ["string", "null"]},
-                "first_ts": {"type": "string"},
-                "last_ts": {"type": "string"},
-                "repeat_count": {"type": ["integer", "null"], "minimum": 1},
-            },
-        },
+        "ImportedRecord": imported_record(),
         "WriteReply": {
             "type": "object",
             "required": ["records", "revision"],
@@ -942,7 +983,7 @@ mod tests {
     fn every_query_parameter_is_described() {
         for route in ROUTES {
             for name in operation(route.endpoint).query {
-                let parameter = query_parameter(name);
+                let parameter = query_parameter(route.endpoint, name);
                 assert!(
                     !parameter["description"].as_str().unwrap().starts_with('`'),
                     "{name} of {} has no description",

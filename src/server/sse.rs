@@ -376,7 +376,7 @@ impl Feed {
             let (stream, after, limit) = (self.stream.clone(), self.last_sent, self.replay_limit);
             let changes = tokio::task::spawn_blocking(move || store.changes(&stream, after, limit))
                 .await
-                .map_err(|error| Stop::Store(StoreError::Storage(error.to_string())))?;
+                .map_err(|error| Stop::Store(StoreError::storage("", error)))?;
             let changes = match changes {
                 Ok(changes) => changes,
                 // A stream not created yet has no changes; its first ones will come live.
@@ -445,7 +445,7 @@ impl Feed {
                 };
                 let page = match tokio::task::spawn_blocking(move || store.records(&stream, &query))
                     .await
-                    .map_err(|error| Stop::Store(StoreError::Storage(error.to_string())))?
+                    .map_err(|error| Stop::Store(StoreError::storage("", error)))?
                 {
                     Ok(page) => page,
                     // Deleted meanwhile: nothing to show.

@@ -92,7 +92,12 @@ pub fn page(page: Page, keys: bool) -> Response<Body> {
     respond("text/html; charset=utf-8", Bytes::from(html))
 }
 
-/// An asset by file name, or 404.
+/// The names of the web view's assets.
+pub(crate) fn asset_names() -> impl Iterator<Item = &'static str> {
+    ASSETS.iter().map(|asset| asset.name)
+}
+
+/// `GET /ui/assets/{file}`: an asset by file name, or 404.
 pub fn asset(name: &str) -> Result<Response<Body>, ApiError> {
     let asset = ASSETS
         .iter()

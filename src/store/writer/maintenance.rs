@@ -53,14 +53,14 @@ pub(super) fn maintain_stream(
                 break;
             };
             let (record, _) = schema::decode_record(seq, stored.value())
-                .map_err(|error| StoreError::Storage(error.to_string()))?;
+                .map_err(|error| StoreError::storage("", error))?;
             if record.last_ts >= cutoff {
                 break;
             }
             through = seq;
         }
         if let Some(removed) = tables.records.remove((id, seq))? {
-            let damaged = |error: schema::DecodeError| StoreError::Storage(error.to_string());
+            let damaged = |error: schema::DecodeError| StoreError::storage("", error);
             let revision = schema::last_revision(removed.value()).map_err(damaged)?;
             max_revision = max_revision.max(revision);
             target.note_removed(schema::last_ts(removed.value()).map_err(damaged)?);
