@@ -277,13 +277,13 @@ mod tests {
             .unwrap();
         assert_eq!(key.name, "reader");
         assert_eq!(
-            keys.authenticate(&HeaderMap::new()).unwrap_err().status,
+            keys.authenticate(&HeaderMap::new()).unwrap_err().status(),
             401
         );
         assert_eq!(
             keys.authenticate(&headers("x-api-key", "nope"))
                 .unwrap_err()
-                .status,
+                .status(),
             401
         );
     }
@@ -326,14 +326,14 @@ mod tests {
             team_a
                 .authorize(Scope::Read, Some(&theirs))
                 .unwrap_err()
-                .status,
+                .status(),
             403
         );
         assert_eq!(
             team_a
                 .authorize(Scope::Admin, Some(&mine))
                 .unwrap_err()
-                .status,
+                .status(),
             403
         );
         let reader = keys
@@ -344,7 +344,7 @@ mod tests {
             reader
                 .authorize(Scope::Write, Some(&theirs))
                 .unwrap_err()
-                .status,
+                .status(),
             403
         );
     }

@@ -310,7 +310,7 @@ mod tests {
         let error = parse(array, Framing::Json).unwrap_err();
         assert_eq!(
             (error.code, error.index, error.field.as_deref()),
-            ("unknown_severity", Some(1), Some("severity"))
+            (ErrorCode::UnknownSeverity, Some(1), Some("severity"))
         );
         assert!(
             error.message.starts_with("event 1: field `severity`"),
@@ -323,7 +323,7 @@ mod tests {
         let error = parse(ndjson, Framing::Ndjson).unwrap_err();
         assert_eq!(
             (error.code, error.index, error.field.as_deref()),
-            ("invalid_field", Some(1), Some("message"))
+            (ErrorCode::InvalidField, Some(1), Some("message"))
         );
         assert!(
             error.message.starts_with("event 1 (line 3):"),
@@ -336,20 +336,23 @@ mod tests {
     fn syntax_utf8_and_empty_bodies() {
         assert_eq!(
             parse(r#"{"kind": "#, Framing::Json).unwrap_err().code,
-            "invalid_json"
+            ErrorCode::InvalidJson
         );
         assert_eq!(
             parse(r#"[{"kind": "tool"}"#, Framing::Json)
                 .unwrap_err()
                 .code,
-            "invalid_json"
+            ErrorCode::InvalidJson
         );
-        assert_eq!(parse("  ", Framing::Json).unwrap_err().code, "empty_body");
+        assert_eq!(
+            parse("  ", Framing::Json).unwrap_err().code,
+            ErrorCode::EmptyBody
+        );
         let bad_utf8 = parse_events(
             b"{\"kind\": \"tool\", \"message\": \"\xff\"}",
             Framing::Json,
             &EventLimits::default(),
         );
-        assert_eq!(bad_utf8.unwrap_err().code, "invalid_utf8");
+        assert_eq!(bad_utf8.unwrap_err().code, ErrorCode::InvalidUtf8);
     }
 }

@@ -904,8 +904,8 @@ fn schemas() -> Value {
             "required": ["title"],
             "properties": {
                 "title": {"type": "string", "minLength": 1},
-                "description": {"type": ["string", "null"]},
-                "created_by": {"type": ["string", "null"]},
+                "description": {"description": "Kept with the intent, as are any other fields."},
+                "created_by": {"type": ["string", "null"], "description": "The creating agent (default: X-Agent-ID, or the key's name)."},
             },
         },
         "Intent": {

@@ -389,7 +389,15 @@ pub async fn create_intent(
     fields.remove("message");
     let created_by = match fields.get("created_by") {
         Some(Value::String(by)) if !by.is_empty() => Some(by.clone()),
-        _ => agent_id(headers).or_else(|| key.map(|key| key.name.clone())),
+        None | Some(Value::Null | Value::String(_)) => {
+            agent_id(headers).or_else(|| key.map(|key| key.name.clone()))
+        }
+        Some(_) => {
+            return Err(ApiError::from(EventError::Json {
+                field: Some("created_by".into()),
+                detail: "created_by must be a string (the creating agent's id) or null".into(),
+            }));
+        }
     };
     if let Some(by) = &created_by {
         fields.insert("created_by".into(), Value::String(by.clone()));

@@ -128,7 +128,7 @@ mod tests {
     fn refuses_unknown_parameters_by_name() {
         let error = Query::parse(Some("budjet=10"), &["budget"]).unwrap_err();
         assert_eq!(error.field.as_deref(), Some("budjet"));
-        assert_eq!(error.code, "invalid_parameter");
+        assert_eq!(error.code, super::super::wire::ErrorCode::InvalidParameter);
     }
 
     #[test]

@@ -170,7 +170,7 @@ mod tests {
                 assert!(asset(&name).is_ok(), "{name} is referenced but not served");
             }
         }
-        assert_eq!(asset("nope.js").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(asset("nope.js").unwrap_err().status(), StatusCode::NOT_FOUND);
     }
 
     #[test]
