@@ -311,10 +311,10 @@ pub fn gap_frame(stream: &StreamName, after: u64, next: u64, now: Timestamp) -> 
 }
 
 /// The frame that tells an OpenIntent subscriber that revision `after`, where it stands, is not
-/// one of the intent's stream as it is now (the stream was deleted, and maybe created again:
-/// revisions start over at 1): a `comment` event saying so, before the events from the start.
-/// Its `id: 0` makes a client that reconnects after it resume from the start too.
-pub fn reset_frame(stream: &StreamName, after: u64, now: Timestamp) -> Bytes {
+/// one of the intent's stream as it is now (`message` says why): a `comment` event saying so,
+/// before the events from the start. Its `id: 0` makes a client that reconnects after it
+/// resume from the start too.
+pub fn reset_frame(stream: &StreamName, after: u64, message: &str, now: Timestamp) -> Bytes {
     let event = json!({
         "id": format!("{stream}:reset:{after}"),
         "intent_id": stream.as_str(),
@@ -323,7 +323,7 @@ pub fn reset_frame(stream: &StreamName, after: u64, now: Timestamp) -> Bytes {
         "payload": {
             "kind": "status",
             "severity": "warning",
-            "message": format!("revision {after} is not one of this intent's revisions (its stream was deleted, and maybe created again, since); its events start over from the beginning"),
+            "message": message,
             "after": after,
             "reset": true,
         },
@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(frame.matches('\n').count(), 4, "one data line: {frame}");
         let gap = String::from_utf8(gap_frame(&stream, 3, 7, ts).to_vec()).unwrap();
         assert!(gap.starts_with("event: comment\ndata: {"), "{gap}");
-        let reset = String::from_utf8(reset_frame(&stream, 6, ts).to_vec()).unwrap();
+        let reset = String::from_utf8(reset_frame(&stream, 6, "why", ts).to_vec()).unwrap();
         assert!(
             reset.starts_with("id: 0\nevent: comment\ndata: {"),
             "{reset}"

@@ -156,7 +156,7 @@ pub fn open(
     };
     let after = resume.unwrap_or(revision);
     // Beyond the stream's revision: a revision of a deleted stream (or of another one).
-    let stale_resume = (after > revision).then_some(after);
+    let stale_resume = (after > revision).then_some((after, Reset::PastLatest { latest: revision }));
     let (sender, receiver) = mpsc::channel(BUFFER_FRAMES);
     let feed = Feed {
         app: Arc::clone(app),
@@ -180,6 +180,35 @@ pub fn open(
     // Tells nginx-style proxies not to buffer the feed.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// Why a feed starts its client over from the stream's first change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reset {
+    /// The resume point the client named is past the stream's latest revision: nothing says
+    /// the stream was deleted (the point may be from another stream, or a typo).
+    PastLatest {
+        /// The stream's revision when the feed opened.
+        latest: u64,
+    },
+    /// The stream the feed followed was deleted (and maybe created again: revisions start
+    /// over at 1).
+    Deleted,
+}
+
+impl Reset {
+    /// What happened to the resume point `after`, for the reset frame's message; `what` is
+    /// "stream" or "intent".
+    fn explain(self, after: u64, what: &str) -> String {
+        match self {
+            Reset::PastLatest { latest } => format!(
+                "revision {after} is past this {what}'s latest revision ({latest}): it is not a revision of this {what} as it is now (one of a {what} of this name deleted since, or of another {what})"
+            ),
+            Reset::Deleted => format!(
+                "revision {after} is not one of this {what}'s revisions any more: the {what} was deleted, and maybe created again, since (revisions start over at 1)"
+            ),
+        }
+    }
 }
 
 /// Why a feed stopped.
@@ -225,7 +254,7 @@ struct Feed {
     incarnation: Incarnation,
     last_sent: u64,
     /// The client's resume point, when it is beyond the stream's revision (a reset is due).
-    stale_resume: Option<u64>,
+    stale_resume: Option<(u64, Reset)>,
     /// Changes the next catch-up step asks for.
     replay_limit: usize,
     outbox: Outbox,
@@ -275,8 +304,8 @@ impl Feed {
             return Ok(());
         }
         self.send(Bytes::from_static(b": subscribed\n\n")).await?;
-        if let Some(resume) = self.stale_resume.take() {
-            self.send_reset(resume).await?;
+        if let Some((resume, why)) = self.stale_resume.take() {
+            self.send_reset(resume, why).await?;
         }
         self.catch_up().await?;
         let keepalive = self.app.options.sse_keepalive;
@@ -338,7 +367,7 @@ impl Feed {
     /// start over. A client that holds one of the old stream's revisions is told so.
     async fn restart(&mut self, next: Incarnation) -> Result<(), Stop> {
         if self.last_sent > 0 {
-            self.send_reset(self.last_sent).await?;
+            self.send_reset(self.last_sent, Reset::Deleted).await?;
         }
         self.incarnation = next;
         self.last_sent = 0;
@@ -487,20 +516,26 @@ impl Feed {
     }
 
     /// Tells the client that revision `after`, where it stands, is not one of the stream as it
-    /// is now: it was deleted (and maybe created again) since. `id: 0` moves the client's
-    /// resume point to the start, which is where the feed goes on from.
-    async fn send_reset(&mut self, after: u64) -> Result<(), Stop> {
+    /// is now, and `why`. `id: 0` moves the client's resume point to the start, which is where
+    /// the feed goes on from.
+    async fn send_reset(&mut self, after: u64, why: Reset) -> Result<(), Stop> {
         let bytes = match self.dialect {
             Dialect::Recap => {
                 let data = serde_json::json!({
                     "after": after,
                     "next": 1,
                     "reset": true,
-                    "message": format!("revision {after} is not one of this stream's revisions (the stream was deleted, and maybe created again, since: revisions start over at 1); the feed starts over from the stream's first change"),
+                    "message": format!("{}; the feed starts over from the stream's first change", why.explain(after, "stream")),
                 });
                 Bytes::from(format!("id: 0\nevent: gap\ndata: {data}\n\n"))
             }
-            Dialect::OpenIntent => openintent::reset_frame(&self.stream, after, chrono::Utc::now()),
+            Dialect::OpenIntent => {
+                let message = format!(
+                    "{}; its events start over from the beginning",
+                    why.explain(after, "intent")
+                );
+                openintent::reset_frame(&self.stream, after, &message, chrono::Utc::now())
+            }
         };
         self.send(bytes).await
     }
