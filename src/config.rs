@@ -36,10 +36,10 @@ use serde::Deserialize;
 use crate::collapse::{CollapseMode, CollapsePolicy};
 use crate::event::{DEFAULT_MAX_MESSAGE_BYTES, EventLimits};
 use crate::logging::LogFormat;
-use crate::server::{DEFAULT_DRAIN_TIMEOUT, ServerOptions, Startup};
 use crate::server::auth::{Keys, KeysError};
-use crate::server::body::DEFAULT_MAX_BODY_BYTES;
-use crate::server::sse::DEFAULT_KEEPALIVE;
+use crate::server::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY_BYTES, ServerOptions, Startup,
+};
 use crate::store::{DEFAULT_DATA_DIR, NoteLimits, StoreOptions};
 use crate::stream::TailCapacity;
 

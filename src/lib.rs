@@ -24,6 +24,10 @@
 //! - [`client`]: the CLI's client commands (post, context, tail, import, export) over HTTP.
 //! - [`budgets`]: `recap bench budgets`: replays traces over a budget matrix against baselines.
 
+// Items no one outside the library can reach are `pub(crate)`, not `pub` (the integration
+// tests, benches and the binary use the library from outside, so what they use stays `pub`).
+#![warn(unreachable_pub)]
+
 pub mod budgets;
 pub mod client;
 pub mod collapse;
@@ -40,8 +44,10 @@ pub mod payload;
 pub mod rank;
 pub mod render;
 pub mod server;
-pub mod store;
 pub mod stream;
+// The store's internals are being reworked (checksums); they keep `pub` for now.
+#[allow(unreachable_pub)]
+pub mod store;
 pub mod tokens;
 pub mod trace;
 

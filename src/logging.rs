@@ -31,7 +31,9 @@ impl FromStr for LogFormat {
         match value.trim().to_ascii_lowercase().as_str() {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            _ => Err(format!("log format {value:?} is not known; use text or json")),
+            _ => Err(format!(
+                "log format {value:?} is not known; use text or json"
+            )),
         }
     }
 }
@@ -92,13 +94,21 @@ mod tests {
         // The filter it makes logs the request target at debug and the rest at info.
         let filter = EnvFilter::try_new(filter_directives(Some("recap::request=debug"))).unwrap();
         let text = filter.to_string();
-        assert!(text.contains("recap::request=debug") && text.contains("info"), "{text}");
+        assert!(
+            text.contains("recap::request=debug") && text.contains("info"),
+            "{text}"
+        );
     }
 
     #[test]
     fn formats_parse_in_any_case_and_say_what_is_known() {
         assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
         assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
-        assert!("yaml".parse::<LogFormat>().unwrap_err().contains("text or json"));
+        assert!(
+            "yaml"
+                .parse::<LogFormat>()
+                .unwrap_err()
+                .contains("text or json")
+        );
     }
 }

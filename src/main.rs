@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use recap::budgets::{self, BudgetsArgs};
 use recap::client::{self, Client, commands, export, import, tail};
 use recap::config::{Config, Overrides};
-use recap::logging::LogFormat;
 use recap::event::{Event, Kind, Severity, StreamName};
+use recap::logging::LogFormat;
 
 /// mimalloc instead of the system allocator: ingest allocates and frees small records across
 /// many threads, where glibc's malloc spent a third of the writer's time.

@@ -94,8 +94,8 @@ impl ApiKey {
     pub fn authorize(&self, scope: Scope, stream: Option<&StreamName>) -> Result<(), ApiError> {
         if !self.allows(scope) {
             return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            format!(
+                ErrorCode::Forbidden,
+                format!(
                     "key {:?} lacks the {} scope this request needs",
                     self.name,
                     scope.as_str()
@@ -106,8 +106,8 @@ impl ApiKey {
             && !self.covers(stream)
         {
             return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            format!(
+                ErrorCode::Forbidden,
+                format!(
                     "key {:?} is confined to streams starting with {:?}",
                     self.name, self.prefix
                 ),
@@ -225,8 +225,8 @@ impl Keys {
         }
         found.ok_or_else(|| {
             ApiError::new(
-            ErrorCode::Unauthorized,
-            "the API key is not valid; check the key you were given",
+                ErrorCode::Unauthorized,
+                "the API key is not valid; check the key you were given",
             )
         })
     }

@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// How a request body of events is framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
+pub(super) enum Framing {
     /// One JSON value: an object or an array of objects.
     Json,
     /// One JSON object per line (`application/x-ndjson`).
@@ -32,7 +32,7 @@ pub enum Framing {
 
 /// Reads the content type. A missing one is taken as JSON (scripts often leave it out); anything
 /// but JSON or NDJSON is a 415 that says what to send.
-pub fn framing(headers: &HeaderMap, ndjson_allowed: bool) -> Result<Framing, ApiError> {
+pub(super) fn framing(headers: &HeaderMap, ndjson_allowed: bool) -> Result<Framing, ApiError> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Ok(Framing::Json);
     };
@@ -79,7 +79,7 @@ pub const BODIES_IN_FLIGHT: usize = 8;
 
 /// The bodies being read or decoded now, counted in KiB against a fixed allowance.
 #[derive(Debug)]
-pub struct BodyGate {
+pub(super) struct BodyGate {
     kib: Arc<Semaphore>,
     /// A body may take at most this many KiB (the whole allowance: a lone body always fits).
     max_share: u32,
@@ -87,7 +87,7 @@ pub struct BodyGate {
 
 impl BodyGate {
     /// Room for [`BODIES_IN_FLIGHT`] bodies of `max_body_bytes`.
-    pub fn new(max_body_bytes: usize) -> BodyGate {
+    pub(super) fn new(max_body_bytes: usize) -> BodyGate {
         let kib = (max_body_bytes.div_ceil(1024).max(1) * BODIES_IN_FLIGHT)
             .min(Semaphore::MAX_PERMITS) as u32;
         BodyGate {
@@ -100,7 +100,7 @@ impl BodyGate {
 impl BodyGate {
     /// Waits until `deadline` for room for a body of `length` bytes; a 503 with `Retry-After`
     /// when there is none by then.
-    pub async fn admit(
+    pub(super) async fn admit(
         &self,
         length: usize,
         deadline: tokio::time::Instant,
@@ -122,7 +122,7 @@ impl BodyGate {
 /// A body that was read whole, and its share of the [`BodyGate`], given back when dropped:
 /// keep it until what was decoded from the body is done with.
 #[derive(Debug)]
-pub struct Admitted {
+pub(super) struct Admitted {
     /// The body.
     pub bytes: Bytes,
     share: OwnedSemaphorePermit,
@@ -130,7 +130,7 @@ pub struct Admitted {
 
 impl Admitted {
     /// The share of the gate, for a caller that keeps it past the bytes.
-    pub fn into_share(self) -> OwnedSemaphorePermit {
+    pub(super) fn into_share(self) -> OwnedSemaphorePermit {
         self.share
     }
 }
@@ -139,7 +139,7 @@ impl Admitted {
 /// declared `Content-Length` over the cap is refused before a byte is read, and a chunked body
 /// is cut off at the cap. The body first waits for its share of `gate` (its declared length, or
 /// the cap when it declares none), within the same time limit as the read.
-pub async fn read_capped(
+pub(super) async fn read_capped(
     body: Incoming,
     headers: &HeaderMap,
     options: &ServerOptions,
@@ -182,7 +182,7 @@ pub async fn read_capped(
 /// request body was left unread, and the client's next request on it would fail. A body over
 /// the cap, or one that does not arrive within a second, is left (the connection
 /// closes then).
-pub async fn discard(body: Incoming, headers: &HeaderMap, options: &ServerOptions) {
+pub(super) async fn discard(body: Incoming, headers: &HeaderMap, options: &ServerOptions) {
     let cap = options.max_body_bytes;
     let declared = declared_length(headers);
     if declared.is_some_and(|length| length > cap as u64) {
@@ -213,7 +213,7 @@ fn too_large(cap: usize) -> ApiError {
 
 /// Reads a JSON body (one object, no NDJSON): checks the content type, then reads it within the
 /// options' size cap and time limit.
-pub async fn read_json(
+pub(super) async fn read_json(
     body: Incoming,
     headers: &HeaderMap,
     options: &ServerOptions,
@@ -224,7 +224,7 @@ pub async fn read_json(
 }
 
 /// The body as UTF-8 text, or a 400 saying where the bad byte is.
-pub fn utf8(bytes: &[u8]) -> Result<&str, ApiError> {
+pub(super) fn utf8(bytes: &[u8]) -> Result<&str, ApiError> {
     std::str::from_utf8(bytes).map_err(|error| {
         ApiError::new(
             ErrorCode::InvalidUtf8,
@@ -240,18 +240,21 @@ pub fn utf8(bytes: &[u8]) -> Result<&str, ApiError> {
 /// what is wrong the way event errors do: `invalid_json` for syntax, `unknown_field`,
 /// `duplicate_field`, `missing_field` and `invalid_field` naming the field. `shape` is appended
 /// to every message as an example of what to send.
-pub fn decode_object<T: serde::de::DeserializeOwned>(
+pub(super) fn decode_object<T: serde::de::DeserializeOwned>(
     text: &str,
     shape: &str,
 ) -> Result<T, ApiError> {
-    let bad = |code, message: String| {
-        ApiError::new(code, format!("{message}; send {shape}"))
-    };
+    let bad = |code, message: String| ApiError::new(code, format!("{message}; send {shape}"));
     // serde's derive would also take a positional array; these bodies are always objects.
     match text.trim_start().chars().next() {
         Some('{') => {}
         None => return Err(bad(ErrorCode::InvalidJson, "the body is empty".into())),
-        Some(_) => return Err(bad(ErrorCode::InvalidJson, "the body must be a JSON object".into())),
+        Some(_) => {
+            return Err(bad(
+                ErrorCode::InvalidJson,
+                "the body must be a JSON object".into(),
+            ));
+        }
     }
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let decoded = serde_path_to_error::deserialize(&mut deserializer)

@@ -37,7 +37,7 @@ pub(crate) const HISTORY_PARAMS: &[&str] = &[
 ];
 
 /// `POST /v1/streams/{s}/events`: one event, a JSON array, or NDJSON.
-pub async fn post(
+pub(super) async fn post(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
@@ -52,7 +52,7 @@ pub async fn post(
 }
 
 /// Appends parsed events, counted in the metrics; returns where each landed once durable.
-pub async fn append(
+pub(super) async fn append(
     app: &App,
     stream: &StreamName,
     events: Vec<Event>,
@@ -77,7 +77,7 @@ pub async fn append(
 
 /// `POST /v1/streams/{s}/records`: exported records (JSON array or NDJSON), imported as they
 /// are, all or nothing.
-pub async fn import(
+pub(super) async fn import(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
@@ -102,7 +102,7 @@ pub async fn import(
 }
 
 /// `GET /v1/streams/{s}/events`: a page of history with a `next` cursor.
-pub async fn history(
+pub(super) async fn history(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
@@ -116,7 +116,7 @@ pub async fn history(
 }
 
 /// The page of history the query parameters of `GET .../events` ask for.
-pub async fn page(
+pub(super) async fn page(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
@@ -145,7 +145,7 @@ pub async fn page(
 }
 
 /// Parses a body of events, all or nothing.
-pub fn parse_events(
+pub(super) fn parse_events(
     bytes: &[u8],
     framing: Framing,
     limits: &EventLimits,
@@ -159,7 +159,7 @@ pub fn parse_events(
 }
 
 /// Parses a body of exported records, all or nothing.
-pub fn parse_records(
+pub(super) fn parse_records(
     bytes: &[u8],
     framing: Framing,
     limits: &EventLimits,
@@ -234,8 +234,8 @@ fn json_array(text: &str) -> Result<Vec<&RawValue>, ApiError> {
 
 fn empty_body() -> ApiError {
     ApiError::new(
-            ErrorCode::EmptyBody,
-            "the body is empty; send an event object, a JSON array of events, or NDJSON",
+        ErrorCode::EmptyBody,
+        "the body is empty; send an event object, a JSON array of events, or NDJSON",
     )
 }
 

@@ -44,7 +44,7 @@ const COMMIT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05
 
 /// The server's metrics.
 #[derive(Debug)]
-pub struct Metrics {
+pub(super) struct Metrics {
     /// Per route (the last row is unmatched paths), per status slot (the last slot is `other`).
     requests: Vec<[AtomicU64; STATUSES.len() + 1]>,
     /// 405s per path template, per refused method (the last slot is `other`).
@@ -104,34 +104,34 @@ impl Metrics {
     }
 
     /// Requests being handled now (including the one asking).
-    pub fn requests_in_flight(&self) -> i64 {
+    pub(super) fn requests_in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts accepted events and how many of them collapsed into an earlier record.
-    pub fn count_ingest(&self, events: u64, collapsed: u64) {
+    pub(super) fn count_ingest(&self, events: u64, collapsed: u64) {
         self.ingest_events.fetch_add(events, Ordering::Relaxed);
         self.collapsed_repeats
             .fetch_add(collapsed, Ordering::Relaxed);
     }
 
     /// An SSE subscriber connected (`+1`) or left (`-1`).
-    pub fn sse_subscribers(&self, delta: i64) {
+    pub(super) fn sse_subscribers(&self, delta: i64) {
         self.sse_subscribers.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// Counts an SSE subscriber cut off for not reading.
-    pub fn count_sse_cut_off(&self) {
+    pub(super) fn count_sse_cut_off(&self) {
         self.sse_cut_off.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records how long a context request took.
-    pub fn observe_context(&self, took: Duration) {
+    pub(super) fn observe_context(&self, took: Duration) {
         self.context.observe(took);
     }
 
     /// Awaits a write's durable commit, recording how long it waited when it succeeds.
-    pub async fn commit<T, E>(
+    pub(super) async fn commit<T, E>(
         &self,
         pending: impl IntoFuture<Output = Result<T, E>>,
     ) -> Result<T, E> {
@@ -142,7 +142,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the store's counters and cache.
-    pub fn render(&self, store: &Store) -> String {
+    pub(super) fn render(&self, store: &Store) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let _ = writeln!(
             out,
@@ -394,7 +394,10 @@ mod tests {
         assert!(text.contains("recap_http_requests_total{method=\"PUT\",route=\"/v1/streams/{s}/events\",status=\"405\"} 1\n"), "{text}");
         assert!(text.contains("recap_http_requests_in_flight 0\n"), "{text}");
         assert!(
-            text.contains(&format!("recap_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))),
+            text.contains(&format!(
+                "recap_build_info{{version=\"{}\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            )),
             "{text}"
         );
         assert!(text.contains("recap_store_file_bytes "), "{text}");

@@ -3,33 +3,38 @@
 //! The split follows static-web-server and mini-redis: [`serve`] opens the store and binds;
 //! [`run`] takes a bound listener and a shutdown future (so tests drive a real server on port
 //! 0) and owns the accept loop; each connection is served by hyper's HTTP/1 with one service
-//! function that logs, counts and hands the request to [`routes`], the table of handlers.
+//! function that logs, counts and hands the request to `routes`, the route table.
 //!
 //! Shutdown: when the shutdown future resolves, the listener is dropped (no new connections),
 //! SSE feeds are told to end, in-flight requests finish (hyper-util's graceful shutdown, bounded
 //! by a drain timeout), and then the store commits what is queued and closes.
 //!
-//! Modules, one job each: [`routes`] (the route table), [`wire`] (response shapes and the one
-//! error-to-status mapping), [`body`] (body type, capped reads, content types), [`query`] (query
-//! strings), [`events`], [`context`], [`notes`], [`streams`] (handlers), [`sse`]
-//! (subscriptions), [`mcp`] (the MCP tools over Streamable HTTP), [`openintent`] (the OpenIntent-compatible routes), [`auth`] (API keys),
-//! [`metrics`] (Prometheus text).
+//! Modules, one job each: `routes` (the route table: every route's method, path, scope and
+//! summary, from which matching, `Allow`, metrics labels and the API description come),
+//! [`wire`] (the response body, response shapes, the error codes and the one error-to-status
+//! mapping), `body` (capped reads of request bodies, content types), `query` (query strings),
+//! `events`, `context`, `notes`, `streams` (handlers), `sse` (subscriptions), `mcp` (the MCP
+//! tools over Streamable HTTP), `openintent` (the OpenIntent-compatible routes), `openapi`
+//! (`GET /openapi.json`), [`auth`] (API keys), `metrics` (Prometheus text).
 
 pub mod auth;
-pub mod body;
-pub mod context;
-pub mod events;
-pub mod mcp;
-pub mod metrics;
-pub mod notes;
-pub mod openapi;
-pub mod openintent;
-pub mod query;
-pub mod routes;
-pub mod sse;
-pub mod streams;
-pub mod ui;
+mod body;
+mod context;
+mod events;
+mod mcp;
+mod metrics;
+mod notes;
+mod openapi;
+mod openintent;
+mod query;
+mod routes;
+mod sse;
+mod streams;
+mod ui;
 pub mod wire;
+
+pub use body::{BODIES_IN_FLIGHT, BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES};
+pub use sse::DEFAULT_KEEPALIVE;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -52,8 +57,8 @@ use crate::event::EventLimits;
 use crate::store::{Store, StoreError, StoreOptions};
 
 use self::auth::Keys;
-use self::wire::Body;
 use self::metrics::Metrics;
+use self::wire::Body;
 
 /// How long shutdown waits for in-flight requests before closing the store anyway.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,7 +159,10 @@ pub struct Startup {
 }
 
 /// Opens the store, binds `startup.addr` and serves until `shutdown` resolves.
-pub async fn serve(startup: Startup, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn serve(
+    startup: Startup,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let Startup {
         addr,
         data_dir,
@@ -164,7 +172,9 @@ pub async fn serve(startup: Startup, shutdown: impl Future<Output = ()>) -> Resu
     let dir = data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(dir, store_options))
         .await
-        .map_err(|error| ServerError::StoreFailed(format!("opening the store panicked: {error}")))??;
+        .map_err(|error| {
+            ServerError::StoreFailed(format!("opening the store panicked: {error}"))
+        })??;
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(source) => {
@@ -264,7 +274,9 @@ pub async fn run(
         // Closing a failed store fails too; the failure is what to report.
         return Err(ServerError::StoreFailed(cause));
     }
-    closed.map_err(|error| ServerError::StoreFailed(format!("closing the store panicked: {error}")))??;
+    closed.map_err(|error| {
+        ServerError::StoreFailed(format!("closing the store panicked: {error}"))
+    })??;
     tracing::info!("store closed; bye");
     Ok(())
 }

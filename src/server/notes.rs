@@ -36,12 +36,12 @@ pub(crate) const LIST_PARAMS: &[&str] = &["after", "limit"];
 
 /// Notes per page when a request names no `limit`: the default `max_notes_per_stream`, so a
 /// stream under the default cap lists in one page.
-pub const DEFAULT_NOTES_PAGE: usize = crate::store::DEFAULT_MAX_NOTES;
+pub(super) const DEFAULT_NOTES_PAGE: usize = crate::store::DEFAULT_MAX_NOTES;
 /// Most notes per page.
-pub const MAX_NOTES_PAGE: usize = 1_000;
+pub(super) const MAX_NOTES_PAGE: usize = 1_000;
 
 /// `POST /v1/streams/{s}/notes`: 201 with the note once durable.
-pub async fn post(
+pub(super) async fn post(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
@@ -57,7 +57,7 @@ pub async fn post(
 }
 
 /// Adds the note a JSON body (`{"text", "expires_at"}`) describes; returns it once durable.
-pub async fn add(app: &App, stream: &StreamName, body: &str) -> Result<Note, ApiError> {
+pub(super) async fn add(app: &App, stream: &StreamName, body: &str) -> Result<Note, ApiError> {
     let input = parse(body, app.options.limits.max_message_bytes)?;
     let now = Utc::now();
     let expires_at = input
@@ -89,7 +89,7 @@ pub async fn add(app: &App, stream: &StreamName, body: &str) -> Result<Note, Api
 
 /// `GET /v1/streams/{s}/notes`: the live notes, oldest first, `limit` (default 1,000) after the
 /// note id `after`.
-pub fn list(
+pub(super) fn list(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
@@ -126,7 +126,11 @@ pub fn list(
 }
 
 /// `DELETE /v1/streams/{s}/notes/{id}`: 204, or 404 if there is no such note.
-pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn delete(
+    app: &App,
+    stream: StreamName,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
     remove(app, &stream, id).await?;
     let mut response = wire::empty(StatusCode::NO_CONTENT);
     wire::set_number(&mut response, REVISION_HEADER, app.store.revision(&stream));
@@ -134,7 +138,7 @@ pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<
 }
 
 /// Deletes note `id` (as given in the path), or says it does not exist.
-pub async fn remove(app: &App, stream: &StreamName, id: &str) -> Result<(), ApiError> {
+pub(super) async fn remove(app: &App, stream: &StreamName, id: &str) -> Result<(), ApiError> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::new(
             ErrorCode::UnknownNote,

@@ -47,12 +47,10 @@ pub(crate) fn response() -> Response<Body> {
 }
 
 /// The OpenAPI document.
-pub fn document() -> Value {
+pub(super) fn document() -> Value {
     let mut paths = Map::new();
     for route in ROUTES {
-        let entry = paths
-            .entry(route.path)
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(route.path).or_insert_with(|| json!({}));
         entry[route.method.as_str().to_ascii_lowercase()] = operation_of(route);
     }
     json!({
@@ -226,10 +224,7 @@ fn operation(endpoint: Endpoint) -> Operation {
             Some(json_body(schema_ref("NoteInput"))),
             (
                 201,
-                with_revision(json_response(
-                    "The note, once durable.",
-                    schema_ref("Note"),
-                )),
+                with_revision(json_response("The note, once durable.", schema_ref("Note"))),
             ),
             &[409, 507],
         ),
@@ -261,10 +256,7 @@ fn operation(endpoint: Endpoint) -> Operation {
             "openintent",
             NONE,
             Some(json_body(schema_ref("IntentInput"))),
-            (
-                201,
-                json_response("The intent.", schema_ref("Intent")),
-            ),
+            (201, json_response("The intent.", schema_ref("Intent"))),
             &[507],
         ),
         Endpoint::GetIntent => op(
@@ -334,7 +326,9 @@ fn operation(endpoint: Endpoint) -> Operation {
         Endpoint::McpPost => op(
             "mcp",
             NONE,
-            Some(json_body(json!({"type": "object", "description": "A JSON-RPC 2.0 message of the Model Context Protocol."}))),
+            Some(json_body(
+                json!({"type": "object", "description": "A JSON-RPC 2.0 message of the Model Context Protocol."}),
+            )),
             (
                 200,
                 json!({
@@ -541,7 +535,8 @@ fn events_body(item: Value) -> Value {
 }
 
 fn context_response() -> Value {
-    let header = |description: &str, schema: Value| json!({"description": description, "schema": schema});
+    let header =
+        |description: &str, schema: Value| json!({"description": description, "schema": schema});
     json!({
         "description": "The window: text (`format=text`, the default) or JSON with the budget receipt (`format=json`).",
         "headers": {
@@ -606,7 +601,8 @@ fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
             json!({"type": "string", "enum": ["cl100k_base", "o200k_base"]}),
         ),
         "model" => (
-            "A model name, mapped to its encoding as tiktoken maps it (not with `encoding`).".into(),
+            "A model name, mapped to its encoding as tiktoken maps it (not with `encoding`)."
+                .into(),
             json!({"type": "string"}),
         ),
         "format" => (
@@ -622,7 +618,14 @@ fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
             json!({"type": "string"}),
         ),
         "since" | "until" => (
-            format!("Only records active {} this time (RFC 3339; naive times are UTC).", if name == "since" { "at or after" } else { "before" }),
+            format!(
+                "Only records active {} this time (RFC 3339; naive times are UTC).",
+                if name == "since" {
+                    "at or after"
+                } else {
+                    "before"
+                }
+            ),
             json!({"type": "string"}),
         ),
         "weights" => (
@@ -634,7 +637,9 @@ fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
             whole(1),
         ),
         "goals" => (
-            format!("How many of the stream's opening task/user records to keep (0 to {MAX_GOALS})."),
+            format!(
+                "How many of the stream's opening task/user records to keep (0 to {MAX_GOALS})."
+            ),
             json!({"type": "integer", "minimum": 0, "maximum": MAX_GOALS}),
         ),
         "after" if endpoint == Endpoint::ListStreams => (
@@ -646,7 +651,8 @@ fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
                 "A cursor: {} (the previous page's `next`).",
                 match endpoint {
                     Endpoint::GetNotes => "the page after this note id",
-                    Endpoint::GetEvents if name == "before" => "records before this seq (a backward page)",
+                    Endpoint::GetEvents if name == "before" =>
+                        "records before this seq (a backward page)",
                     Endpoint::GetEvents => "records after this seq",
                     _ => "the changes after this revision",
                 }
@@ -654,7 +660,10 @@ fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
             whole(0),
         ),
         "limit" if endpoint == Endpoint::GetNotes => (
-            format!("Most notes in the page (default {}).", notes::DEFAULT_NOTES_PAGE),
+            format!(
+                "Most notes in the page (default {}).",
+                notes::DEFAULT_NOTES_PAGE
+            ),
             json!({"type": "integer", "minimum": 1, "maximum": notes::MAX_NOTES_PAGE}),
         ),
         "limit" => (
@@ -662,7 +671,10 @@ fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
             whole(1),
         ),
         "offset" => ("Matches to skip.".into(), whole(0)),
-        "prefix" => ("Only streams whose names start with this.".into(), json!({"type": "string"})),
+        "prefix" => (
+            "Only streams whose names start with this.".into(),
+            json!({"type": "string"}),
+        ),
         "event_type" => (
             "Only events of this OpenIntent event type.".into(),
             json!({"type": "string"}),
@@ -705,8 +717,10 @@ fn imported_record() -> Value {
     let mut record = event_schema();
     let properties = &mut record["properties"];
     properties["first_ts"] = json!({"type": "string", "description": "RFC 3339."});
-    properties["last_ts"] = json!({"type": "string", "description": "RFC 3339, not before first_ts."});
-    properties["repeat_count"] = json!({"type": "integer", "minimum": 1, "maximum": MAX_EVENT_COUNT});
+    properties["last_ts"] =
+        json!({"type": "string", "description": "RFC 3339, not before first_ts."});
+    properties["repeat_count"] =
+        json!({"type": "integer", "minimum": 1, "maximum": MAX_EVENT_COUNT});
     properties["seq"] = json!({"description": "Ignored."});
     properties["revision"] = json!({"description": "Ignored."});
     properties["note"] = json!({
@@ -950,7 +964,8 @@ mod tests {
     fn every_route_is_an_operation_with_its_scope() {
         let document = document();
         for route in ROUTES {
-            let operation = &document["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+            let operation =
+                &document["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
             assert!(operation.is_object(), "{route:?}");
             let scope = operation.get("x-recap-scope").and_then(Value::as_str);
             let expected = match route.access {
@@ -996,10 +1011,20 @@ mod tests {
     #[test]
     fn the_severity_pattern_takes_what_the_server_takes() {
         let pattern = severity_pattern();
-        for word in ["debug", "INFO", "Warn", "warning", "err", "ERROR", "fatal", "Critical"] {
+        for word in [
+            "debug", "INFO", "Warn", "warning", "err", "ERROR", "fatal", "Critical",
+        ] {
             assert!(word.parse::<crate::event::Severity>().is_ok(), "{word}");
             let lower = word.to_ascii_lowercase();
-            assert!(pattern.contains(&lower.chars().map(|c| format!("[{}{}]", c, c.to_ascii_uppercase())).collect::<String>()), "{word}");
+            assert!(
+                pattern.contains(
+                    &lower
+                        .chars()
+                        .map(|c| format!("[{}{}]", c, c.to_ascii_uppercase()))
+                        .collect::<String>()
+                ),
+                "{word}"
+            );
         }
     }
 }

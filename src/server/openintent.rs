@@ -43,16 +43,16 @@ use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
 pub(crate) const LIST_PARAMS: &[&str] = &["event_type", "since", "limit", "offset"];
 
 /// `limit` when the client gives none: the client's own default.
-pub const DEFAULT_EVENTS_LIMIT: usize = 100;
+pub(super) const DEFAULT_EVENTS_LIMIT: usize = 100;
 /// Records one `GET .../events` with an `event_type` filter looks through at most (newest
 /// first), so a type that matches nothing does not walk a whole long stream.
-pub const MAX_FILTER_SCAN: usize = MAX_SCAN_RECORDS;
+pub(super) const MAX_FILTER_SCAN: usize = MAX_SCAN_RECORDS;
 /// Attempts at a fresh intent id before giving up (a collision of 122 random bits is not
 /// expected even once).
 const ID_ATTEMPTS: usize = 8;
 
 /// The 400 for an intent id that is not a stream name.
-pub fn invalid_intent_id(id: &str) -> ApiError {
+pub(super) fn invalid_intent_id(id: &str) -> ApiError {
     ApiError::new(
             ErrorCode::InvalidIntentId,
             format!(
@@ -80,14 +80,14 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         Some(b'{') => {}
         None => {
             return Err(ApiError::new(
-            ErrorCode::EmptyBody,
-            "the body is empty; send a JSON object",
+                ErrorCode::EmptyBody,
+                "the body is empty; send a JSON object",
             ));
         }
         Some(_) => {
             return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            "the body must be a JSON object",
+                ErrorCode::InvalidJson,
+                "the body must be a JSON object",
             ));
         }
     }
@@ -123,7 +123,7 @@ fn agent_id(headers: &HeaderMap) -> Option<String> {
 ///
 /// `actor` falls back to `X-Agent-ID`. An event identical to the stream's latest record within
 /// the collapse window collapses into it: the answer is that record, with its `repeat_count`.
-pub async fn post_event(
+pub(super) async fn post_event(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
@@ -170,7 +170,7 @@ pub async fn post_event(
 /// - `limit`: 1 to 1000 (larger values are clamped); `offset`: matches to skip.
 ///
 /// An intent with no events yet is an empty array, as on the reference server.
-pub async fn list_events(
+pub(super) async fn list_events(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
@@ -281,7 +281,7 @@ fn since(query: &Query) -> Result<Option<Timestamp>, ApiError> {
 
 /// The SSE frame of a record for OpenIntent subscribers: `event:` the event type, `data:` the
 /// same object `GET .../events` returns, `id:` the revision of the change.
-pub fn sse_frame(stream: &StreamName, revision: u64, record: &Record) -> Bytes {
+pub(super) fn sse_frame(stream: &StreamName, revision: u64, record: &Record) -> Bytes {
     let event = outgoing_event(stream, record);
     let event_type = event["event_type"].as_str().unwrap_or(NATIVE_EVENT_TYPE);
     Bytes::from(format!(
@@ -292,7 +292,7 @@ pub fn sse_frame(stream: &StreamName, revision: u64, record: &Record) -> Bytes {
 /// The frame that tells an OpenIntent subscriber that changes after `after` up to `next` are no
 /// longer in the changelog: a `comment` event (recap's own `gap` event type is not one the
 /// client knows) saying which, so it can re-read them with `get_events`.
-pub fn gap_frame(stream: &StreamName, after: u64, next: u64, now: Timestamp) -> Bytes {
+pub(super) fn gap_frame(stream: &StreamName, after: u64, next: u64, now: Timestamp) -> Bytes {
     let event = json!({
         "id": format!("{stream}:gap:{next}"),
         "intent_id": stream.as_str(),
@@ -314,7 +314,7 @@ pub fn gap_frame(stream: &StreamName, after: u64, next: u64, now: Timestamp) -> 
 /// one of the intent's stream as it is now (`message` says why): a `comment` event saying so,
 /// before the events from the start. Its `id: 0` makes a client that reconnects after it
 /// resume from the start too.
-pub fn reset_frame(stream: &StreamName, after: u64, message: &str, now: Timestamp) -> Bytes {
+pub(super) fn reset_frame(stream: &StreamName, after: u64, message: &str, now: Timestamp) -> Bytes {
     let event = json!({
         "id": format!("{stream}:reset:{after}"),
         "intent_id": stream.as_str(),
@@ -367,7 +367,7 @@ fn new_intent_id(prefix: &str) -> String {
 /// The intent is a new stream whose first record is an `intent_created` event; its payload is
 /// the request body (title, description, constraints, state, created_by, ...), which is where
 /// `GET /api/v1/intents/{id}` reads the intent back from.
-pub async fn create_intent(
+pub(super) async fn create_intent(
     app: &App,
     key: Option<&ApiKey>,
     headers: &HeaderMap,
@@ -438,7 +438,7 @@ pub async fn create_intent(
 }
 
 /// `GET /api/v1/intents/{id}`: the intent object of an existing stream (404 otherwise).
-pub async fn get_intent(
+pub(super) async fn get_intent(
     app: &App,
     stream: StreamName,
     query: Option<&str>,

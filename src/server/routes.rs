@@ -236,7 +236,11 @@ fn compile() -> Compiled {
             .map(|endpoint| endpoint.route().method.as_str())
             .collect();
         // Allow lists the methods in a fixed order: GET first, as clients expect.
-        methods.sort_by_key(|method| ["GET", "POST", "PUT", "DELETE"].iter().position(|m| m == method));
+        methods.sort_by_key(|method| {
+            ["GET", "POST", "PUT", "DELETE"]
+                .iter()
+                .position(|m| m == method)
+        });
         entry.allow = methods.join(", ");
     }
     let openintent_hint = ROUTES
@@ -314,10 +318,14 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, Unmatched>
         route.method == method
             || (method == Method::HEAD && route.method == Method::GET && route.reply == Reply::Once)
     };
-    matched.endpoint = *entry.endpoints.iter().find(serves).ok_or_else(|| Unmatched {
-        path: Some(index),
-        error: ApiError::method_not_allowed(method, &entry.allow),
-    })?;
+    matched.endpoint = *entry
+        .endpoints
+        .iter()
+        .find(serves)
+        .ok_or_else(|| Unmatched {
+            path: Some(index),
+            error: ApiError::method_not_allowed(method, &entry.allow),
+        })?;
     Ok(matched)
 }
 
@@ -507,9 +515,13 @@ mod tests {
                 .iter()
                 .find(|other| other.method == route.method && other.path == route.path);
             assert!(twin.is_none(), "{route:?} repeats {twin:?}");
-            let path = route.path.replace("{s}", "a:b").replace("{id}", "7").replace("{file}", "x.js");
-            let matched = resolve(&route.method, &path)
-                .unwrap_or_else(|error| panic!("{path}: {error:?}"));
+            let path = route
+                .path
+                .replace("{s}", "a:b")
+                .replace("{id}", "7")
+                .replace("{file}", "x.js");
+            let matched =
+                resolve(&route.method, &path).unwrap_or_else(|error| panic!("{path}: {error:?}"));
             assert_eq!(matched.endpoint, route.endpoint, "{path}");
         }
     }
@@ -525,7 +537,11 @@ mod tests {
     fn resolves_routes_methods_and_allow() {
         let head = resolve(&Method::HEAD, "/v1/streams/s/context").unwrap();
         assert_eq!(head.endpoint, Endpoint::GetContext);
-        for feed in ["/v1/streams/s/subscribe", "/api/v1/subscribe/intents/i-1", "/mcp"] {
+        for feed in [
+            "/v1/streams/s/subscribe",
+            "/api/v1/subscribe/intents/i-1",
+            "/mcp",
+        ] {
             let error = refused(Method::HEAD, feed);
             assert_eq!(error.code, ErrorCode::MethodNotAllowed, "{feed}");
         }
@@ -550,18 +566,35 @@ mod tests {
             (Endpoint::UiStream, Some("a:b"))
         );
         assert_eq!(refused(Method::POST, "/ui").allow, Some("GET"));
-        for path in ["/v1/streams/", "/v1/streams//events", "/healthz/", "", "/", "/v1/streams/s/events/"] {
-            assert_eq!(refused(Method::GET, path).code, ErrorCode::NotFound, "{path:?}");
+        for path in [
+            "/v1/streams/",
+            "/v1/streams//events",
+            "/healthz/",
+            "",
+            "/",
+            "/v1/streams/s/events/",
+        ] {
+            assert_eq!(
+                refused(Method::GET, path).code,
+                ErrorCode::NotFound,
+                "{path:?}"
+            );
         }
         let error = refused(Method::PUT, "/v1/streams/s/events");
         assert_eq!(
             (error.code, error.allow),
             (ErrorCode::MethodNotAllowed, Some("GET, POST"))
         );
-        assert_eq!(refused(Method::PATCH, "/mcp").allow, Some("GET, POST, DELETE"));
+        assert_eq!(
+            refused(Method::PATCH, "/mcp").allow,
+            Some("GET, POST, DELETE")
+        );
         for (path, endpoint) in [
             ("/api/v1/intents/i-1/subscribe", Endpoint::SubscribeIntent),
-            ("/api/v1/subscribe/intents/i-1", Endpoint::SubscribeIntentAlias),
+            (
+                "/api/v1/subscribe/intents/i-1",
+                Endpoint::SubscribeIntentAlias,
+            ),
         ] {
             let matched = resolve(&Method::GET, path).unwrap();
             assert_eq!((matched.endpoint, matched.stream), (endpoint, Some("i-1")));
@@ -575,8 +608,14 @@ mod tests {
     #[test]
     fn a_404_under_the_openintent_prefix_lists_its_routes() {
         let message = refused(Method::GET, "/api/v2/intents").message;
-        for route in ROUTES.iter().filter(|route| route.path.starts_with(OPENINTENT_PREFIX)) {
-            assert!(message.contains(&format!("{} {}", route.method, route.path)), "{message}");
+        for route in ROUTES
+            .iter()
+            .filter(|route| route.path.starts_with(OPENINTENT_PREFIX))
+        {
+            assert!(
+                message.contains(&format!("{} {}", route.method, route.path)),
+                "{message}"
+            );
         }
     }
 }

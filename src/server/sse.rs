@@ -63,10 +63,10 @@ use crate::store::{
 };
 
 use super::App;
-use super::wire::Body;
 use super::openintent;
 use super::query::Query;
 use super::wire::ApiError;
+use super::wire::Body;
 
 /// Default interval between `: keepalive` comments on an idle subscription: under the usual
 /// 30 to 60 s idle timeouts of proxies and load balancers.
@@ -77,12 +77,12 @@ const BUFFER_FRAMES: usize = 256;
 /// Most bytes of frames buffered per subscriber toward its connection (a frame larger than this
 /// goes into an empty buffer alone): 256 KiB is a second or more of a slow link, and what 4 of
 /// the largest records take.
-pub const MAX_BUFFERED_BYTES: usize = 256 * 1024;
+pub(super) const MAX_BUFFERED_BYTES: usize = 256 * 1024;
 /// Most changes read from the changelog per catch-up step.
 const REPLAY_PAGE: usize = 1_000;
 /// About how many bytes of changes one catch-up step reads: each step asks for as many changes
 /// as fit at the size of the previous step's.
-pub const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
+pub(super) const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 /// Changes the first catch-up step asks for, before their size is known: 16 messages of the
 /// largest size (64 KiB) fill [`REPLAY_PAGE_BYTES`].
 const FIRST_REPLAY_PAGE: usize = 16;
@@ -94,7 +94,7 @@ pub(crate) const PARAMS: &[&str] = &["after"];
 /// (`event:` the event type, `data:` the event object; see [`super::openintent`]). The
 /// machinery (resume, replay, live feed, keepalives, shutdown) is the same for both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
+pub(super) enum Dialect {
     /// `GET /v1/streams/{s}/subscribe`.
     Recap,
     /// `GET /api/v1/intents/{id}/subscribe` and `/api/v1/subscribe/intents/{id}`.
@@ -103,7 +103,7 @@ pub enum Dialect {
 
 /// `GET /v1/streams/{s}/subscribe` (recap's frames) and the OpenIntent subscribe routes: the
 /// feed resumes after `Last-Event-ID`, or `?after=`, or starts from now.
-pub fn subscribe(
+pub(super) fn subscribe(
     app: &Arc<App>,
     stream: StreamName,
     headers: &HeaderMap,
@@ -139,7 +139,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 /// Starts a feed of `stream`'s changes after revision `resume` (from now on when `None`) and
 /// returns the streaming response.
-pub fn open(
+pub(super) fn open(
     app: &Arc<App>,
     stream: StreamName,
     resume: Option<u64>,
@@ -156,7 +156,8 @@ pub fn open(
     };
     let after = resume.unwrap_or(revision);
     // Beyond the stream's revision: a revision of a deleted stream (or of another one).
-    let stale_resume = (after > revision).then_some((after, Reset::PastLatest { latest: revision }));
+    let stale_resume =
+        (after > revision).then_some((after, Reset::PastLatest { latest: revision }));
     let (sender, receiver) = mpsc::channel(BUFFER_FRAMES);
     let feed = Feed {
         app: Arc::clone(app),

@@ -15,7 +15,7 @@ use super::query::Query;
 use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
 
 /// Most streams a page lists, and the default.
-pub const MAX_STREAMS_PER_PAGE: usize = 1_000;
+pub(super) const MAX_STREAMS_PER_PAGE: usize = 1_000;
 
 #[derive(Serialize)]
 struct StreamList {
@@ -37,7 +37,7 @@ struct RetentionInput {
 
 /// `GET /v1/streams`: the streams the caller may see, with stats, by name, in pages (`after` a
 /// name, `limit` ≤ [`MAX_STREAMS_PER_PAGE`], `prefix`).
-pub fn list(
+pub(super) fn list(
     app: &App,
     key: Option<&ApiKey>,
     query: Option<&str>,
@@ -57,7 +57,7 @@ pub fn list(
 
 /// The stats of the first [`MAX_STREAMS_PER_PAGE`] streams named from `prefix` that `key` may
 /// see (all of them without keys), by name.
-pub fn visible(app: &App, key: Option<&ApiKey>, prefix: &str) -> Vec<StreamStats> {
+pub(super) fn visible(app: &App, key: Option<&ApiKey>, prefix: &str) -> Vec<StreamStats> {
     let admit = |name: &StreamName| {
         name.as_str().starts_with(prefix) && key.is_none_or(|key| key.covers(name))
     };
@@ -65,7 +65,7 @@ pub fn visible(app: &App, key: Option<&ApiKey>, prefix: &str) -> Vec<StreamStats
 }
 
 /// `GET /v1/streams/{s}`.
-pub fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
+pub(super) fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
     let stats = app
         .store
         .stream(&stream)
@@ -76,7 +76,7 @@ pub fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
 }
 
 /// `DELETE /v1/streams/{s}`: 204, or 404 if it did not exist.
-pub async fn delete(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
+pub(super) async fn delete(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
     let deleted = app.metrics.commit(app.store.delete_stream(&stream)).await?;
     if deleted {
         Ok(wire::empty(StatusCode::NO_CONTENT))
@@ -87,7 +87,7 @@ pub async fn delete(app: &App, stream: StreamName) -> Result<Response<Body>, Api
 
 /// `PUT /v1/streams/{s}/retention`: `{"max_records": N, "max_age_seconds": S}` (either may be
 /// null or absent for no limit).
-pub async fn set_retention(
+pub(super) async fn set_retention(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
@@ -99,26 +99,22 @@ pub async fn set_retention(
         r#"{"max_records": 10000, "max_age_seconds": 86400} (either may be null)"#,
     )?;
     if input.max_records == Some(0) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            "max_records must be at least 1",
-        )
-        .with_field("max_records"));
+        return Err(
+            ApiError::new(ErrorCode::InvalidField, "max_records must be at least 1")
+                .with_field("max_records"),
+        );
     }
     let max_age = match input.max_age_seconds {
         Some(seconds) if seconds <= 0 => {
             return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            "max_age_seconds must be at least 1",
+                ErrorCode::InvalidField,
+                "max_age_seconds must be at least 1",
             )
             .with_field("max_age_seconds"));
         }
         Some(seconds) => Some(TimeDelta::try_seconds(seconds).ok_or_else(|| {
-            ApiError::new(
-            ErrorCode::InvalidField,
-            "max_age_seconds is too large",
-            )
-            .with_field("max_age_seconds")
+            ApiError::new(ErrorCode::InvalidField, "max_age_seconds is too large")
+                .with_field("max_age_seconds")
         })?),
         None => None,
     };

@@ -27,7 +27,7 @@ const AUTH_PLACEHOLDER: &str = "{{auth}}";
 
 /// A page of the view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Page {
+pub(super) enum Page {
     /// The streams with their stats.
     Streams,
     /// One stream, live, beside its context window.
@@ -83,7 +83,7 @@ const ASSETS: &[Asset] = &[
 ];
 
 /// A page, telling its script whether the server asks for keys.
-pub fn page(page: Page, keys: bool) -> Response<Body> {
+pub(super) fn page(page: Page, keys: bool) -> Response<Body> {
     let html = match page {
         Page::Streams => include_str!("ui/streams.html"),
         Page::Stream => include_str!("ui/stream.html"),
@@ -98,14 +98,14 @@ pub(crate) fn asset_names() -> impl Iterator<Item = &'static str> {
 }
 
 /// `GET /ui/assets/{file}`: an asset by file name, or 404.
-pub fn asset(name: &str) -> Result<Response<Body>, ApiError> {
+pub(super) fn asset(name: &str) -> Result<Response<Body>, ApiError> {
     let asset = ASSETS
         .iter()
         .find(|asset| asset.name == name)
         .ok_or_else(|| {
             ApiError::new(
-            ErrorCode::NotFound,
-            format!("the web view has no asset {name:?}"),
+                ErrorCode::NotFound,
+                format!("the web view has no asset {name:?}"),
             )
         })?;
     Ok(respond(asset.content_type, Bytes::from_static(asset.bytes)))
@@ -170,7 +170,10 @@ mod tests {
                 assert!(asset(&name).is_ok(), "{name} is referenced but not served");
             }
         }
-        assert_eq!(asset("nope.js").unwrap_err().status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            asset("nope.js").unwrap_err().status(),
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[test]

@@ -207,7 +207,6 @@ impl ApiError {
         ApiError::new(ErrorCode::InvalidParameter, message).with_field(name)
     }
 
-
     /// The route exists but not with this method.
     pub fn method_not_allowed(method: &http::Method, allow: &'static str) -> ApiError {
         ApiError {
@@ -355,9 +354,7 @@ impl From<StoreError> for ApiError {
             StoreError::CountLimit { .. } => {
                 ApiError::new(ErrorCode::InvalidField, error.to_string()).with_field("repeat_count")
             }
-            StoreError::NoteLimit { .. } => {
-                ApiError::new(ErrorCode::NoteLimit, error.to_string())
-            }
+            StoreError::NoteLimit { .. } => ApiError::new(ErrorCode::NoteLimit, error.to_string()),
             other => ApiError::internal(other),
         }
     }

@@ -98,7 +98,10 @@ fn a_failed_commit_loses_nothing_acknowledged_and_the_store_goes_on() {
             // The failed commit's own callers get its error; those placed on top of it are
             // told to retry.
             assert!(
-                matches!(error, StoreError::Storage { .. } | StoreError::Unavailable(_)),
+                matches!(
+                    error,
+                    StoreError::Storage { .. } | StoreError::Unavailable(_)
+                ),
                 "{error}"
             );
         }

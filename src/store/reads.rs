@@ -376,8 +376,8 @@ pub(super) fn tail_blocks(
     let mut blocks: Vec<(u64, Timestamp)> = Vec::new();
     for entry in records.range((id, from)..=(id, last_seq))? {
         let (key, value) = entry?;
-        let last_ts = schema::last_ts(value.value())
-            .map_err(|error| StoreError::storage("", error))?;
+        let last_ts =
+            schema::last_ts(value.value()).map_err(|error| StoreError::storage("", error))?;
         let block = (key.value().1 - 1) / block_records;
         match blocks.last_mut() {
             Some((known, latest)) if *known == block => *latest = (*latest).max(last_ts),

@@ -1231,7 +1231,10 @@ async fn abandoned_uploads_are_counted_and_leave_the_in_flight_gauge_as_it_was()
         "{metrics}"
     );
     let reply = server
-        .post_json("/v1/streams/s/events", r#"{"kind": "tool", "message": "after"}"#)
+        .post_json(
+            "/v1/streams/s/events",
+            r#"{"kind": "tool", "message": "after"}"#,
+        )
         .await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
 }
@@ -1246,12 +1249,18 @@ async fn a_405_is_counted_under_its_route() {
         .await;
     assert_eq!(reply.header("allow"), Some("GET, POST"));
     reply.assert_error(405, "method_not_allowed", None);
-    server.get("/nowhere").await.assert_error(404, "not_found", None);
+    server
+        .get("/nowhere")
+        .await
+        .assert_error(404, "not_found", None);
     let metrics = server.get("/metrics").await.text();
     for line in [
         "recap_http_requests_total{method=\"PUT\",route=\"/v1/streams/{s}/events\",status=\"405\"} 1\n",
         "recap_http_requests_total{method=\"any\",route=\"unmatched\",status=\"404\"} 1\n",
-        &format!("recap_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION")),
+        &format!(
+            "recap_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ),
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }

@@ -282,7 +282,8 @@ async fn a_resume_point_beyond_the_revision_gets_a_reset_and_the_stream_from_its
         // Regression (issue 14): nothing was deleted, and the reset does not say so.
         let message = frames[0].data["message"].as_str().unwrap();
         assert!(
-            message.contains("past this stream's latest revision (3)") && !message.contains("was deleted"),
+            message.contains("past this stream's latest revision (3)")
+                && !message.contains("was deleted"),
             "{message}"
         );
         assert_records(

@@ -762,9 +762,7 @@ impl Writer {
             tracing::error!("the committer has stopped; writes fail until recap restarts");
             self.notify(Notice::Failed {
                 answers: placed.answers,
-                error: StoreError::storage_text(
-                    "the store's committer has stopped; restart recap",
-                ),
+                error: StoreError::storage_text("the store's committer has stopped; restart recap"),
             });
             self.failed_epoch.fetch_max(self.epoch, Ordering::AcqRel);
         }
