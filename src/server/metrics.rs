@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 
-use super::routes::{Label, ROUTES, TABLE};
+use super::table::{Label, ROUTES, TABLE};
 use crate::histogram::Histogram;
 use crate::store::Store;
 
@@ -347,7 +347,7 @@ fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::routes::Endpoint;
+    use crate::server::table::Endpoint;
 
     #[test]
     fn renders_counters_and_cumulative_buckets() {

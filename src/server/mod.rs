@@ -3,14 +3,15 @@
 //! The split follows static-web-server and mini-redis: [`serve`] opens the store and binds;
 //! [`run`] takes a bound listener and a shutdown future (so tests drive a real server on port
 //! 0) and owns the accept loop; each connection is served by hyper's HTTP/1 with one service
-//! function that logs, counts and hands the request to `routes`, the route table.
+//! function that logs, counts and hands the request to `routes`.
 //!
 //! Shutdown: when the shutdown future resolves, the listener is dropped (no new connections),
 //! SSE feeds are told to end, in-flight requests finish (hyper-util's graceful shutdown, bounded
 //! by a drain timeout), and then the store commits what is queued and closes.
 //!
-//! Modules, one job each: `routes` (the route table: every route's method, path, scope and
+//! Modules, one job each: `table` (the route table: every route's method, path, scope and
 //! summary, from which matching, `Allow`, metrics labels and the API description come),
+//! `routes` (matching, the checks before a handler, dispatch),
 //! [`wire`] (the response body, response shapes, the error codes and the one error-to-status
 //! mapping), `body` (capped reads of request bodies, content types), `query` (query strings),
 //! `events`, `context`, `notes`, `streams` (handlers), `sse` (subscriptions), `mcp` (the MCP
@@ -30,6 +31,7 @@ mod query;
 mod routes;
 mod sse;
 mod streams;
+mod table;
 mod ui;
 pub mod wire;
 

@@ -24,7 +24,7 @@ use crate::event::{
 use crate::store::MAX_PAGE_RECORDS;
 
 use super::auth::Scope;
-use super::routes::{Access, Endpoint, ROUTES, Reply, Route};
+use super::table::{Access, Endpoint, ROUTES, Reply, Route};
 use super::wire::{
     BUDGET_HEADER, Body, ENCODING_HEADER, ErrorCode, NOTES_CUT_HEADER, REVISION_HEADER,
     TOKENS_HEADER,

@@ -1,17 +1,14 @@
-//! The route table: every route's method, path template, scope and summary in one list
-//! ([`ROUTES`], declared with the [`Endpoint`] enum by one macro). The matcher, the `Allow`
-//! header of a 405, the error style, the metrics labels, the scope checks, the 404 hint and
-//! `GET /openapi.json` all come from it.
+//! Routing: matches a request against the route table ([`super::table`]), checks its key,
+//! stream name and scope, and hands it to its handler.
 //!
 //! Order of checks for every request: route (404/405), key (401), stream name (400), scope and
 //! prefix (403), then the handler. Unknown routes and methods are answered before the key is
 //! checked: they reveal nothing about the data.
 //!
-//! Matching is on the critical path of every context fetch: the table is compiled once into
-//! split templates, and a request is matched by comparing segments in place, without
-//! allocating (about a hundred nanoseconds for the deepest routes).
+//! Matching is on the critical path of every context fetch: a request is matched against the
+//! compiled templates by comparing segments in place, without allocating.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,240 +17,12 @@ use percent_encoding::percent_decode_str;
 use crate::event::StreamName;
 
 use super::App;
-use super::auth::{ApiKey, Scope};
+use super::auth::ApiKey;
 use super::body;
 use super::sse::{self, Dialect};
+use super::table::{Access, Endpoint, Label, Reply, Segment, TABLE, style_of};
 use super::wire::{self, ApiError, Body, ErrorCode, ErrorStyle};
 use super::{context, events, mcp, notes, openapi, openintent, streams, ui};
-
-/// Who may call a route on a server with keys (without keys, anyone on loopback may).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Access {
-    /// Anyone, with or without a key: the route holds no data (liveness, the web view's pages
-    /// and assets, the API description).
-    Open,
-    /// Any valid key; the handler checks scopes itself (the tools of `/mcp`).
-    AnyKey,
-    /// A key with this scope (admin has every scope) whose prefix covers the route's stream.
-    Scope(Scope),
-}
-
-/// How a route answers: once, or with a feed that does not end (not served for HEAD).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reply {
-    /// One response.
-    Once,
-    /// A stream of server-sent events.
-    Feed,
-}
-
-/// One route: a method on a path template.
-#[derive(Debug)]
-pub(crate) struct Route {
-    /// What handles it.
-    pub(crate) endpoint: Endpoint,
-    /// The method.
-    pub(crate) method: Method,
-    /// The path template: `{s}` is a stream name (so is `{id}` on the OpenIntent routes, whose
-    /// intent ids are stream names); other `{name}`s are plain parameters.
-    pub(crate) path: &'static str,
-    /// Who may call it.
-    pub(crate) access: Access,
-    /// Once or a feed.
-    pub(crate) reply: Reply,
-    /// One line on what it does (the variant's doc comment).
-    pub(crate) summary: &'static str,
-}
-
-/// Declares [`Endpoint`] and [`ROUTES`] together, in the same order, from one list.
-macro_rules! routes {
-    ($($(#[doc = $doc:literal])+ $endpoint:ident => $method:ident $path:literal, $access:expr, $reply:ident;)+) => {
-        /// Every route, by what handles it; `ROUTES[endpoint as usize]` is its row.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub(crate) enum Endpoint {
-            $($(#[doc = $doc])+ $endpoint,)+
-        }
-
-        /// The route table, in [`Endpoint`] order.
-        pub(crate) static ROUTES: &[Route] = &[$(Route {
-            endpoint: Endpoint::$endpoint,
-            method: Method::$method,
-            path: $path,
-            access: $access,
-            reply: Reply::$reply,
-            summary: concat!($($doc),+),
-        },)+];
-    };
-}
-
-use Access::{AnyKey, Open};
-const READ: Access = Access::Scope(Scope::Read);
-const WRITE: Access = Access::Scope(Scope::Write);
-const ADMIN: Access = Access::Scope(Scope::Admin);
-
-routes! {
-    /// Liveness: 200 `{"status": "ok"}`, or 503 naming why writes fail.
-    Healthz => GET "/healthz", Open, Once;
-    /// This API's description (OpenAPI 3.1).
-    OpenApi => GET "/openapi.json", Open, Once;
-    /// Prometheus metrics.
-    Metrics => GET "/metrics", READ, Once;
-    /// The streams the key may see, with stats, by name, in pages.
-    ListStreams => GET "/v1/streams", READ, Once;
-    /// One stream's stats.
-    GetStream => GET "/v1/streams/{s}", READ, Once;
-    /// Deletes a stream and everything in it.
-    DeleteStream => DELETE "/v1/streams/{s}", ADMIN, Once;
-    /// Sets a stream's retention (records past it are removed; their counts stay).
-    PutRetention => PUT "/v1/streams/{s}/retention", ADMIN, Once;
-    /// Posts one event, a JSON array of events, or NDJSON; all or nothing; answers once durable.
-    PostEvents => POST "/v1/streams/{s}/events", WRITE, Once;
-    /// A page of the stream's records, with cursors and filters.
-    GetEvents => GET "/v1/streams/{s}/events", READ, Once;
-    /// Imports exported records as they were (no collapse).
-    PostRecords => POST "/v1/streams/{s}/records", WRITE, Once;
-    /// The prompt-ready context window within a token budget.
-    GetContext => GET "/v1/streams/{s}/context", READ, Once;
-    /// Adds a note (a fact always put first in the context).
-    PostNote => POST "/v1/streams/{s}/notes", WRITE, Once;
-    /// The stream's live notes, oldest first, in pages.
-    GetNotes => GET "/v1/streams/{s}/notes", READ, Once;
-    /// Deletes a note.
-    DeleteNote => DELETE "/v1/streams/{s}/notes/{id}", WRITE, Once;
-    /// The stream's changes as server-sent events, resumable with `Last-Event-ID`.
-    Subscribe => GET "/v1/streams/{s}/subscribe", READ, Feed;
-    /// OpenIntent: creates an intent (a new stream).
-    CreateIntent => POST "/api/v1/intents", WRITE, Once;
-    /// OpenIntent: the intent object of a stream.
-    GetIntent => GET "/api/v1/intents/{id}", READ, Once;
-    /// OpenIntent: logs one event.
-    PostIntentEvent => POST "/api/v1/intents/{id}/events", WRITE, Once;
-    /// OpenIntent: the intent's events, newest first.
-    GetIntentEvents => GET "/api/v1/intents/{id}/events", READ, Once;
-    /// OpenIntent: the intent's events as server-sent events.
-    SubscribeIntent => GET "/api/v1/intents/{id}/subscribe", READ, Feed;
-    /// OpenIntent: the same feed at the path older clients use.
-    SubscribeIntentAlias => GET "/api/v1/subscribe/intents/{id}", READ, Feed;
-    /// The web view's list of streams (a page without data).
-    Ui => GET "/ui", Open, Once;
-    /// The web view of one stream (a page without data).
-    UiStream => GET "/ui/streams/{s}", Open, Once;
-    /// The web view's scripts, style sheet and icon.
-    UiAsset => GET "/ui/assets/{file}", Open, Once;
-    /// MCP over Streamable HTTP (stateless): JSON-RPC messages; each tool checks its own scope.
-    McpPost => POST "/mcp", AnyKey, Once;
-    /// MCP's server-initiated feed, which a stateless server does not offer (the SDK answers).
-    McpGet => GET "/mcp", AnyKey, Feed;
-    /// MCP's end of a session, which a stateless server has none of (the SDK answers).
-    McpDelete => DELETE "/mcp", AnyKey, Once;
-}
-
-/// Paths under this prefix are the OpenIntent routes: their errors have OpenIntent's shape.
-const OPENINTENT_PREFIX: &str = "/api/";
-
-/// The error style of a path, matched or not.
-fn style_of(path: &str) -> ErrorStyle {
-    if path.starts_with(OPENINTENT_PREFIX) {
-        ErrorStyle::OpenIntent
-    } else {
-        ErrorStyle::Recap
-    }
-}
-
-impl Endpoint {
-    /// This endpoint's row of the table.
-    pub(crate) fn route(self) -> &'static Route {
-        &ROUTES[self as usize]
-    }
-
-    /// Whether a server with keys asks for one.
-    fn needs_key(self) -> bool {
-        self.route().access != Access::Open
-    }
-}
-
-/// One segment of a path template.
-#[derive(Debug)]
-enum Segment {
-    Literal(&'static str),
-    /// A stream name (percent-decoded and checked before the handler runs).
-    Stream,
-    /// Another parameter (a note id, an asset's file name).
-    Param,
-}
-
-/// The routes of one path template.
-#[derive(Debug)]
-pub(crate) struct PathRoutes {
-    /// The template.
-    pub(crate) template: &'static str,
-    segments: Vec<Segment>,
-    /// The endpoints at this path, in table order.
-    pub(crate) endpoints: Vec<Endpoint>,
-    /// The methods they take, for `Allow`.
-    allow: String,
-}
-
-/// The table compiled for matching: one entry per path template, in table order.
-pub(crate) struct Compiled {
-    /// Every path template with its endpoints.
-    pub(crate) paths: Vec<PathRoutes>,
-    /// The 404 hint for paths under the OpenIntent prefix: the routes served there.
-    openintent_hint: String,
-}
-
-/// The compiled table.
-pub(crate) static TABLE: LazyLock<Compiled> = LazyLock::new(compile);
-
-fn compile() -> Compiled {
-    let mut paths: Vec<PathRoutes> = Vec::new();
-    for route in ROUTES {
-        if let Some(entry) = paths.iter_mut().find(|entry| entry.template == route.path) {
-            entry.endpoints.push(route.endpoint);
-            continue;
-        }
-        let style = style_of(route.path);
-        let segments = route.path[1..]
-            .split('/')
-            .map(|segment| match segment {
-                "{s}" => Segment::Stream,
-                "{id}" if style == ErrorStyle::OpenIntent => Segment::Stream,
-                _ if segment.starts_with('{') => Segment::Param,
-                literal => Segment::Literal(literal),
-            })
-            .collect();
-        paths.push(PathRoutes {
-            template: route.path,
-            segments,
-            endpoints: vec![route.endpoint],
-            allow: String::new(),
-        });
-    }
-    for entry in &mut paths {
-        let mut methods: Vec<&str> = entry
-            .endpoints
-            .iter()
-            .map(|endpoint| endpoint.route().method.as_str())
-            .collect();
-        // Allow lists the methods in a fixed order: GET first, as clients expect.
-        methods.sort_by_key(|method| {
-            ["GET", "POST", "PUT", "DELETE"]
-                .iter()
-                .position(|m| m == method)
-        });
-        entry.allow = methods.join(", ");
-    }
-    let openintent_hint = ROUTES
-        .iter()
-        .filter(|route| route.path.starts_with(OPENINTENT_PREFIX))
-        .map(|route| format!("{} {}", route.method, route.path))
-        .collect::<Vec<_>>()
-        .join(", ");
-    Compiled {
-        paths,
-        openintent_hint,
-    }
-}
 
 /// A matched route: the endpoint and its path parameters (not yet validated).
 struct Matched<'a> {
@@ -341,29 +110,6 @@ fn not_found(path: &str) -> ApiError {
         }
     };
     ApiError::new(ErrorCode::NotFound, format!("no route for {path}; {hint}"))
-}
-
-/// What a request is counted under in the metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Label {
-    /// The route that answered it.
-    Route(Endpoint),
-    /// A path template (an index of [`Compiled::paths`]) that does not take the request's
-    /// method: a 405, counted under the template and the method.
-    WrongMethod(usize),
-    /// No route has the path: a 404.
-    Unmatched,
-}
-
-impl Label {
-    /// The path template it names (`unmatched` for none), for logs.
-    pub(crate) fn route(self) -> &'static str {
-        match self {
-            Label::Route(endpoint) => endpoint.route().path,
-            Label::WrongMethod(path) => TABLE.paths[path].template,
-            Label::Unmatched => "unmatched",
-        }
-    }
 }
 
 /// Handles one request, setting `label` to what it counts under (for logs and metrics) as soon
@@ -500,13 +246,7 @@ async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_index_their_rows() {
-        for (index, route) in ROUTES.iter().enumerate() {
-            assert_eq!(route.endpoint as usize, index, "{route:?}");
-        }
-    }
+    use crate::server::table::{OPENINTENT_PREFIX, ROUTES};
 
     #[test]
     fn every_method_and_template_is_one_route() {
