@@ -86,6 +86,8 @@ struct Operation {
     /// Error statuses this operation answers with, besides those every operation of its kind
     /// shares (see [`error_statuses`]).
     errors: &'static [u16],
+    /// Statuses the MCP SDK answers itself, with a plain-text reason (or none).
+    sdk: &'static [u16],
 }
 
 /// Every endpoint's parameters, body and answer. A `match` without a wildcard: a route added to
@@ -99,6 +101,7 @@ fn operation(endpoint: Endpoint) -> Operation {
         body,
         ok,
         errors,
+        sdk: &[],
     };
     match endpoint {
         Endpoint::Healthz => op(
@@ -323,33 +326,36 @@ fn operation(endpoint: Endpoint) -> Operation {
             ),
             &[404],
         ),
-        Endpoint::McpPost => op(
-            "mcp",
-            NONE,
-            Some(json_body(
-                json!({"type": "object", "description": "A JSON-RPC 2.0 message of the Model Context Protocol."}),
-            )),
-            (
-                200,
-                json!({
-                    "description": "The JSON-RPC answer.",
-                    "content": {
-                        "application/json": {"schema": {"type": "object"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
-                }),
-            ),
-            &[202, 400, 404, 406, 415, 422],
-        ),
+        Endpoint::McpPost => Operation {
+            sdk: &[202, 400, 404, 406, 415, 422],
+            ..op(
+                "mcp",
+                NONE,
+                Some(json_body(
+                    json!({"type": "object", "description": "A JSON-RPC 2.0 message of the Model Context Protocol."}),
+                )),
+                (
+                    200,
+                    json!({
+                        "description": "The JSON-RPC answer.",
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    }),
+                ),
+                &[],
+            )
+        },
         Endpoint::McpGet | Endpoint::McpDelete => op(
             "mcp",
             NONE,
             None,
             (
                 405,
-                json!({"description": "A stateless server has no session feed and no session to end."}),
+                json!({"description": "Answered by the MCP SDK: a stateless server has no session feed and no session to end (`Allow: POST`)."}),
             ),
-            &[400, 406],
+            &[],
         ),
     }
 }
@@ -409,6 +415,13 @@ fn operation_of(route: &Route) -> Value {
     let errors = error_statuses(route, &described);
     let (status, ok) = described.ok;
     responses.insert(status.to_string(), ok);
+    for status in described.sdk {
+        let description = match status {
+            202 => "Accepted (a notification or a response): no body.",
+            _ => "Answered by the MCP SDK, with a short plain-text reason.",
+        };
+        responses.insert(status.to_string(), json!({"description": description}));
+    }
     for status in errors {
         responses
             .entry(status.to_string())
