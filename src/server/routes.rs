@@ -43,22 +43,21 @@ struct Unmatched {
 /// Most segments a path may have: more than any route's (a deeper path is a 404).
 const MAX_SEGMENTS: usize = 8;
 
-/// Matches a request's segments against one template.
-fn match_segments<'a>(segments: &[Segment], parts: &[&'a str]) -> Option<Matched<'a>> {
-    let mut matched = Matched {
-        endpoint: Endpoint::Healthz,
-        stream: None,
-        id: None,
-    };
+/// A path's parameters: the stream name, and the other parameter.
+type Parameters<'a> = (Option<&'a str>, Option<&'a str>);
+
+/// Matches a request's segments against one template of the same depth.
+fn match_segments<'a>(segments: &[Segment], parts: &[&'a str]) -> Option<Parameters<'a>> {
+    let (mut stream, mut id) = (None, None);
     for (segment, part) in segments.iter().zip(parts) {
         match segment {
             Segment::Literal(literal) if part == literal => {}
             Segment::Literal(_) => return None,
-            Segment::Stream => matched.stream = Some(part),
-            Segment::Param => matched.id = Some(part),
+            Segment::Stream => stream = Some(*part),
+            Segment::Param => id = Some(*part),
         }
     }
-    Some(matched)
+    Some((stream, id))
 }
 
 /// Matches a path and method. The path is split once, into an array on the stack, and compared
@@ -81,13 +80,13 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, Unmatched>
         depth += 1;
     }
     let parts = &parts[..depth];
-    let (index, entry, mut matched) = TABLE
+    let (index, entry, (stream, id)) = TABLE
         .paths
         .iter()
         .enumerate()
         .filter(|(_, entry)| entry.segments.len() == depth)
         .find_map(|(index, entry)| {
-            match_segments(&entry.segments, parts).map(|matched| (index, entry, matched))
+            match_segments(&entry.segments, parts).map(|parameters| (index, entry, parameters))
         })
         .ok_or_else(not_found)?;
     // HEAD is GET without the body (hyper leaves the body out), except on feeds that never end.
@@ -96,7 +95,7 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, Unmatched>
         route.method == method
             || (method == Method::HEAD && route.method == Method::GET && route.reply == Reply::Once)
     };
-    matched.endpoint = *entry
+    let endpoint = *entry
         .endpoints
         .iter()
         .find(serves)
@@ -104,7 +103,11 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, Unmatched>
             path: Some(index),
             error: ApiError::method_not_allowed(method, &entry.allow),
         })?;
-    Ok(matched)
+    Ok(Matched {
+        endpoint,
+        stream,
+        id,
+    })
 }
 
 /// The 404 for a path no route has, with a hint at where the routes are.
