@@ -34,6 +34,8 @@ pid=$!
 
 # The SSE feeds never end, so they are left out (tests/it/sse_edges.rs covers them); so is
 # /mcp, a JSON-RPC protocol whose answers the MCP SDK shapes (tests/python/test_mcp.py).
+# schemathesis keeps a cache in its working directory: the temporary one, not the project.
+cd "$work"
 status=0
 "$SCHEMATHESIS" run "http://127.0.0.1:$port/openapi.json" \
     --wait-for-schema 30 \
