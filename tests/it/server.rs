@@ -1267,6 +1267,71 @@ async fn a_405_is_counted_under_its_route() {
     assert!(metrics.contains("recap_store_file_bytes "), "{metrics}");
 }
 
+/// `GET /openapi.json` needs no key on a server with keys (like `/healthz`), and describes every
+/// route the server answers: each documented operation is answered (not a 404 or 405), and the
+/// error codes it lists are the ones the server sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_description_is_open_and_names_what_the_server_serves() {
+    let options = ServerOptions {
+        keys: Some(Keys::parse(KEYS).unwrap()),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::with_options(options).await;
+    let reply = server.get("/openapi.json").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let document = reply.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (template, methods) in paths {
+        let path = template
+            .replace("{s}", "team-a.x")
+            .replace("{id}", "1")
+            .replace("{file}", "ui.css");
+        for (method, operation) in methods.as_object().unwrap() {
+            operations += 1;
+            if path.contains("subscribe") || path == "/mcp" {
+                continue;
+            }
+            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+            let reply = server
+                .request(method.clone(), &path, None, Bytes::new(), &[])
+                .await;
+            let status = reply.status.as_u16().to_string();
+            assert!(
+                ![404, 405].contains(&reply.status.as_u16())
+                    || reply.json()["error"]["code"] != "not_found"
+                        && reply.json()["error"]["code"] != "method_not_allowed",
+                "{method} {path}: {}",
+                reply.text()
+            );
+            assert!(
+                operation["responses"].get(&status).is_some(),
+                "{method} {path} answered {status}, which its description does not list"
+            );
+        }
+    }
+    assert!(operations > 20, "{operations} operations");
+    assert!(paths["/v1/streams/{s}/context"]["get"]["parameters"].is_array());
+    let codes: Vec<&str> = document["components"]["schemas"]["Error"]["properties"]["error"]
+        ["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|code| code.as_str().unwrap())
+        .collect();
+    for code in [
+        "unauthorized",
+        "forbidden",
+        "invalid_json",
+        "unknown_stream",
+        "disk_full",
+    ] {
+        assert!(codes.contains(&code), "{code} in {codes:?}");
+    }
+}
+
 /// Notes are bounded per stream: past the cap a note is refused with a 409 that names the limit
 /// and the setting, nothing is written, and deleting a note makes room again. Lists page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
