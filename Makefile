@@ -1,5 +1,5 @@
 # `make check` runs exactly what CI runs (.ci/run calls it).
-.PHONY: check fmt clippy test doc pytest fuzz bench golden
+.PHONY: check fmt clippy test doc pytest schemathesis fuzz bench golden
 
 check: fmt clippy test doc
 
@@ -25,6 +25,22 @@ pytest:
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 	cargo build --locked --bin recap
 	RECAP_BIN=$(CURDIR)/target/debug/recap $(VENV)/bin/python -m pytest tests/python -q -p no:cacheprovider
+
+# schemathesis (pinned in tests/schemathesis/requirements.txt, in a virtualenv of its own)
+# against a live recap on a loopback port, with a fresh data directory and an admin key, for
+# SCHEMATHESIS_SECONDS (150 by default): the checks not_a_server_error, status_code_conformance,
+# content_type_conformance, response_schema_conformance and negative_data_rejection over every
+# operation of GET /openapi.json but the SSE feeds and /mcp. Any finding fails. CI runs it
+# after pytest.
+ST_VENV ?= target/schemathesis-venv
+SCHEMATHESIS_SECONDS ?= 150
+schemathesis:
+	test -x $(ST_VENV)/bin/python || python3 -m venv $(ST_VENV)
+	$(ST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/schemathesis/requirements.txt
+	cargo build --locked --bin recap
+	RECAP_BIN=$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/recap \
+		SCHEMATHESIS=$(abspath $(ST_VENV))/bin/schemathesis \
+		SCHEMATHESIS_SECONDS=$(SCHEMATHESIS_SECONDS) tests/schemathesis/run.sh
 
 # Fuzz the decoders of stored rows, request bodies of events and records, and stream names and
 # keys files (fuzz/: cargo-fuzz on the stable toolchain, without a sanitizer, unoptimized with

@@ -23,6 +23,7 @@
 //! tail_block_bytes = "8MiB"        # a tail also keeps at most two blocks of this much text
 //! max_notes_per_stream = 1000      # live notes per stream (409 note_limit beyond)
 //! max_note_bytes_per_stream = 1048576  # bytes of live note text per stream
+//! log_format = "text"              # or "json": one JSON object per log line
 //! ```
 
 use std::net::SocketAddr;
@@ -34,18 +35,17 @@ use serde::Deserialize;
 
 use crate::collapse::{CollapseMode, CollapsePolicy};
 use crate::event::{DEFAULT_MAX_MESSAGE_BYTES, EventLimits};
-use crate::server::ServerOptions;
+use crate::logging::LogFormat;
 use crate::server::auth::{Keys, KeysError};
-use crate::server::body::DEFAULT_MAX_BODY_BYTES;
-use crate::server::sse::DEFAULT_KEEPALIVE;
+use crate::server::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY_BYTES, ServerOptions, Startup,
+};
 use crate::store::{DEFAULT_DATA_DIR, NoteLimits, StoreOptions};
 use crate::stream::TailCapacity;
 
 /// Default listen address: loopback, so a fresh `recap serve` is not reachable from the network
 /// until keys are configured.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7070";
-/// How long shutdown waits for in-flight requests before closing the store anyway.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Smallest per-stream tail accepted: the context's minimum candidate window.
 pub const MIN_TAIL_RECORDS: usize = crate::context::MIN_CANDIDATES;
 /// Smallest body cap accepted: one maximal event must fit.
@@ -64,6 +64,8 @@ pub struct Overrides {
     pub keys_file: Option<PathBuf>,
     /// `--cache-bytes` / `RECAP_CACHE_BYTES`.
     pub cache_bytes: Option<String>,
+    /// `--log-format` / `RECAP_LOG_FORMAT`.
+    pub log_format: Option<String>,
 }
 
 /// What a config file says.
@@ -85,6 +87,7 @@ pub struct FileConfig {
     severe_records: Option<usize>,
     max_notes_per_stream: Option<usize>,
     max_note_bytes_per_stream: Option<usize>,
+    log_format: Option<String>,
 }
 
 /// The validated configuration of `recap serve`.
@@ -112,6 +115,8 @@ pub struct Config {
     pub notes: NoteLimits,
     /// Budget of in-memory stream state.
     pub cache_bytes: usize,
+    /// How log lines are written.
+    pub log_format: LogFormat,
 }
 
 /// A size in a config file: a number of bytes, or a string such as `"64MiB"`.
@@ -335,7 +340,14 @@ impl Config {
             }
             notes.max_bytes = max_bytes;
         }
+        let log_format = match overrides.log_format.clone().or(file.log_format) {
+            Some(text) => text
+                .parse::<LogFormat>()
+                .map_err(|detail| invalid("log_format", detail))?,
+            None => LogFormat::default(),
+        };
         Ok(Config {
+            log_format,
             addr,
             data_dir,
             keys,
@@ -358,6 +370,16 @@ impl Config {
             notes: self.notes,
             cache_bytes: self.cache_bytes,
             ..StoreOptions::default()
+        }
+    }
+
+    /// What [`crate::server::serve`] needs.
+    pub fn startup(&self) -> Startup {
+        Startup {
+            addr: self.addr,
+            data_dir: self.data_dir.clone(),
+            store: self.store_options(),
+            server: self.server_options(),
         }
     }
 
@@ -418,6 +440,26 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(config.keys.is_none());
         assert_eq!(config.sse_keepalive, DEFAULT_KEEPALIVE);
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_log_format_comes_from_the_flag_or_the_file() {
+        let file: FileConfig = toml::from_str("log_format = \"json\"").unwrap();
+        let config = Config::merge(&Overrides::default(), file.clone(), Path::new("")).unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        let overrides = Overrides {
+            log_format: Some("text".to_owned()),
+            ..Overrides::default()
+        };
+        let config = Config::merge(&overrides, file, Path::new("")).unwrap();
+        assert_eq!(config.log_format, LogFormat::Text);
+        let overrides = Overrides {
+            log_format: Some("xml".to_owned()),
+            ..Overrides::default()
+        };
+        let error = Config::merge(&overrides, FileConfig::default(), Path::new("")).unwrap_err();
+        assert!(error.to_string().contains("log_format"), "{error}");
     }
 
     #[test]

@@ -1,10 +1,8 @@
 //! Entry points of the fuzz targets in `fuzz/` (run with cargo-fuzz; see `fuzz/README.md`).
 //! Each takes arbitrary bytes and must not panic; they are not part of recap's API.
 
-use crate::event::{EventLimits, StreamName};
+use crate::event::StreamName;
 use crate::server::auth::Keys;
-use crate::server::body::Framing;
-use crate::server::events::{parse_events, parse_records};
 
 /// The decoders of stored rows: records, changes, notes, stream rows.
 pub fn stored_rows(data: &[u8]) {
@@ -13,11 +11,7 @@ pub fn stored_rows(data: &[u8]) {
 
 /// A request body of events or exported records, in both framings, as the server parses it.
 pub fn event_body(data: &[u8]) {
-    let limits = EventLimits::default();
-    for framing in [Framing::Json, Framing::Ndjson] {
-        let _ = parse_events(data, framing, &limits);
-        let _ = parse_records(data, framing, &limits);
-    }
+    crate::server::fuzz::event_body(data);
 }
 
 /// What names rows and grants access to them: stream names (every per-stream key derives from

@@ -20,10 +20,15 @@
 //! - [`jsonl`]: the line formats of import and export (events, trace lines, exported records).
 //! - [`server`]: the HTTP API on hyper: routes, wire types and error mapping, SSE, auth, metrics.
 //! - [`config`]: flags, environment and config file merged into a validated server `Config`.
+//! - [`logging`]: the log format and the `RUST_LOG` filter (which adds to the default).
 //! - [`client`]: the requests of the CLI's client commands over HTTP, as typed answers.
 //! - [`cli`]: the command line: clap definitions with examples, what each command prints,
 //!   shell completions and man pages.
 //! - [`budgets`]: `recap bench budgets`: replays traces over a budget matrix against baselines.
+
+// Items no one outside the library can reach are `pub(crate)`, not `pub` (the integration
+// tests, benches and the binary use the library from outside, so what they use stays `pub`).
+#![warn(unreachable_pub)]
 
 pub mod budgets;
 pub mod cli;
@@ -36,6 +41,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod histogram;
 pub mod jsonl;
+pub mod logging;
 pub mod mcp;
 pub mod meter;
 pub mod openintent;
@@ -43,8 +49,10 @@ pub mod payload;
 pub mod rank;
 pub mod render;
 pub mod server;
-pub mod store;
 pub mod stream;
+// The store's internals are being reworked (checksums); they keep `pub` for now.
+#[allow(unreachable_pub)]
+pub mod store;
 pub mod tokens;
 pub mod trace;
 

@@ -9,6 +9,7 @@ use recap::budgets::{self, BudgetsArgs};
 use recap::cli::{self, BenchCommand, Cli, Command};
 use recap::client;
 use recap::config::Config;
+use recap::logging::LogFormat;
 
 /// mimalloc instead of the system allocator: ingest allocates and frees small records across
 /// many threads, where glibc's malloc spent a third of the writer's time.
@@ -18,7 +19,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors (and 0 for --help / --version).
     let cli = Cli::parse();
-    init_logging();
+    // `serve` installs logging once its config (which may choose the format) is read.
+    if !matches!(cli.command, Command::Serve(_)) {
+        recap::logging::init(LogFormat::default());
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -62,23 +66,13 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    // RUST_LOG=recap::request=debug adds one line per request.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 /// Runs a command; `Ok` carries the exit code of a command that reports its own.
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let config = Config::load(&args.overrides())?;
-            recap::server::serve(&config, shutdown_signal()).await?;
+            recap::logging::init(config.log_format);
+            recap::server::serve(config.startup(), shutdown_signal()).await?;
         }
         Command::Client(command) => return Ok(cli::run_client(command).await?),
         Command::Completions(args) => {

@@ -46,6 +46,12 @@ pub enum Encoding {
     O200kBase,
 }
 
+/// Per encoding (by [`Encoding::ALL`] position): whether its tables are built.
+static WARM: [std::sync::atomic::AtomicBool; 2] = [
+    std::sync::atomic::AtomicBool::new(false),
+    std::sync::atomic::AtomicBool::new(false),
+];
+
 /// Why an encoding or model name was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -107,15 +113,24 @@ impl Encoding {
     }
 
     fn bpe(self) -> &'static CoreBPE {
-        match self {
+        // Marks the tables built (see `is_warm`).
+        let bpe = match self {
             Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
             Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
-        }
+        };
+        WARM[self.index()].store(true, std::sync::atomic::Ordering::Release);
+        bpe
     }
 
     /// Builds the encoding's tables now rather than on the first request.
     pub fn warm_up(self) {
         self.bpe();
+    }
+
+    /// Whether the encoding's tables are built: until then counting anything may take a good
+    /// part of a second (building them), so callers on an async runtime count elsewhere.
+    pub fn is_warm(self) -> bool {
+        WARM[self.index()].load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The number of tokens in `text`.

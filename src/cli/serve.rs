@@ -67,6 +67,14 @@ pub struct ServeArgs {
         )
     )]
     pub cache_bytes: Option<String>,
+    /// Log format.
+    #[arg(
+        long,
+        env = "RECAP_LOG_FORMAT",
+        value_name = "text|json",
+        help = "Log lines as text or json (one object per line); RUST_LOG adds to the default filter (RUST_LOG=recap::request=debug logs every request) [default: text]"
+    )]
+    pub log_format: Option<String>,
 }
 
 impl ServeArgs {
@@ -78,6 +86,7 @@ impl ServeArgs {
             config_file: self.config,
             keys_file: self.keys,
             cache_bytes: self.cache_bytes,
+            log_format: self.log_format,
         }
     }
 }

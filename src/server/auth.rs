@@ -20,13 +20,13 @@
 
 use std::path::{Path, PathBuf};
 
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::event::StreamName;
 
-use super::wire::ApiError;
+use super::wire::{ApiError, ErrorCode};
 
 /// Shortest key accepted: long enough that guessing is hopeless.
 pub const MIN_KEY_LEN: usize = 16;
@@ -94,8 +94,7 @@ impl ApiKey {
     pub fn authorize(&self, scope: Scope, stream: Option<&StreamName>) -> Result<(), ApiError> {
         if !self.allows(scope) {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 format!(
                     "key {:?} lacks the {} scope this request needs",
                     self.name,
@@ -107,8 +106,7 @@ impl ApiKey {
             && !self.covers(stream)
         {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 format!(
                     "key {:?} is confined to streams starting with {:?}",
                     self.name, self.prefix
@@ -213,9 +211,8 @@ impl Keys {
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<&ApiKey, ApiError> {
         let presented = presented_key(headers).ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this server needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
+            ErrorCode::Unauthorized,
+            "this server needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
             )
         })?;
         // Compare with every key without stopping early, so the time taken does not say which
@@ -228,8 +225,7 @@ impl Keys {
         }
         found.ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "the API key is not valid; check the key you were given",
             )
         })
@@ -281,13 +277,13 @@ mod tests {
             .unwrap();
         assert_eq!(key.name, "reader");
         assert_eq!(
-            keys.authenticate(&HeaderMap::new()).unwrap_err().status,
+            keys.authenticate(&HeaderMap::new()).unwrap_err().status(),
             401
         );
         assert_eq!(
             keys.authenticate(&headers("x-api-key", "nope"))
                 .unwrap_err()
-                .status,
+                .status(),
             401
         );
     }
@@ -330,14 +326,14 @@ mod tests {
             team_a
                 .authorize(Scope::Read, Some(&theirs))
                 .unwrap_err()
-                .status,
+                .status(),
             403
         );
         assert_eq!(
             team_a
                 .authorize(Scope::Admin, Some(&mine))
                 .unwrap_err()
-                .status,
+                .status(),
             403
         );
         let reader = keys
@@ -348,7 +344,7 @@ mod tests {
             reader
                 .authorize(Scope::Write, Some(&theirs))
                 .unwrap_err()
-                .status,
+                .status(),
             403
         );
     }

@@ -1,91 +1,29 @@
-//! Request and response bodies: the response body type, reading a request body under a cap, and
-//! telling JSON from NDJSON by content type.
+//! Request bodies: reading one under a cap and a time limit (and a share of the memory for
+//! bodies), telling JSON from NDJSON by content type, and decoding small JSON objects with errors
+//! that name the field.
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::StatusCode;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::event::serde_named_field;
 
 use super::ServerOptions;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-
-use super::wire::ApiError;
+use super::wire::{ApiError, ErrorCode};
 
 /// Default cap on a request body: 1 MiB holds a batch of hundreds of events, and nothing bigger
 /// is buffered in memory per request.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// A response body: a whole buffer, a live feed of chunks (SSE) that ends when its sender is
-/// dropped, or the body of a response the MCP SDK made.
-#[derive(Debug)]
-pub enum Body {
-    /// Everything at once (`None` once sent).
-    Full(Option<Bytes>),
-    /// Chunks as they come.
-    Channel(mpsc::Receiver<Bytes>),
-    /// The `/mcp` route's answer, as `rmcp` built it.
-    Boxed(BoxBody<Bytes, Infallible>),
-}
-
-impl Body {
-    /// A body of one buffer.
-    pub fn full(bytes: Bytes) -> Body {
-        Body::Full(Some(bytes))
-    }
-
-    /// An empty body.
-    pub fn empty() -> Body {
-        Body::Full(None)
-    }
-}
-
-impl hyper::body::Body for Body {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            Body::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Body::Channel(receiver) => receiver
-                .poll_recv(cx)
-                .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes)))),
-            Body::Boxed(body) => hyper::body::Body::poll_frame(Pin::new(body), cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Body::Full(bytes) => bytes.is_none(),
-            Body::Channel(_) => false,
-            Body::Boxed(body) => hyper::body::Body::is_end_stream(body),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Body::Full(None) => SizeHint::with_exact(0),
-            Body::Channel(_) => SizeHint::default(),
-            Body::Boxed(body) => hyper::body::Body::size_hint(body),
-        }
-    }
-}
-
 /// How a request body of events is framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
+pub(super) enum Framing {
     /// One JSON value: an object or an array of objects.
     Json,
     /// One JSON object per line (`application/x-ndjson`).
@@ -94,7 +32,7 @@ pub enum Framing {
 
 /// Reads the content type. A missing one is taken as JSON (scripts often leave it out); anything
 /// but JSON or NDJSON is a 415 that says what to send.
-pub fn framing(headers: &HeaderMap, ndjson_allowed: bool) -> Result<Framing, ApiError> {
+pub(super) fn framing(headers: &HeaderMap, ndjson_allowed: bool) -> Result<Framing, ApiError> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Ok(Framing::Json);
     };
@@ -120,8 +58,7 @@ pub fn framing(headers: &HeaderMap, ndjson_allowed: bool) -> Result<Framing, Api
                 "application/json"
             };
             Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 format!(
                     "content type {:?} is not accepted here; send {accepted} (curl: -H 'Content-Type: application/json')",
                     value.to_str().unwrap_or("(not text)")
@@ -142,7 +79,7 @@ pub const BODIES_IN_FLIGHT: usize = 8;
 
 /// The bodies being read or decoded now, counted in KiB against a fixed allowance.
 #[derive(Debug)]
-pub struct BodyGate {
+pub(super) struct BodyGate {
     kib: Arc<Semaphore>,
     /// A body may take at most this many KiB (the whole allowance: a lone body always fits).
     max_share: u32,
@@ -150,7 +87,7 @@ pub struct BodyGate {
 
 impl BodyGate {
     /// Room for [`BODIES_IN_FLIGHT`] bodies of `max_body_bytes`.
-    pub fn new(max_body_bytes: usize) -> BodyGate {
+    pub(super) fn new(max_body_bytes: usize) -> BodyGate {
         let kib = (max_body_bytes.div_ceil(1024).max(1) * BODIES_IN_FLIGHT)
             .min(Semaphore::MAX_PERMITS) as u32;
         BodyGate {
@@ -163,7 +100,7 @@ impl BodyGate {
 impl BodyGate {
     /// Waits until `deadline` for room for a body of `length` bytes; a 503 with `Retry-After`
     /// when there is none by then.
-    pub async fn admit(
+    pub(super) async fn admit(
         &self,
         length: usize,
         deadline: tokio::time::Instant,
@@ -174,8 +111,7 @@ impl BodyGate {
             Ok(Ok(share)) => Ok(share),
             // The semaphore is never closed; a timeout means the server is busy with bodies.
             Ok(Err(_)) | Err(_) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
+                ErrorCode::Busy,
                 "the server had no room for this body in time (too many large bodies at once); retry shortly",
             )
             .retry_after(1)),
@@ -186,7 +122,7 @@ impl BodyGate {
 /// A body that was read whole, and its share of the [`BodyGate`], given back when dropped:
 /// keep it until what was decoded from the body is done with.
 #[derive(Debug)]
-pub struct Admitted {
+pub(super) struct Admitted {
     /// The body.
     pub bytes: Bytes,
     share: OwnedSemaphorePermit,
@@ -194,7 +130,7 @@ pub struct Admitted {
 
 impl Admitted {
     /// The share of the gate, for a caller that keeps it past the bytes.
-    pub fn into_share(self) -> OwnedSemaphorePermit {
+    pub(super) fn into_share(self) -> OwnedSemaphorePermit {
         self.share
     }
 }
@@ -203,7 +139,7 @@ impl Admitted {
 /// declared `Content-Length` over the cap is refused before a byte is read, and a chunked body
 /// is cut off at the cap. The body first waits for its share of `gate` (its declared length, or
 /// the cap when it declares none), within the same time limit as the read.
-pub async fn read_capped(
+pub(super) async fn read_capped(
     body: Incoming,
     headers: &HeaderMap,
     options: &ServerOptions,
@@ -222,8 +158,7 @@ pub async fn read_capped(
     let read = tokio::time::timeout_at(deadline, Limited::new(body, cap).collect());
     let Ok(collected) = read.await else {
         return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
+            ErrorCode::BodyTimeout,
             format!(
                 "the request body did not arrive within {} s; send it in one go",
                 timeout.as_secs_f64()
@@ -237,8 +172,7 @@ pub async fn read_capped(
         }),
         Err(error) if error.is::<LengthLimitError>() => Err(too_large(cap)),
         Err(error) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "body_read_failed",
+            ErrorCode::BodyReadFailed,
             format!("the request body could not be read: {error}"),
         )),
     }
@@ -248,7 +182,7 @@ pub async fn read_capped(
 /// request body was left unread, and the client's next request on it would fail. A body over
 /// the cap, or one that does not arrive within a second, is left (the connection
 /// closes then).
-pub async fn discard(body: Incoming, headers: &HeaderMap, options: &ServerOptions) {
+pub(super) async fn discard(body: Incoming, headers: &HeaderMap, options: &ServerOptions) {
     let cap = options.max_body_bytes;
     let declared = declared_length(headers);
     if declared.is_some_and(|length| length > cap as u64) {
@@ -270,8 +204,7 @@ const DISCARD_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn too_large(cap: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+        ErrorCode::BodyTooLarge,
         format!(
             "the request body is over the limit of {cap} bytes; split the batch into smaller requests"
         ),
@@ -280,7 +213,7 @@ fn too_large(cap: usize) -> ApiError {
 
 /// Reads a JSON body (one object, no NDJSON): checks the content type, then reads it within the
 /// options' size cap and time limit.
-pub async fn read_json(
+pub(super) async fn read_json(
     body: Incoming,
     headers: &HeaderMap,
     options: &ServerOptions,
@@ -291,17 +224,72 @@ pub async fn read_json(
 }
 
 /// The body as UTF-8 text, or a 400 saying where the bad byte is.
-pub fn utf8(bytes: &[u8]) -> Result<&str, ApiError> {
+pub(super) fn utf8(bytes: &[u8]) -> Result<&str, ApiError> {
     std::str::from_utf8(bytes).map_err(|error| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_utf8",
+            ErrorCode::InvalidUtf8,
             format!(
                 "the body is not valid UTF-8 (bad byte at offset {}); JSON must be UTF-8",
                 error.valid_up_to()
             ),
         )
     })
+}
+
+/// Decodes a small JSON object body (a note, a retention) into `T`, with an error that names
+/// what is wrong the way event errors do: `invalid_json` for syntax, `unknown_field`,
+/// `duplicate_field`, `missing_field` and `invalid_field` naming the field. `shape` is appended
+/// to every message as an example of what to send.
+pub(super) fn decode_object<T: serde::de::DeserializeOwned>(
+    text: &str,
+    shape: &str,
+) -> Result<T, ApiError> {
+    let bad = |code, message: String| ApiError::new(code, format!("{message}; send {shape}"));
+    // serde's derive would also take a positional array; these bodies are always objects.
+    match text.trim_start().chars().next() {
+        Some('{') => {}
+        None => return Err(bad(ErrorCode::InvalidJson, "the body is empty".into())),
+        Some(_) => {
+            return Err(bad(
+                ErrorCode::InvalidJson,
+                "the body must be a JSON object".into(),
+            ));
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let decoded = serde_path_to_error::deserialize(&mut deserializer)
+        .map(|value| (value, deserializer.end()));
+    let error = match decoded {
+        Ok((value, Ok(()))) => return Ok(value),
+        Ok((_, Err(trailing))) => return Err(bad(ErrorCode::InvalidJson, trailing.to_string())),
+        Err(error) => error,
+    };
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return Err(bad(ErrorCode::InvalidJson, inner.to_string()));
+    }
+    let detail = inner.to_string();
+    let detail = match detail.rfind(" at line ") {
+        Some(at) => &detail[..at],
+        None => &detail,
+    };
+    Err(match named_field_error(detail) {
+        Some((code, field)) => bad(code, detail.to_owned()).with_field(field),
+        None if path == "." || path.is_empty() => bad(ErrorCode::InvalidJson, detail.to_owned()),
+        None => bad(ErrorCode::InvalidField, detail.to_owned()).with_field(path),
+    })
+}
+
+/// The error code and field of a struct-level serde problem, if `detail` is one.
+fn named_field_error(detail: &str) -> Option<(ErrorCode, &str)> {
+    [
+        ("unknown field", ErrorCode::UnknownField),
+        ("duplicate field", ErrorCode::DuplicateField),
+        ("missing field", ErrorCode::MissingField),
+    ]
+    .into_iter()
+    .find_map(|(problem, code)| Some((code, serde_named_field(detail, problem)?)))
 }
 
 #[cfg(test)]
@@ -319,8 +307,7 @@ mod tests {
             held.push(gate.admit(4 * 1024, deadline).await.unwrap());
         }
         let error = gate.admit(1, deadline).await.unwrap_err();
-        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!((error.code, error.retry_after), ("busy", Some(1)));
+        assert_eq!((error.code, error.retry_after), (ErrorCode::Busy, Some(1)));
         assert_eq!(Instant::now(), deadline, "it waited until the deadline");
         // Shares come back when dropped; a body that declares more than the whole gate still
         // gets in once it is free.

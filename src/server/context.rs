@@ -20,14 +20,15 @@ use crate::store::Cold;
 use crate::tokens::Encoding;
 
 use super::App;
-use super::body::Body;
 use super::query::Query;
+use super::wire::Body;
 use super::wire::{
     self, ApiError, BUDGET_HEADER, ENCODING_HEADER, NOTES_CUT_HEADER, REVISION_HEADER,
     TOKENS_HEADER,
 };
 
-const PARAMS: &[&str] = &[
+/// The query parameters of `GET .../context`.
+pub(crate) const PARAMS: &[&str] = &[
     "budget",
     "encoding",
     "model",
@@ -49,7 +50,7 @@ struct JsonWindow<'a> {
 }
 
 /// `GET /v1/streams/{s}/context`.
-pub async fn get(
+pub(super) async fn get(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
@@ -103,29 +104,34 @@ pub async fn get(
 
 /// The query parameters of a context request as a [`ContextRequest`] (`format` is the caller's
 /// business): the MCP `get_context` tool parses its arguments with the route's parser.
-pub fn parse_request(query: Option<&str>) -> Result<ContextRequest, ApiError> {
+pub(super) fn parse_request(query: Option<&str>) -> Result<ContextRequest, ApiError> {
     request_from(&Query::parse(query, PARAMS)?)
 }
 
 /// The window `request` asks for (an empty one for a stream with no history yet).
-pub async fn window(
+pub(super) async fn window(
     app: &App,
     stream: StreamName,
     request: &ContextRequest,
 ) -> Result<ContextWindow, ApiError> {
     let now = Utc::now();
-    // A warm build takes microseconds; loading a cold stream from the file or tokenizing (long
-    // messages, a new encoding, line cap or note) runs on a blocking thread.
-    let window = match app.store.warm_context(&stream, request, now) {
-        Ok(window) => window,
-        Err(Cold) => {
-            let (store, request) = (app.store.clone(), request.clone());
-            tokio::task::spawn_blocking(move || store.context(&stream, &request, now))
-                .await
-                .map_err(ApiError::internal)??
+    // A warm build takes microseconds and runs here. Loading a cold stream from the file or
+    // tokenizing (long messages, a new encoding, line cap or note, or an encoding whose tables
+    // are still being built after a start) runs on a blocking thread.
+    if request.encoding.is_warm() {
+        match app.store.warm_context(&stream, request, now) {
+            Ok(Some(window)) => return Ok(window),
+            Ok(None) => return Ok(empty_window(request, now)),
+            Err(Cold) => {}
         }
-    };
-    Ok(window.unwrap_or_else(|| empty_window(request, now)))
+    }
+    let (store, request) = (app.store.clone(), request.clone());
+    tokio::task::spawn_blocking(move || {
+        let window = store.context(&stream, &request, now)?;
+        Ok::<_, ApiError>(window.unwrap_or_else(|| empty_window(&request, now)))
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// The request's parameters as a [`ContextRequest`].

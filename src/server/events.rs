@@ -17,16 +17,16 @@ use crate::store::{ImportedRecord, MAX_PAGE_RECORDS, RecordPage, RecordQuery};
 use crate::stream::Appended;
 
 use super::App;
-use super::body::{self, Body, Framing};
+use super::body::{self, Framing};
 use super::query::Query;
-use super::wire::{self, ApiError, REVISION_HEADER, WriteReply, WrittenRecord};
+use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER, WriteReply, WrittenRecord};
 
 /// Bodies larger than this are parsed on the blocking pool, so that a 1 MiB batch does not
 /// hold up other requests on the same runtime thread.
 const PARSE_INLINE_MAX_BYTES: usize = 64 * 1024;
 
 /// Query parameters of `GET .../events`.
-const HISTORY_PARAMS: &[&str] = &[
+pub(crate) const HISTORY_PARAMS: &[&str] = &[
     "after",
     "before",
     "limit",
@@ -37,7 +37,7 @@ const HISTORY_PARAMS: &[&str] = &[
 ];
 
 /// `POST /v1/streams/{s}/events`: one event, a JSON array, or NDJSON.
-pub async fn post(
+pub(super) async fn post(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
@@ -52,7 +52,7 @@ pub async fn post(
 }
 
 /// Appends parsed events, counted in the metrics; returns where each landed once durable.
-pub async fn append(
+pub(super) async fn append(
     app: &App,
     stream: &StreamName,
     events: Vec<Event>,
@@ -77,7 +77,7 @@ pub async fn append(
 
 /// `POST /v1/streams/{s}/records`: exported records (JSON array or NDJSON), imported as they
 /// are, all or nothing.
-pub async fn import(
+pub(super) async fn import(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
@@ -102,7 +102,7 @@ pub async fn import(
 }
 
 /// `GET /v1/streams/{s}/events`: a page of history with a `next` cursor.
-pub async fn history(
+pub(super) async fn history(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
@@ -116,7 +116,7 @@ pub async fn history(
 }
 
 /// The page of history the query parameters of `GET .../events` ask for.
-pub async fn page(
+pub(super) async fn page(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
@@ -145,7 +145,7 @@ pub async fn page(
 }
 
 /// Parses a body of events, all or nothing.
-pub fn parse_events(
+pub(super) fn parse_events(
     bytes: &[u8],
     framing: Framing,
     limits: &EventLimits,
@@ -159,7 +159,7 @@ pub fn parse_events(
 }
 
 /// Parses a body of exported records, all or nothing.
-pub fn parse_records(
+pub(super) fn parse_records(
     bytes: &[u8],
     framing: Framing,
     limits: &EventLimits,
@@ -226,8 +226,7 @@ fn first_byte(text: &str) -> Option<u8> {
 fn json_array(text: &str) -> Result<Vec<&RawValue>, ApiError> {
     serde_json::from_str::<Vec<&RawValue>>(text).map_err(|error| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("the body is not valid JSON: {error}"),
         )
     })
@@ -235,8 +234,7 @@ fn json_array(text: &str) -> Result<Vec<&RawValue>, ApiError> {
 
 fn empty_body() -> ApiError {
     ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "empty_body",
+        ErrorCode::EmptyBody,
         "the body is empty; send an event object, a JSON array of events, or NDJSON",
     )
 }
@@ -312,7 +310,7 @@ mod tests {
         let error = parse(array, Framing::Json).unwrap_err();
         assert_eq!(
             (error.code, error.index, error.field.as_deref()),
-            ("unknown_severity", Some(1), Some("severity"))
+            (ErrorCode::UnknownSeverity, Some(1), Some("severity"))
         );
         assert!(
             error.message.starts_with("event 1: field `severity`"),
@@ -325,7 +323,7 @@ mod tests {
         let error = parse(ndjson, Framing::Ndjson).unwrap_err();
         assert_eq!(
             (error.code, error.index, error.field.as_deref()),
-            ("invalid_field", Some(1), Some("message"))
+            (ErrorCode::InvalidField, Some(1), Some("message"))
         );
         assert!(
             error.message.starts_with("event 1 (line 3):"),
@@ -338,20 +336,23 @@ mod tests {
     fn syntax_utf8_and_empty_bodies() {
         assert_eq!(
             parse(r#"{"kind": "#, Framing::Json).unwrap_err().code,
-            "invalid_json"
+            ErrorCode::InvalidJson
         );
         assert_eq!(
             parse(r#"[{"kind": "tool"}"#, Framing::Json)
                 .unwrap_err()
                 .code,
-            "invalid_json"
+            ErrorCode::InvalidJson
         );
-        assert_eq!(parse("  ", Framing::Json).unwrap_err().code, "empty_body");
+        assert_eq!(
+            parse("  ", Framing::Json).unwrap_err().code,
+            ErrorCode::EmptyBody
+        );
         let bad_utf8 = parse_events(
             b"{\"kind\": \"tool\", \"message\": \"\xff\"}",
             Framing::Json,
             &EventLimits::default(),
         );
-        assert_eq!(bad_utf8.unwrap_err().code, "invalid_utf8");
+        assert_eq!(bad_utf8.unwrap_err().code, ErrorCode::InvalidUtf8);
     }
 }

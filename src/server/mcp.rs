@@ -20,15 +20,15 @@ use crate::event::StreamName;
 use crate::mcp::{Backend, BoxFuture, ToolError, Tools, Window, Written};
 
 use super::auth::{ApiKey, Scope};
-use super::body::Body;
 use super::wire::ApiError;
+use super::wire::Body;
 use super::{App, ServerOptions, context, events, notes, streams};
 
 /// The SDK's HTTP service with recap's tools.
-pub type McpService = StreamableHttpService<Tools, NeverSessionManager>;
+pub(super) type McpService = StreamableHttpService<Tools, NeverSessionManager>;
 
 /// The service for a server with `options`.
-pub fn service(options: &ServerOptions) -> McpService {
+pub(super) fn service(options: &ServerOptions) -> McpService {
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -56,7 +56,7 @@ struct Caller {
 }
 
 /// Hands a request to the SDK, with the app and the caller's key for the tools.
-pub async fn handle(
+pub(super) async fn handle(
     app: &Arc<App>,
     key: Option<&ApiKey>,
     parts: &Parts,

@@ -1,19 +1,39 @@
 //! `GET /metrics`: counters and histograms in the Prometheus text format, written by hand (a
 //! dozen series do not need a metrics crate). Everything is an atomic, so recording costs a few
 //! nanoseconds and never takes a lock on the request path.
+//!
+//! Requests are counted by route (its method and path template, from the route table), status,
+//! and, for a 405 on a known path, the method that was refused. A request is counted when its
+//! [`InFlight`] guard drops, so a client that hangs up mid-request is counted too (status 499,
+//! nginx's "client closed request") and leaves the in-flight gauge where it was.
 
 use std::fmt::Write;
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::routes::Endpoint;
+use http::Method;
+
+use super::table::{Label, ROUTES, TABLE};
 use crate::histogram::Histogram;
 use crate::store::Store;
 
-/// Statuses counted per endpoint; anything else is counted under `other`.
-const STATUSES: [u16; 13] = [
-    200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 503,
+/// Statuses counted per route; anything else is counted under `other`. 499 is a request whose
+/// client went away before its response was made.
+const STATUSES: [u16; 18] = [
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 499, 500, 503, 507,
+];
+/// The status a request is counted with when its client hung up before the response was made.
+const CLIENT_CLOSED: u16 = 499;
+/// Methods a 405 is counted under by name; any other is counted as `other`.
+const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
 ];
 /// Upper bounds (seconds) of the context latency buckets: the call is expected well under 1 ms.
 const CONTEXT_BUCKETS: [f64; 10] = [
@@ -24,9 +44,11 @@ const COMMIT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05
 
 /// The server's metrics.
 #[derive(Debug)]
-pub struct Metrics {
-    /// Per endpoint, per status slot (the last slot is `other`).
+pub(super) struct Metrics {
+    /// Per route (the last row is unmatched paths), per status slot (the last slot is `other`).
     requests: Vec<[AtomicU64; STATUSES.len() + 1]>,
+    /// 405s per path template, per refused method (the last slot is `other`).
+    wrong_method: Vec<[AtomicU64; METHODS.len() + 1]>,
     in_flight: AtomicI64,
     ingest_events: AtomicU64,
     collapsed_repeats: AtomicU64,
@@ -39,7 +61,8 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            requests: Endpoint::ALL.iter().map(|_| Default::default()).collect(),
+            requests: (0..=ROUTES.len()).map(|_| Default::default()).collect(),
+            wrong_method: TABLE.paths.iter().map(|_| Default::default()).collect(),
             in_flight: AtomicI64::new(0),
             ingest_events: AtomicU64::new(0),
             collapsed_repeats: AtomicU64::new(0),
@@ -52,49 +75,63 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a request until the guard drops, then counts it as finished.
+    pub(crate) fn start(&self, method: &Method) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            metrics: self,
+            method: METHODS
+                .iter()
+                .position(|m| m == method)
+                .unwrap_or(METHODS.len()),
+            label: Label::Unmatched,
+            status: None,
+        }
+    }
+
     /// Counts a finished request.
-    pub fn count_request(&self, endpoint: Endpoint, status: u16) {
+    fn count_request(&self, label: Label, method: usize, status: u16) {
         let slot = STATUSES
             .iter()
             .position(|s| *s == status)
             .unwrap_or(STATUSES.len());
-        self.requests[endpoint as usize][slot].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A request started (`+1`) or finished (`-1`).
-    pub fn in_flight(&self, delta: i64) {
-        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+        let counter = match label {
+            Label::Route(endpoint) => &self.requests[endpoint as usize][slot],
+            Label::Unmatched => &self.requests[ROUTES.len()][slot],
+            Label::WrongMethod(path) => &self.wrong_method[path][method],
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests being handled now (including the one asking).
-    pub fn requests_in_flight(&self) -> i64 {
+    pub(super) fn requests_in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts accepted events and how many of them collapsed into an earlier record.
-    pub fn count_ingest(&self, events: u64, collapsed: u64) {
+    pub(super) fn count_ingest(&self, events: u64, collapsed: u64) {
         self.ingest_events.fetch_add(events, Ordering::Relaxed);
         self.collapsed_repeats
             .fetch_add(collapsed, Ordering::Relaxed);
     }
 
     /// An SSE subscriber connected (`+1`) or left (`-1`).
-    pub fn sse_subscribers(&self, delta: i64) {
+    pub(super) fn sse_subscribers(&self, delta: i64) {
         self.sse_subscribers.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// Counts an SSE subscriber cut off for not reading.
-    pub fn count_sse_cut_off(&self) {
+    pub(super) fn count_sse_cut_off(&self) {
         self.sse_cut_off.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records how long a context request took.
-    pub fn observe_context(&self, took: Duration) {
+    pub(super) fn observe_context(&self, took: Duration) {
         self.context.observe(took);
     }
 
     /// Awaits a write's durable commit, recording how long it waited when it succeeds.
-    pub async fn commit<T, E>(
+    pub(super) async fn commit<T, E>(
         &self,
         pending: impl IntoFuture<Output = Result<T, E>>,
     ) -> Result<T, E> {
@@ -105,12 +142,21 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the store's counters and cache.
-    pub fn render(&self, store: &Store) -> String {
+    pub(super) fn render(&self, store: &Store) -> String {
         let mut out = String::with_capacity(8 * 1024);
+        let _ = writeln!(
+            out,
+            "# HELP recap_build_info The running build (always 1).\n# TYPE recap_build_info gauge\nrecap_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         out.push_str("# HELP recap_http_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE recap_http_requests_total counter\n");
-        for endpoint in Endpoint::ALL {
-            for (slot, count) in self.requests[endpoint as usize].iter().enumerate() {
+        let labels = ROUTES
+            .iter()
+            .map(|route| (route.method.as_str(), route.path))
+            .chain([("any", "unmatched")]);
+        for ((method, route), counts) in labels.zip(&self.requests) {
+            for (slot, count) in counts.iter().enumerate() {
                 let count = count.load(Ordering::Relaxed);
                 if count == 0 {
                     continue;
@@ -120,9 +166,21 @@ impl Metrics {
                     .map_or("other".to_owned(), u16::to_string);
                 let _ = writeln!(
                     out,
-                    "recap_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {count}",
-                    endpoint.method(),
-                    endpoint.route()
+                    "recap_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}",
+                );
+            }
+        }
+        for (path, counts) in TABLE.paths.iter().zip(&self.wrong_method) {
+            for (slot, count) in counts.iter().enumerate() {
+                let count = count.load(Ordering::Relaxed);
+                if count == 0 {
+                    continue;
+                }
+                let method = METHODS.get(slot).map_or("other", Method::as_str);
+                let _ = writeln!(
+                    out,
+                    "recap_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"405\"}} {count}",
+                    path.template
                 );
             }
         }
@@ -158,7 +216,7 @@ impl Metrics {
         );
         self.context.render(
             &mut out,
-            "recap_context_seconds",
+            "recap_context_duration_seconds",
             "Time to serve a context window.",
         );
         self.commit.render(
@@ -172,6 +230,14 @@ impl Metrics {
 }
 
 fn render_store(out: &mut String, store: &Store) {
+    if let Some(bytes) = store.file_bytes() {
+        gauge(
+            out,
+            "recap_store_file_bytes",
+            "Size of the data file (recap.redb).",
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+        );
+    }
     let writes = store.metrics();
     counter(
         out,
@@ -242,6 +308,28 @@ fn render_store(out: &mut String, store: &Store) {
     );
 }
 
+/// A request being handled: in `recap_http_requests_in_flight` while it lives, and counted in
+/// `recap_http_requests_total` when it drops, with its response's status, or 499 when the
+/// client went away first (hyper drops the handler's future then, and this with it).
+#[derive(Debug)]
+pub(crate) struct InFlight<'a> {
+    metrics: &'a Metrics,
+    /// The request's method, as a slot of [`METHODS`].
+    method: usize,
+    /// What the request counts under, once routed.
+    pub(crate) label: Label,
+    /// The response's status, once made.
+    pub(crate) status: Option<u16>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let status = self.status.unwrap_or(CLIENT_CLOSED);
+        self.metrics.count_request(self.label, self.method, status);
+        self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
@@ -259,13 +347,32 @@ fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::table::Endpoint;
 
     #[test]
     fn renders_counters_and_cumulative_buckets() {
         let metrics = Metrics::default();
-        metrics.count_request(Endpoint::PostEvents, 200);
-        metrics.count_request(Endpoint::PostEvents, 200);
-        metrics.count_request(Endpoint::PostEvents, 418);
+        let post = |status: Option<u16>| {
+            let mut request = metrics.start(&Method::POST);
+            request.label = Label::Route(Endpoint::PostEvents);
+            request.status = status;
+        };
+        post(Some(200));
+        post(Some(200));
+        post(Some(418));
+        post(None);
+        let mut refused = metrics.start(&Method::PUT);
+        refused.label = Label::WrongMethod(
+            TABLE
+                .paths
+                .iter()
+                .position(|path| path.template == "/v1/streams/{s}/events")
+                .unwrap(),
+        );
+        refused.status = Some(405);
+        assert_eq!(metrics.requests_in_flight(), 1);
+        drop(refused);
+        assert_eq!(metrics.requests_in_flight(), 0);
         metrics.count_ingest(5, 2);
         metrics.count_sse_cut_off();
         metrics.observe_context(Duration::from_micros(150));
@@ -283,21 +390,33 @@ mod tests {
         );
         assert!(text.contains("recap_http_requests_total{method=\"POST\",route=\"/v1/streams/{s}/events\",status=\"200\"} 2\n"), "{text}");
         assert!(text.contains("status=\"other\"} 1\n"), "{text}");
+        assert!(text.contains("recap_http_requests_total{method=\"POST\",route=\"/v1/streams/{s}/events\",status=\"499\"} 1\n"), "{text}");
+        assert!(text.contains("recap_http_requests_total{method=\"PUT\",route=\"/v1/streams/{s}/events\",status=\"405\"} 1\n"), "{text}");
+        assert!(text.contains("recap_http_requests_in_flight 0\n"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "recap_build_info{{version=\"{}\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(text.contains("recap_store_file_bytes "), "{text}");
+        assert!(text.contains("recap_streams 0\n"), "{text}");
         assert!(text.contains("recap_ingest_events_total 5\n"));
         assert!(text.contains("recap_collapsed_repeats_total 2\n"));
         assert!(text.contains("recap_sse_cut_off_total 1\n"), "{text}");
         assert!(
-            text.contains("recap_context_seconds_bucket{le=\"0.0001\"} 0\n"),
+            text.contains("recap_context_duration_seconds_bucket{le=\"0.0001\"} 0\n"),
             "{text}"
         );
         assert!(
-            text.contains("recap_context_seconds_bucket{le=\"0.0002\"} 1\n"),
+            text.contains("recap_context_duration_seconds_bucket{le=\"0.0002\"} 1\n"),
             "{text}"
         );
         assert!(
-            text.contains("recap_context_seconds_bucket{le=\"+Inf\"} 2\n"),
+            text.contains("recap_context_duration_seconds_bucket{le=\"+Inf\"} 2\n"),
             "{text}"
         );
-        assert!(text.contains("recap_context_seconds_count 2\n"));
+        assert!(text.contains("recap_context_duration_seconds_count 2\n"));
     }
 }

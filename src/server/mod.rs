@@ -3,36 +3,46 @@
 //! The split follows static-web-server and mini-redis: [`serve`] opens the store and binds;
 //! [`run`] takes a bound listener and a shutdown future (so tests drive a real server on port
 //! 0) and owns the accept loop; each connection is served by hyper's HTTP/1 with one service
-//! function that logs, counts and hands the request to [`routes`], the table of handlers.
+//! function that logs, counts and hands the request to `routes`.
 //!
 //! Shutdown: when the shutdown future resolves, the listener is dropped (no new connections),
 //! SSE feeds are told to end, in-flight requests finish (hyper-util's graceful shutdown, bounded
 //! by a drain timeout), and then the store commits what is queued and closes.
 //!
-//! Modules, one job each: [`routes`] (the route table), [`wire`] (response shapes and the one
-//! error-to-status mapping), [`body`] (body type, capped reads, content types), [`query`] (query
-//! strings), [`events`], [`context`], [`notes`], [`streams`] (handlers), [`sse`]
-//! (subscriptions), [`mcp`] (the MCP tools over Streamable HTTP), [`openintent`] (the OpenIntent-compatible routes), [`auth`] (API keys),
-//! [`metrics`] (Prometheus text).
+//! Modules, one job each: `table` (the route table: every route's method, path, scope and
+//! summary, from which matching, `Allow`, metrics labels and the API description come),
+//! `routes` (matching, the checks before a handler, dispatch),
+//! [`wire`] (the response body, response shapes, the error codes and the one error-to-status
+//! mapping), `body` (capped reads of request bodies, content types), `query` (query strings),
+//! `events`, `context`, `notes`, `streams` (handlers), `sse` (subscriptions), `mcp` (the MCP
+//! tools over Streamable HTTP), `openintent` (the OpenIntent-compatible routes), `openapi`
+//! (`GET /openapi.json`), [`auth`] (API keys), `metrics` (Prometheus text).
 
 pub mod auth;
-pub mod body;
-pub mod context;
-pub mod events;
-pub mod mcp;
-pub mod metrics;
-pub mod notes;
-pub mod openintent;
-pub mod query;
-pub mod routes;
-pub mod sse;
-pub mod streams;
-pub mod ui;
+mod body;
+mod context;
+mod events;
+pub(crate) mod fuzz;
+mod mcp;
+mod metrics;
+mod notes;
+mod openapi;
+mod openintent;
+mod query;
+mod routes;
+mod sse;
+mod streams;
+mod table;
+mod ui;
 pub mod wire;
+
+pub use body::{BODIES_IN_FLIGHT, BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES};
+pub use sse::DEFAULT_KEEPALIVE;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,14 +56,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::config::Config;
 use crate::event::EventLimits;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 
 use self::auth::Keys;
-use self::body::Body;
 use self::metrics::Metrics;
+use self::wire::Body;
 
+/// How long shutdown waits for in-flight requests before closing the store anyway.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to send a request's headers (slow-loris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the
@@ -84,7 +95,7 @@ impl Default for ServerOptions {
             max_body_bytes: body::DEFAULT_MAX_BODY_BYTES,
             limits: EventLimits::default(),
             sse_keepalive: sse::DEFAULT_KEEPALIVE,
-            drain_timeout: crate::config::DEFAULT_DRAIN_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             body_read_timeout: body::BODY_READ_TIMEOUT,
         }
     }
@@ -137,28 +148,48 @@ pub struct App {
     mcp: mcp::McpService,
 }
 
-/// Opens the store, binds `config.addr` and serves until `shutdown` resolves.
-pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let store_options = config.store_options();
-    let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(data_dir, store_options))
+/// What [`serve`] starts from (`recap serve` makes it from its validated config).
+#[derive(Clone, Debug)]
+pub struct Startup {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// How the store behaves.
+    pub store: StoreOptions,
+    /// How the HTTP layer behaves.
+    pub server: ServerOptions,
+}
+
+/// Opens the store, binds `startup.addr` and serves until `shutdown` resolves.
+pub async fn serve(
+    startup: Startup,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let Startup {
+        addr,
+        data_dir,
+        store: store_options,
+        server: options,
+    } = startup;
+    let dir = data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(dir, store_options))
         .await
-        .map_err(|error| StoreError::Storage(error.to_string()))??;
-    let listener = match TcpListener::bind(config.addr).await {
+        .map_err(|error| {
+            ServerError::StoreFailed(format!("opening the store panicked: {error}"))
+        })??;
+    let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(source) => {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
-            return Err(ServerError::Bind {
-                addr: config.addr,
-                source,
-            });
+            return Err(ServerError::Bind { addr, source });
         }
     };
-    for warning in config.keys.iter().flat_map(Keys::warnings) {
+    for warning in options.keys.iter().flat_map(Keys::warnings) {
         tracing::warn!("{warning}");
     }
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), auth = config.keys.is_some(), "recap is serving");
-    run(listener, store, config.server_options(), shutdown).await
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), auth = options.keys.is_some(), "recap is serving");
+    run(listener, store, options, shutdown).await
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains and closes `store`.
@@ -246,7 +277,9 @@ pub async fn run(
         // Closing a failed store fails too; the failure is what to report.
         return Err(ServerError::StoreFailed(cause));
     }
-    closed.map_err(|error| StoreError::Storage(error.to_string()))??;
+    closed.map_err(|error| {
+        ServerError::StoreFailed(format!("closing the store panicked: {error}"))
+    })??;
     tracing::info!("store closed; bye");
     Ok(())
 }
@@ -281,18 +314,21 @@ async fn serve_request(
         %peer,
         key = tracing::field::Empty,
     );
-    app.metrics.in_flight(1);
-    let (endpoint, response) = routes::handle(app, request).instrument(span.clone()).await;
-    app.metrics.in_flight(-1);
-    let status = response.status().as_u16();
-    app.metrics.count_request(endpoint, status);
+    // Counted when dropped: a client that hangs up mid-request is counted too.
+    let mut counted = app.metrics.start(&method);
+    let response = routes::handle(app, request, &mut counted.label)
+        .instrument(span.clone())
+        .await;
+    let (label, status) = (counted.label, response.status().as_u16());
+    counted.status = Some(status);
+    drop(counted);
     let error = response.extensions().get::<wire::ErrorCode>();
     tracing::debug!(
         target: "recap::request",
         parent: &span,
-        route = endpoint.route(),
+        route = label.route(),
         status,
-        error = error.map_or("", |code| code.0),
+        error = error.map_or("", |code| code.as_str()),
         micros = started.elapsed().as_micros() as u64,
     );
     response

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::event::{EventError, Note, StreamName, format_timestamp, parse_timestamp};
 
 use super::App;
-use super::body::{self, Body};
+use super::body;
 use super::query::Query;
-use super::wire::{self, ApiError, REVISION_HEADER};
+use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
 
 /// A note as a client posts it.
 #[derive(Debug, Deserialize)]
@@ -31,14 +31,17 @@ struct NoteList {
     next: Option<u64>,
 }
 
+/// The query parameters of `GET .../notes`.
+pub(crate) const LIST_PARAMS: &[&str] = &["after", "limit"];
+
 /// Notes per page when a request names no `limit`: the default `max_notes_per_stream`, so a
 /// stream under the default cap lists in one page.
-pub const DEFAULT_NOTES_PAGE: usize = crate::store::DEFAULT_MAX_NOTES;
+pub(super) const DEFAULT_NOTES_PAGE: usize = crate::store::DEFAULT_MAX_NOTES;
 /// Most notes per page.
-pub const MAX_NOTES_PAGE: usize = 1_000;
+pub(super) const MAX_NOTES_PAGE: usize = 1_000;
 
 /// `POST /v1/streams/{s}/notes`: 201 with the note once durable.
-pub async fn post(
+pub(super) async fn post(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
@@ -54,7 +57,7 @@ pub async fn post(
 }
 
 /// Adds the note a JSON body (`{"text", "expires_at"}`) describes; returns it once durable.
-pub async fn add(app: &App, stream: &StreamName, body: &str) -> Result<Note, ApiError> {
+pub(super) async fn add(app: &App, stream: &StreamName, body: &str) -> Result<Note, ApiError> {
     let input = parse(body, app.options.limits.max_message_bytes)?;
     let now = Utc::now();
     let expires_at = input
@@ -69,8 +72,7 @@ pub async fn add(app: &App, stream: &StreamName, body: &str) -> Result<Note, Api
         .transpose()?;
     if let Some(expires_at) = expires_at.filter(|at| *at <= now) {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "expired_note",
+            ErrorCode::ExpiredNote,
             format!(
                 "expires_at {} is already past (now {}): the note would never be shown; give a time in the future, or leave expires_at out for a note that never expires",
                 format_timestamp(&expires_at),
@@ -87,12 +89,12 @@ pub async fn add(app: &App, stream: &StreamName, body: &str) -> Result<Note, Api
 
 /// `GET /v1/streams/{s}/notes`: the live notes, oldest first, `limit` (default 1,000) after the
 /// note id `after`.
-pub fn list(
+pub(super) fn list(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(query, &["after", "limit"])?;
+    let query = Query::parse(query, LIST_PARAMS)?;
     let after = query.number::<u64>("after")?.unwrap_or(0);
     let limit = match query.number::<usize>("limit")? {
         None => DEFAULT_NOTES_PAGE,
@@ -124,7 +126,11 @@ pub fn list(
 }
 
 /// `DELETE /v1/streams/{s}/notes/{id}`: 204, or 404 if there is no such note.
-pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn delete(
+    app: &App,
+    stream: StreamName,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
     remove(app, &stream, id).await?;
     let mut response = wire::empty(StatusCode::NO_CONTENT);
     wire::set_number(&mut response, REVISION_HEADER, app.store.revision(&stream));
@@ -132,11 +138,10 @@ pub async fn delete(app: &App, stream: StreamName, id: &str) -> Result<Response<
 }
 
 /// Deletes note `id` (as given in the path), or says it does not exist.
-pub async fn remove(app: &App, stream: &StreamName, id: &str) -> Result<(), ApiError> {
+pub(super) async fn remove(app: &App, stream: &StreamName, id: &str) -> Result<(), ApiError> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_note",
+            ErrorCode::UnknownNote,
             format!("note {id:?} does not exist; note ids are the numbers GET .../notes lists"),
         )
     })?;
@@ -148,22 +153,20 @@ pub async fn remove(app: &App, stream: &StreamName, id: &str) -> Result<(), ApiE
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_note",
+            ErrorCode::UnknownNote,
             format!("stream {stream} has no note {id}; GET .../notes lists the live ones"),
         ))
     }
 }
 
 fn parse(text: &str, max_bytes: usize) -> Result<NoteInput, ApiError> {
-    let input: NoteInput = wire::decode_object(
+    let input: NoteInput = body::decode_object(
         text,
         r#"{"text": "...", "expires_at": "2024-05-01T10:00:00Z"} (expires_at optional)"#,
     )?;
     if input.text.trim().is_empty() {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "missing_field",
+            ErrorCode::MissingField,
             "field `text` is empty; a note needs text",
         )
         .with_field("text"));

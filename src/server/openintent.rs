@@ -35,25 +35,27 @@ use crate::store::{MAX_PAGE_RECORDS, MAX_SCAN_RECORDS, RecordQuery};
 
 use super::App;
 use super::auth::ApiKey;
-use super::body::{self, Body};
+use super::body;
 use super::query::Query;
-use super::wire::{self, ApiError, REVISION_HEADER};
+use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
+
+/// The query parameters of `GET /api/v1/intents/{id}/events`.
+pub(crate) const LIST_PARAMS: &[&str] = &["event_type", "since", "limit", "offset"];
 
 /// `limit` when the client gives none: the client's own default.
-pub const DEFAULT_EVENTS_LIMIT: usize = 100;
+pub(super) const DEFAULT_EVENTS_LIMIT: usize = 100;
 /// Records one `GET .../events` with an `event_type` filter looks through at most (newest
 /// first), so a type that matches nothing does not walk a whole long stream.
-pub const MAX_FILTER_SCAN: usize = MAX_SCAN_RECORDS;
+pub(super) const MAX_FILTER_SCAN: usize = MAX_SCAN_RECORDS;
 /// Attempts at a fresh intent id before giving up (a collision of 122 random bits is not
 /// expected even once).
 const ID_ATTEMPTS: usize = 8;
 
 /// The 400 for an intent id that is not a stream name.
-pub fn invalid_intent_id(id: &str) -> ApiError {
+pub(super) fn invalid_intent_id(id: &str) -> ApiError {
     ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_intent_id",
-        format!(
+            ErrorCode::InvalidIntentId,
+            format!(
             "intent id {id:?} cannot be used: recap keeps an intent as a stream, and stream names are 1 to 128 characters from A-Z, a-z, 0-9 and `. _ : -`, starting with a letter or digit; use the id POST /api/v1/intents returned, or such a name"
         ),
     )
@@ -78,15 +80,13 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         Some(b'{') => {}
         None => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "empty_body",
+                ErrorCode::EmptyBody,
                 "the body is empty; send a JSON object",
             ));
         }
         Some(_) => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 "the body must be a JSON object",
             ));
         }
@@ -123,7 +123,7 @@ fn agent_id(headers: &HeaderMap) -> Option<String> {
 ///
 /// `actor` falls back to `X-Agent-ID`. An event identical to the stream's latest record within
 /// the collapse window collapses into it: the answer is that record, with its `repeat_count`.
-pub async fn post_event(
+pub(super) async fn post_event(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
@@ -170,12 +170,12 @@ pub async fn post_event(
 /// - `limit`: 1 to 1000 (larger values are clamped); `offset`: matches to skip.
 ///
 /// An intent with no events yet is an empty array, as on the reference server.
-pub async fn list_events(
+pub(super) async fn list_events(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(query, &["event_type", "since", "limit", "offset"])?;
+    let query = Query::parse(query, LIST_PARAMS)?;
     let limit = match query.number::<usize>("limit")? {
         None => DEFAULT_EVENTS_LIMIT,
         Some(0) => return Err(ApiError::parameter("limit", "limit must be at least 1")),
@@ -281,7 +281,7 @@ fn since(query: &Query) -> Result<Option<Timestamp>, ApiError> {
 
 /// The SSE frame of a record for OpenIntent subscribers: `event:` the event type, `data:` the
 /// same object `GET .../events` returns, `id:` the revision of the change.
-pub fn sse_frame(stream: &StreamName, revision: u64, record: &Record) -> Bytes {
+pub(super) fn sse_frame(stream: &StreamName, revision: u64, record: &Record) -> Bytes {
     let event = outgoing_event(stream, record);
     let event_type = event["event_type"].as_str().unwrap_or(NATIVE_EVENT_TYPE);
     Bytes::from(format!(
@@ -292,7 +292,7 @@ pub fn sse_frame(stream: &StreamName, revision: u64, record: &Record) -> Bytes {
 /// The frame that tells an OpenIntent subscriber that changes after `after` up to `next` are no
 /// longer in the changelog: a `comment` event (recap's own `gap` event type is not one the
 /// client knows) saying which, so it can re-read them with `get_events`.
-pub fn gap_frame(stream: &StreamName, after: u64, next: u64, now: Timestamp) -> Bytes {
+pub(super) fn gap_frame(stream: &StreamName, after: u64, next: u64, now: Timestamp) -> Bytes {
     let event = json!({
         "id": format!("{stream}:gap:{next}"),
         "intent_id": stream.as_str(),
@@ -311,10 +311,10 @@ pub fn gap_frame(stream: &StreamName, after: u64, next: u64, now: Timestamp) -> 
 }
 
 /// The frame that tells an OpenIntent subscriber that revision `after`, where it stands, is not
-/// one of the intent's stream as it is now (the stream was deleted, and maybe created again:
-/// revisions start over at 1): a `comment` event saying so, before the events from the start.
-/// Its `id: 0` makes a client that reconnects after it resume from the start too.
-pub fn reset_frame(stream: &StreamName, after: u64, now: Timestamp) -> Bytes {
+/// one of the intent's stream as it is now (`message` says why): a `comment` event saying so,
+/// before the events from the start. Its `id: 0` makes a client that reconnects after it
+/// resume from the start too.
+pub(super) fn reset_frame(stream: &StreamName, after: u64, message: &str, now: Timestamp) -> Bytes {
     let event = json!({
         "id": format!("{stream}:reset:{after}"),
         "intent_id": stream.as_str(),
@@ -323,7 +323,7 @@ pub fn reset_frame(stream: &StreamName, after: u64, now: Timestamp) -> Bytes {
         "payload": {
             "kind": "status",
             "severity": "warning",
-            "message": format!("revision {after} is not one of this intent's revisions (its stream was deleted, and maybe created again, since); its events start over from the beginning"),
+            "message": message,
             "after": after,
             "reset": true,
         },
@@ -367,7 +367,7 @@ fn new_intent_id(prefix: &str) -> String {
 /// The intent is a new stream whose first record is an `intent_created` event; its payload is
 /// the request body (title, description, constraints, state, created_by, ...), which is where
 /// `GET /api/v1/intents/{id}` reads the intent back from.
-pub async fn create_intent(
+pub(super) async fn create_intent(
     app: &App,
     key: Option<&ApiKey>,
     headers: &HeaderMap,
@@ -389,7 +389,15 @@ pub async fn create_intent(
     fields.remove("message");
     let created_by = match fields.get("created_by") {
         Some(Value::String(by)) if !by.is_empty() => Some(by.clone()),
-        _ => agent_id(headers).or_else(|| key.map(|key| key.name.clone())),
+        None | Some(Value::Null | Value::String(_)) => {
+            agent_id(headers).or_else(|| key.map(|key| key.name.clone()))
+        }
+        Some(_) => {
+            return Err(ApiError::from(EventError::Json {
+                field: Some("created_by".into()),
+                detail: "created_by must be a string (the creating agent's id) or null".into(),
+            }));
+        }
     };
     if let Some(by) = &created_by {
         fields.insert("created_by".into(), Value::String(by.clone()));
@@ -430,7 +438,7 @@ pub async fn create_intent(
 }
 
 /// `GET /api/v1/intents/{id}`: the intent object of an existing stream (404 otherwise).
-pub async fn get_intent(
+pub(super) async fn get_intent(
     app: &App,
     stream: StreamName,
     query: Option<&str>,
@@ -438,8 +446,7 @@ pub async fn get_intent(
     Query::parse(query, &[])?;
     let stats = app.store.stream(&stream).ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_intent",
+            ErrorCode::UnknownIntent,
             format!(
                 "intent {:?} does not exist; create one with POST /api/v1/intents, or post an event to it",
                 stream.as_str()
@@ -519,7 +526,7 @@ mod tests {
         assert_eq!(frame.matches('\n').count(), 4, "one data line: {frame}");
         let gap = String::from_utf8(gap_frame(&stream, 3, 7, ts).to_vec()).unwrap();
         assert!(gap.starts_with("event: comment\ndata: {"), "{gap}");
-        let reset = String::from_utf8(reset_frame(&stream, 6, ts).to_vec()).unwrap();
+        let reset = String::from_utf8(reset_frame(&stream, 6, "why", ts).to_vec()).unwrap();
         assert!(
             reset.starts_with("id: 0\nevent: comment\ndata: {"),
             "{reset}"

@@ -14,13 +14,13 @@ const LISTS: [&str; 1] = ["kinds"];
 
 /// The decoded query string of one request.
 #[derive(Debug, Default)]
-pub struct Query {
+pub(super) struct Query {
     pairs: Vec<(String, String)>,
 }
 
 impl Query {
     /// Decodes `query`, refusing parameters not in `allowed`.
-    pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<Query, ApiError> {
+    pub(super) fn parse(query: Option<&str>, allowed: &[&str]) -> Result<Query, ApiError> {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .map(|(name, value)| (name.into_owned(), value.into_owned()))
             .collect();
@@ -54,7 +54,7 @@ impl Query {
     }
 
     /// The value given for `name`, if any (an empty value counts as absent).
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
             .find(|(n, value)| n == name && !value.is_empty())
@@ -62,7 +62,7 @@ impl Query {
     }
 
     /// A number.
-    pub fn number<T: FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+    pub(super) fn number<T: FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
         self.get(name)
             .map(|value| {
                 value.parse().map_err(|_| {
@@ -73,7 +73,7 @@ impl Query {
     }
 
     /// A severity (aliases and any case accepted, as for events).
-    pub fn severity(&self, name: &str) -> Result<Option<Severity>, ApiError> {
+    pub(super) fn severity(&self, name: &str) -> Result<Option<Severity>, ApiError> {
         self.get(name)
             .map(|value| {
                 value.parse::<Severity>().map_err(|error| {
@@ -84,7 +84,7 @@ impl Query {
     }
 
     /// A timestamp.
-    pub fn timestamp(&self, name: &str) -> Result<Option<Timestamp>, ApiError> {
+    pub(super) fn timestamp(&self, name: &str) -> Result<Option<Timestamp>, ApiError> {
         self.get(name)
             .map(|value| {
                 parse_timestamp(value).map_err(|error| {
@@ -95,7 +95,7 @@ impl Query {
     }
 
     /// A comma-separated set of kinds (the parameter may also repeat).
-    pub fn kinds(&self, name: &str) -> Result<Option<BTreeSet<Kind>>, ApiError> {
+    pub(super) fn kinds(&self, name: &str) -> Result<Option<BTreeSet<Kind>>, ApiError> {
         let mut kinds = BTreeSet::new();
         for (_, value) in self.pairs.iter().filter(|(n, _)| n == name) {
             for kind in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
@@ -128,7 +128,7 @@ mod tests {
     fn refuses_unknown_parameters_by_name() {
         let error = Query::parse(Some("budjet=10"), &["budget"]).unwrap_err();
         assert_eq!(error.field.as_deref(), Some("budjet"));
-        assert_eq!(error.code, "invalid_parameter");
+        assert_eq!(error.code, super::super::wire::ErrorCode::InvalidParameter);
     }
 
     #[test]

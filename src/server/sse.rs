@@ -63,10 +63,10 @@ use crate::store::{
 };
 
 use super::App;
-use super::body::Body;
 use super::openintent;
 use super::query::Query;
 use super::wire::ApiError;
+use super::wire::Body;
 
 /// Default interval between `: keepalive` comments on an idle subscription: under the usual
 /// 30 to 60 s idle timeouts of proxies and load balancers.
@@ -77,21 +77,24 @@ const BUFFER_FRAMES: usize = 256;
 /// Most bytes of frames buffered per subscriber toward its connection (a frame larger than this
 /// goes into an empty buffer alone): 256 KiB is a second or more of a slow link, and what 4 of
 /// the largest records take.
-pub const MAX_BUFFERED_BYTES: usize = 256 * 1024;
+pub(super) const MAX_BUFFERED_BYTES: usize = 256 * 1024;
 /// Most changes read from the changelog per catch-up step.
 const REPLAY_PAGE: usize = 1_000;
 /// About how many bytes of changes one catch-up step reads: each step asks for as many changes
 /// as fit at the size of the previous step's.
-pub const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
+pub(super) const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 /// Changes the first catch-up step asks for, before their size is known: 16 messages of the
 /// largest size (64 KiB) fill [`REPLAY_PAGE_BYTES`].
 const FIRST_REPLAY_PAGE: usize = 16;
+
+/// The query parameters of the subscribe routes.
+pub(crate) const PARAMS: &[&str] = &["after"];
 
 /// Which frames a feed writes: recap's own (`record`, `repeat`, `note`, ...) or OpenIntent's
 /// (`event:` the event type, `data:` the event object; see [`super::openintent`]). The
 /// machinery (resume, replay, live feed, keepalives, shutdown) is the same for both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
+pub(super) enum Dialect {
     /// `GET /v1/streams/{s}/subscribe`.
     Recap,
     /// `GET /api/v1/intents/{id}/subscribe` and `/api/v1/subscribe/intents/{id}`.
@@ -100,14 +103,14 @@ pub enum Dialect {
 
 /// `GET /v1/streams/{s}/subscribe` (recap's frames) and the OpenIntent subscribe routes: the
 /// feed resumes after `Last-Event-ID`, or `?after=`, or starts from now.
-pub fn subscribe(
+pub(super) fn subscribe(
     app: &Arc<App>,
     stream: StreamName,
     headers: &HeaderMap,
     query: Option<&str>,
     dialect: Dialect,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(query, &["after"])?;
+    let query = Query::parse(query, PARAMS)?;
     let resume = match last_event_id(headers)? {
         Some(revision) => Some(revision),
         None => query.number::<u64>("after")?,
@@ -136,7 +139,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 /// Starts a feed of `stream`'s changes after revision `resume` (from now on when `None`) and
 /// returns the streaming response.
-pub fn open(
+pub(super) fn open(
     app: &Arc<App>,
     stream: StreamName,
     resume: Option<u64>,
@@ -153,7 +156,8 @@ pub fn open(
     };
     let after = resume.unwrap_or(revision);
     // Beyond the stream's revision: a revision of a deleted stream (or of another one).
-    let stale_resume = (after > revision).then_some(after);
+    let stale_resume =
+        (after > revision).then_some((after, Reset::PastLatest { latest: revision }));
     let (sender, receiver) = mpsc::channel(BUFFER_FRAMES);
     let feed = Feed {
         app: Arc::clone(app),
@@ -177,6 +181,35 @@ pub fn open(
     // Tells nginx-style proxies not to buffer the feed.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// Why a feed starts its client over from the stream's first change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reset {
+    /// The resume point the client named is past the stream's latest revision: nothing says
+    /// the stream was deleted (the point may be from another stream, or a typo).
+    PastLatest {
+        /// The stream's revision when the feed opened.
+        latest: u64,
+    },
+    /// The stream the feed followed was deleted (and maybe created again: revisions start
+    /// over at 1).
+    Deleted,
+}
+
+impl Reset {
+    /// What happened to the resume point `after`, for the reset frame's message; `what` is
+    /// "stream" or "intent".
+    fn explain(self, after: u64, what: &str) -> String {
+        match self {
+            Reset::PastLatest { latest } => format!(
+                "revision {after} is past this {what}'s latest revision ({latest}): it is not a revision of this {what} as it is now (one of a {what} of this name deleted since, or of another {what})"
+            ),
+            Reset::Deleted => format!(
+                "revision {after} is not one of this {what}'s revisions any more: the {what} was deleted, and maybe created again, since (revisions start over at 1)"
+            ),
+        }
+    }
 }
 
 /// Why a feed stopped.
@@ -222,7 +255,7 @@ struct Feed {
     incarnation: Incarnation,
     last_sent: u64,
     /// The client's resume point, when it is beyond the stream's revision (a reset is due).
-    stale_resume: Option<u64>,
+    stale_resume: Option<(u64, Reset)>,
     /// Changes the next catch-up step asks for.
     replay_limit: usize,
     outbox: Outbox,
@@ -272,8 +305,8 @@ impl Feed {
             return Ok(());
         }
         self.send(Bytes::from_static(b": subscribed\n\n")).await?;
-        if let Some(resume) = self.stale_resume.take() {
-            self.send_reset(resume).await?;
+        if let Some((resume, why)) = self.stale_resume.take() {
+            self.send_reset(resume, why).await?;
         }
         self.catch_up().await?;
         let keepalive = self.app.options.sse_keepalive;
@@ -335,7 +368,7 @@ impl Feed {
     /// start over. A client that holds one of the old stream's revisions is told so.
     async fn restart(&mut self, next: Incarnation) -> Result<(), Stop> {
         if self.last_sent > 0 {
-            self.send_reset(self.last_sent).await?;
+            self.send_reset(self.last_sent, Reset::Deleted).await?;
         }
         self.incarnation = next;
         self.last_sent = 0;
@@ -373,7 +406,7 @@ impl Feed {
             let (stream, after, limit) = (self.stream.clone(), self.last_sent, self.replay_limit);
             let changes = tokio::task::spawn_blocking(move || store.changes(&stream, after, limit))
                 .await
-                .map_err(|error| Stop::Store(StoreError::Storage(error.to_string())))?;
+                .map_err(|error| Stop::Store(StoreError::storage("", error)))?;
             let changes = match changes {
                 Ok(changes) => changes,
                 // A stream not created yet has no changes; its first ones will come live.
@@ -442,7 +475,7 @@ impl Feed {
                 };
                 let page = match tokio::task::spawn_blocking(move || store.records(&stream, &query))
                     .await
-                    .map_err(|error| Stop::Store(StoreError::Storage(error.to_string())))?
+                    .map_err(|error| Stop::Store(StoreError::storage("", error)))?
                 {
                     Ok(page) => page,
                     // Deleted meanwhile: nothing to show.
@@ -484,20 +517,26 @@ impl Feed {
     }
 
     /// Tells the client that revision `after`, where it stands, is not one of the stream as it
-    /// is now: it was deleted (and maybe created again) since. `id: 0` moves the client's
-    /// resume point to the start, which is where the feed goes on from.
-    async fn send_reset(&mut self, after: u64) -> Result<(), Stop> {
+    /// is now, and `why`. `id: 0` moves the client's resume point to the start, which is where
+    /// the feed goes on from.
+    async fn send_reset(&mut self, after: u64, why: Reset) -> Result<(), Stop> {
         let bytes = match self.dialect {
             Dialect::Recap => {
                 let data = serde_json::json!({
                     "after": after,
                     "next": 1,
                     "reset": true,
-                    "message": format!("revision {after} is not one of this stream's revisions (the stream was deleted, and maybe created again, since: revisions start over at 1); the feed starts over from the stream's first change"),
+                    "message": format!("{}; the feed starts over from the stream's first change", why.explain(after, "stream")),
                 });
                 Bytes::from(format!("id: 0\nevent: gap\ndata: {data}\n\n"))
             }
-            Dialect::OpenIntent => openintent::reset_frame(&self.stream, after, chrono::Utc::now()),
+            Dialect::OpenIntent => {
+                let message = format!(
+                    "{}; its events start over from the beginning",
+                    why.explain(after, "intent")
+                );
+                openintent::reset_frame(&self.stream, after, &message, chrono::Utc::now())
+            }
         };
         self.send(bytes).await
     }

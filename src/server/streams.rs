@@ -10,12 +10,12 @@ use crate::store::{Retention, StreamStats};
 
 use super::App;
 use super::auth::ApiKey;
-use super::body::{self, Body};
+use super::body;
 use super::query::Query;
-use super::wire::{self, ApiError, REVISION_HEADER};
+use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
 
 /// Most streams a page lists, and the default.
-pub const MAX_STREAMS_PER_PAGE: usize = 1_000;
+pub(super) const MAX_STREAMS_PER_PAGE: usize = 1_000;
 
 #[derive(Serialize)]
 struct StreamList {
@@ -23,6 +23,9 @@ struct StreamList {
     /// The `after=` of the next page; `None` on the last.
     next: Option<StreamName>,
 }
+
+/// The query parameters of `GET /v1/streams`.
+pub(crate) const LIST_PARAMS: &[&str] = &["after", "limit", "prefix"];
 
 /// A retention as clients send it.
 #[derive(Deserialize)]
@@ -34,12 +37,12 @@ struct RetentionInput {
 
 /// `GET /v1/streams`: the streams the caller may see, with stats, by name, in pages (`after` a
 /// name, `limit` ≤ [`MAX_STREAMS_PER_PAGE`], `prefix`).
-pub fn list(
+pub(super) fn list(
     app: &App,
     key: Option<&ApiKey>,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(query, &["after", "limit", "prefix"])?;
+    let query = Query::parse(query, LIST_PARAMS)?;
     let limit = match query.number::<usize>("limit")? {
         None => MAX_STREAMS_PER_PAGE,
         Some(0) => return Err(ApiError::parameter("limit", "limit must be at least 1")),
@@ -54,7 +57,7 @@ pub fn list(
 
 /// The stats of the first [`MAX_STREAMS_PER_PAGE`] streams named from `prefix` that `key` may
 /// see (all of them without keys), by name.
-pub fn visible(app: &App, key: Option<&ApiKey>, prefix: &str) -> Vec<StreamStats> {
+pub(super) fn visible(app: &App, key: Option<&ApiKey>, prefix: &str) -> Vec<StreamStats> {
     let admit = |name: &StreamName| {
         name.as_str().starts_with(prefix) && key.is_none_or(|key| key.covers(name))
     };
@@ -62,7 +65,7 @@ pub fn visible(app: &App, key: Option<&ApiKey>, prefix: &str) -> Vec<StreamStats
 }
 
 /// `GET /v1/streams/{s}`.
-pub fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
+pub(super) fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
     let stats = app
         .store
         .stream(&stream)
@@ -73,7 +76,7 @@ pub fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
 }
 
 /// `DELETE /v1/streams/{s}`: 204, or 404 if it did not exist.
-pub async fn delete(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
+pub(super) async fn delete(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
     let deleted = app.metrics.commit(app.store.delete_stream(&stream)).await?;
     if deleted {
         Ok(wire::empty(StatusCode::NO_CONTENT))
@@ -84,41 +87,34 @@ pub async fn delete(app: &App, stream: StreamName) -> Result<Response<Body>, Api
 
 /// `PUT /v1/streams/{s}/retention`: `{"max_records": N, "max_age_seconds": S}` (either may be
 /// null or absent for no limit).
-pub async fn set_retention(
+pub(super) async fn set_retention(
     app: &App,
     stream: StreamName,
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let body = body::read_json(body, headers, &app.options, &app.bodies).await?;
-    let input: RetentionInput = wire::decode_object(
+    let input: RetentionInput = body::decode_object(
         body::utf8(&body.bytes)?,
         r#"{"max_records": 10000, "max_age_seconds": 86400} (either may be null)"#,
     )?;
     if input.max_records == Some(0) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "max_records must be at least 1",
-        )
-        .with_field("max_records"));
+        return Err(
+            ApiError::new(ErrorCode::InvalidField, "max_records must be at least 1")
+                .with_field("max_records"),
+        );
     }
     let max_age = match input.max_age_seconds {
         Some(seconds) if seconds <= 0 => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "max_age_seconds must be at least 1",
             )
             .with_field("max_age_seconds"));
         }
         Some(seconds) => Some(TimeDelta::try_seconds(seconds).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_field",
-                "max_age_seconds is too large",
-            )
-            .with_field("max_age_seconds")
+            ApiError::new(ErrorCode::InvalidField, "max_age_seconds is too large")
+                .with_field("max_age_seconds")
         })?),
         None => None,
     };

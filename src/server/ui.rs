@@ -14,8 +14,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::body::Body;
-use super::wire::ApiError;
+use super::wire::{ApiError, Body, ErrorCode};
 
 /// What the view may load: its own origin only, nothing inline, no frames around it.
 const CONTENT_SECURITY_POLICY: &str =
@@ -28,7 +27,7 @@ const AUTH_PLACEHOLDER: &str = "{{auth}}";
 
 /// A page of the view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Page {
+pub(super) enum Page {
     /// The streams with their stats.
     Streams,
     /// One stream, live, beside its context window.
@@ -84,7 +83,7 @@ const ASSETS: &[Asset] = &[
 ];
 
 /// A page, telling its script whether the server asks for keys.
-pub fn page(page: Page, keys: bool) -> Response<Body> {
+pub(super) fn page(page: Page, keys: bool) -> Response<Body> {
     let html = match page {
         Page::Streams => include_str!("ui/streams.html"),
         Page::Stream => include_str!("ui/stream.html"),
@@ -93,15 +92,19 @@ pub fn page(page: Page, keys: bool) -> Response<Body> {
     respond("text/html; charset=utf-8", Bytes::from(html))
 }
 
-/// An asset by file name, or 404.
-pub fn asset(name: &str) -> Result<Response<Body>, ApiError> {
+/// The names of the web view's assets.
+pub(crate) fn asset_names() -> impl Iterator<Item = &'static str> {
+    ASSETS.iter().map(|asset| asset.name)
+}
+
+/// `GET /ui/assets/{file}`: an asset by file name, or 404.
+pub(super) fn asset(name: &str) -> Result<Response<Body>, ApiError> {
     let asset = ASSETS
         .iter()
         .find(|asset| asset.name == name)
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 format!("the web view has no asset {name:?}"),
             )
         })?;
@@ -167,7 +170,10 @@ mod tests {
                 assert!(asset(&name).is_ok(), "{name} is referenced but not served");
             }
         }
-        assert_eq!(asset("nope.js").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            asset("nope.js").unwrap_err().status(),
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[test]

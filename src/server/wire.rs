@@ -1,5 +1,6 @@
-//! What goes over the wire: JSON response shapes, the error body, and THE one mapping from
-//! library errors to HTTP statuses.
+//! What goes over the wire: the response body type, JSON response shapes, the error codes
+//! ([`ErrorCode`], each with its status), the error body, and THE one mapping from library
+//! errors to HTTP statuses.
 //!
 //! Every refusal is an [`ApiError`]; handlers return `Result<Response, ApiError>` and
 //! [`ApiError::into_response`] is the only place an error becomes a status and a body. 4xx
@@ -14,19 +15,25 @@
 //! - 401 no or unknown key; 403 a key outside its scope or stream prefix.
 //! - 404 unknown route, stream or note; 405 wrong method (with `Allow`).
 //! - 413 body over the cap (the rest is not read); 415 a content type recap does not take.
-//! - 503 the server is shutting down; 500 anything else, logged.
+//! - 503 the server is shutting down, busy or its store unavailable; 507 the disk is full; 500
+//!   anything else, logged.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Frame, SizeHint};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
-use crate::event::{EventError, serde_named_field};
+use crate::event::EventError;
 use crate::rank::WeightError;
 use crate::store::StoreError;
 use crate::tokens::EncodingError;
-
-use super::body::Body;
 
 /// Response header carrying a stream revision the response reflects (at least).
 pub const REVISION_HEADER: &str = "x-recap-revision";
@@ -39,18 +46,123 @@ pub const ENCODING_HEADER: &str = "x-recap-encoding";
 /// Response header set when some live notes did not fit the budget.
 pub const NOTES_CUT_HEADER: &str = "x-recap-notes-cut";
 
-/// The code of an error response, for the request log.
-#[derive(Clone, Copy, Debug)]
-pub struct ErrorCode(pub &'static str);
+/// Declares [`ErrorCode`]: each code with its HTTP status and what it means, in one place.
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $code:literal, $status:ident;)+) => {
+        /// Every `code` an error response carries, with its HTTP status: the one list of what a
+        /// client can be told (`GET /openapi.json` lists them too). Codes are stable: a client
+        /// may match on them.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[doc = $doc])+ $variant,)+
+        }
 
-/// A refused request: status, machine-readable code, a message that says what to fix, and the
-/// offending field (and batch index) when there is one.
+        impl ErrorCode {
+            /// Every code, in declaration order (grouped by status).
+            pub const ALL: &[ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            /// The code as it appears in the body (`invalid_json`, ...).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)+
+                }
+            }
+
+            /// The HTTP status every error with this code is answered with.
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(ErrorCode::$variant => StatusCode::$status,)+
+                }
+            }
+
+            /// What the code means, for the API description.
+            pub fn description(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => concat!($($doc),+).trim_ascii(),)+
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The body or a JSON value in it is not valid JSON (or not the JSON shape expected).
+    InvalidJson = "invalid_json", BAD_REQUEST;
+    /// The body is not valid UTF-8.
+    InvalidUtf8 = "invalid_utf8", BAD_REQUEST;
+    /// The body is empty where a write needs one.
+    EmptyBody = "empty_body", BAD_REQUEST;
+    /// The body could not be read (the connection broke, say).
+    BodyReadFailed = "body_read_failed", BAD_REQUEST;
+    /// A field this object does not have (`field` names it).
+    UnknownField = "unknown_field", BAD_REQUEST;
+    /// A field given twice.
+    DuplicateField = "duplicate_field", BAD_REQUEST;
+    /// A required field is missing or empty.
+    MissingField = "missing_field", BAD_REQUEST;
+    /// A field's value has the wrong type or is out of range.
+    InvalidField = "invalid_field", BAD_REQUEST;
+    /// A `kind` outside `[a-z0-9][a-z0-9_.:-]{0,63}`.
+    InvalidKind = "invalid_kind", BAD_REQUEST;
+    /// A severity other than debug, info, warning, error, critical (or an alias).
+    UnknownSeverity = "unknown_severity", BAD_REQUEST;
+    /// A stream name outside `[A-Za-z0-9][A-Za-z0-9._:-]{0,127}`.
+    InvalidStreamName = "invalid_stream_name", BAD_REQUEST;
+    /// A field over its size limit.
+    FieldTooLong = "field_too_long", BAD_REQUEST;
+    /// A timestamp that is not RFC 3339.
+    InvalidTimestamp = "invalid_timestamp", BAD_REQUEST;
+    /// A query parameter (or header such as `Last-Event-ID`) is unknown, repeated or invalid.
+    InvalidParameter = "invalid_parameter", BAD_REQUEST;
+    /// A note's `expires_at` is already past.
+    ExpiredNote = "expired_note", BAD_REQUEST;
+    /// An OpenIntent intent id that is not a stream name.
+    InvalidIntentId = "invalid_intent_id", BAD_REQUEST;
+    /// No API key, or not a valid one.
+    Unauthorized = "unauthorized", UNAUTHORIZED;
+    /// The key lacks the scope the route needs, or the stream is outside its prefix.
+    Forbidden = "forbidden", FORBIDDEN;
+    /// No route at this path (or no such web view asset).
+    NotFound = "not_found", NOT_FOUND;
+    /// The stream does not exist.
+    UnknownStream = "unknown_stream", NOT_FOUND;
+    /// The note does not exist.
+    UnknownNote = "unknown_note", NOT_FOUND;
+    /// The OpenIntent intent does not exist.
+    UnknownIntent = "unknown_intent", NOT_FOUND;
+    /// The route does not take this method (`Allow` lists those it takes).
+    MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
+    /// The body did not arrive in time.
+    BodyTimeout = "body_timeout", REQUEST_TIMEOUT;
+    /// The stream holds as many notes (or bytes of note text) as it may.
+    NoteLimit = "note_limit", CONFLICT;
+    /// The body is over the size limit (the rest is not read; the connection closes).
+    BodyTooLarge = "body_too_large", PAYLOAD_TOO_LARGE;
+    /// A content type the route does not take.
+    UnsupportedMediaType = "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
+    /// A server fault; the cause is in the server log.
+    Internal = "internal", INTERNAL_SERVER_ERROR;
+    /// A row of the data file the read needs is damaged (the message names the stream and
+    /// the row); nothing damaged is served. `recap check` lists every damaged row.
+    Corrupt = "corrupt", INTERNAL_SERVER_ERROR;
+    /// No room to read the body in time (too many large bodies at once); retry shortly.
+    Busy = "busy", SERVICE_UNAVAILABLE;
+    /// The server is shutting down.
+    ShuttingDown = "shutting_down", SERVICE_UNAVAILABLE;
+    /// The data file is being reopened after a failed write; retry shortly.
+    StoreUnavailable = "store_unavailable", SERVICE_UNAVAILABLE;
+    /// A store thread died; the server exits for its supervisor to restart it.
+    StoreFailed = "store_failed", SERVICE_UNAVAILABLE;
+    /// The data file's disk is full; nothing of the request was written.
+    DiskFull = "disk_full", INSUFFICIENT_STORAGE;
+}
+
+/// A refused request: a code (which fixes the status), a message that says what to fix, and
+/// the offending field (and batch index) when there is one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// Stable machine-readable code (`invalid_json`, `unknown_severity`, ...).
-    pub code: &'static str,
+    /// Stable machine-readable code; it fixes the HTTP status.
+    pub code: ErrorCode,
     /// What went wrong and what to do about it.
     pub message: String,
     /// The offending field or query parameter.
@@ -65,9 +177,8 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with no field.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
             code,
             message: message.into(),
             field: None,
@@ -75,6 +186,11 @@ impl ApiError {
             allow: None,
             retry_after: None,
         }
+    }
+
+    /// The HTTP status (the code's).
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 
     /// The same error with a `Retry-After` of `seconds`.
@@ -91,21 +207,7 @@ impl ApiError {
 
     /// A bad query parameter.
     pub fn parameter(name: &str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message).with_field(name)
-    }
-
-    /// No route at this path.
-    pub fn not_found(path: &str) -> ApiError {
-        let hint = if path.starts_with("/api/") {
-            "recap serves these OpenIntent routes: POST /api/v1/intents, GET /api/v1/intents/{id}, POST and GET /api/v1/intents/{id}/events, GET /api/v1/intents/{id}/subscribe (docs/openintent.md)"
-        } else {
-            "the API lives under /v1/streams (see the README's API table)"
-        };
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no route for {path}; {hint}"),
-        )
+        ApiError::new(ErrorCode::InvalidParameter, message).with_field(name)
     }
 
     /// The route exists but not with this method.
@@ -113,8 +215,7 @@ impl ApiError {
         ApiError {
             allow: Some(allow),
             ..ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 format!("{method} is not allowed here; use {allow}"),
             )
         }
@@ -135,8 +236,7 @@ impl ApiError {
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
         tracing::error!(%cause, "internal error");
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error; the cause is in the server log",
         )
     }
@@ -156,7 +256,7 @@ impl ApiError {
                 "error": error,
             }),
         };
-        let mut response = json_bytes(self.status, serde_json::to_vec(&body).unwrap_or_default());
+        let mut response = json_bytes(self.status(), serde_json::to_vec(&body).unwrap_or_default());
         if let Some(allow) = self.allow {
             response
                 .headers_mut()
@@ -167,13 +267,13 @@ impl ApiError {
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        if self.code == ErrorCode::BodyTooLarge {
             // The rest of the body was not read; the connection cannot be reused.
             response
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.code == ErrorCode::Unauthorized {
             // RFC 9110: a 401 says how to authenticate.
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
@@ -181,7 +281,7 @@ impl ApiError {
             );
         }
         // The request log names the error; extensions never leave the server.
-        response.extensions_mut().insert(ErrorCode(self.code));
+        response.extensions_mut().insert(self.code);
         response
     }
 
@@ -193,7 +293,7 @@ impl ApiError {
     /// `{"code", "message", "field", "index"?}`.
     fn error_object(&self) -> serde_json::Value {
         let mut error = serde_json::json!({
-            "code": self.code,
+            "code": self.code.as_str(),
             "message": self.message,
             "field": self.field,
         });
@@ -214,92 +314,24 @@ pub enum ErrorStyle {
     OpenIntent,
 }
 
-impl ErrorStyle {
-    /// The style for a request path.
-    pub fn for_path(path: &str) -> ErrorStyle {
-        if path.starts_with("/api/") {
-            ErrorStyle::OpenIntent
-        } else {
-            ErrorStyle::Recap
-        }
-    }
-}
-
-/// Decodes a small JSON object body (a note, a retention) into `T`, with an error that names
-/// what is wrong the way event errors do: `invalid_json` for syntax, `unknown_field`,
-/// `duplicate_field`, `missing_field` and `invalid_field` naming the field. `shape` is appended
-/// to every message as an example of what to send.
-pub fn decode_object<T: serde::de::DeserializeOwned>(
-    text: &str,
-    shape: &str,
-) -> Result<T, ApiError> {
-    let bad = |code, message: String| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            code,
-            format!("{message}; send {shape}"),
-        )
-    };
-    // serde's derive would also take a positional array; these bodies are always objects.
-    match text.trim_start().chars().next() {
-        Some('{') => {}
-        None => return Err(bad("invalid_json", "the body is empty".into())),
-        Some(_) => return Err(bad("invalid_json", "the body must be a JSON object".into())),
-    }
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let decoded = serde_path_to_error::deserialize(&mut deserializer)
-        .map(|value| (value, deserializer.end()));
-    let error = match decoded {
-        Ok((value, Ok(()))) => return Ok(value),
-        Ok((_, Err(trailing))) => return Err(bad("invalid_json", trailing.to_string())),
-        Err(error) => error,
-    };
-    let path = error.path().to_string();
-    let inner = error.into_inner();
-    if inner.is_syntax() || inner.is_eof() {
-        return Err(bad("invalid_json", inner.to_string()));
-    }
-    let detail = inner.to_string();
-    let detail = match detail.rfind(" at line ") {
-        Some(at) => &detail[..at],
-        None => &detail,
-    };
-    Err(match named_field_error(detail) {
-        Some((code, field)) => bad(code, detail.to_owned()).with_field(field),
-        None if path == "." || path.is_empty() => bad("invalid_json", detail.to_owned()),
-        None => bad("invalid_field", detail.to_owned()).with_field(path),
-    })
-}
-
-/// The error code and field of a struct-level serde problem, if `detail` is one.
-fn named_field_error(detail: &str) -> Option<(&'static str, &str)> {
-    [
-        ("unknown field", "unknown_field"),
-        ("duplicate field", "duplicate_field"),
-        ("missing field", "missing_field"),
-    ]
-    .into_iter()
-    .find_map(|(problem, code)| Some((code, serde_named_field(detail, problem)?)))
-}
-
 impl From<EventError> for ApiError {
     fn from(error: EventError) -> ApiError {
         let code = match &error {
-            EventError::MissingField { .. } => "missing_field",
-            EventError::InvalidKind { .. } => "invalid_kind",
-            EventError::UnknownSeverity { .. } => "unknown_severity",
-            EventError::InvalidStreamName { .. } => "invalid_stream_name",
-            EventError::TooLong { .. } => "field_too_long",
-            EventError::InvalidTimestamp { .. } => "invalid_timestamp",
-            EventError::Json { field: None, .. } => "invalid_json",
-            EventError::Json { field: Some(_), .. } => "invalid_field",
-            EventError::UnknownField { .. } => "unknown_field",
-            EventError::DuplicateField { .. } => "duplicate_field",
+            EventError::MissingField { .. } => ErrorCode::MissingField,
+            EventError::InvalidKind { .. } => ErrorCode::InvalidKind,
+            EventError::UnknownSeverity { .. } => ErrorCode::UnknownSeverity,
+            EventError::InvalidStreamName { .. } => ErrorCode::InvalidStreamName,
+            EventError::TooLong { .. } => ErrorCode::FieldTooLong,
+            EventError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
+            EventError::Json { field: None, .. } => ErrorCode::InvalidJson,
+            EventError::Json { field: Some(_), .. } => ErrorCode::InvalidField,
+            EventError::UnknownField { .. } => ErrorCode::UnknownField,
+            EventError::DuplicateField { .. } => ErrorCode::DuplicateField,
         };
         let field = error.field().map(str::to_owned);
         ApiError {
             field,
-            ..ApiError::new(StatusCode::BAD_REQUEST, code, error.to_string())
+            ..ApiError::new(code, error.to_string())
         }
     }
 }
@@ -308,45 +340,25 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
             StoreError::UnknownStream(name) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_stream",
+                ErrorCode::UnknownStream,
                 format!(
                     "stream {name:?} does not exist; it is created by its first POST .../events"
                 ),
             ),
             StoreError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                ErrorCode::ShuttingDown,
                 "the server is shutting down; retry against the next instance",
             ),
-            StoreError::DiskFull(_) => ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "disk_full",
-                error.to_string(),
-            ),
-            StoreError::Unavailable(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                error.to_string(),
-            )
-            .retry_after(1),
-            StoreError::Failed(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_failed",
-                error.to_string(),
-            ),
+            StoreError::DiskFull(_) => ApiError::new(ErrorCode::DiskFull, error.to_string()),
+            StoreError::Unavailable(_) => {
+                ApiError::new(ErrorCode::StoreUnavailable, error.to_string()).retry_after(1)
+            }
+            StoreError::Failed(_) => ApiError::new(ErrorCode::StoreFailed, error.to_string()),
             StoreError::CountLimit { .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", error.to_string())
-                    .with_field("repeat_count")
+                ApiError::new(ErrorCode::InvalidField, error.to_string()).with_field("repeat_count")
             }
-            StoreError::NoteLimit { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "note_limit", error.to_string())
-            }
-            StoreError::Damaged { .. } => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "corrupt",
-                error.to_string(),
-            ),
+            StoreError::NoteLimit { .. } => ApiError::new(ErrorCode::NoteLimit, error.to_string()),
+            StoreError::Damaged { .. } => ApiError::new(ErrorCode::Corrupt, error.to_string()),
             other => ApiError::internal(other),
         }
     }
@@ -365,6 +377,65 @@ impl From<EncodingError> for ApiError {
 impl From<WeightError> for ApiError {
     fn from(error: WeightError) -> ApiError {
         ApiError::parameter("weights", error.to_string())
+    }
+}
+
+/// A response body: a whole buffer, a live feed of chunks (SSE) that ends when its sender is
+/// dropped, or the body of a response the MCP SDK made.
+#[derive(Debug)]
+pub enum Body {
+    /// Everything at once (`None` once sent).
+    Full(Option<Bytes>),
+    /// Chunks as they come.
+    Channel(mpsc::Receiver<Bytes>),
+    /// The `/mcp` route's answer, as `rmcp` built it.
+    Boxed(BoxBody<Bytes, Infallible>),
+}
+
+impl Body {
+    /// A body of one buffer.
+    pub fn full(bytes: Bytes) -> Body {
+        Body::Full(Some(bytes))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Body {
+        Body::Full(None)
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Body::Channel(receiver) => receiver
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes)))),
+            Body::Boxed(body) => hyper::body::Body::poll_frame(Pin::new(body), cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Channel(_) => false,
+            Body::Boxed(body) => hyper::body::Body::is_end_stream(body),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Body::Full(None) => SizeHint::with_exact(0),
+            Body::Channel(_) => SizeHint::default(),
+            Body::Boxed(body) => hyper::body::Body::size_hint(body),
+        }
     }
 }
 

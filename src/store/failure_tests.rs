@@ -98,7 +98,10 @@ fn a_failed_commit_loses_nothing_acknowledged_and_the_store_goes_on() {
             // The failed commit's own callers get its error; those placed on top of it are
             // told to retry.
             assert!(
-                matches!(error, StoreError::Storage(_) | StoreError::Unavailable(_)),
+                matches!(
+                    error,
+                    StoreError::Storage { .. } | StoreError::Unavailable(_)
+                ),
                 "{error}"
             );
         }
@@ -166,7 +169,7 @@ fn a_failed_commit_creates_no_stream_and_a_failed_delete_keeps_the_stream() {
         .append(&lost, vec![event("lost")], Utc::now())
         .wait()
         .unwrap_err();
-    assert!(matches!(error, StoreError::Storage(_)), "{error}");
+    assert!(matches!(error, StoreError::Storage { .. }), "{error}");
     assert!(store.stream(&lost).is_none());
 
     // Deleting commits on the writer thread itself: the same guarantee holds there.

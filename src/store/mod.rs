@@ -154,8 +154,27 @@ pub enum StoreError {
     #[error("the store is briefly unavailable: {0}; retry shortly")]
     Unavailable(String),
     /// An I/O or database failure; the write was not acknowledged.
-    #[error("storage failure: {0}")]
-    Storage(String),
+    #[error("storage failure: {}", joined(.context, .source.as_deref()))]
+    Storage {
+        /// What was being done (may be empty when the source says it all).
+        context: String,
+        /// The underlying error, if there is one (shared: each caller of a failed batch gets
+        /// the error).
+        #[source]
+        source: Option<SharedError>,
+    },
+}
+
+/// An underlying error that several callers may each be handed.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
+
+/// `context: source`, leaving out either when it is empty.
+fn joined(context: &str, source: Option<&(dyn std::error::Error + Send + Sync)>) -> String {
+    match (context.is_empty(), source) {
+        (_, None) => context.to_owned(),
+        (true, Some(source)) => source.to_string(),
+        (false, Some(source)) => format!("{context}: {source}"),
+    }
 }
 
 /// Retention for one stream: records beyond these limits are removed by the writer in the
@@ -483,7 +502,10 @@ impl StoreError {
             StoreError::DiskFull(detail) => StoreError::DiskFull(detail.clone()),
             StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
             StoreError::Failed(cause) => StoreError::Failed(cause.clone()),
-            StoreError::Storage(detail) => StoreError::Storage(detail.clone()),
+            StoreError::Storage { context, source } => StoreError::Storage {
+                context: context.clone(),
+                source: source.clone(),
+            },
             StoreError::Damaged {
                 stream,
                 row,
@@ -493,7 +515,26 @@ impl StoreError {
                 row: row.clone(),
                 problem: problem.clone(),
             },
-            other => StoreError::Storage(other.to_string()),
+            other => StoreError::storage_text(other.to_string()),
+        }
+    }
+
+    /// A storage failure caused by `source`, while doing `context` (may be empty).
+    pub(crate) fn storage(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Storage {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A storage failure with no underlying error.
+    pub(crate) fn storage_text(context: impl Into<String>) -> StoreError {
+        StoreError::Storage {
+            context: context.into(),
+            source: None,
         }
     }
 }
@@ -501,13 +542,31 @@ impl StoreError {
 /// A storage failure, told apart by what a client can do about it: a full disk (507, writes
 /// resume once space is freed), a file being reopened after a failed write (503, retry), or
 /// anything else.
-fn storage_failure(storage: Option<&redb::StorageError>, text: String) -> StoreError {
-    match storage {
-        Some(redb::StorageError::Io(error)) if is_disk_full(error) => StoreError::DiskFull(text),
-        Some(redb::StorageError::PreviousIo) => StoreError::Unavailable(
-            "a write to the data file failed and the file is being reopened".into(),
-        ),
-        _ => StoreError::Storage(text),
+#[derive(Clone, Copy)]
+enum Failure {
+    DiskFull,
+    Reopening,
+    Other,
+}
+
+impl Failure {
+    fn of(storage: Option<&redb::StorageError>) -> Failure {
+        match storage {
+            Some(redb::StorageError::Io(error)) if is_disk_full(error) => Failure::DiskFull,
+            Some(redb::StorageError::PreviousIo) => Failure::Reopening,
+            _ => Failure::Other,
+        }
+    }
+
+    /// The store's error for `error`, which stays its source.
+    fn error(self, error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        match self {
+            Failure::DiskFull => StoreError::DiskFull(error.to_string()),
+            Failure::Reopening => StoreError::Unavailable(
+                "a write to the data file failed and the file is being reopened".into(),
+            ),
+            Failure::Other => StoreError::storage("", error),
+        }
     }
 }
 
@@ -520,20 +579,18 @@ fn is_disk_full(error: &std::io::Error) -> bool {
 
 impl From<redb::StorageError> for StoreError {
     fn from(error: redb::StorageError) -> StoreError {
-        let text = error.to_string();
-        storage_failure(Some(&error), text)
+        Failure::of(Some(&error)).error(error)
     }
 }
 
 impl From<redb::Error> for StoreError {
     fn from(error: redb::Error) -> StoreError {
-        let text = error.to_string();
-        let storage = match &error {
-            redb::Error::Io(io) if is_disk_full(io) => return StoreError::DiskFull(text),
-            redb::Error::PreviousIo => Some(&redb::StorageError::PreviousIo),
-            _ => None,
+        let failure = match &error {
+            redb::Error::Io(io) if is_disk_full(io) => Failure::DiskFull,
+            redb::Error::PreviousIo => Failure::Reopening,
+            _ => Failure::Other,
         };
-        storage_failure(storage, text)
+        failure.error(error)
     }
 }
 
@@ -541,12 +598,11 @@ macro_rules! storage_error_from {
     ($($error:ident),*) => {$(
         impl From<redb::$error> for StoreError {
             fn from(error: redb::$error) -> StoreError {
-                let text = error.to_string();
-                let storage = match &error {
-                    redb::$error::Storage(storage) => Some(storage),
-                    _ => None,
+                let failure = match &error {
+                    redb::$error::Storage(storage) => Failure::of(Some(storage)),
+                    _ => Failure::Other,
                 };
-                storage_failure(storage, text)
+                failure.error(error)
             }
         }
     )*};
@@ -635,7 +691,7 @@ fn write_marker(marker: &Path) -> Result<(), StoreError> {
         file.sync_all()
     };
     write()
-        .map_err(|error| StoreError::Storage(format!("cannot write {}: {error}", marker.display())))
+        .map_err(|error| StoreError::storage(format!("cannot write {}", marker.display()), error))
 }
 
 /// Runs a read of `stream` from the file; a panic inside it (redb meeting a damaged page) is
@@ -674,7 +730,7 @@ impl Store {
         options.tail = options.tail.for_policy(&options.collapse);
         let data_dir = data_dir.as_ref();
         std::fs::create_dir_all(data_dir).map_err(|error| {
-            StoreError::Storage(format!("cannot create {}: {error}", data_dir.display()))
+            StoreError::storage(format!("cannot create {}", data_dir.display()), error)
         })?;
         let path = data_dir.join(DATA_FILE_NAME);
         let marker = data_dir.join(MARKER_FILE_NAME);
@@ -729,7 +785,7 @@ impl Store {
                     writer.run();
                 },
             ))
-            .map_err(|error| StoreError::Storage(format!("cannot start the writer: {error}")))?;
+            .map_err(|error| StoreError::storage("cannot start the writer", error))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 shared,
@@ -1133,6 +1189,13 @@ impl Store {
         }
     }
 
+    /// The size of the data file in bytes (for the metrics); `None` if it cannot be read.
+    pub fn file_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.inner.shared.path)
+            .ok()
+            .map(|meta| meta.len())
+    }
+
     /// The state of the stream cache.
     pub fn cache_metrics(&self) -> CacheMetrics {
         let shared = &self.inner.shared;
@@ -1186,7 +1249,7 @@ impl Store {
         if let Some(writer) = lock(&self.inner.writer).take() {
             writer
                 .join()
-                .map_err(|_| StoreError::Storage("the writer thread panicked".into()))?;
+                .map_err(|_| StoreError::storage_text("the writer thread panicked"))?;
         }
         release(&self.inner.shared)?;
         result

@@ -55,7 +55,7 @@ pub(super) fn open_error(path: &Path, error: DatabaseError) -> StoreError {
                 detail: io.to_string(),
             }
         }
-        other => StoreError::Storage(format!("{}: {other}", path.display())),
+        other => StoreError::storage(path.display().to_string(), other),
     }
 }
 
@@ -438,7 +438,7 @@ pub(super) fn tail_blocks(
     for entry in records.range((id, from)..=(id, last_seq))? {
         let (key, value) = entry?;
         let last_ts = schema::last_ts(id, key.value().1, value.value())
-            .map_err(|error| StoreError::Storage(error.to_string()))?;
+            .map_err(|error| StoreError::storage("", error))?;
         let block = (key.value().1 - 1) / block_records;
         match blocks.last_mut() {
             Some((known, latest)) if *known == block => *latest = (*latest).max(last_ts),

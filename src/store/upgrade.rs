@@ -28,7 +28,7 @@ pub(super) fn to_current(
     let started = Instant::now();
     let staging = path.with_extension("redb.upgrading");
     let io = |what: &str, error: std::io::Error| {
-        StoreError::Storage(format!("cannot {what} {}: {error}", staging.display()))
+        StoreError::storage_text(format!("cannot {what} {}: {error}", staging.display()))
     };
     if staging.exists() {
         std::fs::remove_file(&staging).map_err(|error| io("remove the unfinished", error))?;
@@ -36,7 +36,7 @@ pub(super) fn to_current(
     tracing::info!(path = %path.display(), "upgrading the data file to schema {SCHEMA_VERSION} (a checksum on every row)");
     {
         let target = Database::create(&staging)
-            .map_err(|error| StoreError::Storage(format!("{}: {error}", staging.display())))?;
+            .map_err(|error| StoreError::storage_text(format!("{}: {error}", staging.display())))?;
         copy_sealed(&db, &target)?;
     }
     drop(db);
@@ -170,7 +170,7 @@ impl Batch<'_> {
         if self.txn.is_none() {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(Durability::None)
-                .map_err(|error| StoreError::Storage(error.to_string()))?;
+                .map_err(|error| StoreError::storage("", error))?;
             self.txn = Some(txn);
         }
         Ok(self.txn.as_ref().expect("just begun"))
@@ -189,7 +189,7 @@ impl Batch<'_> {
             None => self.db.begin_write()?,
         };
         txn.set_durability(Durability::Immediate)
-            .map_err(|error| StoreError::Storage(error.to_string()))?;
+            .map_err(|error| StoreError::storage("", error))?;
         txn.commit()?;
         Ok(())
     }

@@ -205,7 +205,10 @@ async fn the_agent_round_trip() {
         metrics.contains("recap_collapsed_repeats_total 1\n"),
         "{metrics}"
     );
-    assert!(metrics.contains("recap_context_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("recap_context_duration_seconds_count"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("recap_store_commit_seconds_count"),
         "{metrics}"
@@ -1177,6 +1180,156 @@ async fn a_stalled_body_gets_408_and_the_server_keeps_serving() {
         )
         .await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
+}
+
+/// The sum of `recap_http_requests_total` over the statuses of one method and route.
+fn requests_counted(metrics: &str, method: &str, route: &str) -> u64 {
+    let labels = format!("recap_http_requests_total{{method=\"{method}\",route=\"{route}\",");
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Regression (issue 14): a client that hangs up in the middle of its upload used to leave
+/// `recap_http_requests_in_flight` one higher for good and was never counted. Now the request
+/// is counted (as whatever it came to, or 499 when the client left first) and the gauge comes
+/// back to where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_uploads_are_counted_and_leave_the_in_flight_gauge_as_it_was() {
+    const ABANDONED: u64 = 20;
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..ABANDONED {
+            let mut tcp = TcpStream::connect(addr).unwrap();
+            tcp.write_all(b"POST /v1/streams/s/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"kind\": \"tool\",")
+                .unwrap();
+            // Half a body, then the client is gone.
+            drop(tcp);
+        }
+    })
+    .await
+    .unwrap();
+    // The server notices each hang-up on its own time: wait (bounded) until all are counted.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let metrics = loop {
+        let metrics = server.get("/metrics").await.text();
+        if requests_counted(&metrics, "POST", "/v1/streams/{s}/events") == ABANDONED {
+            break metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all counted: {metrics}"
+        );
+        tokio::task::yield_now().await;
+    };
+    // Only the request for the metrics themselves is in flight.
+    assert!(
+        metrics.contains("recap_http_requests_in_flight 1\n"),
+        "{metrics}"
+    );
+    let reply = server
+        .post_json(
+            "/v1/streams/s/events",
+            r#"{"kind": "tool", "message": "after"}"#,
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
+}
+
+/// A 405 on a known path is counted under that path's route and the refused method, not as an
+/// unmatched request; the metrics carry the build's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_405_is_counted_under_its_route() {
+    let server = TestServer::start().await;
+    let reply = server
+        .request(Method::PUT, "/v1/streams/s/events", None, Bytes::new(), &[])
+        .await;
+    assert_eq!(reply.header("allow"), Some("GET, POST"));
+    reply.assert_error(405, "method_not_allowed", None);
+    server
+        .get("/nowhere")
+        .await
+        .assert_error(404, "not_found", None);
+    let metrics = server.get("/metrics").await.text();
+    for line in [
+        "recap_http_requests_total{method=\"PUT\",route=\"/v1/streams/{s}/events\",status=\"405\"} 1\n",
+        "recap_http_requests_total{method=\"any\",route=\"unmatched\",status=\"404\"} 1\n",
+        &format!(
+            "recap_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(metrics.contains("recap_store_file_bytes "), "{metrics}");
+}
+
+/// `GET /openapi.json` needs no key on a server with keys (like `/healthz`), and describes every
+/// route the server answers: each documented operation is answered (not a 404 or 405), and the
+/// error codes it lists are the ones the server sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_description_is_open_and_names_what_the_server_serves() {
+    let options = ServerOptions {
+        keys: Some(Keys::parse(KEYS).unwrap()),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::with_options(options).await;
+    let reply = server.get("/openapi.json").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let document = reply.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (template, methods) in paths {
+        let path = template
+            .replace("{s}", "team-a.x")
+            .replace("{id}", "1")
+            .replace("{file}", "ui.css");
+        for (method, operation) in methods.as_object().unwrap() {
+            operations += 1;
+            if path.contains("subscribe") || path == "/mcp" {
+                continue;
+            }
+            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+            let reply = server
+                .request(method.clone(), &path, None, Bytes::new(), &[])
+                .await;
+            let status = reply.status.as_u16().to_string();
+            assert!(
+                ![404, 405].contains(&reply.status.as_u16())
+                    || reply.json()["error"]["code"] != "not_found"
+                        && reply.json()["error"]["code"] != "method_not_allowed",
+                "{method} {path}: {}",
+                reply.text()
+            );
+            assert!(
+                operation["responses"].get(&status).is_some(),
+                "{method} {path} answered {status}, which its description does not list"
+            );
+        }
+    }
+    assert!(operations > 20, "{operations} operations");
+    assert!(paths["/v1/streams/{s}/context"]["get"]["parameters"].is_array());
+    let codes: Vec<&str> = document["components"]["schemas"]["Error"]["properties"]["error"]
+        ["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|code| code.as_str().unwrap())
+        .collect();
+    for code in [
+        "unauthorized",
+        "forbidden",
+        "invalid_json",
+        "unknown_stream",
+        "disk_full",
+    ] {
+        assert!(codes.contains(&code), "{code} in {codes:?}");
+    }
 }
 
 /// Notes are bounded per stream: past the cap a note is refused with a 409 that names the limit

@@ -279,6 +279,13 @@ async fn a_resume_point_beyond_the_revision_gets_a_reset_and_the_stream_from_its
         let frames = feed.frames_after(5).await;
         assert_eq!(frames.len(), 5, "{}", feed.text);
         assert_reset(&frames[0], 100);
+        // Regression (issue 14): nothing was deleted, and the reset does not say so.
+        let message = frames[0].data["message"].as_str().unwrap();
+        assert!(
+            message.contains("past this stream's latest revision (3)")
+                && !message.contains("was deleted"),
+            "{message}"
+        );
         assert_records(
             &frames[1..],
             &[
@@ -331,6 +338,8 @@ async fn a_subscriber_across_delete_and_create_gets_a_reset_and_every_new_revisi
     assert_eq!(frames.len(), 8, "{}", feed.text);
     assert_records(&frames[..2], &[(1, "old 1"), (2, "old 2")]);
     assert_reset(&frames[2], 2);
+    let message = frames[2].data["message"].as_str().unwrap();
+    assert!(message.contains("was deleted"), "{message}");
     assert_records(
         &frames[3..],
         &[

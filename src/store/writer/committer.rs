@@ -179,7 +179,7 @@ impl Committer {
     fn write(&self, group: &[Placed]) -> Result<(), StoreError> {
         let mut txn = self.shared.database()?.begin_write()?;
         txn.set_durability(Durability::Immediate)
-            .map_err(|error| StoreError::Storage(error.to_string()))?;
+            .map_err(|error| StoreError::storage("", error))?;
         {
             let mut tables = Tables::open(&txn)?;
             for placed in group {

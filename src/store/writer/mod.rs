@@ -146,7 +146,7 @@ impl Shared {
             // A failing disk is slow too; meanwhile later batches pile up in the pipe on top
             // of this one, which is what the failure path must get right.
             std::thread::sleep(Duration::from_millis(5));
-            return Err(StoreError::Storage("injected commit failure".into()));
+            return Err(StoreError::storage_text("injected commit failure"));
         }
         Ok(())
     }
@@ -461,7 +461,7 @@ impl Writer {
             std::thread::Builder::new()
                 .name(format!("recap-store-{name}"))
                 .spawn(watched(shared.failure.clone(), name, body))
-                .map_err(|error| StoreError::Storage(format!("cannot start the {name}: {error}")))
+                .map_err(|error| StoreError::storage(format!("cannot start the {name}"), error))
         };
         let (notices, receiver) = mpsc::channel();
         let notifier = {
@@ -717,7 +717,7 @@ impl Writer {
     fn begin(&self) -> Result<WriteTransaction, StoreError> {
         let mut txn = self.shared.database()?.begin_write()?;
         txn.set_durability(Durability::Immediate)
-            .map_err(|error| StoreError::Storage(error.to_string()))?;
+            .map_err(|error| StoreError::storage("", error))?;
         Ok(txn)
     }
 
@@ -769,9 +769,7 @@ impl Writer {
             tracing::error!("the committer has stopped; writes fail until recap restarts");
             self.notify(Notice::Failed {
                 answers: placed.answers,
-                error: StoreError::Storage(
-                    "the store's committer has stopped; restart recap".into(),
-                ),
+                error: StoreError::storage_text("the store's committer has stopped; restart recap"),
             });
             self.failed_epoch.fetch_max(self.epoch, Ordering::AcqRel);
         }

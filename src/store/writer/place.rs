@@ -281,8 +281,8 @@ impl Writer {
             // keeps a caller from hanging if that ever changes.
             Request::Evict => {}
             request @ (Request::Maintain { .. } | Request::Shutdown { .. }) => {
-                request.fail(&StoreError::Storage(
-                    "internal error: a control request reached a batch".into(),
+                request.fail(&StoreError::storage_text(
+                    "internal error: a control request reached a batch",
                 ));
             }
         }
@@ -408,7 +408,7 @@ pub(super) fn committed_creation(
     let records = txn.open_table(schema::RECORDS)?;
     let stored = records
         .get((stream, seq))?
-        .ok_or_else(|| StoreError::Storage(format!("record {seq} is missing")))?;
+        .ok_or_else(|| StoreError::storage_text(format!("record {seq} is missing")))?;
     let (_, created) = schema::decode_record(stream, seq, stored.value())
         .map_err(|error| reads::damaged(name.as_str(), error))?;
     Ok(created)
