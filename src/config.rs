@@ -23,6 +23,11 @@
 //! tail_block_bytes = "8MiB"        # a tail also keeps at most two blocks of this much text
 //! max_notes_per_stream = 1000      # live notes per stream (409 note_limit beyond)
 //! max_note_bytes_per_stream = 1048576  # bytes of live note text per stream
+//! anomalies = true                 # anomaly detection at ingest (also --anomalies on|off)
+//! anomaly_repeat_actions = 3       # the same action this many times in a row (0: off)
+//! anomaly_oscillation_cycles = 3   # A-B-A-B for this many cycles (0: off)
+//! anomaly_error_recurrences = 3    # the same error this many times, each within 32 events (0: off)
+//! anomaly_stall_seconds = 300      # a gap this long between events (0: off)
 //! ```
 
 use std::net::SocketAddr;
@@ -32,6 +37,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use serde::Deserialize;
 
+use crate::anomaly::AnomalySettings;
 use crate::collapse::{CollapseMode, CollapsePolicy};
 use crate::event::{DEFAULT_MAX_MESSAGE_BYTES, EventLimits};
 use crate::server::ServerOptions;
@@ -64,6 +70,8 @@ pub struct Overrides {
     pub keys_file: Option<PathBuf>,
     /// `--cache-bytes` / `RECAP_CACHE_BYTES`.
     pub cache_bytes: Option<String>,
+    /// `--anomalies` / `RECAP_ANOMALIES`: `on` or `off`.
+    pub anomalies: Option<String>,
 }
 
 /// What a config file says.
@@ -85,6 +93,11 @@ pub struct FileConfig {
     severe_records: Option<usize>,
     max_notes_per_stream: Option<usize>,
     max_note_bytes_per_stream: Option<usize>,
+    anomalies: Option<bool>,
+    anomaly_repeat_actions: Option<u64>,
+    anomaly_oscillation_cycles: Option<u64>,
+    anomaly_error_recurrences: Option<u64>,
+    anomaly_stall_seconds: Option<u64>,
 }
 
 /// The validated configuration of `recap serve`.
@@ -112,6 +125,8 @@ pub struct Config {
     pub notes: NoteLimits,
     /// Budget of in-memory stream state.
     pub cache_bytes: usize,
+    /// Anomaly detection for streams that set nothing else.
+    pub anomaly: AnomalySettings,
 }
 
 /// A size in a config file: a number of bytes, or a string such as `"64MiB"`.
@@ -335,7 +350,9 @@ impl Config {
             }
             notes.max_bytes = max_bytes;
         }
+        let anomaly = anomaly_settings(overrides, &file)?;
         Ok(Config {
+            anomaly,
             addr,
             data_dir,
             keys,
@@ -357,6 +374,7 @@ impl Config {
             tail: self.tail,
             notes: self.notes,
             cache_bytes: self.cache_bytes,
+            anomaly: self.anomaly,
             ..StoreOptions::default()
         }
     }
@@ -378,6 +396,51 @@ impl Config {
 
 /// `IP:PORT`, or `HOST:PORT` for a host name this machine resolves (`localhost:7070`). A name
 /// with IPv4 and IPv6 addresses binds the IPv4 one, where clients of `localhost` mostly go.
+/// The server's anomaly detection: the flag (or environment) says on or off over the file;
+/// thresholds come from the file.
+fn anomaly_settings(
+    overrides: &Overrides,
+    file: &FileConfig,
+) -> Result<AnomalySettings, ConfigError> {
+    let flag = match overrides.anomalies.as_deref().map(str::to_ascii_lowercase) {
+        None => None,
+        Some(text) => match text.as_str() {
+            "on" | "true" | "1" => Some(true),
+            "off" | "false" | "0" => Some(false),
+            _ => {
+                return Err(invalid(
+                    "anomalies",
+                    format!("{text:?} is neither on nor off; use --anomalies on or --anomalies off"),
+                ));
+            }
+        },
+    };
+    let defaults = AnomalySettings::default();
+    let settings = AnomalySettings {
+        enabled: flag.or(file.anomalies).unwrap_or(defaults.enabled),
+        repeat_actions: file
+            .anomaly_repeat_actions
+            .unwrap_or(defaults.repeat_actions),
+        oscillation_cycles: file
+            .anomaly_oscillation_cycles
+            .unwrap_or(defaults.oscillation_cycles),
+        error_recurrences: file
+            .anomaly_error_recurrences
+            .unwrap_or(defaults.error_recurrences),
+        stall_seconds: file.anomaly_stall_seconds.unwrap_or(defaults.stall_seconds),
+    };
+    if let Some((name, detail)) = settings.check() {
+        let name = match name {
+            "repeat_actions" => "anomaly_repeat_actions",
+            "oscillation_cycles" => "anomaly_oscillation_cycles",
+            "error_recurrences" => "anomaly_error_recurrences",
+            _ => "anomaly_stall_seconds",
+        };
+        return Err(invalid(name, detail));
+    }
+    Ok(settings)
+}
+
 fn listen_addr(text: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);

@@ -14,6 +14,8 @@
 //! - [`context`]: builds a context window from a stream snapshot (pure, deterministic): record
 //!   caches, totals, candidates, packing by level of detail, the Earlier summary.
 //! - [`meter`]: counting the bytes cached records and notes hold (the store's cache budget).
+//! - [`anomaly`]: detectors on the writer's path (repeats, oscillation, recurring errors,
+//!   stalls) whose episodes become `anomaly` records.
 //! - [`stream`]: one stream's live state in memory, shared by the store and offline replay.
 //! - [`store`]: durable history in one redb file; group-commit writer; tail caches; changelog.
 //! - [`trace`]: reading JSONL agent traces (the shared trace format) into events.
@@ -23,6 +25,7 @@
 //! - [`client`]: the CLI's client commands (post, context, tail, import, export) over HTTP.
 //! - [`budgets`]: `recap bench budgets`: replays traces over a budget matrix against baselines.
 
+pub mod anomaly;
 pub mod budgets;
 pub mod client;
 pub mod collapse;

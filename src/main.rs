@@ -75,6 +75,10 @@ struct ServeArgs {
     /// recently are evicted beyond it and loaded again from disk when next used.
     #[arg(long, env = "RECAP_CACHE_BYTES", value_name = "SIZE")]
     cache_bytes: Option<String>,
+    /// Anomaly detection at ingest (loops, oscillation, recurring errors, stalls raised as
+    /// `anomaly` records): `on` (the default) or `off`; streams may still set their own.
+    #[arg(long, env = "RECAP_ANOMALIES", value_name = "on|off")]
+    anomalies: Option<String>,
 }
 
 /// How client commands reach the server.
@@ -270,6 +274,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 config_file: args.config,
                 keys_file: args.keys,
                 cache_bytes: args.cache_bytes,
+                anomalies: args.anomalies,
             })?;
             recap::server::serve(&config, shutdown_signal()).await?;
         }

@@ -7,12 +7,15 @@
 //! context window is built for every budget and encoding, and so are the windows of two
 //! baselines over the raw events: `recency` and `head+tail` ([`baselines`]). What each window
 //! shows is tallied into one row per policy × budget × encoding ([`metrics`] defines every
-//! number), printed as a table or JSON, and optionally plotted as SVG.
+//! number), printed as a table or JSON, and optionally plotted as SVG. Anomaly detection runs
+//! on every trace event as the store's writer runs it, and the anomalies raised are reported per
+//! trace ([`anomalies`]).
 //!
 //! Modules: [`needles`] plans the needles; [`replay`] drives one trace; [`baselines`] builds the
 //! baseline windows; [`measure`] observes one window; [`metrics`] adds observations up;
-//! [`report`] prints; [`plot`] draws.
+//! [`report`] prints; [`plot`] draws; [`anomalies`] counts what detection raised.
 
+pub mod anomalies;
 pub mod baselines;
 pub mod measure;
 pub mod metrics;
@@ -36,6 +39,7 @@ use crate::tokens::Encoding;
 use crate::trace::{Trace, TraceError, read_trace};
 
 use metrics::{Policy, RowKey, Tally};
+use anomalies::TraceAnomalies;
 use replay::{Replay, moments};
 use report::{Report, RunSummary, TraceRows};
 
@@ -310,7 +314,7 @@ pub fn bench(
         .min(traces.len())
         .max(1);
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<TraceTallies, BudgetsError>>>> =
+    let results: Mutex<Vec<Option<TraceResult>>> =
         Mutex::new((0..traces.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -328,8 +332,10 @@ pub fn bench(
     // Merge in the order the traces were given, so sums (and so the report) are deterministic.
     let mut pooled = TraceTallies::new();
     let mut per_trace = Vec::new();
+    let mut anomalies = Vec::new();
     for (trace, result) in traces.iter().zip(results) {
-        let tallies = result.expect("every trace was measured")?;
+        let (tallies, raised) = result.expect("every trace was measured")?;
+        anomalies.push(raised);
         for (key, tally) in &tallies {
             pooled.entry(*key).or_default().merge(tally);
         }
@@ -352,8 +358,12 @@ pub fn bench(
             weights: options.weight_overrides.clone(),
         },
         per_trace,
+        anomalies,
     })
 }
+
+/// One trace's measurements and the anomalies raised on it.
+type TraceResult = Result<(TraceTallies, TraceAnomalies), BudgetsError>;
 
 fn rows(tallies: &TraceTallies, collapse: CollapseMode) -> Vec<metrics::Row> {
     tallies
@@ -367,7 +377,7 @@ fn bench_trace(
     trace: &Trace,
     options: &Options,
     progress: &ProgressBar,
-) -> Result<TraceTallies, BudgetsError> {
+) -> TraceResult {
     let plan = needles::plan(trace, options.needles, options.seed);
     let policy = CollapsePolicy {
         mode: options.collapse,
@@ -418,5 +428,5 @@ fn bench_trace(
             Policy::Recency | Policy::HeadTail => tally.end_trace(raw, raw),
         }
     }
-    Ok(tallies)
+    Ok((tallies, replay.anomalies().clone()))
 }

@@ -9,6 +9,8 @@
 //! ([`super::metrics`]): every severe one, the first of kind `task` or `user` (the goal), and the
 //! newest one. Needles are not among them: they are measured as needles.
 
+use crate::anomaly::{self, AnomalySettings, DetectorState};
+use super::anomalies::TraceAnomalies;
 use crate::collapse::CollapsePolicy;
 use crate::context::GOAL_KINDS;
 use crate::event::{Event, Record, Severity, Timestamp};
@@ -41,6 +43,10 @@ pub struct Replay<'t> {
     first_goal: Option<Located>,
     newest: Option<Located>,
     now: Option<Timestamp>,
+    /// Anomaly detection, as the store's writer runs it on every appended event.
+    detectors: DetectorState,
+    anomaly: AnomalySettings,
+    anomalies: TraceAnomalies,
 }
 
 impl<'t> Replay<'t> {
@@ -68,6 +74,9 @@ impl<'t> Replay<'t> {
             first_goal: None,
             newest: None,
             now: None,
+            detectors: DetectorState::default(),
+            anomaly: AnomalySettings::default(),
+            anomalies: TraceAnomalies::new(&trace.name),
         })
     }
 
@@ -81,6 +90,16 @@ impl<'t> Replay<'t> {
             let severe = event.severity >= Severity::Error;
             let goal = GOAL_KINDS.contains(&event.kind.as_str());
             let appended = self.state.append(event.clone(), ts);
+            let raised = anomaly::detect(
+                &mut self.detectors,
+                &self.anomaly,
+                &mut self.state,
+                &appended,
+                ts,
+                1,
+            );
+            self.anomalies.count(&raised);
+            self.anomalies.events += 1;
             let located = Located {
                 record_seq: appended.record.seq,
                 raw_index: self.log.len(),
@@ -129,6 +148,11 @@ impl<'t> Replay<'t> {
     fn push_raw(&mut self, event: Event, ts: Timestamp) {
         let index = self.log.len() as u64 + 1;
         self.log.push(Record::from_event(event, index, index, ts));
+    }
+
+    /// What anomaly detection raised so far.
+    pub fn anomalies(&self) -> &TraceAnomalies {
+        &self.anomalies
     }
 
     /// Trace events applied so far.

@@ -11,10 +11,11 @@
 //!
 //! Modules, one job each: [`routes`] (the route table), [`wire`] (response shapes and the one
 //! error-to-status mapping), [`body`] (body type, capped reads, content types), [`query`] (query
-//! strings), [`events`], [`context`], [`notes`], [`streams`] (handlers), [`sse`]
+//! strings), [`events`], [`context`], [`notes`], [`streams`], [`anomalies`] (handlers), [`sse`]
 //! (subscriptions), [`mcp`] (the MCP tools over Streamable HTTP), [`openintent`] (the OpenIntent-compatible routes), [`auth`] (API keys),
 //! [`metrics`] (Prometheus text).
 
+pub mod anomalies;
 pub mod auth;
 pub mod body;
 pub mod context;

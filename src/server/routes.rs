@@ -14,7 +14,7 @@ use super::auth::{ApiKey, Scope};
 use super::body::{self, Body};
 use super::sse::{self, Dialect};
 use super::wire::{self, ApiError, ErrorStyle};
-use super::{context, events, mcp, notes, openintent, streams, ui};
+use super::{anomalies, context, events, mcp, notes, openintent, streams, ui};
 
 /// Every endpoint, for metrics labels and scope checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub enum Endpoint {
     GetStream,
     DeleteStream,
     PutRetention,
+    /// `PUT /v1/streams/{s}/anomalies`: the stream's anomaly detection settings.
+    PutAnomalies,
     PostEvents,
     GetEvents,
     PostRecords,
@@ -59,13 +61,14 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in declaration order (`ALL[e as usize] == e`).
-    pub const ALL: [Endpoint; 24] = [
+    pub const ALL: [Endpoint; 25] = [
         Endpoint::Healthz,
         Endpoint::Metrics,
         Endpoint::ListStreams,
         Endpoint::GetStream,
         Endpoint::DeleteStream,
         Endpoint::PutRetention,
+        Endpoint::PutAnomalies,
         Endpoint::PostEvents,
         Endpoint::GetEvents,
         Endpoint::PostRecords,
@@ -90,7 +93,7 @@ impl Endpoint {
     pub fn method(self) -> &'static str {
         match self {
             Endpoint::DeleteStream | Endpoint::DeleteNote => "DELETE",
-            Endpoint::PutRetention => "PUT",
+            Endpoint::PutRetention | Endpoint::PutAnomalies => "PUT",
             Endpoint::PostEvents
             | Endpoint::PostRecords
             | Endpoint::PostNote
@@ -109,6 +112,7 @@ impl Endpoint {
             Endpoint::ListStreams => "/v1/streams",
             Endpoint::GetStream | Endpoint::DeleteStream => "/v1/streams/{s}",
             Endpoint::PutRetention => "/v1/streams/{s}/retention",
+            Endpoint::PutAnomalies => "/v1/streams/{s}/anomalies",
             Endpoint::PostEvents | Endpoint::GetEvents => "/v1/streams/{s}/events",
             Endpoint::PostRecords => "/v1/streams/{s}/records",
             Endpoint::GetContext => "/v1/streams/{s}/context",
@@ -160,7 +164,9 @@ impl Endpoint {
             | Endpoint::DeleteNote
             | Endpoint::CreateIntent
             | Endpoint::PostIntentEvent => Some(Scope::Write),
-            Endpoint::DeleteStream | Endpoint::PutRetention => Some(Scope::Admin),
+            Endpoint::DeleteStream | Endpoint::PutRetention | Endpoint::PutAnomalies => {
+                Some(Scope::Admin)
+            }
         }
     }
 }
@@ -235,6 +241,12 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError> 
             }
             ["v1", "streams", s, "retention"] => (
                 &[(Method::PUT, Endpoint::PutRetention)],
+                "PUT",
+                Some(*s),
+                None,
+            ),
+            ["v1", "streams", s, "anomalies"] => (
+                &[(Method::PUT, Endpoint::PutAnomalies)],
                 "PUT",
                 Some(*s),
                 None,
@@ -408,6 +420,7 @@ async fn dispatch(
         Endpoint::GetStream => streams::get(app, stream()?),
         Endpoint::DeleteStream => streams::delete(app, stream()?).await,
         Endpoint::PutRetention => streams::set_retention(app, stream()?, headers, body).await,
+        Endpoint::PutAnomalies => anomalies::put(app, stream()?, headers, body).await,
         Endpoint::PostEvents => events::post(app, stream()?, headers, body).await,
         Endpoint::GetEvents => events::history(app, stream()?, query).await,
         Endpoint::PostRecords => events::import(app, stream()?, headers, body).await,

@@ -17,6 +17,7 @@ use chrono::{DateTime, TimeDelta};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
+use crate::anomaly::{AnomalyOverrides, DetectorState};
 use crate::collapse;
 use crate::context::{CachedRecord, NOTE_ID_KEY, PayloadPolicy, Totals};
 use crate::event::{Kind, Note, Record, Severity, Timestamp};
@@ -107,6 +108,11 @@ pub struct StreamMeta {
     /// the streams with notes to expire without loading them. Rows written before this field
     /// existed read as the Unix epoch (due at once, so the stream is looked at once).
     pub note_expiry: Option<Timestamp>,
+    /// The anomaly detectors' state as of this row's commit (see [`crate::anomaly`]); `None`
+    /// before the stream's first observed event, with detection off, and in older rows.
+    pub detectors: Option<Box<DetectorState>>,
+    /// Anomaly thresholds this stream sets; `None` follows the server's.
+    pub anomalies: Option<AnomalyOverrides>,
 }
 
 impl StreamMeta {
@@ -128,6 +134,8 @@ impl StreamMeta {
             first_goals: Vec::new(),
             latest_goal: None,
             note_expiry: None,
+            detectors: None,
+            anomalies: None,
         }
     }
 }
@@ -165,6 +173,10 @@ struct StoredMeta {
     /// A row from before this field reads as due at the Unix epoch (unknown: look once).
     #[serde(default = "unknown_note_expiry")]
     note_expiry: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detectors: Option<Box<DetectorState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    anomalies: Option<AnomalyOverrides>,
 }
 
 fn unknown_note_expiry() -> Option<i64> {
@@ -234,6 +246,8 @@ pub fn encode_meta(meta: &StreamMeta) -> Vec<u8> {
             latest: meta.latest_goal,
         }),
         note_expiry: meta.note_expiry.map(micros),
+        detectors: meta.detectors.clone(),
+        anomalies: meta.anomalies,
     };
     // A struct of numbers, strings and maps with string keys always serializes.
     serde_json::to_vec(&stored).unwrap_or_default()
@@ -313,6 +327,8 @@ pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, DecodeError> {
         first_goals,
         latest_goal,
         note_expiry: time(stored.note_expiry)?,
+        detectors: stored.detectors,
+        anomalies: stored.anomalies,
     })
 }
 
@@ -399,7 +415,11 @@ pub fn decode_cached(
     meter: &Meter,
 ) -> Result<CachedRecord, DecodeError> {
     let (record, payload, _) = decode_fields(seq, bytes)?;
-    let collapsible = collapse::collapsible(payload.map_or(0, str::len));
+    let collapsible = collapse::is_collapse_target(
+        record.kind.as_str(),
+        record.actor.as_deref(),
+        payload.map_or(0, str::len),
+    );
     // A payload is read only where it is needed: to keep it, or to find a note's id.
     let kept = match payload {
         Some(text) if keep == PayloadPolicy::Keep && collapsible => {
