@@ -246,6 +246,7 @@ impl Config {
         file: FileConfig,
         base: &Path,
     ) -> Result<Config, ConfigError> {
+        let anomaly = anomaly_settings(overrides, &file)?;
         let addr_text = overrides
             .addr
             .clone()
@@ -350,7 +351,6 @@ impl Config {
             }
             notes.max_bytes = max_bytes;
         }
-        let anomaly = anomaly_settings(overrides, &file)?;
         Ok(Config {
             anomaly,
             addr,

@@ -9,7 +9,7 @@ use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::collapse;
+use crate::collapse::{self, ANOMALY_KIND};
 use crate::event::{Kind, Severity, Timestamp};
 use crate::payload::Payload;
 
@@ -17,10 +17,6 @@ use super::settings::{AnomalySettings, RECURRENCE_SPAN_EVENTS};
 
 /// Kinds whose events are the agent's actions: what repeats and oscillation look at.
 pub const ACTION_KINDS: [&str; 2] = ["action", "tool"];
-/// The kind of the records detection raises.
-pub const ANOMALY_KIND: &str = "anomaly";
-/// The actor of the records detection raises.
-pub const ANOMALY_ACTOR: &str = "recap";
 /// Actions remembered: enough to see a cycle of three twice.
 const ACTION_HISTORY: usize = 6;
 /// Periods oscillation looks for: A-B-A-B and A-B-C-A-B-C.
@@ -610,7 +606,7 @@ mod tests {
         }
         assert_eq!(last.len(), 1);
         assert_eq!(last[0].detector, Detector::Oscillation);
-        assert!(last[0].message.contains("alternate between `go back` and `open page 4`"), "{}", last[0].message);
+        assert!(last[0].message.contains("alternate between `open page 4` and `go back`"), "{}", last[0].message);
     }
 
     #[test]
