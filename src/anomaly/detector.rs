@@ -117,7 +117,7 @@ struct Episode {
     detector: Detector,
     /// Where it began: the first seq involved.
     first_seq: u64,
-    /// The newest seqs involved, at most [`MAX_NAMED_SEQS`], oldest first.
+    /// The newest seqs involved, at most [`MAX_NAMED_SEQS`], ascending.
     seqs: Vec<u64>,
     /// The event index (see [`DetectorState::events`]) of its latest finding.
     last_event: u64,
@@ -127,12 +127,14 @@ struct Episode {
 }
 
 impl Episode {
+    /// Names `seq` among the seqs involved: distinct, ascending, the newest
+    /// [`MAX_NAMED_SEQS`] (repeats land in older records, so seqs may come back).
     fn involve(&mut self, seq: u64) {
-        if self.seqs.last() != Some(&seq) {
-            if self.seqs.len() == MAX_NAMED_SEQS {
+        if let Err(at) = self.seqs.binary_search(&seq) {
+            self.seqs.insert(at, seq);
+            if self.seqs.len() > MAX_NAMED_SEQS {
                 self.seqs.remove(0);
             }
-            self.seqs.push(seq);
         }
     }
 }
@@ -204,11 +206,13 @@ impl DetectorState {
             self.note_time(settings, event, &mut findings);
             return findings;
         }
-        if ACTION_KINDS.contains(&event.kind.as_str()) {
-            self.note_action(settings, event, &mut findings);
-        }
-        if event.severity >= Severity::Error || event.kind.as_str() == "error" {
+        let error = event.severity >= Severity::Error || event.kind.as_str() == "error";
+        if error {
+            // A failed action is an error: the recurring-error detector speaks for it, rather
+            // than two detectors raising the same loop.
             self.note_error(settings, event, &mut findings);
+        } else if ACTION_KINDS.contains(&event.kind.as_str()) {
+            self.note_action(settings, event, &mut findings);
         }
         self.note_time(settings, event, &mut findings);
         findings

@@ -5,9 +5,9 @@
 //! so. Each event a client appends is observed once, on the writer's path, by a small
 //! per-stream [`DetectorState`] (pure, O(1) per event: a few hashes and counters):
 //!
-//! - **repeat**: the same action (kind `action` or `tool`, same actor, message compared with
-//!   numbers and ids masked as template collapse masks them) [`AnomalySettings::repeat_actions`]
-//!   times in a row. Events of other kinds in between (observations, thoughts) do not break the
+//! - **repeat**: the same action (kind `action` or `tool` below severity `error`, same actor,
+//!   message compared with numbers and ids masked as template collapse masks them)
+//!   [`AnomalySettings::repeat_actions`] times in a row. Events of other kinds in between (observations, thoughts) do not break the
 //!   run, and every event counts, so a run that collapsed into one record `×6` is six actions:
 //!   the same tool call with different results is the loop an agent cannot see.
 //! - **oscillation**: actions alternating A-B-A-B (or A-B-C-A-B-C) for
@@ -274,17 +274,17 @@ mod tests {
             let threshold = DEFAULT_REPEAT_ACTIONS as usize;
             // The model: runs of equal actions, and runs of long gaps.
             let mut repeat_runs = Vec::new();
-            // Actions: `action` events and `tool` events (failed or not).
-            let mut run: Option<((u8, u8), usize)> = None;
+            // Actions: the `action` events (a failed `tool` call is an error, not an action).
+            let mut run: Option<(u8, usize)> = None;
             for &(class, which, _) in &events {
-                if class == 1 {
+                if class != 0 {
                     continue;
                 }
                 run = match run {
-                    Some((action, len)) if action == (class, which) => Some((action, len + 1)),
+                    Some((action, len)) if action == which => Some((action, len + 1)),
                     finished => {
                         repeat_runs.extend(finished.filter(|&(_, len)| len >= threshold));
-                        Some(((class, which), 1))
+                        Some((which, 1))
                     }
                 };
             }
