@@ -329,6 +329,13 @@ mod tests {
             prop_assert_eq!(stored, expected);
             let anomaly_events = stream.totals().kinds.get(&anomaly_kind()).copied().unwrap_or(0);
             prop_assert_eq!(anomaly_events, placed.placements.len() as u64);
+            // Counts by severity are sums of records at their current severity, escalated
+            // anomalies included (the Earlier line subtracts shown records from them).
+            let mut by_severity = [0u64; 5];
+            for record in stream.records() {
+                by_severity[record.severity.index()] += record.repeat_count;
+            }
+            prop_assert_eq!(by_severity, stream.totals().severities);
         }
     }
 }

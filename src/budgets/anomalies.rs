@@ -97,7 +97,7 @@ pub fn table(traces: &[TraceAnomalies]) -> String {
     }
     for trace in traces {
         if let Some(example) = &trace.example {
-            let _ = writeln!(out, "first in {}: {example}", trace.trace);
+            let _ = writeln!(out, "first in {}: {}", trace.trace, example.trim_end());
         }
     }
     out

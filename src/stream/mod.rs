@@ -479,6 +479,14 @@ impl StreamState {
             // (An episode older than every severe record kept is an edge this ignores: its
             // record is trimmed at once, where a restore might keep it instead of an older one.)
             self.severe_created += 1;
+            // Its earlier events move with it from `warning` to `error`: every count by
+            // severity is a sum of records at their current severity, as the Earlier line
+            // subtracts them.
+            let before = cached.record().repeat_count.saturating_sub(1);
+            let severities = &mut self.totals.severities;
+            let warning = Severity::Warning.index();
+            severities[warning] = severities[warning].saturating_sub(before);
+            severities[cached.record().severity.index()] += before;
             let at = self.severe.partition_point(|r| r.record().seq < seq);
             self.severe.insert(at, cached.clone());
         } else if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
