@@ -500,6 +500,36 @@ mod tests {
     }
 
     #[test]
+    fn anomaly_detection_is_set_by_flag_and_file_and_checked() {
+        let file: FileConfig =
+            toml::from_str("anomalies = false\nanomaly_stall_seconds = 0\nanomaly_repeat_actions = 5")
+                .unwrap();
+        let config = Config::merge(&Overrides::default(), file.clone(), Path::new("")).unwrap();
+        assert!(!config.anomaly.enabled);
+        assert_eq!(config.anomaly.repeat_actions, 5);
+        assert_eq!(config.anomaly.stall(), None);
+        assert_eq!(config.store_options().anomaly, config.anomaly);
+        let on = Overrides {
+            anomalies: Some("ON".to_owned()),
+            ..Overrides::default()
+        };
+        assert!(Config::merge(&on, file, Path::new("")).unwrap().anomaly.enabled);
+        let bad = Overrides {
+            anomalies: Some("maybe".to_owned()),
+            ..Overrides::default()
+        };
+        let error = Config::merge(&bad, FileConfig::default(), Path::new(""))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("anomalies") && error.contains("--anomalies off"), "{error}");
+        let file: FileConfig = toml::from_str("anomaly_oscillation_cycles = 1").unwrap();
+        let error = Config::merge(&Overrides::default(), file, Path::new(""))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("anomaly_oscillation_cycles"), "{error}");
+    }
+
+    #[test]
     fn host_names_resolve_and_garbage_is_named() {
         assert_eq!(
             listen_addr("localhost:7071").unwrap(),
