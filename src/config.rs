@@ -410,7 +410,9 @@ fn anomaly_settings(
             _ => {
                 return Err(invalid(
                     "anomalies",
-                    format!("{text:?} is neither on nor off; use --anomalies on or --anomalies off"),
+                    format!(
+                        "{text:?} is neither on nor off; use --anomalies on or --anomalies off"
+                    ),
                 ));
             }
         },
@@ -501,9 +503,10 @@ mod tests {
 
     #[test]
     fn anomaly_detection_is_set_by_flag_and_file_and_checked() {
-        let file: FileConfig =
-            toml::from_str("anomalies = false\nanomaly_stall_seconds = 0\nanomaly_repeat_actions = 5")
-                .unwrap();
+        let file: FileConfig = toml::from_str(
+            "anomalies = false\nanomaly_stall_seconds = 0\nanomaly_repeat_actions = 5",
+        )
+        .unwrap();
         let config = Config::merge(&Overrides::default(), file.clone(), Path::new("")).unwrap();
         assert!(!config.anomaly.enabled);
         assert_eq!(config.anomaly.repeat_actions, 5);
@@ -513,7 +516,12 @@ mod tests {
             anomalies: Some("ON".to_owned()),
             ..Overrides::default()
         };
-        assert!(Config::merge(&on, file, Path::new("")).unwrap().anomaly.enabled);
+        assert!(
+            Config::merge(&on, file, Path::new(""))
+                .unwrap()
+                .anomaly
+                .enabled
+        );
         let bad = Overrides {
             anomalies: Some("maybe".to_owned()),
             ..Overrides::default()
@@ -521,7 +529,10 @@ mod tests {
         let error = Config::merge(&bad, FileConfig::default(), Path::new(""))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("anomalies") && error.contains("--anomalies off"), "{error}");
+        assert!(
+            error.contains("anomalies") && error.contains("--anomalies off"),
+            "{error}"
+        );
         let file: FileConfig = toml::from_str("anomaly_oscillation_cycles = 1").unwrap();
         let error = Config::merge(&Overrides::default(), file, Path::new(""))
             .unwrap_err()

@@ -312,7 +312,10 @@ impl DetectorState {
             let actions = self.alternation[index] + period as u64;
             let cycles = actions / period as u64;
             let len = self.actions.len();
-            let cycle = &self.actions.range(len.saturating_sub(period)..).collect::<Vec<_>>();
+            let cycle = &self
+                .actions
+                .range(len.saturating_sub(period)..)
+                .collect::<Vec<_>>();
             let distinct = cycle.iter().any(|action| action.key != key);
             (threshold > 0 && cycles >= threshold && distinct && cycle.len() == period)
                 .then_some((period, actions, cycles))
@@ -582,10 +585,20 @@ mod tests {
         let mut state = DetectorState::default();
         let mut found = Vec::new();
         for i in 0..6 {
-            found.push(observe(&mut state, &settings, i + 1, i as i64, "action", "click #submit"));
+            found.push(observe(
+                &mut state,
+                &settings,
+                i + 1,
+                i as i64,
+                "action",
+                "click #submit",
+            ));
         }
         assert!(found[0].is_empty() && found[1].is_empty());
-        assert_eq!(found[2][0].message, "the last 3 actions repeat `click #submit`: likely a loop");
+        assert_eq!(
+            found[2][0].message,
+            "the last 3 actions repeat `click #submit`: likely a loop"
+        );
         assert_eq!(found[2][0].severity, Severity::Warning);
         assert_eq!(found[5][0].severity, Severity::Error);
         assert!(state.is_open(Detector::Repeat));
@@ -610,7 +623,13 @@ mod tests {
         }
         assert_eq!(last.len(), 1);
         assert_eq!(last[0].detector, Detector::Oscillation);
-        assert!(last[0].message.contains("alternate between `open page 4` and `go back`"), "{}", last[0].message);
+        assert!(
+            last[0]
+                .message
+                .contains("alternate between `open page 4` and `go back`"),
+            "{}",
+            last[0].message
+        );
     }
 
     #[test]
@@ -620,7 +639,13 @@ mod tests {
         assert!(observe(&mut state, &settings, 1, 0, "llm", "thinking").is_empty());
         let found = observe(&mut state, &settings, 2, 432, "llm", "answer");
         assert_eq!(found.len(), 1);
-        assert!(found[0].message.starts_with("no events for 7m12s before seq 2"), "{}", found[0].message);
+        assert!(
+            found[0]
+                .message
+                .starts_with("no events for 7m12s before seq 2"),
+            "{}",
+            found[0].message
+        );
         assert!(observe(&mut state, &settings, 3, 433, "llm", "next").is_empty());
         assert!(!state.is_open(Detector::Stall));
     }

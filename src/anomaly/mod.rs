@@ -195,7 +195,10 @@ mod tests {
     /// A random event: an action from a small alphabet, an observation, or an error; and the
     /// seconds since the previous event (sometimes over the stall threshold).
     fn events() -> impl Strategy<Value = Vec<(u8, u8, i64)>> {
-        prop::collection::vec((0u8..3, 0u8..3, prop_oneof![4 => 0i64..5, 1 => 290i64..900]), 1..120)
+        prop::collection::vec(
+            (0u8..3, 0u8..3, prop_oneof![4 => 0i64..5, 1 => 290i64..900]),
+            1..120,
+        )
     }
 
     /// Names, not numbers: numbers are masked, so `click #1` and `click #2` are one action.
@@ -240,7 +243,9 @@ mod tests {
                     .into_iter()
                     .find(|d| name == d.as_str())
                     .unwrap();
-                placed.records.insert(record.seq, (detector, record.repeat_count));
+                placed
+                    .records
+                    .insert(record.seq, (detector, record.repeat_count));
             }
             if persist {
                 let text = serde_json::to_string(&detectors).unwrap();

@@ -77,7 +77,13 @@ pub fn table(traces: &[TraceAnomalies]) -> String {
         "trace", "events", "records", "updates", "repeat", "oscil", "error", "stall", "events/rec"
     );
     for trace in traces {
-        let by = |detector: Detector| trace.by_detector.get(detector.as_str()).copied().unwrap_or(0);
+        let by = |detector: Detector| {
+            trace
+                .by_detector
+                .get(detector.as_str())
+                .copied()
+                .unwrap_or(0)
+        };
         let rate = trace
             .events_per_record()
             .map_or_else(|| "-".to_owned(), |rate| format!("{rate:.0}"));

@@ -32,14 +32,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::anomaly::AnomalySettings;
 use crate::collapse::{CollapseMode, CollapsePolicy};
 use crate::context::{ContextRequest, MAX_BUDGET_TOKENS};
 use crate::rank::{WeightError, Weights};
 use crate::tokens::Encoding;
 use crate::trace::{Trace, TraceError, read_trace};
 
-use metrics::{Policy, RowKey, Tally};
 use anomalies::TraceAnomalies;
+use metrics::{Policy, RowKey, Tally};
 use replay::{Replay, moments};
 use report::{Report, RunSummary, TraceRows};
 
@@ -82,6 +83,9 @@ pub struct BudgetsArgs {
     /// Also report every trace on its own.
     #[arg(long)]
     pub per_trace: bool,
+    /// Replay without anomaly detection (the server's default has it on).
+    #[arg(long)]
+    pub no_anomalies: bool,
     /// Write a plot against budget (severe recall, task visible, newest whole, needle recall),
     /// one line per policy, to this SVG file.
     #[arg(long, value_name = "FILE")]
@@ -171,6 +175,8 @@ pub struct Options {
     pub needles: usize,
     /// Whether to keep per-trace rows.
     pub per_trace: bool,
+    /// Anomaly detection during the replay.
+    pub anomaly: AnomalySettings,
 }
 
 impl Default for Options {
@@ -185,6 +191,7 @@ impl Default for Options {
             seed: needles::DEFAULT_SEED,
             needles: needles::DEFAULT_NEEDLES,
             per_trace: false,
+            anomaly: AnomalySettings::default(),
         }
     }
 }
@@ -235,6 +242,11 @@ impl BudgetsArgs {
             seed: self.seed,
             needles: self.needles,
             per_trace: self.per_trace,
+            anomaly: if self.no_anomalies {
+                AnomalySettings::off()
+            } else {
+                AnomalySettings::default()
+            },
         })
     }
 }
@@ -373,17 +385,13 @@ fn rows(tallies: &TraceTallies, collapse: CollapseMode) -> Vec<metrics::Row> {
 }
 
 /// Replays one trace and measures every policy × budget × encoding at each moment.
-fn bench_trace(
-    trace: &Trace,
-    options: &Options,
-    progress: &ProgressBar,
-) -> TraceResult {
+fn bench_trace(trace: &Trace, options: &Options, progress: &ProgressBar) -> TraceResult {
     let plan = needles::plan(trace, options.needles, options.seed);
     let policy = CollapsePolicy {
         mode: options.collapse,
         ..CollapsePolicy::default()
     };
-    let mut replay = Replay::new(trace, &plan, policy)?;
+    let mut replay = Replay::new(trace, &plan, policy, options.anomaly)?;
     let requests: Vec<ContextRequest> = options
         .encodings
         .iter()

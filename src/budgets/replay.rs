@@ -9,8 +9,8 @@
 //! ([`super::metrics`]): every severe one, the first of kind `task` or `user` (the goal), and the
 //! newest one. Needles are not among them: they are measured as needles.
 
-use crate::anomaly::{self, AnomalySettings, DetectorState};
 use super::anomalies::TraceAnomalies;
+use crate::anomaly::{self, AnomalySettings, DetectorState};
 use crate::collapse::CollapsePolicy;
 use crate::context::GOAL_KINDS;
 use crate::event::{Event, Record, Severity, Timestamp};
@@ -56,6 +56,7 @@ impl<'t> Replay<'t> {
         trace: &'t Trace,
         needles: &'t [Needle],
         policy: CollapsePolicy,
+        anomaly: AnomalySettings,
     ) -> Result<Replay<'t>, BudgetsError> {
         if let Some(line) = trace.events.iter().position(|e| e.ts.is_none()) {
             return Err(BudgetsError::MissingTimestamp {
@@ -75,7 +76,7 @@ impl<'t> Replay<'t> {
             newest: None,
             now: None,
             detectors: DetectorState::default(),
-            anomaly: AnomalySettings::default(),
+            anomaly,
             anomalies: TraceAnomalies::new(&trace.name),
         })
     }
@@ -255,7 +256,13 @@ mod tests {
             events,
         };
         let plan = needles::plan(&trace, 2, 3);
-        let mut replay = Replay::new(&trace, &plan, CollapsePolicy::default()).unwrap();
+        let mut replay = Replay::new(
+            &trace,
+            &plan,
+            CollapsePolicy::default(),
+            AnomalySettings::default(),
+        )
+        .unwrap();
         replay.advance_to(40);
         assert_eq!(replay.applied(), 40);
         assert_eq!(replay.planted_markers().count(), 4);
@@ -297,7 +304,13 @@ mod tests {
         };
         // One note and one critical needle: planted, they never become the newest trace event.
         let plan = needles::plan(&trace, 1, 3);
-        let mut replay = Replay::new(&trace, &plan, CollapsePolicy::default()).unwrap();
+        let mut replay = Replay::new(
+            &trace,
+            &plan,
+            CollapsePolicy::default(),
+            AnomalySettings::default(),
+        )
+        .unwrap();
         assert_eq!((replay.first_goal(), replay.newest()), (None, None));
         replay.advance_to(1);
         assert_eq!(replay.first_goal(), None, "no task or user event yet");
@@ -332,7 +345,12 @@ mod tests {
             events: vec![Event::new("tool", Severity::Info, "x").unwrap()],
         };
         assert!(matches!(
-            Replay::new(&trace, &[], CollapsePolicy::default()),
+            Replay::new(
+                &trace,
+                &[],
+                CollapsePolicy::default(),
+                AnomalySettings::default()
+            ),
             Err(BudgetsError::MissingTimestamp { event: 1, .. })
         ));
     }

@@ -295,6 +295,7 @@ impl StreamState {
         state.collapser_current = false;
         state.latest = records
             .iter()
+            .filter(|cached| holds_agent_events(cached.record()))
             .max_by_key(|cached| cached.record().revision)
             .cloned();
         state.records = records;
@@ -461,8 +462,7 @@ impl StreamState {
     ) -> (Appended, Arc<CachedRecord>) {
         self.revision += 1;
         record.revision = self.revision;
-        self.totals
-            .count(&record.kind, record.severity, ts, false);
+        self.totals.count(&record.kind, record.severity, ts, false);
         let cached = Arc::new(CachedRecord::new(&record, &self.meter));
         self.put_revised(cached.clone(), escalated);
         let appended = Appended {
@@ -534,7 +534,9 @@ impl StreamState {
             self.severe.push(cached.clone());
         }
         self.note_goal(&cached);
-        self.latest = Some(cached.clone());
+        if holds_agent_events(cached.record()) {
+            self.latest = Some(cached.clone());
+        }
         self.records.push(cached);
         self.trim();
         self.recount();
@@ -560,7 +562,9 @@ impl StreamState {
         if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
             *severe = cached.clone();
         }
-        self.latest = Some(cached.clone());
+        if holds_agent_events(cached.record()) {
+            self.latest = Some(cached.clone());
+        }
         for goal in self.goals.iter_mut().chain(&mut self.latest_goal) {
             if goal.record().seq == seq {
                 *goal = cached.clone();
@@ -589,6 +593,7 @@ impl StreamState {
             self.latest = self
                 .records
                 .iter()
+                .filter(|r| holds_agent_events(r.record()))
                 .max_by_key(|r| r.record().revision)
                 .cloned();
         }
@@ -796,6 +801,15 @@ impl StreamState {
     pub fn severe_created(&self) -> u64 {
         self.severe_created
     }
+}
+
+/// Whether a record holds events of the stream's agent, rather than being an anomaly recap
+/// raised about them ([`crate::anomaly`]): only those can be the record holding the latest
+/// event, which the window shows whole, so that an anomaly never pushes the agent's latest
+/// observation out of that place.
+fn holds_agent_events(record: &Record) -> bool {
+    !(record.kind.as_str() == collapse::ANOMALY_KIND
+        && record.actor.as_deref() == Some(collapse::ANOMALY_ACTOR))
 }
 
 fn is_severe(record: &Record) -> bool {

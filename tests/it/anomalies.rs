@@ -64,7 +64,12 @@ fn patterns() -> Vec<(&'static str, Vec<Value>, &'static str, &'static str)> {
     let recurring: Vec<Value> = (0..4)
         .flat_map(|i| {
             [
-                event("tool", "error", &format!("search timed out after {}s", 30 + i), 2 * i),
+                event(
+                    "tool",
+                    "error",
+                    &format!("search timed out after {}s", 30 + i),
+                    2 * i,
+                ),
                 event("retry", "warning", &format!("retry {}/5", i + 1), 2 * i + 1),
             ]
         })
@@ -77,7 +82,12 @@ fn patterns() -> Vec<(&'static str, Vec<Value>, &'static str, &'static str)> {
     ];
     vec![
         ("repeat", repeat, "repeat", "likely a loop"),
-        ("oscillation", oscillation, "oscillation", "alternate between"),
+        (
+            "oscillation",
+            oscillation,
+            "oscillation",
+            "alternate between",
+        ),
         ("recurring", recurring, "recurring_error", "came back"),
         ("stall", stall, "stall", "may have stalled"),
     ]
@@ -85,7 +95,7 @@ fn patterns() -> Vec<(&'static str, Vec<Value>, &'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_pattern_raises_one_record_seen_in_history_the_window_and_the_feed() {
-    let server = TestServer::start().await;
+    let server = TestServer::with_anomalies().await;
     for (stream, events, detector, words) in patterns() {
         // One event per request, as an agent posts them.
         for event in &events {
@@ -159,7 +169,10 @@ async fn each_pattern_raises_one_record_seen_in_history_the_window_and_the_feed(
     // The repeat episode went on past twice its threshold: raised to error, counted as events.
     let raised = anomalies(&server, "repeat").await;
     assert_eq!(raised[0]["severity"], "error", "{:#?}", raised[0]);
-    assert_eq!(raised[0]["repeat_count"], 4, "raised at the third click, updated at each next");
+    assert_eq!(
+        raised[0]["repeat_count"], 4,
+        "raised at the third click, updated at each next"
+    );
     let stats = server.get("/v1/streams/repeat").await.json();
     assert_eq!(stats["kinds"]["anomaly"], 4, "{stats}");
     assert_eq!(stats["events"], 12 + 4, "{stats}");
@@ -167,7 +180,7 @@ async fn each_pattern_raises_one_record_seen_in_history_the_window_and_the_feed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_episode_is_a_new_record_and_state_survives_a_restart() {
-    let server = TestServer::start().await;
+    let server = TestServer::with_anomalies().await;
     let clicks = |from: i64, count: i64, what: &str| -> Vec<Value> {
         (from..from + count)
             .map(|i| event("action", "info", what, i))
@@ -188,12 +201,17 @@ async fn a_new_episode_is_a_new_record_and_state_survives_a_restart() {
     post(&server, "s", &clicks(5, 3, "scroll down")).await;
     let raised = anomalies(&server, "s").await;
     assert_eq!(raised.len(), 2, "{raised:#?}");
-    assert!(raised[1]["message"].as_str().unwrap().contains("scroll down"));
+    assert!(
+        raised[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scroll down")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_turn_detection_off_or_tune_it_and_imports_are_not_observed() {
-    let server = TestServer::start().await;
+    let server = TestServer::with_anomalies().await;
     let put = |stream: &'static str, body: &'static str| {
         let server = &server;
         async move {
@@ -208,7 +226,9 @@ async fn streams_turn_detection_off_or_tune_it_and_imports_are_not_observed() {
                 .await
         }
     };
-    put("nowhere", "{}").await.assert_error(404, "unknown_stream", None);
+    put("nowhere", "{}")
+        .await
+        .assert_error(404, "unknown_stream", None);
     let clicks: Vec<Value> = (0..5)
         .map(|i| event("action", "info", "click #submit", i))
         .collect();
@@ -223,7 +243,11 @@ async fn streams_turn_detection_off_or_tune_it_and_imports_are_not_observed() {
     post(&server, "tuned", &clicks[..1]).await;
     let reply = put("tuned", r#"{"repeat_actions": 5}"#).await;
     assert_eq!(reply.json()["repeat_actions"], 5);
-    assert_eq!(reply.json()["stall_seconds"], 300, "the rest follows the server");
+    assert_eq!(
+        reply.json()["stall_seconds"],
+        300,
+        "the rest follows the server"
+    );
     post(&server, "tuned", &clicks[1..4]).await;
     assert!(anomalies(&server, "tuned").await.is_empty());
     post(&server, "tuned", &clicks[4..]).await;
@@ -231,9 +255,11 @@ async fn streams_turn_detection_off_or_tune_it_and_imports_are_not_observed() {
     let stats = server.get("/v1/streams/tuned").await.json();
     assert_eq!(stats["anomalies"]["repeat_actions"], 5, "{stats}");
 
-    put("tuned", r#"{"repeat_actions": 1}"#)
-        .await
-        .assert_error(400, "invalid_field", Some("repeat_actions"));
+    put("tuned", r#"{"repeat_actions": 1}"#).await.assert_error(
+        400,
+        "invalid_field",
+        Some("repeat_actions"),
+    );
     put("tuned", r#"{"loops": 1}"#)
         .await
         .assert_error(400, "unknown_field", Some("loops"));

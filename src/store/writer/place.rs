@@ -2,9 +2,9 @@
 //! earlier batches are still being committed.
 
 use super::*;
+use crate::anomaly::{self, AnomalyOverrides, AnomalySettings};
 use crate::context::NOTE_ID_KEY;
 use crate::event::MAX_EVENT_COUNT;
-use crate::anomaly::{self, AnomalyOverrides, AnomalySettings};
 use crate::payload::Payload;
 
 impl Writer {

@@ -78,9 +78,7 @@ impl Request {
             }
             Request::SetRetention { reply, .. }
             | Request::SetAnomalies { reply, .. }
-            | Request::Maintain { reply, .. } => {
-                drop(reply.send(Err(error())))
-            }
+            | Request::Maintain { reply, .. } => drop(reply.send(Err(error()))),
             Request::Shutdown { reply } => drop(reply.send(Err(error()))),
             Request::Evict => {}
         }
