@@ -27,6 +27,10 @@ const ERRORS_REMEMBERED: usize = 4;
 pub const MAX_NAMED_SEQS: usize = 8;
 /// Characters of an action or error quoted in a message.
 const QUOTE_CHARS: usize = 60;
+/// Bytes of a message that identify an action or an error: its head. Keeps observing an event
+/// O(1) however long its message is (an agent's thought can be kilobytes); two actions alike in
+/// their first 256 bytes, numbers masked, are the same action.
+pub const COMPARED_BYTES: usize = 256;
 
 /// Which detector found an episode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +95,24 @@ pub struct Finding {
     pub payload: Payload,
     /// `warning`, or `error` once the episode reached twice its threshold.
     pub severity: Severity,
+    /// How far the episode has come (actions, cycles, recurrences, silences).
+    pub count: u64,
+    /// The threshold it passed.
+    pub threshold: u64,
+}
+
+/// Once an episode is at twice its threshold, its record is updated every this many counts
+/// rather than at every event: a loop of thousands of events then costs the writes of a few
+/// hundred, and the record's count is never more than this far behind.
+pub const UPDATE_EVERY: u64 = 16;
+
+impl Finding {
+    /// Whether the record of an episode already raised takes this finding: every one until the
+    /// episode is at twice its threshold, then every [`UPDATE_EVERY`]th.
+    pub fn updates_record(&self) -> bool {
+        let escalation = self.threshold.saturating_mul(2);
+        self.count <= escalation || (self.count - escalation) % UPDATE_EVERY == 0
+    }
 }
 
 /// The anomaly record of an open episode, as the stream holds it: enough to write its next
@@ -506,6 +528,8 @@ impl DetectorState {
             message,
             payload: Payload::from_object(&payload),
             severity,
+            count,
+            threshold,
         }
     }
 }
@@ -517,13 +541,15 @@ fn masked_key(kind: &Kind, actor: Option<&str>, message: &str) -> u64 {
     let mut hasher = rustc_hash::FxHasher::default();
     kind.as_str().hash(&mut hasher);
     actor.hash(&mut hasher);
-    collapse::template(message).hash(&mut hasher);
+    collapse::template(head(message, COMPARED_BYTES)).hash(&mut hasher);
     hasher.finish()
 }
 
 /// How a message is quoted in an anomaly: its first line, at most [`QUOTE_CHARS`] characters,
 /// without backticks (the quote's own delimiters).
 fn quote(message: &str) -> String {
+    // A quote never needs more than its characters' worth of the message (4 bytes each at most).
+    let message = head(message, QUOTE_CHARS * 4 + 1);
     let line = message.trim().lines().next().unwrap_or("").trim();
     let mut text: String = line
         .chars()
@@ -534,6 +560,18 @@ fn quote(message: &str) -> String {
         text.push('…');
     }
     text
+}
+
+/// The first `bytes` bytes of `text`, or fewer to end on a character boundary.
+fn head(text: &str, bytes: usize) -> &str {
+    if text.len() <= bytes {
+        return text;
+    }
+    let mut end = bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// `45s`, `7m12s`, `2h03m`.

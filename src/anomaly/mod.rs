@@ -6,7 +6,8 @@
 //! per-stream [`DetectorState`] (pure, O(1) per event: a few hashes and counters):
 //!
 //! - **repeat**: the same action (kind `action` or `tool` below severity `error`, same actor,
-//!   message compared with numbers and ids masked as template collapse masks them)
+//!   the message's first [`COMPARED_BYTES`] bytes compared with numbers and ids masked as
+//!   template collapse masks them)
 //!   [`AnomalySettings::repeat_actions`] times in a row. Events of other kinds in between (observations, thoughts) do not break the
 //!   run, and every event counts, so a run that collapsed into one record `×6` is six actions:
 //!   the same tool call with different results is the loop an agent cannot see.
@@ -23,8 +24,9 @@
 //! A detection becomes one record of kind `anomaly` (actor `recap`, severity `warning`, `error`
 //! once the episode reaches twice its threshold) with a message a model understands and a
 //! payload naming the detector, the count, the threshold and the seqs involved. One record per
-//! episode: while the episode lasts, every event that extends it updates the record (the next
-//! repeat: count, `last_ts`, message and payload), through the same repeat and change
+//! episode: while the episode lasts, the events that extend it update the record (the next
+//! repeat: count, `last_ts`, message and payload; each one until the episode is at twice its
+//! threshold, then every [`UPDATE_EVERY`]th, so a storm costs few writes), through the same repeat and change
 //! machinery as any repeat, so history, the changelog, SSE and the context window see it. Each
 //! anomaly record and update counts as one event of kind `anomaly` in the stream's totals (so
 //! `events` stays the sum of the stored repeat counts); the events clients posted are `events`
@@ -35,7 +37,7 @@ mod detector;
 mod settings;
 
 pub use detector::{
-    ACTION_KINDS, Detector, DetectorState, EpisodeRecord, Finding, MAX_NAMED_SEQS, Observed,
+    ACTION_KINDS, COMPARED_BYTES, UPDATE_EVERY, Detector, DetectorState, EpisodeRecord, Finding, MAX_NAMED_SEQS, Observed,
 };
 pub use settings::{
     AnomalyOverrides, AnomalySettings, DEFAULT_ERROR_RECURRENCES, DEFAULT_OSCILLATION_CYCLES,
@@ -88,16 +90,19 @@ pub fn detect(
     let findings = detectors.observe(settings, observed);
     findings
         .into_iter()
-        .map(|finding| {
+        .filter_map(|finding| {
             let detector = finding.detector;
             let raised = match detectors.record(detector) {
                 Some(episode) if episode.seq >= first_stored => {
+                    if !finding.updates_record() {
+                        return None;
+                    }
                     update(stream, episode, finding, ts)
                 }
                 _ => raise(stream, finding, ts),
             };
             detectors.set_record(detector, raised.episode);
-            raised
+            Some(raised)
         })
         .collect()
 }
@@ -255,6 +260,22 @@ mod tests {
         (stream, placed)
     }
 
+    /// A long loop updates its record at every event up to twice the threshold, then every
+    /// `UPDATE_EVERY`th: 40 clicks are raised at 3, updated at 4, 5, 6, 22 and 38.
+    #[test]
+    fn a_long_episode_updates_its_record_sparingly() {
+        let clicks = vec![(0u8, 0u8, 1i64); 40];
+        let (stream, placed) = replay(&clicks, false);
+        assert_eq!(placed.placements.len(), 6);
+        let (_, (detector, count)) = placed.records.iter().next().unwrap();
+        assert_eq!((*detector, *count), (Detector::Repeat, 6));
+        let record = stream
+            .records()
+            .find(|r| r.kind.as_str() == ANOMALY_KIND)
+            .unwrap();
+        assert!(record.message.starts_with("the last 38 actions repeat"), "{}", record.message);
+    }
+
     proptest! {
         /// The same events give the same records, whether the detectors' state stayed in
         /// memory or went through the stream's metadata after every event.
@@ -314,7 +335,11 @@ mod tests {
             let repeats = by(Detector::Repeat);
             prop_assert_eq!(repeats.len(), repeat_runs.len());
             for (count, (_, len)) in repeats.iter().zip(&repeat_runs) {
-                prop_assert_eq!(*count as usize, len - threshold + 1);
+                // Raised at the threshold, then updated as `Finding::updates_record` says.
+                let updates = (threshold + 1..=*len)
+                    .filter(|&c| c <= 2 * threshold || (c - 2 * threshold) % UPDATE_EVERY as usize == 0)
+                    .count();
+                prop_assert_eq!(*count as usize, 1 + updates);
             }
             prop_assert_eq!(by(Detector::Stall).len(), stall_runs);
             // Raised once, then only revised.
