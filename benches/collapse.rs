@@ -1,5 +1,6 @@
 //! Ingest-side throughput on the shared traces, one core: JSON decoding and validation, the
-//! collapse decision alone, and a full in-memory append (collapse + record + totals).
+//! collapse decision alone, a full in-memory append (collapse + record + totals), and the same
+//! with anomaly detection (what the store's writer does per event).
 //!
 //! `cargo bench --bench collapse` prints events per second for each stage and mode.
 
@@ -8,6 +9,7 @@ mod common;
 use std::hint::black_box;
 use std::time::Instant;
 
+use recap::anomaly::{self, AnomalySettings, DetectorState};
 use recap::collapse::{CollapseMode, CollapsePolicy, Collapser};
 use recap::event::{EventInput, EventLimits};
 use recap::stream::{StreamState, TailCapacity};
@@ -38,7 +40,7 @@ fn main() {
         "{events} events from {} traces, {ROUNDS} rounds per row, one core",
         traces.len()
     );
-    println!("{:<44} {:>14}", "stage", "events/s");
+    println!("{:<52} {:>14}", "stage", "events/s");
 
     let decoded: Vec<Vec<u8>> = lines
         .iter()
@@ -64,7 +66,7 @@ fn main() {
         }
     });
     println!(
-        "{:<44} {:>14}",
+        "{:<52} {:>14}",
         "decode + validate (JSON body → Event)",
         thousands(validate)
     );
@@ -83,7 +85,7 @@ fn main() {
             }
         });
         println!(
-            "{:<44} {:>14}",
+            "{:<52} {:>14}",
             format!("collapse decision ({mode})"),
             thousands(collapse)
         );
@@ -96,9 +98,35 @@ fn main() {
             }
         });
         println!(
-            "{:<44} {:>14}",
+            "{:<52} {:>14}",
             format!("in-memory append ({mode})"),
             thousands(append)
+        );
+        // What the store's writer does per event since anomaly detection: append, observe,
+        // and place what the detectors raise.
+        let settings = AnomalySettings::default();
+        let detected = rate(events, || {
+            for trace in &traces {
+                let mut state = StreamState::new(policy, TailCapacity::default());
+                let mut detectors = DetectorState::default();
+                for event in &trace.events {
+                    let ts = event.ts.unwrap();
+                    let appended = state.append(event.clone(), ts);
+                    black_box(anomaly::detect(
+                        &mut detectors,
+                        &settings,
+                        &mut state,
+                        &appended,
+                        ts,
+                        1,
+                    ));
+                }
+            }
+        });
+        println!(
+            "{:<52} {:>14}",
+            format!("in-memory append + anomaly detection ({mode})"),
+            thousands(detected)
         );
     }
 }

@@ -7,7 +7,8 @@
 //! Run with `cargo bench --bench ingest`. Prints one row per (writers, batch) with events/s,
 //! commits/s (group commits: how many requests shared each fsync) and the p50/p99 time from
 //! `append` to acknowledgement. `RECAP_BENCH_SECONDS` sets the time per row (default 3),
-//! `RECAP_BENCH_STREAMS` the number of streams the writers spread over (default 16).
+//! `RECAP_BENCH_STREAMS` the number of streams the writers spread over (default 16),
+//! `RECAP_BENCH_ANOMALIES=off` turns anomaly detection off (it is on, as in the server).
 //!
 //! The `retained` rows are 64 task-writers with every stream limited to its newest 1,000
 //! records, so that retention removes as many rows as arrive.
@@ -23,6 +24,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use recap::anomaly::AnomalySettings;
 use recap::event::{Event, Severity, StreamName};
 use recap::store::{Retention, Store, StoreOptions};
 
@@ -282,6 +284,13 @@ fn main() {
         "{:>8} {:>7} {:>6} {:>12} {:>10} {:>12} {:>9} {:>9}",
         "writers", "count", "batch", "events/s", "commits/s", "events/commit", "p50 ms", "p99 ms"
     );
+    // Anomaly detection is on, as in the server; every event here is the same tool call with
+    // other numbers, so each stream is one long `repeat` episode whose record every event
+    // updates (the worst case). `RECAP_BENCH_ANOMALIES=off` measures without detection.
+    let anomalies = std::env::var("RECAP_BENCH_ANOMALIES").map_or(true, |value| value != "off");
+    if !anomalies {
+        println!("(anomaly detection off)");
+    }
     // Every stream kept to its newest RETAINED records: the writer removes as many rows as
     // arrive, in maintenance steps between commits.
     let retained = StoreOptions {
@@ -318,11 +327,14 @@ fn main() {
         if filter.as_deref().is_some_and(|filter| filter != name) {
             continue;
         }
-        let options = if retain {
+        let mut options = if retain {
             retained.clone()
         } else {
             StoreOptions::default()
         };
+        if !anomalies {
+            options.anomaly = AnomalySettings::off();
+        }
         let row = run(mode, writers, batch, seconds, options);
         let secs = row.elapsed.as_secs_f64();
         println!(

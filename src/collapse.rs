@@ -108,6 +108,19 @@ pub fn collapsible(payload_bytes: usize) -> bool {
     payload_bytes <= MAX_COLLAPSIBLE_PAYLOAD_BYTES
 }
 
+/// The kind of the records anomaly detection raises (`crate::anomaly`).
+pub const ANOMALY_KIND: &str = "anomaly";
+/// The actor of the records anomaly detection raises.
+pub const ANOMALY_ACTOR: &str = "recap";
+
+/// Whether an event or record takes part in collapse: its payload is short enough
+/// ([`collapsible`]), and it is not an anomaly recap raised (kind `anomaly`, actor `recap`):
+/// each of those stands for one episode, and only its detector updates it. Decided from the
+/// record alone, so a state restored from the file keeps the same records apart.
+pub fn is_collapse_target(kind: &str, actor: Option<&str>, payload_bytes: usize) -> bool {
+    collapsible(payload_bytes) && !(kind == ANOMALY_KIND && actor == Some(ANOMALY_ACTOR))
+}
+
 /// What makes two events "the same" for collapsing: kind, severity, actor and the message
 /// (masked in `template` mode). Borrows from the event it describes, so that deciding a repeat
 /// allocates nothing in `exact` mode; the collapser keeps only its digest (two hashes).

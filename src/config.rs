@@ -24,6 +24,11 @@
 //! max_notes_per_stream = 1000      # live notes per stream (409 note_limit beyond)
 //! max_note_bytes_per_stream = 1048576  # bytes of live note text per stream
 //! log_format = "text"              # or "json": one JSON object per log line
+//! anomalies = true                 # anomaly detection at ingest (also --anomalies on|off)
+//! anomaly_repeat_actions = 3       # the same action this many times in a row (0: off)
+//! anomaly_oscillation_cycles = 3   # A-B-A-B for this many cycles (0: off)
+//! anomaly_error_recurrences = 3    # the same error this many times, each within 32 events (0: off)
+//! anomaly_stall_seconds = 300      # a gap this long between events (0: off)
 //! ```
 
 use std::net::SocketAddr;
@@ -33,6 +38,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use serde::Deserialize;
 
+use crate::anomaly::AnomalySettings;
 use crate::collapse::{CollapseMode, CollapsePolicy};
 use crate::event::{DEFAULT_MAX_MESSAGE_BYTES, EventLimits};
 use crate::logging::LogFormat;
@@ -66,6 +72,8 @@ pub struct Overrides {
     pub cache_bytes: Option<String>,
     /// `--log-format` / `RECAP_LOG_FORMAT`.
     pub log_format: Option<String>,
+    /// `--anomalies` / `RECAP_ANOMALIES`: `on` or `off`.
+    pub anomalies: Option<String>,
 }
 
 /// What a config file says.
@@ -88,6 +96,11 @@ pub struct FileConfig {
     max_notes_per_stream: Option<usize>,
     max_note_bytes_per_stream: Option<usize>,
     log_format: Option<String>,
+    anomalies: Option<bool>,
+    anomaly_repeat_actions: Option<u64>,
+    anomaly_oscillation_cycles: Option<u64>,
+    anomaly_error_recurrences: Option<u64>,
+    anomaly_stall_seconds: Option<u64>,
 }
 
 /// The validated configuration of `recap serve`.
@@ -117,6 +130,8 @@ pub struct Config {
     pub cache_bytes: usize,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// Anomaly detection for streams that set nothing else.
+    pub anomaly: AnomalySettings,
 }
 
 /// A size in a config file: a number of bytes, or a string such as `"64MiB"`.
@@ -236,6 +251,7 @@ impl Config {
         file: FileConfig,
         base: &Path,
     ) -> Result<Config, ConfigError> {
+        let anomaly = anomaly_settings(overrides, &file)?;
         let addr_text = overrides
             .addr
             .clone()
@@ -348,6 +364,7 @@ impl Config {
         };
         Ok(Config {
             log_format,
+            anomaly,
             addr,
             data_dir,
             keys,
@@ -369,6 +386,7 @@ impl Config {
             tail: self.tail,
             notes: self.notes,
             cache_bytes: self.cache_bytes,
+            anomaly: self.anomaly,
             ..StoreOptions::default()
         }
     }
@@ -400,6 +418,53 @@ impl Config {
 
 /// `IP:PORT`, or `HOST:PORT` for a host name this machine resolves (`localhost:7070`). A name
 /// with IPv4 and IPv6 addresses binds the IPv4 one, where clients of `localhost` mostly go.
+/// The server's anomaly detection: the flag (or environment) says on or off over the file;
+/// thresholds come from the file.
+fn anomaly_settings(
+    overrides: &Overrides,
+    file: &FileConfig,
+) -> Result<AnomalySettings, ConfigError> {
+    let flag = match overrides.anomalies.as_deref().map(str::to_ascii_lowercase) {
+        None => None,
+        Some(text) => match text.as_str() {
+            "on" | "true" | "1" => Some(true),
+            "off" | "false" | "0" => Some(false),
+            _ => {
+                return Err(invalid(
+                    "anomalies",
+                    format!(
+                        "{text:?} is neither on nor off; use --anomalies on or --anomalies off"
+                    ),
+                ));
+            }
+        },
+    };
+    let defaults = AnomalySettings::default();
+    let settings = AnomalySettings {
+        enabled: flag.or(file.anomalies).unwrap_or(defaults.enabled),
+        repeat_actions: file
+            .anomaly_repeat_actions
+            .unwrap_or(defaults.repeat_actions),
+        oscillation_cycles: file
+            .anomaly_oscillation_cycles
+            .unwrap_or(defaults.oscillation_cycles),
+        error_recurrences: file
+            .anomaly_error_recurrences
+            .unwrap_or(defaults.error_recurrences),
+        stall_seconds: file.anomaly_stall_seconds.unwrap_or(defaults.stall_seconds),
+    };
+    if let Some((name, detail)) = settings.check() {
+        let name = match name {
+            "repeat_actions" => "anomaly_repeat_actions",
+            "oscillation_cycles" => "anomaly_oscillation_cycles",
+            "error_recurrences" => "anomaly_error_recurrences",
+            _ => "anomaly_stall_seconds",
+        };
+        return Err(invalid(name, detail));
+    }
+    Ok(settings)
+}
+
 fn listen_addr(text: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
@@ -476,6 +541,45 @@ mod tests {
         assert_eq!(config.addr.port(), 8);
         assert_eq!(config.data_dir, PathBuf::from("/etc/recap/d"));
         assert_eq!(config.collapse.mode, CollapseMode::Template);
+    }
+
+    #[test]
+    fn anomaly_detection_is_set_by_flag_and_file_and_checked() {
+        let file: FileConfig = toml::from_str(
+            "anomalies = false\nanomaly_stall_seconds = 0\nanomaly_repeat_actions = 5",
+        )
+        .unwrap();
+        let config = Config::merge(&Overrides::default(), file.clone(), Path::new("")).unwrap();
+        assert!(!config.anomaly.enabled);
+        assert_eq!(config.anomaly.repeat_actions, 5);
+        assert_eq!(config.anomaly.stall(), None);
+        assert_eq!(config.store_options().anomaly, config.anomaly);
+        let on = Overrides {
+            anomalies: Some("ON".to_owned()),
+            ..Overrides::default()
+        };
+        assert!(
+            Config::merge(&on, file, Path::new(""))
+                .unwrap()
+                .anomaly
+                .enabled
+        );
+        let bad = Overrides {
+            anomalies: Some("maybe".to_owned()),
+            ..Overrides::default()
+        };
+        let error = Config::merge(&bad, FileConfig::default(), Path::new(""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("anomalies") && error.contains("--anomalies off"),
+            "{error}"
+        );
+        let file: FileConfig = toml::from_str("anomaly_oscillation_cycles = 1").unwrap();
+        let error = Config::merge(&Overrides::default(), file, Path::new(""))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("anomaly_oscillation_cycles"), "{error}");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`context`]: builds a context window from a stream snapshot (pure, deterministic): record
 //!   caches, totals, candidates, packing by level of detail, the Earlier summary.
 //! - [`meter`]: counting the bytes cached records and notes hold (the store's cache budget).
+//! - [`anomaly`]: detectors on the writer's path (repeats, oscillation, recurring errors,
+//!   stalls) whose episodes become `anomaly` records.
 //! - [`stream`]: one stream's live state in memory, shared by the store and offline replay.
 //! - [`store`]: durable history in one redb file; group-commit writer; tail caches; changelog.
 //! - [`trace`]: reading JSONL agent traces (the shared trace format) into events.
@@ -30,6 +32,7 @@
 // tests, benches and the binary use the library from outside, so what they use stays `pub`).
 #![warn(unreachable_pub)]
 
+pub mod anomaly;
 pub mod budgets;
 pub mod cli;
 pub mod client;

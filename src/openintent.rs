@@ -833,6 +833,32 @@ mod tests {
         assert_eq!(outgoing_event(&stream, &native)["event_type"], "comment");
     }
 
+    /// An anomaly recap raised goes out as a `comment` the client parses, saying what it is:
+    /// kind, severity, message, count, and the detector's payload.
+    #[test]
+    fn anomalies_go_out_as_comments_naming_the_detector() {
+        let stream = StreamName::new("intent-1").unwrap();
+        let ts = parse_timestamp("2025-01-02T03:04:05Z").unwrap();
+        let mut event = Event::new(
+            "anomaly",
+            Severity::Warning,
+            "the last 3 actions repeat `click #submit`: likely a loop",
+        )
+        .unwrap();
+        event.actor = Some("recap".into());
+        event.payload = Some(Payload::from_json(r#"{"detector":"repeat","seqs":[4,6]}"#).unwrap());
+        let record = Record::from_event(event, 7, 9, ts);
+        let outgoing = outgoing_event(&stream, &record);
+        assert_eq!(outgoing["event_type"], "comment");
+        assert_eq!(outgoing["actor"], "recap");
+        assert_eq!(
+            outgoing["payload"],
+            json!({"kind": "anomaly", "severity": "warning",
+                   "message": "the last 3 actions repeat `click #submit`: likely a loop",
+                   "repeat_count": 1, "payload": {"detector": "repeat", "seqs": [4, 6]}})
+        );
+    }
+
     /// The full table in docs/openintent.md is generated from `classify`; this keeps the two
     /// in step (on a mismatch it prints the table to paste between the markers).
     #[test]

@@ -7,12 +7,15 @@
 //! context window is built for every budget and encoding, and so are the windows of two
 //! baselines over the raw events: `recency` and `head+tail` ([`baselines`]). What each window
 //! shows is tallied into one row per policy × budget × encoding ([`metrics`] defines every
-//! number), printed as a table or JSON, and optionally plotted as SVG.
+//! number), printed as a table or JSON, and optionally plotted as SVG. Anomaly detection runs
+//! on every trace event as the store's writer runs it, and the anomalies raised are reported per
+//! trace ([`anomalies`]).
 //!
 //! Modules: [`needles`] plans the needles; [`replay`] drives one trace; [`baselines`] builds the
 //! baseline windows; [`measure`] observes one window; [`metrics`] adds observations up;
-//! [`report`] prints; [`plot`] draws.
+//! [`report`] prints; [`plot`] draws; [`anomalies`] counts what detection raised.
 
+pub mod anomalies;
 pub mod baselines;
 pub mod measure;
 pub mod metrics;
@@ -29,12 +32,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::anomaly::AnomalySettings;
 use crate::collapse::{CollapseMode, CollapsePolicy};
 use crate::context::{ContextRequest, MAX_BUDGET_TOKENS};
 use crate::rank::{WeightError, Weights};
 use crate::tokens::Encoding;
 use crate::trace::{Trace, TraceError, read_trace};
 
+use anomalies::TraceAnomalies;
 use metrics::{Policy, RowKey, Tally};
 use replay::{Replay, moments};
 use report::{Report, RunSummary, TraceRows};
@@ -88,6 +93,9 @@ pub struct BudgetsArgs {
     /// Also report every trace on its own.
     #[arg(long)]
     pub per_trace: bool,
+    /// Replay without anomaly detection (the server's default has it on).
+    #[arg(long)]
+    pub no_anomalies: bool,
     /// Write a plot against budget (severe recall, task visible, newest whole, needle recall),
     /// one line per policy, to this SVG file.
     #[arg(long, value_name = "FILE")]
@@ -177,6 +185,8 @@ pub struct Options {
     pub needles: usize,
     /// Whether to keep per-trace rows.
     pub per_trace: bool,
+    /// Anomaly detection during the replay.
+    pub anomaly: AnomalySettings,
 }
 
 impl Default for Options {
@@ -191,6 +201,7 @@ impl Default for Options {
             seed: needles::DEFAULT_SEED,
             needles: needles::DEFAULT_NEEDLES,
             per_trace: false,
+            anomaly: AnomalySettings::default(),
         }
     }
 }
@@ -241,6 +252,11 @@ impl BudgetsArgs {
             seed: self.seed,
             needles: self.needles,
             per_trace: self.per_trace,
+            anomaly: if self.no_anomalies {
+                AnomalySettings::off()
+            } else {
+                AnomalySettings::default()
+            },
         })
     }
 }
@@ -320,7 +336,7 @@ pub fn bench(
         .min(traces.len())
         .max(1);
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<TraceTallies, BudgetsError>>>> =
+    let results: Mutex<Vec<Option<TraceResult>>> =
         Mutex::new((0..traces.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -338,8 +354,10 @@ pub fn bench(
     // Merge in the order the traces were given, so sums (and so the report) are deterministic.
     let mut pooled = TraceTallies::new();
     let mut per_trace = Vec::new();
+    let mut anomalies = Vec::new();
     for (trace, result) in traces.iter().zip(results) {
-        let tallies = result.expect("every trace was measured")?;
+        let (tallies, raised) = result.expect("every trace was measured")?;
+        anomalies.push(raised);
         for (key, tally) in &tallies {
             pooled.entry(*key).or_default().merge(tally);
         }
@@ -362,8 +380,12 @@ pub fn bench(
             weights: options.weight_overrides.clone(),
         },
         per_trace,
+        anomalies,
     })
 }
+
+/// One trace's measurements and the anomalies raised on it.
+type TraceResult = Result<(TraceTallies, TraceAnomalies), BudgetsError>;
 
 fn rows(tallies: &TraceTallies, collapse: CollapseMode) -> Vec<metrics::Row> {
     tallies
@@ -373,17 +395,13 @@ fn rows(tallies: &TraceTallies, collapse: CollapseMode) -> Vec<metrics::Row> {
 }
 
 /// Replays one trace and measures every policy × budget × encoding at each moment.
-fn bench_trace(
-    trace: &Trace,
-    options: &Options,
-    progress: &ProgressBar,
-) -> Result<TraceTallies, BudgetsError> {
+fn bench_trace(trace: &Trace, options: &Options, progress: &ProgressBar) -> TraceResult {
     let plan = needles::plan(trace, options.needles, options.seed);
     let policy = CollapsePolicy {
         mode: options.collapse,
         ..CollapsePolicy::default()
     };
-    let mut replay = Replay::new(trace, &plan, policy)?;
+    let mut replay = Replay::new(trace, &plan, policy, options.anomaly)?;
     let requests: Vec<ContextRequest> = options
         .encodings
         .iter()
@@ -428,5 +446,5 @@ fn bench_trace(
             Policy::Recency | Policy::HeadTail => tally.end_trace(raw, raw),
         }
     }
-    Ok(tallies)
+    Ok((tallies, replay.anomalies().clone()))
 }

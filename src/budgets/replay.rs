@@ -9,6 +9,8 @@
 //! ([`super::metrics`]): every severe one, the first of kind `task` or `user` (the goal), and the
 //! newest one. Needles are not among them: they are measured as needles.
 
+use super::anomalies::TraceAnomalies;
+use crate::anomaly::{self, AnomalySettings, DetectorState};
 use crate::collapse::CollapsePolicy;
 use crate::context::GOAL_KINDS;
 use crate::event::{Event, Record, Severity, Timestamp};
@@ -41,6 +43,10 @@ pub struct Replay<'t> {
     first_goal: Option<Located>,
     newest: Option<Located>,
     now: Option<Timestamp>,
+    /// Anomaly detection, as the store's writer runs it on every appended event.
+    detectors: DetectorState,
+    anomaly: AnomalySettings,
+    anomalies: TraceAnomalies,
 }
 
 impl<'t> Replay<'t> {
@@ -50,6 +56,7 @@ impl<'t> Replay<'t> {
         trace: &'t Trace,
         needles: &'t [Needle],
         policy: CollapsePolicy,
+        anomaly: AnomalySettings,
     ) -> Result<Replay<'t>, BudgetsError> {
         if let Some(line) = trace.events.iter().position(|e| e.ts.is_none()) {
             return Err(BudgetsError::MissingTimestamp {
@@ -68,6 +75,9 @@ impl<'t> Replay<'t> {
             first_goal: None,
             newest: None,
             now: None,
+            detectors: DetectorState::default(),
+            anomaly,
+            anomalies: TraceAnomalies::new(&trace.name),
         })
     }
 
@@ -81,6 +91,16 @@ impl<'t> Replay<'t> {
             let severe = event.severity >= Severity::Error;
             let goal = GOAL_KINDS.contains(&event.kind.as_str());
             let appended = self.state.append(event.clone(), ts);
+            let raised = anomaly::detect(
+                &mut self.detectors,
+                &self.anomaly,
+                &mut self.state,
+                &appended,
+                ts,
+                1,
+            );
+            self.anomalies.count(&raised);
+            self.anomalies.events += 1;
             let located = Located {
                 record_seq: appended.record.seq,
                 raw_index: self.log.len(),
@@ -129,6 +149,11 @@ impl<'t> Replay<'t> {
     fn push_raw(&mut self, event: Event, ts: Timestamp) {
         let index = self.log.len() as u64 + 1;
         self.log.push(Record::from_event(event, index, index, ts));
+    }
+
+    /// What anomaly detection raised so far.
+    pub fn anomalies(&self) -> &TraceAnomalies {
+        &self.anomalies
     }
 
     /// Trace events applied so far.
@@ -231,7 +256,14 @@ mod tests {
             events,
         };
         let plan = needles::plan(&trace, 2, 3);
-        let mut replay = Replay::new(&trace, &plan, CollapsePolicy::default()).unwrap();
+        let mut replay = Replay::new(
+            &trace,
+            &plan,
+            CollapsePolicy::default(),
+            // The counts below are the trace's and the needles' own.
+            AnomalySettings::off(),
+        )
+        .unwrap();
         replay.advance_to(40);
         assert_eq!(replay.applied(), 40);
         assert_eq!(replay.planted_markers().count(), 4);
@@ -273,7 +305,13 @@ mod tests {
         };
         // One note and one critical needle: planted, they never become the newest trace event.
         let plan = needles::plan(&trace, 1, 3);
-        let mut replay = Replay::new(&trace, &plan, CollapsePolicy::default()).unwrap();
+        let mut replay = Replay::new(
+            &trace,
+            &plan,
+            CollapsePolicy::default(),
+            AnomalySettings::default(),
+        )
+        .unwrap();
         assert_eq!((replay.first_goal(), replay.newest()), (None, None));
         replay.advance_to(1);
         assert_eq!(replay.first_goal(), None, "no task or user event yet");
@@ -308,7 +346,12 @@ mod tests {
             events: vec![Event::new("tool", Severity::Info, "x").unwrap()],
         };
         assert!(matches!(
-            Replay::new(&trace, &[], CollapsePolicy::default()),
+            Replay::new(
+                &trace,
+                &[],
+                CollapsePolicy::default(),
+                AnomalySettings::default()
+            ),
             Err(BudgetsError::MissingTimestamp { event: 1, .. })
         ));
     }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::collapse::CollapseMode;
 
+use super::anomalies::TraceAnomalies;
 use super::metrics::Row;
 
 /// What was run: enough to reproduce it.
@@ -49,6 +50,8 @@ pub struct Report {
     /// The same rows per trace (shown with `--per-trace`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_trace: Vec<TraceRows>,
+    /// Anomalies detection raised on each trace, in the order given.
+    pub anomalies: Vec<TraceAnomalies>,
 }
 
 impl Report {
@@ -83,6 +86,7 @@ impl Report {
             writeln!(out, "\n{}", trace.trace)?;
             out.write_all(table(&trace.rows).as_bytes())?;
         }
+        out.write_all(super::anomalies::table(&self.anomalies).as_bytes())?;
         Ok(())
     }
 }

@@ -75,6 +75,14 @@ pub struct ServeArgs {
         help = "Log lines as text or json (one object per line); RUST_LOG adds to the default filter (RUST_LOG=recap::request=debug logs every request) [default: text]"
     )]
     pub log_format: Option<String>,
+    /// Anomaly detection at ingest.
+    #[arg(
+        long,
+        env = "RECAP_ANOMALIES",
+        value_name = "on|off",
+        help = "Anomaly detection at ingest (loops, oscillation, recurring errors, stalls raised as `anomaly` records); streams may still set their own [default: on]"
+    )]
+    pub anomalies: Option<String>,
 }
 
 impl ServeArgs {
@@ -87,6 +95,7 @@ impl ServeArgs {
             keys_file: self.keys,
             cache_bytes: self.cache_bytes,
             log_format: self.log_format,
+            anomalies: self.anomalies,
         }
     }
 }

@@ -101,7 +101,7 @@ pub struct CachedRecord {
     record: Record,
     payload: Option<Payload>,
     note_id: Option<u64>,
-    /// Whether the record is a collapse target (see [`crate::collapse::collapsible`]).
+    /// Whether the record is a collapse target (see [`crate::collapse::is_collapse_target`]).
     collapsible: bool,
     meter: Meter,
     /// Bytes charged to `meter` so far, given back on drop.
@@ -150,7 +150,11 @@ impl CachedRecord {
         meter: &Meter,
     ) -> CachedRecord {
         debug_assert!(record.payload.is_none());
-        let collapsible = collapse::collapsible(payload.as_ref().map_or(0, Payload::len));
+        let collapsible = collapse::is_collapse_target(
+            record.kind.as_str(),
+            record.actor.as_deref(),
+            payload.as_ref().map_or(0, Payload::len),
+        );
         let note_id = payload
             .as_ref()
             .filter(|_| record.kind.as_str() == "note")

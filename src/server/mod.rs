@@ -14,10 +14,11 @@
 //! `routes` (matching, the checks before a handler, dispatch),
 //! [`wire`] (the response body, response shapes, the error codes and the one error-to-status
 //! mapping), `body` (capped reads of request bodies, content types), `query` (query strings),
-//! `events`, `context`, `notes`, `streams` (handlers), `sse` (subscriptions), `mcp` (the MCP
+//! `events`, `context`, `notes`, `streams`, `anomalies` (handlers), `sse` (subscriptions), `mcp` (the MCP
 //! tools over Streamable HTTP), `openintent` (the OpenIntent-compatible routes), `openapi`
 //! (`GET /openapi.json`), [`auth`] (API keys), `metrics` (Prometheus text).
 
+pub mod anomalies;
 pub mod auth;
 mod body;
 mod context;

@@ -175,6 +175,19 @@ fn operation(endpoint: Endpoint) -> Operation {
             ),
             &[507],
         ),
+        Endpoint::PutAnomalies => op(
+            "streams",
+            NONE,
+            Some(json_body(schema_ref("AnomalyOverrides"))),
+            (
+                200,
+                json_response(
+                    "The anomaly detection now in force for the stream.",
+                    schema_ref("AnomalySettings"),
+                ),
+            ),
+            &[507],
+        ),
         Endpoint::PostEvents => op(
             "events",
             NONE,
@@ -857,6 +870,28 @@ fn schemas() -> Value {
             "properties": {
                 "max_records": {"type": ["integer", "null"], "minimum": 1},
                 "max_age_seconds": {"type": ["integer", "null"], "minimum": 1},
+            },
+        },
+        "AnomalyOverrides": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "enabled": {"type": ["boolean", "null"]},
+                "repeat_actions": {"type": ["integer", "null"], "minimum": 0},
+                "oscillation_cycles": {"type": ["integer", "null"], "minimum": 0},
+                "error_recurrences": {"type": ["integer", "null"], "minimum": 0},
+                "stall_seconds": {"type": ["integer", "null"], "minimum": 0},
+            },
+        },
+        "AnomalySettings": {
+            "type": "object",
+            "required": ["enabled", "repeat_actions", "oscillation_cycles", "error_recurrences", "stall_seconds"],
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "repeat_actions": whole,
+                "oscillation_cycles": whole,
+                "error_recurrences": whole,
+                "stall_seconds": whole,
             },
         },
         "StreamStats": {

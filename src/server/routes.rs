@@ -22,7 +22,7 @@ use super::body;
 use super::sse::{self, Dialect};
 use super::table::{Access, Endpoint, Label, Reply, Segment, TABLE, style_of};
 use super::wire::{self, ApiError, Body, ErrorCode, ErrorStyle};
-use super::{context, events, mcp, notes, openapi, openintent, streams, ui};
+use super::{anomalies, context, events, mcp, notes, openapi, openintent, streams, ui};
 
 /// A matched route: the endpoint and its path parameters (not yet validated).
 struct Matched<'a> {
@@ -229,6 +229,7 @@ async fn dispatch(
         Endpoint::GetStream => streams::get(app, stream()?),
         Endpoint::DeleteStream => streams::delete(app, stream()?).await,
         Endpoint::PutRetention => streams::set_retention(app, stream()?, headers, body).await,
+        Endpoint::PutAnomalies => anomalies::put(app, stream()?, headers, body).await,
         Endpoint::PostEvents => events::post(app, stream()?, headers, body).await,
         Endpoint::GetEvents => events::history(app, stream()?, query).await,
         Endpoint::PostRecords => events::import(app, stream()?, headers, body).await,

@@ -93,6 +93,8 @@ routes! {
     DeleteStream => DELETE "/v1/streams/{s}", ADMIN, Once;
     /// Sets a stream's retention (records past it are removed; their counts stay).
     PutRetention => PUT "/v1/streams/{s}/retention", ADMIN, Once;
+    /// Sets what a stream overrides of the server's anomaly detection (thresholds, on or off).
+    PutAnomalies => PUT "/v1/streams/{s}/anomalies", ADMIN, Once;
     /// Posts one event, a JSON array of events, or NDJSON; all or nothing; answers once durable.
     PostEvents => POST "/v1/streams/{s}/events", WRITE, Once;
     /// A page of the stream's records, with cursors and filters.

@@ -37,6 +37,7 @@ use chrono::TimeDelta;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::anomaly::{AnomalyOverrides, AnomalySettings};
 use crate::collapse::CollapsePolicy;
 use crate::context::{self, ContextRequest, ContextWindow};
 use crate::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp};
@@ -212,6 +213,8 @@ pub struct StoreOptions {
     pub changelog_keep: u64,
     /// How many notes a stream may hold.
     pub notes: NoteLimits,
+    /// Anomaly detection for streams that set nothing else.
+    pub anomaly: AnomalySettings,
     /// Bytes of memory for caches: a quarter for redb's page cache, the rest for stream state
     /// (records, notes, rendered lines, token counts), beyond which the streams used least
     /// recently are evicted.
@@ -226,6 +229,7 @@ impl Default for StoreOptions {
             retention: Retention::default(),
             changelog_keep: DEFAULT_CHANGELOG_KEEP,
             notes: NoteLimits::default(),
+            anomaly: AnomalySettings::default(),
             cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
@@ -418,6 +422,8 @@ pub struct StreamStats {
     pub notes: u64,
     /// Retention in force.
     pub retention: Retention,
+    /// Anomaly detection in force.
+    pub anomalies: AnomalySettings,
 }
 
 /// Counters of the writer's work since the store was opened, for metrics and benchmarks.
@@ -910,6 +916,17 @@ impl Store {
         })
     }
 
+    /// Sets what a stream overrides of the server's anomaly detection (replacing what it set
+    /// before; nothing overridden follows the server); [`StoreError::UnknownStream`] if the
+    /// stream does not exist. Applies to the events placed after it.
+    pub fn set_anomalies(&self, stream: &StreamName, overrides: AnomalyOverrides) -> Pending<()> {
+        self.submit(|reply| Request::SetAnomalies {
+            stream: stream.clone(),
+            overrides,
+            reply,
+        })
+    }
+
     /// Runs every pending piece of background work (retention, note expiry, changelog trimming,
     /// purging deleted streams) as of `now`, in bounded transactions, and resolves when none is
     /// left. The writer does the same on its own as time passes; this is for tests, tools and
@@ -1139,6 +1156,12 @@ impl Store {
                 .meta
                 .retention
                 .unwrap_or(self.inner.shared.options.retention),
+            anomalies: live
+                .meta
+                .anomalies
+                .map_or(self.inner.shared.options.anomaly, |overrides| {
+                    self.inner.shared.options.anomaly.with(&overrides)
+                }),
             name,
         }
     }

@@ -21,6 +21,7 @@ use chrono::{DateTime, TimeDelta};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
+use crate::anomaly::{AnomalyOverrides, DetectorState};
 use crate::collapse;
 use crate::context::{CachedRecord, NOTE_ID_KEY, PayloadPolicy, Totals};
 use crate::event::{Kind, Note, Record, Severity, Timestamp};
@@ -217,6 +218,11 @@ pub struct StreamMeta {
     /// How many notes the stream stores (expired ones not yet removed included): a read that
     /// finds another number found damage. `None` in rows written before this field existed.
     pub notes: Option<u64>,
+    /// The anomaly detectors' state as of this row's commit (see [`crate::anomaly`]); `None`
+    /// before the stream's first observed event, with detection off, and in older rows.
+    pub detectors: Option<Box<DetectorState>>,
+    /// Anomaly thresholds this stream sets; `None` follows the server's.
+    pub anomalies: Option<AnomalyOverrides>,
 }
 
 impl StreamMeta {
@@ -239,6 +245,8 @@ impl StreamMeta {
             latest_goal: None,
             note_expiry: None,
             notes: Some(0),
+            detectors: None,
+            anomalies: None,
         }
     }
 }
@@ -278,6 +286,10 @@ struct StoredMeta {
     note_expiry: Option<i64>,
     #[serde(default)]
     notes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detectors: Option<Box<DetectorState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    anomalies: Option<AnomalyOverrides>,
 }
 
 fn unknown_note_expiry() -> Option<i64> {
@@ -348,6 +360,8 @@ pub fn encode_meta(name: &str, meta: &StreamMeta) -> Vec<u8> {
         }),
         note_expiry: meta.note_expiry.map(micros),
         notes: meta.notes,
+        detectors: meta.detectors.clone(),
+        anomalies: meta.anomalies,
     };
     // A struct of numbers, strings and maps with string keys always serializes.
     let mut out = serde_json::to_vec(&stored).unwrap_or_default();
@@ -435,6 +449,8 @@ fn decode_meta_value(bytes: &[u8]) -> Result<StreamMeta, Bad> {
         latest_goal,
         note_expiry: time(stored.note_expiry)?,
         notes: stored.notes,
+        detectors: stored.detectors,
+        anomalies: stored.anomalies,
     })
 }
 
@@ -557,7 +573,11 @@ fn decode_cached_value(
     meter: &Meter,
 ) -> Result<CachedRecord, Bad> {
     let (record, payload, _) = decode_fields(seq, bytes)?;
-    let collapsible = collapse::collapsible(payload.map_or(0, str::len));
+    let collapsible = collapse::is_collapse_target(
+        record.kind.as_str(),
+        record.actor.as_deref(),
+        payload.map_or(0, str::len),
+    );
     // A payload is read only where it is needed: to keep it, or to find a note's id.
     let kept = match payload {
         Some(text) if keep == PayloadPolicy::Keep && collapsible => {

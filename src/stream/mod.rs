@@ -163,6 +163,14 @@ pub enum Origin {
     },
     /// A whole record of an export, with its own times and repeat count.
     Import,
+    /// A new version of a record that a detector keeps up to date (an anomaly's episode, see
+    /// [`StreamState::revise`]), written at `ts`; `escalated` when it just became severe.
+    Revised {
+        /// When the event that updated it happened.
+        ts: Timestamp,
+        /// Whether its severity rose to `error` with this version.
+        escalated: bool,
+    },
 }
 
 /// One stream, in memory.
@@ -287,6 +295,7 @@ impl StreamState {
         state.collapser_current = false;
         state.latest = records
             .iter()
+            .filter(|cached| holds_agent_events(cached.record()))
             .max_by_key(|cached| cached.record().revision)
             .cloned();
         state.records = records;
@@ -317,7 +326,11 @@ impl StreamState {
         self.revision += 1;
         self.ensure_collapser();
         let payload = event.payload.clone();
-        let placement = if collapse::collapsible(payload.as_ref().map_or(0, Payload::len)) {
+        let placement = if collapse::is_collapse_target(
+            event.kind.as_str(),
+            event.actor.as_deref(),
+            payload.as_ref().map_or(0, Payload::len),
+        ) {
             self.collapser.place(&event, ts)
         } else {
             Placement::New {
@@ -382,7 +395,11 @@ impl StreamState {
         self.revision += 1;
         self.ensure_collapser();
         let payload = event.payload.clone();
-        let seq = if collapse::collapsible(payload.as_ref().map_or(0, Payload::len)) {
+        let seq = if collapse::is_collapse_target(
+            event.kind.as_str(),
+            event.actor.as_deref(),
+            payload.as_ref().map_or(0, Payload::len),
+        ) {
             self.collapser.place_new(&event, last_ts)
         } else {
             self.collapser.place_apart(last_ts)
@@ -423,8 +440,68 @@ impl StreamState {
                 record.last_ts,
                 record.repeat_count,
             ),
+            Origin::Revised { ts, escalated } => {
+                self.totals.count(&record.kind, record.severity, ts, false);
+                self.put_revised(cached, escalated);
+                return;
+            }
         }
         self.push_cached(cached);
+    }
+
+    /// Takes a new version of an existing record that a detector decided (an anomaly's episode
+    /// growing, see [`crate::anomaly`]): the record's next repeat, counted as one event of its
+    /// kind and severity at `ts`, with the message, payload and severity the detector gives.
+    /// `escalated` when its severity rose to `error` with this version: it joins the severe
+    /// records. The record need not be in the tail any more.
+    pub fn revise(
+        &mut self,
+        mut record: Record,
+        ts: Timestamp,
+        escalated: bool,
+    ) -> (Appended, Arc<CachedRecord>) {
+        self.revision += 1;
+        record.revision = self.revision;
+        self.totals.count(&record.kind, record.severity, ts, false);
+        let cached = Arc::new(CachedRecord::new(&record, &self.meter));
+        self.put_revised(cached.clone(), escalated);
+        let appended = Appended {
+            record,
+            collapsed: true,
+        };
+        (appended, cached)
+    }
+
+    fn put_revised(&mut self, cached: Arc<CachedRecord>, escalated: bool) {
+        let seq = cached.record().seq;
+        if escalated {
+            // Severe records stay in seq order, as a restore reads them from the severe index.
+            // (An episode older than every severe record kept is an edge this ignores: its
+            // record is trimmed at once, where a restore might keep it instead of an older one.)
+            self.severe_created += 1;
+            // Its earlier events move with it from `warning` to `error`: every count by
+            // severity is a sum of records at their current severity, as the Earlier line
+            // subtracts them.
+            let before = cached.record().repeat_count.saturating_sub(1);
+            let severities = &mut self.totals.severities;
+            let warning = Severity::Warning.index();
+            severities[warning] = severities[warning].saturating_sub(before);
+            severities[cached.record().severity.index()] += before;
+            let at = self.severe.partition_point(|r| r.record().seq < seq);
+            self.severe.insert(at, cached.clone());
+        } else if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
+            *severe = cached.clone();
+        }
+        if let Some(position) = self.records.iter().rposition(|r| r.record().seq == seq) {
+            self.replace_record(position, cached);
+        } else if self.tail_start_seq().is_none_or(|start| seq < start) {
+            // Before the tail: its time joins the older records' latest, as the store's
+            // metadata has it for a restore.
+            let last_ts = cached.record().last_ts;
+            self.older_last_ts = Some(self.older_last_ts.map_or(last_ts, |t| t.max(last_ts)));
+        }
+        self.trim();
+        self.recount();
     }
 
     /// Adds a new record to the tail (and the severe list); `payload` is its payload as text.
@@ -457,7 +534,9 @@ impl StreamState {
             self.severe.push(cached.clone());
         }
         self.note_goal(&cached);
-        self.latest = Some(cached.clone());
+        if holds_agent_events(cached.record()) {
+            self.latest = Some(cached.clone());
+        }
         self.records.push(cached);
         self.trim();
         self.recount();
@@ -483,7 +562,9 @@ impl StreamState {
         if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
             *severe = cached.clone();
         }
-        self.latest = Some(cached.clone());
+        if holds_agent_events(cached.record()) {
+            self.latest = Some(cached.clone());
+        }
         for goal in self.goals.iter_mut().chain(&mut self.latest_goal) {
             if goal.record().seq == seq {
                 *goal = cached.clone();
@@ -512,6 +593,7 @@ impl StreamState {
             self.latest = self
                 .records
                 .iter()
+                .filter(|r| holds_agent_events(r.record()))
                 .max_by_key(|r| r.record().revision)
                 .cloned();
         }
@@ -719,6 +801,15 @@ impl StreamState {
     pub fn severe_created(&self) -> u64 {
         self.severe_created
     }
+}
+
+/// Whether a record holds events of the stream's agent, rather than being an anomaly recap
+/// raised about them ([`crate::anomaly`]): only those can be the record holding the latest
+/// event, which the window shows whole, so that an anomaly never pushes the agent's latest
+/// observation out of that place.
+fn holds_agent_events(record: &Record) -> bool {
+    !(record.kind.as_str() == collapse::ANOMALY_KIND
+        && record.actor.as_deref() == Some(collapse::ANOMALY_ACTOR))
 }
 
 fn is_severe(record: &Record) -> bool {

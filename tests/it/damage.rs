@@ -24,7 +24,12 @@ fn ts(seconds: i64) -> Timestamp {
 /// A store of 3,000 events over three streams: plans, tool calls (some repeated, so they
 /// collapse), errors, payloads and notes, each with a unique needle in its message.
 fn write_store(dir: &Path) {
-    let store = Store::open(dir, StoreOptions::default()).unwrap();
+    // Without anomaly records, so that the file's counts are the events'.
+    let options = StoreOptions {
+        anomaly: recap::anomaly::AnomalySettings::off(),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir, options).unwrap();
     for (s, stream) in STREAMS.iter().enumerate() {
         let stream = name(stream);
         let events: Vec<Event> = (0..1_000)

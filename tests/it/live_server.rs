@@ -31,7 +31,18 @@ pub struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
     http: HyperClient<HttpConnector, Full<Bytes>>,
+    /// The store's options, kept across restarts.
+    store: StoreOptions,
     _dir: TempDir,
+}
+
+/// What test servers' stores run with: anomaly detection off, since most tests count records,
+/// events and revisions exactly ([`TestServer::with_anomalies`] turns it on).
+fn quiet_store() -> StoreOptions {
+    StoreOptions {
+        anomaly: recap::anomaly::AnomalySettings::off(),
+        ..StoreOptions::default()
+    }
 }
 
 /// A response as received.
@@ -87,15 +98,38 @@ impl TestServer {
     pub async fn with_options(options: ServerOptions) -> TestServer {
         let dir = tempfile::tempdir().expect("a temp dir");
         let data_dir = dir.path().join("data");
-        TestServer::serve("127.0.0.1:0", data_dir, dir, options).await
+        TestServer::serve("127.0.0.1:0", data_dir, dir, options, quiet_store()).await
+    }
+
+    /// A server without keys whose store detects anomalies as `recap serve` does by default.
+    pub async fn with_anomalies() -> TestServer {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let data_dir = dir.path().join("data");
+        let store = StoreOptions::default();
+        TestServer::serve(
+            "127.0.0.1:0",
+            data_dir,
+            dir,
+            ServerOptions::default(),
+            store,
+        )
+        .await
     }
 
     /// Shuts the server down and starts a new one on the same address and data directory, as
     /// an operator's restart would.
     pub async fn restart(self) -> TestServer {
         let addr = self.addr;
+        let store = self.store.clone();
         let (data_dir, dir) = self.shutdown().await;
-        TestServer::serve(&addr.to_string(), data_dir, dir, ServerOptions::default()).await
+        TestServer::serve(
+            &addr.to_string(),
+            data_dir,
+            dir,
+            ServerOptions::default(),
+            store,
+        )
+        .await
     }
 
     async fn serve(
@@ -103,8 +137,9 @@ impl TestServer {
         data_dir: PathBuf,
         dir: TempDir,
         options: ServerOptions,
+        store_options: StoreOptions,
     ) -> TestServer {
-        let store = Store::open(&data_dir, StoreOptions::default()).expect("the store opens");
+        let store = Store::open(&data_dir, store_options.clone()).expect("the store opens");
         let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -117,6 +152,7 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
             http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            store: store_options,
             _dir: dir,
         }
     }

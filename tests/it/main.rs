@@ -1,6 +1,7 @@
 //! The one integration-test binary: golden contexts, properties over the real traces, and (with
 //! the store and server) a real data file and a real server on 127.0.0.1:0.
 
+mod anomalies;
 mod budgets;
 mod cache;
 mod cli;

@@ -169,12 +169,14 @@ impl Model {
     }
 }
 
+/// Lookback 1 (the model's collapse rule), and no anomaly records (the model has none).
 fn options() -> StoreOptions {
     StoreOptions {
         collapse: CollapsePolicy {
             lookback: 1,
             ..CollapsePolicy::default()
         },
+        anomaly: recap::anomaly::AnomalySettings::off(),
         ..StoreOptions::default()
     }
 }

@@ -28,6 +28,15 @@ use serde_json::{Map, Value};
 const CRASH_DIR_ENV: &str = "RECAP_TEST_CRASH_DIR";
 const HOLD_DIR_ENV: &str = "RECAP_TEST_HOLD_DIR";
 
+/// Store options with anomaly detection off: these tests count records, events and revisions
+/// exactly, and detection (tested in `anomalies`) would add its own.
+fn quiet() -> StoreOptions {
+    StoreOptions {
+        anomaly: recap::anomaly::AnomalySettings::off(),
+        ..StoreOptions::default()
+    }
+}
+
 fn ts(seconds: i64) -> Timestamp {
     parse_timestamp("2024-05-01T10:00:00Z").unwrap() + TimeDelta::seconds(seconds)
 }
@@ -51,7 +60,7 @@ fn event(kind: &str, severity: Severity, message: &str, at: i64) -> Event {
 }
 
 fn open(dir: &Path) -> Store {
-    Store::open(dir, StoreOptions::default()).unwrap()
+    Store::open(dir, quiet()).unwrap()
 }
 
 /// Every stored record of a stream, through forward pages.
@@ -298,7 +307,7 @@ fn crash_child() {
             severe: 16,
             block_bytes: 64 * 1024,
         },
-        ..StoreOptions::default()
+        ..quiet()
     };
     let store = Store::open(&dir, options).unwrap();
     let round: u64 = std::env::var("RECAP_TEST_ROUND").unwrap().parse().unwrap();
@@ -517,7 +526,7 @@ fn hold_child() {
     let Some(dir) = std::env::var_os(HOLD_DIR_ENV) else {
         return;
     };
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    let store = Store::open(&dir, quiet()).unwrap();
     println!("\nHOLDING-OPEN");
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
@@ -538,7 +547,7 @@ fn a_file_held_by_another_process_is_in_use() {
             break;
         }
     }
-    let error = Store::open(dir.path(), StoreOptions::default())
+    let error = Store::open(dir.path(), quiet())
         .err()
         .expect("a second process cannot open the file");
     assert!(matches!(error, StoreError::InUse { .. }), "{error}");
@@ -557,7 +566,7 @@ fn a_file_held_by_another_process_is_in_use() {
 fn a_file_open_in_this_process_is_in_use_too() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let error = Store::open(dir.path(), StoreOptions::default())
+    let error = Store::open(dir.path(), quiet())
         .err()
         .expect("the file is open");
     assert!(matches!(error, StoreError::InUse { .. }), "{error}");
@@ -582,9 +591,7 @@ fn newer_schemas_and_foreign_files_are_refused() {
         }
         txn.commit().unwrap();
     }
-    let error = Store::open(dir.path(), StoreOptions::default())
-        .err()
-        .unwrap();
+    let error = Store::open(dir.path(), quiet()).err().unwrap();
     assert!(
         matches!(
             error,
@@ -601,9 +608,7 @@ fn newer_schemas_and_foreign_files_are_refused() {
             .repeat(100),
     )
     .unwrap();
-    let error = Store::open(garbage.path(), StoreOptions::default())
-        .err()
-        .unwrap();
+    let error = Store::open(garbage.path(), quiet()).err().unwrap();
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
 
     let foreign = tempfile::tempdir().unwrap();
@@ -616,9 +621,7 @@ fn newer_schemas_and_foreign_files_are_refused() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let error = Store::open(foreign.path(), StoreOptions::default())
-        .err()
-        .unwrap();
+    let error = Store::open(foreign.path(), quiet()).err().unwrap();
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
 }
 
@@ -989,7 +992,7 @@ fn default_retention_is_applied_in_chunks() {
             max_records: Some(100),
             max_age: None,
         },
-        ..StoreOptions::default()
+        ..quiet()
     };
     let store = Store::open(dir.path(), options.clone()).unwrap();
     let stream = name("big");
@@ -1018,7 +1021,7 @@ fn reopen_restores_the_same_contexts() {
             severe: 5,
             ..TailCapacity::default()
         },
-        ..StoreOptions::default()
+        ..quiet()
     };
     let store = Store::open(dir.path(), options.clone()).unwrap();
     let long = name("long");
@@ -1246,7 +1249,7 @@ fn a_short_changelog_shows_its_gap() {
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
         changelog_keep: 10,
-        ..StoreOptions::default()
+        ..quiet()
     };
     let store = Store::open(dir.path(), options).unwrap();
     let stream = name("s");
@@ -1564,7 +1567,7 @@ fn notes_past_the_cap_are_refused_and_write_nothing() {
             max_notes: 2,
             max_bytes: 1_000,
         },
-        ..StoreOptions::default()
+        ..quiet()
     };
     let store = Store::open(dir.path(), options).unwrap();
     let stream = name("agent");
@@ -1645,20 +1648,15 @@ fn an_emptied_data_file_is_refused_until_the_operator_says_otherwise() {
     store.close().unwrap();
     let data = dir.path().join(recap::store::DATA_FILE_NAME);
     std::fs::File::create(&data).unwrap();
-    let refused = Store::open(dir.path(), StoreOptions::default())
-        .err()
-        .unwrap();
+    let refused = Store::open(dir.path(), quiet()).err().unwrap();
     assert!(
         matches!(&refused, StoreError::Corrupt { detail, .. } if detail.contains("missing or empty")),
         "{refused}"
     );
     std::fs::remove_file(&data).unwrap();
-    assert!(
-        Store::open(dir.path(), StoreOptions::default()).is_err(),
-        "missing too"
-    );
+    assert!(Store::open(dir.path(), quiet()).is_err(), "missing too");
     std::fs::remove_file(dir.path().join(recap::store::MARKER_FILE_NAME)).unwrap();
-    let fresh = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let fresh = Store::open(dir.path(), quiet()).unwrap();
     assert!(fresh.streams().is_empty());
 }
 
@@ -1702,7 +1700,7 @@ fn a_full_disk_fails_writes_until_space_is_freed() {
     std::fs::write(&ballast, vec![0u8; 4 * 1024 * 1024]).unwrap();
     let options = StoreOptions {
         cache_bytes: 4 * 1024 * 1024,
-        ..StoreOptions::default()
+        ..quiet()
     };
     let store = Store::open(&data, options.clone()).unwrap();
     let stream = name("full");

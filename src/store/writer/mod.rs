@@ -54,6 +54,7 @@ use indexmap::IndexSet;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
+use crate::anomaly::{AnomalyOverrides, AnomalySettings, DetectorState};
 use crate::event::{Event, Note, Record, Severity, StreamName, Timestamp};
 use crate::meter::Meter;
 use crate::stream::{Appended, BlockTimes, Origin, StreamState, TailBytes, TailCapacity};
@@ -197,6 +198,10 @@ struct WriterStream {
     /// [`crate::stream::bytes`]): the shadow is not bounded so, and cannot say.
     tail_bytes: TailBytes,
     block_times: BlockTimes,
+    /// The anomaly detectors' state (`None` until an event is observed, and with detection
+    /// off), and what the stream overrides of the server's settings.
+    detectors: Option<Box<DetectorState>>,
+    anomalies: Option<AnomalyOverrides>,
 }
 
 /// How the newest records were created, so that a repeat rewrites its record's row without
@@ -287,7 +292,15 @@ impl WriterStream {
             tail_blocks,
             tail_bytes: meta.tail_bytes,
             block_times: meta.block_times,
+            detectors: meta.detectors,
+            anomalies: meta.anomalies,
         })
+    }
+
+    /// The anomaly detection in force for this stream, given the server's.
+    fn anomaly_settings(&self, server: AnomalySettings) -> AnomalySettings {
+        self.anomalies
+            .map_or(server, |overrides| server.with(&overrides))
     }
 
     /// Counts a new record toward the readers' byte blocks: when it moves the start, the times

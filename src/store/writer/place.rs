@@ -2,6 +2,7 @@
 //! earlier batches are still being committed.
 
 use super::*;
+use crate::anomaly::{self, AnomalyOverrides, AnomalySettings};
 use crate::context::NOTE_ID_KEY;
 use crate::event::MAX_EVENT_COUNT;
 use crate::payload::Payload;
@@ -64,6 +65,8 @@ impl Writer {
                 tail_blocks: Vec::new(),
                 tail_bytes: TailBytes::default(),
                 block_times: BlockTimes::default(),
+                detectors: None,
+                anomalies: None,
             };
             self.streams.insert(name.clone(), stream);
         }
@@ -87,6 +90,7 @@ impl Writer {
         let changelog_keep = self.shared.options.changelog_keep;
         let db = self.shared.database()?;
         let tail = self.shared.options.tail;
+        let anomaly = self.shared.options.anomaly;
         match request {
             Request::Append {
                 stream,
@@ -116,6 +120,12 @@ impl Writer {
                         target.slot.clone(),
                         Update::Adopt(cached, origin),
                     ));
+                    if let Err(error) =
+                        place_anomalies(target, rows, &db, tail, anomaly, &appended, ts, work)
+                    {
+                        failure = Some(error);
+                        break;
+                    }
                     results.push(appended);
                 }
                 let over = needs_maintenance(target, default_retention, changelog_keep);
@@ -231,6 +241,7 @@ impl Writer {
                     target.slot.clone(),
                     Update::Adopt(cached, origin),
                 ));
+                place_anomalies(target, rows, &db, tail, anomaly, &appended, now, work)?;
                 let over = needs_maintenance(target, default_retention, changelog_keep);
                 if expires_at.is_some() || over {
                     self.dirty.insert(stream);
@@ -275,6 +286,19 @@ impl Writer {
                 let target = self.stream_for_write(&stream, work)?;
                 target.retention = Some(retention);
                 self.dirty.insert(stream);
+                work.answers.push(Answer::Done(reply));
+            }
+            Request::SetAnomalies {
+                stream,
+                overrides,
+                reply,
+            } => {
+                if self.loaded(&stream)?.is_none() {
+                    drop(reply.send(Err(StoreError::UnknownStream(stream.to_string()))));
+                    return Ok(());
+                }
+                let target = self.stream_for_write(&stream, work)?;
+                target.anomalies = (overrides != AnomalyOverrides::default()).then_some(overrides);
                 work.answers.push(Answer::Done(reply));
             }
             // The run loop handles these itself and never puts them in a batch; answering
@@ -344,7 +368,85 @@ pub(super) fn stream_meta(stream: &WriterStream) -> StreamMeta {
             .filter_map(|note| note.expires_at)
             .min(),
         notes: Some(stream.shadow.notes().count() as u64),
+        detectors: stream.detectors.clone(),
+        anomalies: stream.anomalies,
     }
+}
+
+/// Runs the anomaly detectors on an event just placed (`appended`, at `ts`) and places what
+/// they raise: new anomaly records, and updates of open episodes' records as repeats (see
+/// [`crate::anomaly`]). In the same batch, so in the same commit, as the event.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn place_anomalies(
+    target: &mut WriterStream,
+    rows: &mut Rows,
+    db: &Database,
+    tail: TailCapacity,
+    server: AnomalySettings,
+    appended: &Appended,
+    ts: Timestamp,
+    work: &mut Work,
+) -> Result<(), StoreError> {
+    let settings = target.anomaly_settings(server);
+    if !settings.enabled {
+        target.detectors = None;
+        return Ok(());
+    }
+    let detectors = target.detectors.get_or_insert_with(Box::default);
+    let raised = anomaly::detect(
+        detectors,
+        &settings,
+        &mut target.shadow,
+        appended,
+        ts,
+        target.first_seq,
+    );
+    for raised in raised {
+        match raised.origin {
+            Origin::Revised { escalated, .. } => {
+                store_revised(target, rows, tail, &raised, escalated, work);
+            }
+            _ => store_appended(target, rows, db, tail, &raised.appended, work)?,
+        }
+        work.ops.push(Op::Update(
+            target.slot.clone(),
+            Update::Adopt(raised.cached, raised.origin),
+        ));
+    }
+    Ok(())
+}
+
+/// Encodes the next version of an anomaly record: its row (from the creation facts its episode
+/// keeps), its severe index entry when it just became severe, and the repeat in the changelog.
+fn store_revised(
+    target: &mut WriterStream,
+    rows: &mut Rows,
+    tail: TailCapacity,
+    raised: &anomaly::Raised,
+    escalated: bool,
+    work: &mut Work,
+) {
+    let record = &raised.appended.record;
+    let id = target.slot.id;
+    target.note_last_ts(tail, record.seq, record.last_ts);
+    let first_ts = record.first_ts;
+    let created = Created {
+        revision: raised.episode.created_revision,
+        repeat_count: 1,
+        last_ts: first_ts,
+    };
+    rows.record(id, record.seq, |out| {
+        schema::encode_record(id, record, &created, out)
+    });
+    if escalated {
+        rows.severe(id, record.seq);
+    }
+    let entry = ChangeEntry::Repeat {
+        seq: record.seq,
+        repeat_count: record.repeat_count,
+        last_ts: record.last_ts,
+    };
+    log_change(target, rows, work, record.revision, entry);
 }
 
 /// Encodes what one append or import did to a record: the record row, its severe index entry,

@@ -38,6 +38,11 @@ pub(in crate::store) enum Request {
         retention: Retention,
         reply: Reply<()>,
     },
+    SetAnomalies {
+        stream: StreamName,
+        overrides: AnomalyOverrides,
+        reply: Reply<()>,
+    },
     /// Runs all pending maintenance as of `now`, then answers.
     Maintain { now: Timestamp, reply: Reply<()> },
     /// A reader's cold load took the cache over its budget: evict now rather than after the
@@ -68,7 +73,8 @@ impl Request {
             | Request::AddNote { stream, .. }
             | Request::DeleteNote { stream, .. }
             | Request::DeleteStream { stream, .. }
-            | Request::SetRetention { stream, .. } => Some(stream),
+            | Request::SetRetention { stream, .. }
+            | Request::SetAnomalies { stream, .. } => Some(stream),
             Request::Maintain { .. } | Request::Evict | Request::Shutdown { .. } => None,
         }
     }
@@ -84,9 +90,9 @@ impl Request {
             Request::DeleteNote { reply, .. } | Request::DeleteStream { reply, .. } => {
                 drop(reply.send(Err(error())))
             }
-            Request::SetRetention { reply, .. } | Request::Maintain { reply, .. } => {
-                drop(reply.send(Err(error())))
-            }
+            Request::SetRetention { reply, .. }
+            | Request::SetAnomalies { reply, .. }
+            | Request::Maintain { reply, .. } => drop(reply.send(Err(error()))),
             Request::Shutdown { reply } => drop(reply.send(Err(error()))),
             Request::Evict => {}
         }

@@ -1,0 +1,705 @@
+//! The detectors: a small per-stream state that sees every event once and says which episodes
+//! are open. Pure: no clock, no I/O; the same events give the same findings, whether the state
+//! stayed in memory or was written to the stream's metadata and read back.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+
+use chrono::TimeDelta;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::collapse::{self, ANOMALY_KIND};
+use crate::event::{Kind, Severity, Timestamp};
+use crate::payload::Payload;
+
+use super::settings::{AnomalySettings, RECURRENCE_SPAN_EVENTS};
+
+/// Kinds whose events are the agent's actions: what repeats and oscillation look at.
+pub const ACTION_KINDS: [&str; 2] = ["action", "tool"];
+/// Actions remembered: enough to see a cycle of three twice.
+const ACTION_HISTORY: usize = 6;
+/// Periods oscillation looks for: A-B-A-B and A-B-C-A-B-C.
+const PERIODS: [usize; 2] = [2, 3];
+/// Distinct errors remembered at once (a storm often alternates a few variants).
+const ERRORS_REMEMBERED: usize = 4;
+/// Seqs an anomaly's payload names at most (the newest); `first_seq` names where it began.
+pub const MAX_NAMED_SEQS: usize = 8;
+/// Characters of an action or error quoted in a message.
+const QUOTE_CHARS: usize = 60;
+/// Bytes of a message that identify an action or an error: its head. Keeps observing an event
+/// O(1) however long its message is (an agent's thought can be kilobytes); two actions alike in
+/// their first 256 bytes, numbers masked, are the same action.
+pub const COMPARED_BYTES: usize = 256;
+
+/// Which detector found an episode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    /// The same action back to back.
+    Repeat,
+    /// Actions alternating in a short cycle.
+    Oscillation,
+    /// The same error coming back after whatever happened in between.
+    RecurringError,
+    /// A long gap between consecutive events.
+    Stall,
+}
+
+impl Detector {
+    /// Every detector, in the order findings are made.
+    pub const ALL: [Detector; 4] = [
+        Detector::Repeat,
+        Detector::Oscillation,
+        Detector::RecurringError,
+        Detector::Stall,
+    ];
+
+    /// The detector's name in payloads and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detector::Repeat => "repeat",
+            Detector::Oscillation => "oscillation",
+            Detector::RecurringError => "recurring_error",
+            Detector::Stall => "stall",
+        }
+    }
+}
+
+/// One event as the detectors see it: the record it landed in and when it happened.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    /// The seq of the record the event landed in.
+    pub seq: u64,
+    /// When it happened.
+    pub ts: Timestamp,
+    /// Its kind.
+    pub kind: &'a Kind,
+    /// Its severity.
+    pub severity: Severity,
+    /// Its actor.
+    pub actor: Option<&'a str>,
+    /// Its message.
+    pub message: &'a str,
+}
+
+/// What a detector says about the event just observed: its episode is open, and this is what
+/// the anomaly record should now say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    /// Which detector.
+    pub detector: Detector,
+    /// The record's message, for a model to read.
+    pub message: String,
+    /// `{"detector", "count", "threshold", "first_seq", "seqs", ...}`.
+    pub payload: Payload,
+    /// `warning`, or `error` once the episode reached twice its threshold.
+    pub severity: Severity,
+    /// How far the episode has come (actions, cycles, recurrences, silences).
+    pub count: u64,
+    /// The threshold it passed.
+    pub threshold: u64,
+}
+
+/// Once an episode is at twice its threshold, its record is updated every this many counts
+/// rather than at every event: a loop of thousands of events then costs the writes of a few
+/// hundred, and the record's count is never more than this far behind.
+pub const UPDATE_EVERY: u64 = 16;
+
+impl Finding {
+    /// Whether the record of an episode already raised takes this finding: every one until the
+    /// episode is at twice its threshold, then every [`UPDATE_EVERY`]th.
+    pub fn updates_record(&self) -> bool {
+        let escalation = self.threshold.saturating_mul(2);
+        self.count <= escalation || (self.count - escalation).is_multiple_of(UPDATE_EVERY)
+    }
+}
+
+/// The anomaly record of an open episode, as the stream holds it: enough to write its next
+/// version without reading it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeRecord {
+    /// Its seq.
+    pub seq: u64,
+    /// When it was raised (µs since the epoch).
+    pub first_ts: i64,
+    /// Its latest update (µs).
+    pub last_ts: i64,
+    /// Its repeat count: 1 when raised, one more per update.
+    pub repeat_count: u64,
+    /// The revision that created it.
+    pub created_revision: u64,
+    /// Whether it has been raised to `error`.
+    pub escalated: bool,
+}
+
+/// An open episode of one detector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Episode {
+    detector: Detector,
+    /// Where it began: the first seq involved.
+    first_seq: u64,
+    /// The newest seqs involved, at most [`MAX_NAMED_SEQS`], ascending.
+    seqs: Vec<u64>,
+    /// The event index (see [`DetectorState::events`]) of its latest finding.
+    last_event: u64,
+    /// Its record, once placed.
+    #[serde(default)]
+    record: Option<EpisodeRecord>,
+}
+
+impl Episode {
+    /// Names `seq` among the seqs involved: distinct, ascending, the newest
+    /// [`MAX_NAMED_SEQS`] (repeats land in older records, so seqs may come back).
+    fn involve(&mut self, seq: u64) {
+        if let Err(at) = self.seqs.binary_search(&seq) {
+            self.seqs.insert(at, seq);
+            if self.seqs.len() > MAX_NAMED_SEQS {
+                self.seqs.remove(0);
+            }
+        }
+    }
+}
+
+/// An action remembered: its masked identity, the record it landed in, how it reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Action {
+    key: u64,
+    seq: u64,
+    text: String,
+}
+
+/// An error remembered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SeenError {
+    key: u64,
+    /// Occurrences, each within the recurrence span of the previous.
+    count: u64,
+    /// Event index of the latest occurrence.
+    last_event: u64,
+    /// Seq of the record of its first occurrence in this run.
+    first_seq: u64,
+    text: String,
+}
+
+/// A stream's detector state: a few hundred bytes, kept in the stream's metadata row (so it
+/// survives eviction and restarts exactly) and updated once per event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectorState {
+    /// Events observed.
+    #[serde(default)]
+    events: u64,
+    /// The newest actions, oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    actions: VecDeque<Action>,
+    /// How many of the newest actions are the same action.
+    #[serde(default)]
+    run: u64,
+    /// Per period of [`PERIODS`]: how many of the newest actions equal the one a period before.
+    #[serde(default)]
+    alternation: [u64; 2],
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<SeenError>,
+    /// The latest event's record seq and time (µs).
+    #[serde(default)]
+    previous: Option<(u64, i64)>,
+    /// Gaps over the stall threshold in a row.
+    #[serde(default)]
+    silences: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    open: Vec<Episode>,
+}
+
+impl DetectorState {
+    /// Observes one event under `settings`; returns what each detector with an open episode
+    /// says now (at most one finding per detector). With detection off, the state is cleared,
+    /// so that turning it on again starts afresh.
+    pub fn observe(&mut self, settings: &AnomalySettings, event: Observed<'_>) -> Vec<Finding> {
+        if !settings.enabled {
+            if *self != DetectorState::default() {
+                *self = DetectorState::default();
+            }
+            return Vec::new();
+        }
+        self.events += 1;
+        let mut findings = Vec::new();
+        if event.kind.as_str() == ANOMALY_KIND {
+            // Anomalies (a client's own, or recap's) are not the agent's doing; only time passes.
+            self.note_time(settings, event, &mut findings);
+            return findings;
+        }
+        let error = event.severity >= Severity::Error || event.kind.as_str() == "error";
+        if error {
+            // A failed action is an error: the recurring-error detector speaks for it, rather
+            // than two detectors raising the same loop.
+            self.note_error(settings, event, &mut findings);
+        } else if ACTION_KINDS.contains(&event.kind.as_str()) {
+            self.note_action(settings, event, &mut findings);
+        }
+        self.note_time(settings, event, &mut findings);
+        findings
+    }
+
+    /// The record of `detector`'s open episode, if it has one that was placed.
+    pub fn record(&self, detector: Detector) -> Option<EpisodeRecord> {
+        self.episode(detector).and_then(|episode| episode.record)
+    }
+
+    /// Remembers the record placed for `detector`'s open episode.
+    pub fn set_record(&mut self, detector: Detector, record: EpisodeRecord) {
+        if let Some(episode) = self.open.iter_mut().find(|e| e.detector == detector) {
+            episode.record = Some(record);
+        }
+    }
+
+    /// Whether an episode of `detector` is open.
+    pub fn is_open(&self, detector: Detector) -> bool {
+        self.episode(detector).is_some()
+    }
+
+    fn episode(&self, detector: Detector) -> Option<&Episode> {
+        self.open.iter().find(|e| e.detector == detector)
+    }
+
+    fn close(&mut self, detector: Detector) {
+        self.open.retain(|e| e.detector != detector);
+    }
+
+    /// The open episode of `detector`, opened at `first_seq` if there was none.
+    fn open(&mut self, detector: Detector, first_seq: u64) -> &mut Episode {
+        let position = match self.open.iter().position(|e| e.detector == detector) {
+            Some(position) => position,
+            None => {
+                self.open.push(Episode {
+                    detector,
+                    first_seq,
+                    seqs: Vec::new(),
+                    last_event: self.events,
+                    record: None,
+                });
+                self.open.len() - 1
+            }
+        };
+        let episode = &mut self.open[position];
+        episode.last_event = self.events;
+        episode
+    }
+
+    fn note_action(
+        &mut self,
+        settings: &AnomalySettings,
+        event: Observed<'_>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let key = masked_key(event.kind, event.actor, event.message);
+        let same = self.actions.back().is_some_and(|last| last.key == key);
+        self.run = if same { self.run + 1 } else { 1 };
+        if self.actions.len() == ACTION_HISTORY {
+            self.actions.pop_front();
+        }
+        self.actions.push_back(Action {
+            key,
+            seq: event.seq,
+            text: quote(event.message),
+        });
+        for (index, &period) in PERIODS.iter().enumerate() {
+            let len = self.actions.len();
+            let matches = len > period && self.actions[len - 1 - period].key == key;
+            self.alternation[index] = if matches {
+                self.alternation[index] + 1
+            } else {
+                0
+            };
+        }
+
+        // Repeats: the newest `run` actions are one action.
+        let threshold = settings.repeat_actions;
+        if threshold > 0 && self.run >= threshold {
+            let first_seq = self.action_seqs(self.run).first().copied();
+            let episode = self.open(Detector::Repeat, first_seq.unwrap_or(event.seq));
+            episode.involve(event.seq);
+            let text = &self.actions[self.actions.len() - 1].text;
+            let message = format!(
+                "the last {} actions repeat `{text}`: likely a loop",
+                self.run
+            );
+            findings.push(self.finding(Detector::Repeat, message, self.run, threshold, None));
+        } else {
+            self.close(Detector::Repeat);
+        }
+
+        // Oscillation: the newest actions cycle with period 2 (or 3), through distinct actions.
+        let threshold = settings.oscillation_cycles;
+        let cycling = PERIODS.iter().enumerate().find_map(|(index, &period)| {
+            let actions = self.alternation[index] + period as u64;
+            let cycles = actions / period as u64;
+            let len = self.actions.len();
+            let cycle = &self
+                .actions
+                .range(len.saturating_sub(period)..)
+                .collect::<Vec<_>>();
+            let distinct = cycle.iter().any(|action| action.key != key);
+            (threshold > 0 && cycles >= threshold && distinct && cycle.len() == period)
+                .then_some((period, actions, cycles))
+        });
+        match cycling {
+            Some((period, actions, cycles)) => {
+                let len = self.actions.len();
+                let texts: Vec<String> = self
+                    .actions
+                    .range(len - period..)
+                    .map(|action| format!("`{}`", action.text))
+                    .collect();
+                let first_seq = self.action_seqs(actions).first().copied();
+                let episode = self.open(Detector::Oscillation, first_seq.unwrap_or(event.seq));
+                episode.involve(event.seq);
+                let message = match texts.as_slice() {
+                    [a, b] => format!(
+                        "the last {actions} actions alternate between {a} and {b}: likely going back and forth without progress"
+                    ),
+                    [a, b, c] => format!(
+                        "the last {actions} actions cycle through {a}, {b} and {c}: likely a loop"
+                    ),
+                    _ => unreachable!("periods are 2 and 3"),
+                };
+                let extra = ("period", json!(period));
+                findings.push(self.finding(
+                    Detector::Oscillation,
+                    message,
+                    cycles,
+                    threshold,
+                    Some(extra),
+                ));
+            }
+            None => self.close(Detector::Oscillation),
+        }
+    }
+
+    /// The seqs of the newest `count` actions that are remembered, oldest first.
+    fn action_seqs(&self, count: u64) -> Vec<u64> {
+        let len = self.actions.len();
+        let take = usize::try_from(count).unwrap_or(usize::MAX).min(len);
+        self.actions.range(len - take..).map(|a| a.seq).collect()
+    }
+
+    fn note_error(
+        &mut self,
+        settings: &AnomalySettings,
+        event: Observed<'_>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let key = masked_key(event.kind, event.actor, event.message);
+        let now = self.events;
+        let recurring = |seen: &SeenError| now - seen.last_event <= RECURRENCE_SPAN_EVENTS;
+        let (count, first_seq, text) = match self.errors.iter().position(|seen| seen.key == key) {
+            Some(position) => {
+                let mut seen = self.errors.remove(position);
+                if recurring(&seen) {
+                    seen.count += 1;
+                } else {
+                    seen.count = 1;
+                    seen.first_seq = event.seq;
+                }
+                seen.last_event = now;
+                seen.text = quote(event.message);
+                let found = (seen.count, seen.first_seq, seen.text.clone());
+                self.errors.push(seen);
+                found
+            }
+            None => {
+                if self.errors.len() == ERRORS_REMEMBERED {
+                    self.errors.remove(0);
+                }
+                let text = quote(event.message);
+                self.errors.push(SeenError {
+                    key,
+                    count: 1,
+                    last_event: now,
+                    first_seq: event.seq,
+                    text: text.clone(),
+                });
+                (1, event.seq, text)
+            }
+        };
+        let threshold = settings.error_recurrences;
+        // An episode lasts while recurring errors keep coming within the span.
+        let stale = self
+            .episode(Detector::RecurringError)
+            .is_some_and(|episode| now - episode.last_event > RECURRENCE_SPAN_EVENTS);
+        if stale {
+            self.close(Detector::RecurringError);
+        }
+        if threshold == 0 {
+            self.close(Detector::RecurringError);
+            return;
+        }
+        if count < threshold {
+            return;
+        }
+        let episode = self.open(Detector::RecurringError, first_seq);
+        episode.involve(event.seq);
+        let message = format!(
+            "the error `{text}` came back {count} times, each within {RECURRENCE_SPAN_EVENTS} events of the last: retrying the same way is not helping"
+        );
+        findings.push(self.finding(Detector::RecurringError, message, count, threshold, None));
+    }
+
+    fn note_time(
+        &mut self,
+        settings: &AnomalySettings,
+        event: Observed<'_>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let at = event.ts.timestamp_micros();
+        let previous = self.previous;
+        // Times may arrive out of order: a gap is measured from the latest time seen.
+        self.previous = Some((event.seq, previous.map_or(at, |(_, before)| before.max(at))));
+        let Some(threshold) = settings.stall() else {
+            self.close(Detector::Stall);
+            return;
+        };
+        let gap = previous.map(|(_, before)| at.saturating_sub(before));
+        let over = gap.filter(|&gap| gap > threshold.num_microseconds().unwrap_or(i64::MAX));
+        let (Some(gap), Some((before_seq, _))) = (over, previous) else {
+            self.silences = 0;
+            self.close(Detector::Stall);
+            return;
+        };
+        self.silences += 1;
+        let episode = self.open(Detector::Stall, before_seq);
+        episode.involve(before_seq);
+        episode.involve(event.seq);
+        let gap = TimeDelta::microseconds(gap);
+        let said = duration_text(gap);
+        let message = if self.silences == 1 {
+            format!(
+                "no events for {said} before seq {}: the agent may have stalled (waiting on something that never answered?)",
+                event.seq
+            )
+        } else {
+            format!(
+                "{} long silences in a row, the latest {said} before seq {}: the agent keeps stalling",
+                self.silences, event.seq
+            )
+        };
+        let escalate = gap >= threshold * 2 || self.silences >= 2;
+        let extra = ("gap_seconds", json!(gap.num_seconds()));
+        let mut finding = self.finding(
+            Detector::Stall,
+            message,
+            self.silences,
+            settings.stall_seconds,
+            Some(extra),
+        );
+        if escalate {
+            finding.severity = Severity::Error;
+        }
+        findings.push(finding);
+    }
+
+    /// A finding for `detector`'s open episode, which has reached `count` against `threshold`.
+    fn finding(
+        &self,
+        detector: Detector,
+        message: String,
+        count: u64,
+        threshold: u64,
+        extra: Option<(&str, Value)>,
+    ) -> Finding {
+        let episode = self
+            .episode(detector)
+            .expect("a finding is made for an open episode");
+        let mut payload = serde_json::Map::new();
+        payload.insert("detector".into(), json!(detector.as_str()));
+        payload.insert("count".into(), json!(count));
+        payload.insert("threshold".into(), json!(threshold));
+        payload.insert("first_seq".into(), json!(episode.first_seq));
+        payload.insert("seqs".into(), json!(episode.seqs));
+        if let Some((key, value)) = extra {
+            payload.insert(key.into(), value);
+        }
+        let severity = if count >= threshold.saturating_mul(2) {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
+        Finding {
+            detector,
+            message,
+            payload: Payload::from_object(&payload),
+            severity,
+            count,
+            threshold,
+        }
+    }
+}
+
+/// The identity of an action or error for comparing: kind, actor and the message with numbers,
+/// ids, durations and paths masked as template collapse masks them. A fixed hash (not the
+/// collapser's keyed one), since it is kept in the stream's metadata across restarts.
+fn masked_key(kind: &Kind, actor: Option<&str>, message: &str) -> u64 {
+    let mut hasher = rustc_hash::FxHasher::default();
+    kind.as_str().hash(&mut hasher);
+    actor.hash(&mut hasher);
+    collapse::template(head(message, COMPARED_BYTES)).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// How a message is quoted in an anomaly: its first line, at most [`QUOTE_CHARS`] characters,
+/// without backticks (the quote's own delimiters).
+fn quote(message: &str) -> String {
+    // A quote never needs more than its characters' worth of the message (4 bytes each at most).
+    let message = head(message, QUOTE_CHARS * 4 + 1);
+    let line = message.trim().lines().next().unwrap_or("").trim();
+    let mut text: String = line
+        .chars()
+        .take(QUOTE_CHARS)
+        .map(|c| if c == '`' { '\'' } else { c })
+        .collect();
+    if line.chars().count() > QUOTE_CHARS || message.trim().lines().nth(1).is_some() {
+        text.push('…');
+    }
+    text
+}
+
+/// The first `bytes` bytes of `text`, or fewer to end on a character boundary.
+fn head(text: &str, bytes: usize) -> &str {
+    if text.len() <= bytes {
+        return text;
+    }
+    let mut end = bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `45s`, `7m12s`, `2h03m`.
+fn duration_text(gap: TimeDelta) -> String {
+    let seconds = gap.num_seconds().max(0);
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3_600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3_600, seconds % 3_600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::parse_timestamp;
+
+    fn observe(
+        state: &mut DetectorState,
+        settings: &AnomalySettings,
+        seq: u64,
+        seconds: i64,
+        kind: &str,
+        message: &str,
+    ) -> Vec<Finding> {
+        let kind = Kind::new(kind).unwrap();
+        let ts = parse_timestamp("2024-05-01T10:00:00Z").unwrap() + TimeDelta::seconds(seconds);
+        let severity = if kind.as_str() == "error" {
+            Severity::Error
+        } else {
+            Severity::Info
+        };
+        state.observe(
+            settings,
+            Observed {
+                seq,
+                ts,
+                kind: &kind,
+                severity,
+                actor: None,
+                message,
+            },
+        )
+    }
+
+    #[test]
+    fn a_repeated_action_opens_one_episode_that_escalates() {
+        let settings = AnomalySettings::default();
+        let mut state = DetectorState::default();
+        let mut found = Vec::new();
+        for i in 0..6 {
+            found.push(observe(
+                &mut state,
+                &settings,
+                i + 1,
+                i as i64,
+                "action",
+                "click #submit",
+            ));
+        }
+        assert!(found[0].is_empty() && found[1].is_empty());
+        assert_eq!(
+            found[2][0].message,
+            "the last 3 actions repeat `click #submit`: likely a loop"
+        );
+        assert_eq!(found[2][0].severity, Severity::Warning);
+        assert_eq!(found[5][0].severity, Severity::Error);
+        assert!(state.is_open(Detector::Repeat));
+        // Observations between actions do not break the run; another action does.
+        assert!(observe(&mut state, &settings, 7, 7, "observation", "page").is_empty());
+        assert!(observe(&mut state, &settings, 8, 8, "action", "click #back").is_empty());
+        assert!(!state.is_open(Detector::Repeat));
+    }
+
+    #[test]
+    fn alternation_is_compared_with_numbers_masked() {
+        let settings = AnomalySettings::default();
+        let mut state = DetectorState::default();
+        let mut last = Vec::new();
+        for i in 0..6u64 {
+            let message = if i % 2 == 0 {
+                format!("open page {i}")
+            } else {
+                "go back".to_owned()
+            };
+            last = observe(&mut state, &settings, i + 1, i as i64, "action", &message);
+        }
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].detector, Detector::Oscillation);
+        assert!(
+            last[0]
+                .message
+                .contains("alternate between `open page 4` and `go back`"),
+            "{}",
+            last[0].message
+        );
+    }
+
+    #[test]
+    fn a_stall_is_one_finding_at_the_event_after_the_silence() {
+        let settings = AnomalySettings::default();
+        let mut state = DetectorState::default();
+        assert!(observe(&mut state, &settings, 1, 0, "llm", "thinking").is_empty());
+        let found = observe(&mut state, &settings, 2, 432, "llm", "answer");
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0]
+                .message
+                .starts_with("no events for 7m12s before seq 2"),
+            "{}",
+            found[0].message
+        );
+        assert!(observe(&mut state, &settings, 3, 433, "llm", "next").is_empty());
+        assert!(!state.is_open(Detector::Stall));
+    }
+
+    #[test]
+    fn detection_off_clears_the_state() {
+        let mut state = DetectorState::default();
+        observe(&mut state, &AnomalySettings::default(), 1, 0, "action", "a");
+        assert!(observe(&mut state, &AnomalySettings::off(), 2, 1000, "action", "a").is_empty());
+        assert_eq!(state, DetectorState::default());
+    }
+
+    #[test]
+    fn quotes_are_one_clipped_line() {
+        assert_eq!(quote("run `ls`\nmore"), "run 'ls'…");
+        assert_eq!(quote(&"x".repeat(80)).chars().count(), QUOTE_CHARS + 1);
+        assert_eq!(duration_text(TimeDelta::seconds(7_380)), "2h03m");
+    }
+}
