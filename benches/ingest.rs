@@ -24,8 +24,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use recap::event::{Event, Severity, StreamName};
 use recap::anomaly::AnomalySettings;
+use recap::event::{Event, Severity, StreamName};
 use recap::store::{Retention, Store, StoreOptions};
 
 /// Streams the writers spread over: enough that collapse and per-stream work look like a

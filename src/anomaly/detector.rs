@@ -111,7 +111,7 @@ impl Finding {
     /// episode is at twice its threshold, then every [`UPDATE_EVERY`]th.
     pub fn updates_record(&self) -> bool {
         let escalation = self.threshold.saturating_mul(2);
-        self.count <= escalation || (self.count - escalation) % UPDATE_EVERY == 0
+        self.count <= escalation || (self.count - escalation).is_multiple_of(UPDATE_EVERY)
     }
 }
 
@@ -510,7 +510,7 @@ impl DetectorState {
     fn holds_back(&self, detector: Detector, count: u64, threshold: u64) -> bool {
         let placed = self.record(detector).is_some();
         let escalation = threshold.saturating_mul(2);
-        placed && count > escalation && (count - escalation) % UPDATE_EVERY != 0
+        placed && count > escalation && !(count - escalation).is_multiple_of(UPDATE_EVERY)
     }
 
     /// A finding for `detector`'s open episode, which has reached `count` against `threshold`.

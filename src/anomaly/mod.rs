@@ -37,7 +37,8 @@ mod detector;
 mod settings;
 
 pub use detector::{
-    ACTION_KINDS, COMPARED_BYTES, UPDATE_EVERY, Detector, DetectorState, EpisodeRecord, Finding, MAX_NAMED_SEQS, Observed,
+    ACTION_KINDS, COMPARED_BYTES, Detector, DetectorState, EpisodeRecord, Finding, MAX_NAMED_SEQS,
+    Observed, UPDATE_EVERY,
 };
 pub use settings::{
     AnomalyOverrides, AnomalySettings, DEFAULT_ERROR_RECURRENCES, DEFAULT_OSCILLATION_CYCLES,
@@ -273,7 +274,11 @@ mod tests {
             .records()
             .find(|r| r.kind.as_str() == ANOMALY_KIND)
             .unwrap();
-        assert!(record.message.starts_with("the last 38 actions repeat"), "{}", record.message);
+        assert!(
+            record.message.starts_with("the last 38 actions repeat"),
+            "{}",
+            record.message
+        );
     }
 
     proptest! {
@@ -337,7 +342,7 @@ mod tests {
             for (count, (_, len)) in repeats.iter().zip(&repeat_runs) {
                 // Raised at the threshold, then updated as `Finding::updates_record` says.
                 let updates = (threshold + 1..=*len)
-                    .filter(|&c| c <= 2 * threshold || (c - 2 * threshold) % UPDATE_EVERY as usize == 0)
+                    .filter(|&c| c <= 2 * threshold || (c - 2 * threshold).is_multiple_of(UPDATE_EVERY as usize))
                     .count();
                 prop_assert_eq!(*count as usize, 1 + updates);
             }
