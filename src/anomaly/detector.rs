@@ -318,12 +318,14 @@ impl DetectorState {
             let first_seq = self.action_seqs(self.run).first().copied();
             let episode = self.open(Detector::Repeat, first_seq.unwrap_or(event.seq));
             episode.involve(event.seq);
-            let text = &self.actions[self.actions.len() - 1].text;
-            let message = format!(
-                "the last {} actions repeat `{text}`: likely a loop",
-                self.run
-            );
-            findings.push(self.finding(Detector::Repeat, message, self.run, threshold, None));
+            if !self.holds_back(Detector::Repeat, self.run, threshold) {
+                let text = &self.actions[self.actions.len() - 1].text;
+                let message = format!(
+                    "the last {} actions repeat `{text}`: likely a loop",
+                    self.run
+                );
+                findings.push(self.finding(Detector::Repeat, message, self.run, threshold, None));
+            }
         } else {
             self.close(Detector::Repeat);
         }
@@ -334,25 +336,27 @@ impl DetectorState {
             let actions = self.alternation[index] + period as u64;
             let cycles = actions / period as u64;
             let len = self.actions.len();
-            let cycle = &self
+            let distinct = self
                 .actions
                 .range(len.saturating_sub(period)..)
-                .collect::<Vec<_>>();
-            let distinct = cycle.iter().any(|action| action.key != key);
-            (threshold > 0 && cycles >= threshold && distinct && cycle.len() == period)
+                .any(|action| action.key != key);
+            (threshold > 0 && cycles >= threshold && distinct && len >= period)
                 .then_some((period, actions, cycles))
         });
         match cycling {
             Some((period, actions, cycles)) => {
+                let first_seq = self.action_seqs(actions).first().copied();
+                let episode = self.open(Detector::Oscillation, first_seq.unwrap_or(event.seq));
+                episode.involve(event.seq);
+                if self.holds_back(Detector::Oscillation, cycles, threshold) {
+                    return;
+                }
                 let len = self.actions.len();
                 let texts: Vec<String> = self
                     .actions
                     .range(len - period..)
                     .map(|action| format!("`{}`", action.text))
                     .collect();
-                let first_seq = self.action_seqs(actions).first().copied();
-                let episode = self.open(Detector::Oscillation, first_seq.unwrap_or(event.seq));
-                episode.involve(event.seq);
                 let message = match texts.as_slice() {
                     [a, b] => format!(
                         "the last {actions} actions alternate between {a} and {b}: likely going back and forth without progress"
@@ -438,6 +442,9 @@ impl DetectorState {
         }
         let episode = self.open(Detector::RecurringError, first_seq);
         episode.involve(event.seq);
+        if self.holds_back(Detector::RecurringError, count, threshold) {
+            return;
+        }
         let message = format!(
             "the error `{text}` came back {count} times, each within {RECURRENCE_SPAN_EVENTS} events of the last: retrying the same way is not helping"
         );
@@ -495,6 +502,15 @@ impl DetectorState {
             finding.severity = Severity::Error;
         }
         findings.push(finding);
+    }
+
+    /// Whether `detector`'s open episode, at `count` against `threshold`, says nothing this
+    /// time: its record is placed and the update is one [`Finding::updates_record`] skips. Then
+    /// no message or payload is built, so a long episode costs little per event.
+    fn holds_back(&self, detector: Detector, count: u64, threshold: u64) -> bool {
+        let placed = self.record(detector).is_some();
+        let escalation = threshold.saturating_mul(2);
+        placed && count > escalation && !(count - escalation).is_multiple_of(UPDATE_EVERY)
     }
 
     /// A finding for `detector`'s open episode, which has reached `count` against `threshold`.

@@ -53,11 +53,15 @@ def recap_binary() -> Path:
 
 @contextlib.contextmanager
 def running_recap(
-    keys: bool, port: int | None = None, data_dir: Path | None = None, extra_keys: str = ""
+    keys: bool,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    extra_keys: str = "",
+    anomalies: bool = True,
 ):
     """Starts `recap serve` on `port` (default a free one) on loopback with `data_dir` (default
     a temporary one; and, with `keys`, a keys file holding API_KEY with the admin scope, then
-    `extra_keys`, more `[[keys]]` tables); stops
+    `extra_keys`, more `[[keys]]` tables; anomaly detection on unless `anomalies` is false); stops
     it (SIGTERM, then waited for, killed by its pid if it does not exit) when the block ends."""
     with tempfile.TemporaryDirectory(prefix="recap-pytest-") as tmp:
         tmp = Path(tmp)
@@ -69,6 +73,8 @@ def running_recap(
             f"127.0.0.1:{port or free_port()}",
             "--data",
             str(data_dir),
+            "--anomalies",
+            "on" if anomalies else "off",
         ]
         if keys:
             keys_file = tmp / "keys.toml"

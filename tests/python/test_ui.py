@@ -50,6 +50,14 @@ def launch(p):
 
 
 @pytest.fixture(scope="module")
+def open_recap():
+    """A server without keys whose pages these tests count item by item: anomaly detection off,
+    since their repeated events would raise anomaly records of their own."""
+    with running_recap(keys=False, anomalies=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
         browser = launch(p)
