@@ -619,9 +619,16 @@ impl Outbox {
     }
 
     /// Waits until the body takes one more frame: holds every free slot, then waits for one
-    /// more, which only the body taking a frame frees. `Err` when the client is gone.
+    /// more, which only the body taking a frame frees. Returns at once when nothing is buffered
+    /// (the body took it all since the last look): no slot would be freed then. `Err` when the
+    /// client is gone.
     async fn taken(&self) -> Result<(), mpsc::error::SendError<()>> {
+        // One look decides both: if a frame was buffered at it, the body frees its slot (or
+        // did since, leaving one more free than is held).
         let free = self.sender.capacity();
+        if free == self.sender.max_capacity() {
+            return Ok(());
+        }
         let _held = match free {
             0 => None,
             // Only the body frees slots meanwhile, so at least `free` are free.
@@ -718,5 +725,26 @@ mod tests {
             text,
             "id: 8\nevent: repeat\ndata: {\"seq\":3,\"repeat_count\":2,\"last_ts\":\"2024-05-01T10:00:00.000000Z\",\"revision\":8}\n\n"
         );
+    }
+
+    /// The body taking every buffered frame between a full `try_send` and the wait must not
+    /// leave the feed waiting for a slot nobody will free (it waited a keepalive interval, then
+    /// cut off a client that was reading).
+    #[tokio::test(start_paused = true)]
+    async fn a_buffer_emptied_before_the_wait_does_not_stall_the_feed() {
+        let (sender, mut receiver) = mpsc::channel(BUFFER_FRAMES);
+        let mut outbox = Outbox::new(sender);
+        let large = Bytes::from(vec![b'x'; MAX_BUFFERED_BYTES / 2 + 1]);
+        outbox.try_send(large.clone()).unwrap();
+        assert!(matches!(
+            outbox.try_send(large.clone()),
+            Err(mpsc::error::TrySendError::Full(_))
+        ));
+        receiver.recv().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), outbox.taken())
+            .await
+            .expect("taken() waited for a slot with nothing buffered")
+            .unwrap();
+        outbox.try_send(large).unwrap();
     }
 }

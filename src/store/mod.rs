@@ -674,7 +674,7 @@ pub(super) fn open_database(path: &Path, cache_bytes: usize) -> Result<redb::Dat
 }
 
 /// The message a panic was raised with.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|text| (*text).to_owned())

@@ -38,12 +38,7 @@ fn install_panic_hook() {
         std::panic::set_hook(Box::new(move |info| {
             WATCHED.with(|watched| {
                 if let Some((failure, name)) = &*watched.borrow() {
-                    let payload = info.payload();
-                    let cause = payload
-                        .downcast_ref::<&str>()
-                        .map(|text| (*text).to_owned())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic without a message".to_owned());
+                    let cause = crate::store::panic_message(info.payload());
                     let at = info.location().map(ToString::to_string).unwrap_or_default();
                     tracing::error!(thread = name, %cause, %at, "a store thread died; the store takes no more writes");
                     let _ = failure.set(format!("the store's {name} thread died: {cause}"));
