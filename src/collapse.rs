@@ -402,8 +402,15 @@ impl Collapser {
 /// A hand-written scanner rather than a set of regexes: it runs on every event in `template`
 /// mode, and one pass over the bytes keeps collapse well above a million events per second.
 pub fn template(message: &str) -> String {
-    let bytes = message.as_bytes();
     let mut out = String::with_capacity(message.len());
+    template_into(message, &mut out);
+    out
+}
+
+/// [`template`], appended to `out`: a caller that masks many messages reuses one buffer.
+pub fn template_into(message: &str, out: &mut String) {
+    let bytes = message.as_bytes();
+    out.reserve(message.len());
     // Start of the pending run of bytes copied verbatim.
     let mut copied = 0;
     let mut i = 0;
@@ -444,7 +451,7 @@ pub fn template(message: &str) -> String {
                 };
                 match found {
                     Some((len, replacement)) => {
-                        mask(&mut out, at, len, replacement, &mut copied);
+                        mask(out, at, len, replacement, &mut copied);
                         at += len;
                     }
                     None => at += 1,
@@ -455,7 +462,7 @@ pub fn template(message: &str) -> String {
         } else if (byte == b'"' || byte == b'\'') && (i == 0 || !is_word_byte(bytes[i - 1])) {
             match quoted_path_len(&bytes[i..]) {
                 Some(len) => {
-                    mask(&mut out, i, len, "<path>", &mut copied);
+                    mask(out, i, len, "<path>", &mut copied);
                     i += len;
                 }
                 None => i += 1,
@@ -465,7 +472,6 @@ pub fn template(message: &str) -> String {
         }
     }
     out.push_str(&message[copied..]);
-    out
 }
 
 const WORD: u8 = 1;

@@ -2,8 +2,10 @@
 //! are open. Pure: no clock, no I/O; the same events give the same findings, whether the state
 //! stayed in memory or was written to the stream's metadata and read back.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
@@ -166,7 +168,8 @@ impl Episode {
 struct Action {
     key: u64,
     seq: u64,
-    text: String,
+    /// Shared by the actions of a run: one action repeated is quoted once.
+    text: Arc<str>,
 }
 
 /// An error remembered.
@@ -179,7 +182,7 @@ struct SeenError {
     last_event: u64,
     /// Seq of the record of its first occurrence in this run.
     first_seq: u64,
-    text: String,
+    text: Arc<str>,
 }
 
 /// A stream's detector state: a few hundred bytes, kept in the stream's metadata row (so it
@@ -292,15 +295,17 @@ impl DetectorState {
         findings: &mut Vec<Finding>,
     ) {
         let key = masked_key(event.kind, event.actor, event.message);
-        let same = self.actions.back().is_some_and(|last| last.key == key);
-        self.run = if same { self.run + 1 } else { 1 };
+        let same = self.actions.back().filter(|last| last.key == key);
+        self.run = if same.is_some() { self.run + 1 } else { 1 };
+        // The run's action as it was first quoted: a loop of thousands of events quotes once.
+        let text = same.map_or_else(|| quote(event.message), |last| Arc::clone(&last.text));
         if self.actions.len() == ACTION_HISTORY {
             self.actions.pop_front();
         }
         self.actions.push_back(Action {
             key,
             seq: event.seq,
-            text: quote(event.message),
+            text,
         });
         for (index, &period) in PERIODS.iter().enumerate() {
             let len = self.actions.len();
@@ -315,7 +320,7 @@ impl DetectorState {
         // Repeats: the newest `run` actions are one action.
         let threshold = settings.repeat_actions;
         if threshold > 0 && self.run >= threshold {
-            let first_seq = self.action_seqs(self.run).first().copied();
+            let first_seq = self.first_action_seq(self.run);
             let episode = self.open(Detector::Repeat, first_seq.unwrap_or(event.seq));
             episode.involve(event.seq);
             if !self.holds_back(Detector::Repeat, self.run, threshold) {
@@ -345,7 +350,7 @@ impl DetectorState {
         });
         match cycling {
             Some((period, actions, cycles)) => {
-                let first_seq = self.action_seqs(actions).first().copied();
+                let first_seq = self.first_action_seq(actions);
                 let episode = self.open(Detector::Oscillation, first_seq.unwrap_or(event.seq));
                 episode.involve(event.seq);
                 if self.holds_back(Detector::Oscillation, cycles, threshold) {
@@ -379,11 +384,11 @@ impl DetectorState {
         }
     }
 
-    /// The seqs of the newest `count` actions that are remembered, oldest first.
-    fn action_seqs(&self, count: u64) -> Vec<u64> {
+    /// The seq of the oldest of the newest `count` actions that is remembered.
+    fn first_action_seq(&self, count: u64) -> Option<u64> {
         let len = self.actions.len();
         let take = usize::try_from(count).unwrap_or(usize::MAX).min(len);
-        self.actions.range(len - take..).map(|a| a.seq).collect()
+        self.actions.get(len - take).map(|action| action.seq)
     }
 
     fn note_error(
@@ -406,7 +411,7 @@ impl DetectorState {
                 }
                 seen.last_event = now;
                 seen.text = quote(event.message);
-                let found = (seen.count, seen.first_seq, seen.text.clone());
+                let found = (seen.count, seen.first_seq, Arc::clone(&seen.text));
                 self.errors.push(seen);
                 found
             }
@@ -420,7 +425,7 @@ impl DetectorState {
                     count: 1,
                     last_event: now,
                     first_seq: event.seq,
-                    text: text.clone(),
+                    text: Arc::clone(&text),
                 });
                 (1, event.seq, text)
             }
@@ -554,28 +559,44 @@ impl DetectorState {
 /// ids, durations and paths masked as template collapse masks them. A fixed hash (not the
 /// collapser's keyed one), since it is kept in the stream's metadata across restarts.
 fn masked_key(kind: &Kind, actor: Option<&str>, message: &str) -> u64 {
+    thread_local! {
+        /// The masked head of the message: one buffer per writer thread, not one per event.
+        static MASKED: RefCell<String> = const { RefCell::new(String::new()) };
+    }
     let mut hasher = rustc_hash::FxHasher::default();
     kind.as_str().hash(&mut hasher);
     actor.hash(&mut hasher);
-    collapse::template(head(message, COMPARED_BYTES)).hash(&mut hasher);
+    MASKED.with_borrow_mut(|masked| {
+        masked.clear();
+        collapse::template_into(head(message, COMPARED_BYTES), masked);
+        masked.as_str().hash(&mut hasher);
+    });
     hasher.finish()
 }
 
 /// How a message is quoted in an anomaly: its first line, at most [`QUOTE_CHARS`] characters,
 /// without backticks (the quote's own delimiters).
-fn quote(message: &str) -> String {
-    // A quote never needs more than its characters' worth of the message (4 bytes each at most).
-    let message = head(message, QUOTE_CHARS * 4 + 1);
-    let line = message.trim().lines().next().unwrap_or("").trim();
-    let mut text: String = line
-        .chars()
-        .take(QUOTE_CHARS)
-        .map(|c| if c == '`' { '\'' } else { c })
-        .collect();
-    if line.chars().count() > QUOTE_CHARS || message.trim().lines().nth(1).is_some() {
+fn quote(message: &str) -> Arc<str> {
+    // A quote never needs more than one character past its own (4 bytes each at most).
+    let message = head(message.trim_start(), (QUOTE_CHARS + 1) * 4).trim_end();
+    let (line, more_lines) = match message.split_once('\n') {
+        Some((first, _)) => (first.trim_end(), true),
+        None => (message, false),
+    };
+    // Cut at the byte where character QUOTE_CHARS + 1 starts: one copy, no per-char pushes
+    // (this runs for every action on the writer's path).
+    let cut = line.char_indices().nth(QUOTE_CHARS).map(|(at, _)| at);
+    let kept = &line[..cut.unwrap_or(line.len())];
+    let mut text = String::with_capacity(kept.len() + '…'.len_utf8());
+    if kept.contains('`') {
+        text.extend(kept.chars().map(|c| if c == '`' { '\'' } else { c }));
+    } else {
+        text.push_str(kept);
+    }
+    if cut.is_some() || more_lines {
         text.push('…');
     }
-    text
+    text.into()
 }
 
 /// The first `bytes` bytes of `text`, or fewer to end on a character boundary.
@@ -714,8 +735,16 @@ mod tests {
 
     #[test]
     fn quotes_are_one_clipped_line() {
-        assert_eq!(quote("run `ls`\nmore"), "run 'ls'…");
+        assert_eq!(&*quote("run `ls`\nmore"), "run 'ls'…");
         assert_eq!(quote(&"x".repeat(80)).chars().count(), QUOTE_CHARS + 1);
+        assert_eq!(&*quote(&"x".repeat(QUOTE_CHARS)), "x".repeat(QUOTE_CHARS));
+        assert_eq!(&*quote("  \r\n call tool \r\nsecond"), "call tool…");
+        assert_eq!(&*quote("one line \n\n "), "one line");
+        // Wide characters are cut by character, and a longer line still says it was cut.
+        let wide = quote(&"🦀".repeat(QUOTE_CHARS + 5));
+        assert_eq!(&*wide, format!("{}…", "🦀".repeat(QUOTE_CHARS)));
+        let spaced = quote(&format!("{}{}", " ".repeat(300), "é".repeat(70)));
+        assert_eq!(&*spaced, format!("{}…", "é".repeat(QUOTE_CHARS)));
         assert_eq!(duration_text(TimeDelta::seconds(7_380)), "2h03m");
     }
 }

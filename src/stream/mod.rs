@@ -346,9 +346,7 @@ impl StreamState {
             }
             Placement::Repeat { seq } => {
                 let position = self
-                    .records
-                    .iter()
-                    .rposition(|r| r.record().seq == seq)
+                    .tail_position(seq)
                     .expect("the collapse lookback stays inside the tail");
                 if self.records[position].record().repeat_count >= MAX_EVENT_COUNT {
                     // A full record takes no more repeats: the event starts the next one.
@@ -426,8 +424,7 @@ impl StreamState {
                     .count(&record.kind, record.severity, ts, !collapsed);
                 if collapsed {
                     let seq = record.seq;
-                    if let Some(position) = self.records.iter().rposition(|r| r.record().seq == seq)
-                    {
+                    if let Some(position) = self.tail_position(seq) {
                         self.replace_record(position, cached);
                     }
                     return;
@@ -489,10 +486,10 @@ impl StreamState {
             severities[cached.record().severity.index()] += before;
             let at = self.severe.partition_point(|r| r.record().seq < seq);
             self.severe.insert(at, cached.clone());
-        } else if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
-            *severe = cached.clone();
+        } else if let Some(at) = position_by_seq(&self.severe, seq) {
+            self.severe[at] = cached.clone();
         }
-        if let Some(position) = self.records.iter().rposition(|r| r.record().seq == seq) {
+        if let Some(position) = self.tail_position(seq) {
             self.replace_record(position, cached);
         } else if self.tail_start_seq().is_none_or(|start| seq < start) {
             // Before the tail: its time joins the older records' latest, as the store's
@@ -559,8 +556,8 @@ impl StreamState {
     /// lists).
     fn replace_record(&mut self, position: usize, cached: Arc<CachedRecord>) {
         let seq = cached.record().seq;
-        if let Some(severe) = self.severe.iter_mut().rev().find(|r| r.record().seq == seq) {
-            *severe = cached.clone();
+        if let Some(at) = position_by_seq(&self.severe, seq) {
+            self.severe[at] = cached.clone();
         }
         if holds_agent_events(cached.record()) {
             self.latest = Some(cached.clone());
@@ -797,10 +794,21 @@ impl StreamState {
         }
     }
 
+    /// Where the record `seq` is in the tail, if it is there.
+    fn tail_position(&self, seq: u64) -> Option<usize> {
+        position_by_seq(&self.records, seq)
+    }
+
     /// Severe records ever created.
     pub fn severe_created(&self) -> u64 {
         self.severe_created
     }
+}
+
+/// Where the record `seq` is in `records` (in seq order, as the tail and the severe list are):
+/// a binary search, since an anomaly's record revised on a long episode is far from the end.
+fn position_by_seq(records: &[Arc<CachedRecord>], seq: u64) -> Option<usize> {
+    records.binary_search_by_key(&seq, |r| r.record().seq).ok()
 }
 
 /// Whether a record holds events of the stream's agent, rather than being an anomaly recap
