@@ -30,8 +30,8 @@ pytest:
 # against a live recap on a loopback port, with a fresh data directory and an admin key, for
 # SCHEMATHESIS_SECONDS (150 by default): the checks not_a_server_error, status_code_conformance,
 # content_type_conformance, response_schema_conformance and negative_data_rejection over every
-# operation of GET /openapi.json but the SSE feeds and /mcp. Any finding fails. Not in .ci/run
-# for now (see the comment there).
+# operation of GET /openapi.json but the SSE feeds and /mcp. Any finding fails. CI runs it after
+# pytest.
 ST_VENV ?= target/schemathesis-venv
 SCHEMATHESIS_SECONDS ?= 150
 schemathesis:

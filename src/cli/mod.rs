@@ -4,12 +4,13 @@
 //! completions and man pages ([`generate`]) come from the same definitions.
 //!
 //! One module per command family: [`serve`], [`post`], [`context`], [`events`], [`notes`],
-//! [`streams`] (with retention), [`transfer`] (tail, import, export), [`status`] (health,
+//! [`streams`] (with retention), [`anomalies`], [`transfer`] (tail, import, export), [`status`] (health,
 //! metrics), [`agents`] (mcp, hook), [`generate`], [`check`] (offline, on a data file); [`args`] holds what they share (the server
 //! URL and key, the value parsers) and [`output`] how they write. The HTTP requests themselves
 //! are [`crate::client`]'s.
 
 pub mod agents;
+pub mod anomalies;
 pub mod args;
 pub mod check;
 pub mod context;
@@ -91,6 +92,8 @@ pub enum ClientCommand {
     Streams(streams::StreamsCommand),
     /// Set how many records, or how old, a stream keeps.
     Retention(streams::RetentionArgs),
+    /// Set a stream's anomaly detection: on or off, and each detector's threshold.
+    Anomalies(anomalies::AnomaliesArgs),
     /// Follow a stream's changes (SSE), one line each; reconnects and resumes if the feed drops.
     Tail(transfer::TailArgs),
     /// Import a JSONL file (events, a trace, or an export) into a stream.
@@ -135,6 +138,7 @@ pub async fn run_client(command: ClientCommand) -> Result<ExitCode, ClientError>
         ClientCommand::Notes(command) => notes::run(command, &mut out).await?,
         ClientCommand::Streams(command) => streams::run(command, &mut out).await?,
         ClientCommand::Retention(args) => streams::retention(args, &mut out).await?,
+        ClientCommand::Anomalies(args) => anomalies::run(args, &mut out).await?,
         ClientCommand::Tail(args) => transfer::tail(args, &mut out).await?,
         ClientCommand::Import(args) => transfer::import(args).await?,
         ClientCommand::Export(args) => {

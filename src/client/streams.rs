@@ -8,6 +8,7 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::anomaly::AnomalyOverrides;
 use crate::event::StreamName;
 
 use super::{Client, ClientError, name_unknown_stream, query_string, raw_json};
@@ -110,6 +111,27 @@ pub async fn delete(client: &Client, stream: &StreamName) -> Result<(), ClientEr
         .await
         .map_err(|error| name_unknown_stream(error, stream))?;
     Ok(())
+}
+
+/// `PUT /v1/streams/{s}/anomalies`: replaces what the stream overrides of the server's anomaly
+/// detection; the answer is the settings now in force for it.
+pub async fn set_anomalies(
+    client: &Client,
+    stream: &StreamName,
+    overrides: &AnomalyOverrides,
+) -> Result<Box<RawValue>, ClientError> {
+    let body = serde_json::to_string(overrides)
+        .map_err(|error| ClientError::Protocol(format!("anomaly settings: {error}")))?;
+    let response = client
+        .send(
+            Method::PUT,
+            &format!("/v1/streams/{stream}/anomalies"),
+            Some(("application/json", Bytes::from(body))),
+            &[],
+        )
+        .await
+        .map_err(|error| name_unknown_stream(error, stream))?;
+    raw_json(response).await
 }
 
 /// Sets a stream's retention (both limits: `None` removes one); returns the retention now in

@@ -374,11 +374,12 @@ impl ServerHandler for Tools {
     }
 }
 
-/// A query string of the parameters that have a value.
+/// A query string of the parameters that have a value. An empty string counts as none: models
+/// often fill an optional argument with `""`, which the HTTP API refuses (`?kinds=`).
 fn query(parameters: &[(&str, Option<String>)]) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     for (name, value) in parameters {
-        if let Some(value) = value {
+        if let Some(value) = value.as_deref().filter(|value| !value.is_empty()) {
             query.append_pair(name, value);
         }
     }

@@ -24,6 +24,7 @@ use crate::event::{
 use crate::store::MAX_PAGE_RECORDS;
 
 use super::auth::Scope;
+use super::query;
 use super::table::{Access, Endpoint, ROUTES, Reply, Route};
 use super::wire::{
     BUDGET_HEADER, Body, ENCODING_HEADER, ErrorCode, NOTES_CUT_HEADER, REVISION_HEADER,
@@ -613,8 +614,8 @@ fn path_parameters(path: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A query parameter of `endpoint`, by the name its handler parses. An empty value counts as
-/// absent.
+/// A query parameter of `endpoint`, by the name its handler parses. An empty value is refused
+/// (but for `prefix`), so string parameters say `minLength: 1`.
 fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
     let whole = |minimum: u64| json!({"type": "integer", "minimum": minimum});
     let (description, schema): (String, Value) = match name {
@@ -707,6 +708,11 @@ fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
         ),
         other => (format!("`{other}`."), json!({"type": "string"})),
     };
+    let mut schema = schema;
+    if schema["type"] == "string" && !query::EMPTY_ALLOWED.contains(&name) {
+        // An empty value is refused (`?kinds=`), not read as absent.
+        schema["minLength"] = json!(1);
+    }
     json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
 }
 

@@ -11,6 +11,11 @@ use super::wire::ApiError;
 
 /// Parameters that hold lists: they may be given more than once.
 const LISTS: [&str; 1] = ["kinds"];
+/// Parameters whose empty value means something: the empty prefix matches every stream. Any
+/// other parameter given empty (`?offset=`) is refused rather than read as absent, which is
+/// what a typed parameter's description says (and a client that meant a value learns it sent
+/// none).
+pub(super) const EMPTY_ALLOWED: [&str; 1] = ["prefix"];
 
 /// The decoded query string of one request.
 #[derive(Debug, Default)]
@@ -50,14 +55,23 @@ impl Query {
                 ),
             ));
         }
+        if let Some((name, _)) = pairs
+            .iter()
+            .find(|(name, value)| value.is_empty() && !EMPTY_ALLOWED.contains(&name.as_str()))
+        {
+            return Err(ApiError::parameter(
+                name,
+                format!("query parameter {name:?} is empty; give it a value or leave it out"),
+            ));
+        }
         Ok(Query { pairs })
     }
 
-    /// The value given for `name`, if any (an empty value counts as absent).
+    /// The value given for `name`, if any.
     pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
-            .find(|(n, value)| n == name && !value.is_empty())
+            .find(|(n, _)| n == name)
             .map(|(_, value)| value.as_str())
     }
 
@@ -122,6 +136,24 @@ mod tests {
             error.message
         );
         assert!(Query::parse(Some("kinds=a&kinds=b"), &["kinds"]).is_ok());
+    }
+
+    #[test]
+    fn refuses_an_empty_value_unless_it_means_something() {
+        for name in [
+            "offset",
+            "limit",
+            "min_severity",
+            "kinds",
+            "format",
+            "after",
+        ] {
+            let error = Query::parse(Some(&format!("{name}=")), &[name]).unwrap_err();
+            assert_eq!(error.field.as_deref(), Some(name));
+            assert!(error.message.contains("is empty"), "{}", error.message);
+        }
+        let query = Query::parse(Some("prefix="), &["prefix"]).unwrap();
+        assert_eq!(query.get("prefix"), Some(""));
     }
 
     #[test]

@@ -266,6 +266,15 @@ async fn bad_arguments_are_usage_errors_that_say_what_to_write_and_send_nothing(
             "cannot be used with",
         ),
         (&["notes", "rm", "demo", "-1"], "must not be negative"),
+        (&["anomalies", "demo"], "--repeat-actions"),
+        (
+            &["anomalies", "demo", "--on", "--off"],
+            "cannot be used with",
+        ),
+        (
+            &["anomalies", "demo", "--repeat-actions", "many"],
+            "whole number",
+        ),
     ];
     for (args, says) in cases {
         let output = run(&server, args).await;
@@ -574,7 +583,7 @@ async fn notes_are_pinned_listed_paged_and_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_are_listed_in_pages_shown_and_removed_and_retention_is_set() {
+async fn streams_are_listed_in_pages_shown_and_removed_and_retention_and_anomalies_are_set() {
     let server = TestServer::start().await;
     for name in ["team-a.one", "team-a.two", "team-b.one"] {
         post(&server, name, "tool", "info", "hello").await;
@@ -671,6 +680,43 @@ async fn streams_are_listed_in_pages_shown_and_removed_and_retention_is_set() {
         ok(&server, &["retention", "team-b.one", "--clear"]).await,
         "retention of team-b.one: none (every record is kept)\n"
     );
+
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "anomalies",
+                "team-b.one",
+                "--on",
+                "--repeat-actions",
+                "5",
+                "--stall",
+                "off"
+            ]
+        )
+        .await,
+        "anomaly detection of team-b.one: on; repeats at 5 actions, oscillation at 3 cycles, recurring errors at 3 recurrences, stalls off\n"
+    );
+    let stats: Value =
+        serde_json::from_str(&ok(&server, &["streams", "show", "team-b.one", "--json"]).await)
+            .unwrap();
+    assert_eq!(stats["anomalies"]["repeat_actions"], 5);
+    assert_eq!(stats["anomalies"]["stall_seconds"], 0);
+    assert_eq!(
+        ok(&server, &["anomalies", "team-b.one", "--off"]).await,
+        "anomaly detection of team-b.one: off\n"
+    );
+    let answer: Value = serde_json::from_str(
+        &ok(
+            &server,
+            &["anomalies", "team-b.one", "--server-defaults", "--json"],
+        )
+        .await,
+    )
+    .unwrap();
+    // The test server runs with detection off: back to the server's settings is off again.
+    assert_eq!(answer["enabled"], false);
+    assert_eq!(answer["repeat_actions"], 3);
 
     assert_eq!(
         ok(&server, &["streams", "rm", "team-b.one"]).await,
@@ -853,6 +899,7 @@ fn command_for(method: &str, route: &str) -> Result<&'static [&'static str], &'s
         ("GET", "/v1/streams/{s}") => &["streams", "show"],
         ("DELETE", "/v1/streams/{s}") => &["streams", "rm"],
         ("PUT", "/v1/streams/{s}/retention") => &["retention"],
+        ("PUT", "/v1/streams/{s}/anomalies") => &["anomalies"],
         ("POST", "/v1/streams/{s}/events") => &["post"],
         ("GET", "/v1/streams/{s}/events") => &["events"],
         ("POST", "/v1/streams/{s}/records") => &["import"],
@@ -869,9 +916,6 @@ fn command_for(method: &str, route: &str) -> Result<&'static [&'static str], &'s
         }
         (_, route) if route.starts_with("/ui") => return Err("the web view, for a browser"),
         (_, "/openapi.json") => return Err("the API's description, for tools"),
-        ("PUT", "/v1/streams/{s}/anomalies") => {
-            return Err("no command yet (issue #17 left it to the API); set it with PUT");
-        }
         _ => return Ok(&[]),
     };
     Ok(command)
