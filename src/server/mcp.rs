@@ -16,8 +16,12 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::Value;
 
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::watch;
+
 use crate::event::StreamName;
-use crate::mcp::{Backend, BoxFuture, ToolError, Tools, Window, Written};
+use crate::mcp::{Backend, BoxFuture, Changes, ToolError, Tools, Window, Written};
+use crate::store::Subscription;
 
 use super::auth::{ApiKey, Scope};
 use super::wire::ApiError;
@@ -40,7 +44,7 @@ pub(super) fn service(options: &ServerOptions) -> McpService {
     }
     // Stateless: the SDK asks for a handler per request. Building one makes the tools' JSON
     // schemas; a clone of one built here shares them.
-    let tools = Tools::new(Arc::new(InProcess));
+    let tools = Tools::stateless(Arc::new(InProcess));
     StreamableHttpService::new(
         move || Ok(tools.clone()),
         Arc::new(NeverSessionManager::default()),
@@ -218,6 +222,62 @@ impl Backend for InProcess {
             serde_json::to_value(page)
                 .map_err(ApiError::internal)
                 .map_err(tool_error)
+        })
+    }
+
+    fn follow<'a>(
+        &'a self,
+        caller: &'a Extensions,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Changes>, ToolError>> {
+        Box::pin(async move {
+            let (caller, stream) = Self::authorize(caller, Scope::Read, stream)?;
+            let app = &caller.app;
+            app.metrics.mcp_resource_feeds(1);
+            let changes: Box<dyn Changes> = Box::new(LiveChanges {
+                live: app.store.subscribe_to(&stream),
+                shutdown: app.shutdown.clone(),
+                app: Arc::clone(app),
+            });
+            Ok(changes)
+        })
+    }
+}
+
+/// A stream's changes straight from the store's live feed (the one behind the SSE route),
+/// counted in `recap_mcp_resource_feeds` while open.
+struct LiveChanges {
+    live: Subscription,
+    app: Arc<App>,
+    /// Turns `true` when the server begins to shut down: the feed ends then, so that a
+    /// subscription's response ends and the server can drain.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Drop for LiveChanges {
+    fn drop(&mut self) {
+        self.app.metrics.mcp_resource_feeds(-1);
+    }
+}
+
+impl Changes for LiveChanges {
+    fn changed(&mut self) -> BoxFuture<'_, Option<()>> {
+        Box::pin(async move {
+            if *self.shutdown.borrow() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.shutdown.changed() => None,
+                received = self.live.recv() => match received {
+                    // A lagging subscriber missed changes, which is a change all the same.
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        // What else is queued already is the same news: one report for it all.
+                        while matches!(self.live.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
+                        Some(())
+                    }
+                    Err(RecvError::Closed) => None,
+                },
+            }
         })
     }
 }
