@@ -5,6 +5,11 @@
 //! and say so in a tool error. The SDK runs stateless (no sessions: any instance behind a load
 //! balancer can answer any request) and answers plain JSON; it serves the current protocol
 //! revision (no `initialize`) and the older ones' `initialize` handshake.
+//!
+//! A `subscriptions/listen` request is the exception to plain JSON: its answer is an SSE stream
+//! of the subscription's updates, fed by the store's live changes of the stream
+//! (`LiveChanges`), held by this instance for as long as the client keeps it open, and ended
+//! with the request's result when shutdown begins (see `mcp::subscriptions`).
 
 use std::sync::Arc;
 
@@ -15,7 +20,6 @@ use rmcp::model::Extensions;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::Value;
-
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 

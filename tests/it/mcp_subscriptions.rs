@@ -1,10 +1,15 @@
-//! `subscriptions/listen` on the stateless `/mcp` route, as raw JSON-RPC over a real socket:
-//! the answer is an SSE stream (the acknowledgment, a first update once the stream's feed is
-//! open, one update per change) that ends with the listen request's result when the server
-//! shuts down, so the server drains. The official Python SDK drives subscriptions over both
-//! transports in tests/python/test_mcp_subscriptions.py.
+//! Resource subscriptions as raw JSON-RPC: `subscriptions/listen` on the stateless `/mcp`
+//! route over a real socket (the answer is an SSE stream: the acknowledgment, a first update
+//! once the stream's feed is open, one update per change, and the listen request's result when
+//! the server shuts down, so the server drains); `resources/subscribe` refused there; and
+//! `recap mcp` keeping a `resources/subscribe` across a restart of the server it follows. The
+//! official Python SDK drives subscriptions over both transports in
+//! tests/python/test_mcp_subscriptions.py.
 
 use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -190,4 +195,111 @@ async fn the_older_resources_subscribe_is_refused_on_the_stateless_route() {
     let message = refused["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("stateless"), "{refused}");
     assert!(message.contains("subscriptions/listen"), "{refused}");
+}
+
+/// `recap mcp --server URL` as a child process, spoken to one JSON line at a time; killed (by
+/// its own handle) when dropped.
+struct StdioServer {
+    child: Child,
+    stdin: ChildStdin,
+    /// Each line it writes, parsed, from a reader thread.
+    lines: mpsc::Receiver<Value>,
+}
+
+impl StdioServer {
+    fn start(url: &str) -> StdioServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_recap"))
+            .args(["mcp", "--server", url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if send.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        StdioServer {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn send(&mut self, message: Value) {
+        writeln!(self.stdin, "{message}").unwrap();
+    }
+
+    /// The next message it writes.
+    fn next(&self) -> Value {
+        tokio::task::block_in_place(|| self.lines.recv_timeout(DEADLINE))
+            .expect("a message before the deadline")
+    }
+}
+
+impl Drop for StdioServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recap_mcp_keeps_a_subscription_across_a_server_restart() {
+    let server = TestServer::start().await;
+    let mut stdio = StdioServer::start(&server.url());
+    let version = "2025-06-18";
+    stdio.send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "it", "version": "0"}}}));
+    let init = stdio.next();
+    assert_eq!(
+        init["result"]["capabilities"]["resources"]["subscribe"], true,
+        "{init}"
+    );
+    stdio.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    stdio.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": URI}}),
+    );
+    let subscribed = stdio.next();
+    assert_eq!(subscribed["id"], 2, "{subscribed}");
+    assert!(subscribed.get("error").is_none(), "{subscribed}");
+
+    let event = r#"{"kind": "tool", "message": "ran"}"#;
+    assert_eq!(
+        server
+            .post_json("/v1/streams/live/events", event)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let update = stdio.next();
+    assert_eq!(
+        update["method"], "notifications/resources/updated",
+        "{update}"
+    );
+    assert_eq!(update["params"]["uri"], URI);
+
+    // The server restarts: `recap mcp`'s feed ends, and it reopens it from the last revision
+    // it saw, so the next change is reported too (and nothing before it).
+    let server = server.restart().await;
+    assert_eq!(
+        server
+            .post_json("/v1/streams/live/events", event)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let update = stdio.next();
+    assert_eq!(
+        update["method"], "notifications/resources/updated",
+        "{update}"
+    );
+    assert_eq!(update["params"]["uri"], URI);
+    let page = server.get("/v1/streams/live/events").await.json();
+    assert_eq!(page["records"][0]["repeat_count"], 2, "{page}");
 }
