@@ -24,7 +24,7 @@ pytest:
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 	cargo build --locked --bin recap
-	RECAP_BIN=$(CURDIR)/target/debug/recap $(VENV)/bin/python -m pytest tests/python -q -p no:cacheprovider
+	RECAP_BIN=$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/recap $(VENV)/bin/python -m pytest tests/python -q -p no:cacheprovider
 
 # schemathesis (pinned in tests/schemathesis/requirements.txt, in a virtualenv of its own)
 # against a live recap on a loopback port, with a fresh data directory and an admin key, for

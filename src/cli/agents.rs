@@ -15,15 +15,17 @@ Examples:
   RECAP_URL=http://127.0.0.1:7070 RECAP_KEY=... recap mcp
 
 Tools: get_context, log_event, remember, forget, list_streams, get_events; each stream's window
-is also the resource recap://streams/{name}/context. Logs go to stderr.";
+is also the resource recap://streams/{name}/context, which a client can subscribe to
+(subscriptions/listen, or resources/subscribe in the older revisions). Logs go to stderr.";
 
 const HOOK_EXAMPLES: &str = "\
 Examples:
   recap hook --stream demo < event.json
   RECAP_STREAM=demo recap hook --budget 1500     # as a Claude Code or Codex hook command
 
-Posts the hook event to the stream; for SessionStart, UserPromptSubmit and PreCompact it prints
-the context window in the shape the hook protocol reads.";
+Posts the hook event to the stream; for SessionStart (including after a compaction) and
+UserPromptSubmit it prints the context window as hookSpecificOutput.additionalContext, which
+both agents add to the model's context.";
 
 /// `recap mcp`.
 #[derive(Args, Clone, Debug)]

@@ -7,6 +7,19 @@
 //! `tool_response` (PreToolUse, PostToolUse), `error` (Claude Code's PostToolUseFailure),
 //! `trigger` (PreCompact), `last_assistant_message` (Stop). [`plan`] maps an event to recap
 //! events without I/O; [`run`] posts them and fetches the window.
+//!
+//! What the two agents do with a hook's stdout, as documented (and what decides what recap
+//! prints): on SessionStart and UserPromptSubmit, `hookSpecificOutput.additionalContext` is
+//! added to the model's context (both agents). PreCompact's stdout is not: Claude Code shows
+//! it to the user in verbose mode only and accepts no `hookSpecificOutput` for it, Codex reads
+//! only its JSON control fields. So PreCompact prints nothing; the window comes back after a
+//! compaction through SessionStart, which both agents fire with `source: "compact"`.
+//!
+//! Tool results differ: Claude Code sends successes to PostToolUse (an object per tool, e.g.
+//! Bash's `{stdout, stderr, interrupted}`) and failures to PostToolUseFailure (`error`); Codex
+//! sends every finished Bash command to PostToolUse with `tool_response` the command's output
+//! as one string, without its exit status. A Codex command's outcome is therefore not
+//! known (see [`Outcome::Unknown`]): its event says what it printed, at `info`.
 
 use bytes::Bytes;
 use http::Method;
@@ -26,15 +39,17 @@ pub const MAX_TEXT_BYTES: usize = 4_000;
 /// Most bytes of a tool's input in an event's one-line message.
 const MAX_INPUT_SUMMARY_BYTES: usize = 200;
 
-/// How the context window is printed for an event that shows one to the agent.
+/// How a tool call ended, as far as its hook event says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ContextOutput {
-    /// `{"hookSpecificOutput": {"hookEventName", "additionalContext"}}`: read by Claude Code and
-    /// Codex on SessionStart and UserPromptSubmit.
-    AdditionalContext,
-    /// The text itself on stdout (PreCompact: shown in the transcript, kept through the
-    /// compaction summary's input).
-    Plain,
+pub enum Outcome {
+    /// It worked: Claude Code's PostToolUse (its failures go to PostToolUseFailure), or a
+    /// response that says so.
+    Succeeded,
+    /// It failed: PostToolUseFailure, an `error`, a non-zero exit code, `success: false`, an
+    /// interruption.
+    Failed,
+    /// The response is bare output (Codex's Bash: the output text without an exit status).
+    Unknown,
 }
 
 /// What one hook event becomes.
@@ -44,8 +59,9 @@ pub struct HookPlan {
     pub event_name: String,
     /// The events to post, as `POST .../events` takes them.
     pub events: Vec<Map<String, Value>>,
-    /// Whether and how to print the context window.
-    pub output: Option<ContextOutput>,
+    /// Whether to print the context window (as `hookSpecificOutput.additionalContext`): for
+    /// the events whose output becomes the agent's context.
+    pub shows_window: bool,
 }
 
 /// Why a hook input was refused.
@@ -84,51 +100,50 @@ pub fn plan(input: &Value) -> Result<HookPlan, HookError> {
         event
     };
     let tool = object_tool(object);
-    let (events, output) = match event_name.as_str() {
+    let (events, shows_window) = match event_name.as_str() {
         "SessionStart" => {
             let source = text(object, "source").unwrap_or("startup");
             let message = format!("session started ({source})");
-            (
-                vec![event("session", "info", message, payload)],
-                Some(ContextOutput::AdditionalContext),
-            )
+            (vec![event("session", "info", message, payload)], true)
         }
         "UserPromptSubmit" => {
             let prompt = trim_middle(text(object, "prompt").unwrap_or(""), MAX_TEXT_BYTES);
-            (
-                vec![event("user", "info", prompt, payload)],
-                Some(ContextOutput::AdditionalContext),
-            )
+            (vec![event("user", "info", prompt, payload)], true)
         }
         "PreToolUse" => {
             let (name, summary, input) = tool;
             payload.insert("tool_input".to_owned(), input);
             let message = format!("{name} {summary}").trim_end().to_owned();
-            (vec![event("tool_call", "debug", message, payload)], None)
+            (vec![event("tool_call", "debug", message, payload)], false)
         }
         "PostToolUse" | "PostToolUseFailure" => {
             let (name, summary, input) = tool;
             payload.insert("tool_input".to_owned(), input);
             let response = object.get("tool_response").unwrap_or(&Value::Null);
             let error = text(object, "error").map(str::to_owned);
-            let failed = event_name == "PostToolUseFailure" || error.is_some() || failed(response);
+            let outcome = outcome(&event_name, response, error.is_some());
             let output = error.unwrap_or_else(|| response_text(response));
             let output = trim_middle(output.trim(), MAX_OUTPUT_BYTES);
-            let verb = if failed { "failed" } else { "ok" };
-            let message = match output.is_empty() {
-                true => format!("{name} {summary} → {verb}"),
-                false => format!("{name} {summary} → {verb}: {output}"),
+            let head = format!("{name} {summary}");
+            let message = match (outcome, output.is_empty()) {
+                (Outcome::Failed, true) => format!("{head} → failed"),
+                (Outcome::Failed, false) => format!("{head} → failed: {output}"),
+                (Outcome::Succeeded, true) => format!("{head} → ok"),
+                (Outcome::Succeeded, false) => format!("{head} → ok: {output}"),
+                (Outcome::Unknown, true) => format!("{head} → no output"),
+                (Outcome::Unknown, false) => format!("{head} → {output}"),
             };
-            let severity = if failed { "error" } else { "info" };
-            (vec![event("tool", severity, message, payload)], None)
+            let severity = if outcome == Outcome::Failed {
+                "error"
+            } else {
+                "info"
+            };
+            (vec![event("tool", severity, message, payload)], false)
         }
         "PreCompact" => {
             let trigger = text(object, "trigger").unwrap_or("auto");
             let message = format!("context compaction ({trigger})");
-            (
-                vec![event("session", "info", message, payload)],
-                Some(ContextOutput::Plain),
-            )
+            (vec![event("session", "info", message, payload)], false)
         }
         "Stop" | "SubagentStop" => {
             let said = text(object, "last_assistant_message")
@@ -143,31 +158,31 @@ pub fn plan(input: &Value) -> Result<HookPlan, HookError> {
             } else {
                 "subagent"
             };
-            (vec![event(kind, "info", message, payload)], None)
+            (vec![event(kind, "info", message, payload)], false)
         }
         "SessionEnd" => {
             let reason = text(object, "reason").unwrap_or("exit");
             let message = format!("session ended ({reason})");
-            (vec![event("session", "info", message, payload)], None)
+            (vec![event("session", "info", message, payload)], false)
         }
         "Notification" => {
             let message = text(object, "message").unwrap_or("notification").to_owned();
             (
                 vec![event("notification", "warning", message, payload)],
-                None,
+                false,
             )
         }
         other => {
             // An event this build does not know: kept whole (trimmed) for later reading.
             let compact = trim_middle(&input.to_string(), MAX_TEXT_BYTES);
             let message = format!("{other}: {compact}");
-            (vec![event("hook", "info", message, payload)], None)
+            (vec![event("hook", "info", message, payload)], false)
         }
     };
     Ok(HookPlan {
         event_name,
         events,
-        output,
+        shows_window,
     })
 }
 
@@ -191,9 +206,9 @@ pub async fn run(
             Some(("application/json", Bytes::from(body))),
         )
         .await?;
-    let Some(output) = plan.output else {
+    if !plan.shows_window {
         return Ok(String::new());
-    };
+    }
     let args = ContextArgs {
         budget,
         ..ContextArgs::default()
@@ -202,16 +217,13 @@ pub async fn run(
     if window.body.trim().is_empty() {
         return Ok(String::new());
     }
-    Ok(match output {
-        ContextOutput::Plain => window.body,
-        ContextOutput::AdditionalContext => json!({
-            "hookSpecificOutput": {
-                "hookEventName": plan.event_name,
-                "additionalContext": window.body,
-            }
-        })
-        .to_string(),
+    Ok(json!({
+        "hookSpecificOutput": {
+            "hookEventName": plan.event_name,
+            "additionalContext": window.body,
+        }
     })
+    .to_string())
 }
 
 fn text<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
@@ -248,6 +260,19 @@ fn object_tool(object: &Map<String, Value>) -> (String, String, Value) {
         input
     };
     (name, summary, input)
+}
+
+/// How a tool call ended: failed if the event or its response says so; succeeded if the
+/// response is an object (Claude Code's results; its failures are PostToolUseFailure events);
+/// unknown for bare output (Codex's Bash sends the output text alone).
+fn outcome(event_name: &str, response: &Value, has_error: bool) -> Outcome {
+    if event_name == "PostToolUseFailure" || has_error || failed(response) {
+        Outcome::Failed
+    } else if response.is_object() {
+        Outcome::Succeeded
+    } else {
+        Outcome::Unknown
+    }
 }
 
 /// Whether a tool's response says it failed: an error flag, a non-zero exit code, a
@@ -327,30 +352,32 @@ pub fn trim_middle(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
-    fn one(input: Value) -> (Map<String, Value>, Option<ContextOutput>) {
+    fn one(input: Value) -> (Map<String, Value>, bool) {
         let plan = plan(&input).unwrap();
         assert_eq!(plan.events.len(), 1);
-        (plan.events[0].clone(), plan.output)
+        (plan.events[0].clone(), plan.shows_window)
     }
 
     #[test]
     fn context_events_ask_for_the_window() {
-        let (event, output) =
+        let (event, shows) =
             one(json!({"hook_event_name": "SessionStart", "source": "resume", "session_id": "s1"}));
         assert_eq!(event["message"], "session started (resume)");
         assert_eq!(event["payload"]["session_id"], "s1");
-        assert_eq!(output, Some(ContextOutput::AdditionalContext));
-        let (event, output) =
+        assert!(shows);
+        let (event, shows) =
             one(json!({"hook_event_name": "UserPromptSubmit", "prompt": "fix the test"}));
         assert_eq!(
             (event["kind"].as_str(), event["message"].as_str()),
             (Some("user"), Some("fix the test"))
         );
-        assert_eq!(output, Some(ContextOutput::AdditionalContext));
-        let (_, output) = one(json!({"hook_event_name": "PreCompact", "trigger": "auto"}));
-        assert_eq!(output, Some(ContextOutput::Plain));
-        let (_, output) = one(json!({"hook_event_name": "Stop"}));
-        assert_eq!(output, None);
+        assert!(shows);
+        // PreCompact's stdout reaches neither agent's model: it prints nothing.
+        let (event, shows) = one(json!({"hook_event_name": "PreCompact", "trigger": "auto"}));
+        assert_eq!(event["message"], "context compaction (auto)");
+        assert!(!shows);
+        let (_, shows) = one(json!({"hook_event_name": "Stop"}));
+        assert!(!shows);
     }
 
     #[test]
@@ -384,6 +411,26 @@ mod tests {
             (event["severity"].as_str(), event["message"].as_str()),
             (Some("info"), Some("Bash ls → ok: a\nb"))
         );
+    }
+
+    #[test]
+    fn a_codex_command_s_bare_output_has_no_verdict() {
+        let (event, _) = one(json!({
+            "hook_event_name": "PostToolUse", "tool_name": "Bash", "turn_id": "t1",
+            "tool_input": {"command": "npm test"}, "tool_response": "FAIL src/parser.test.ts\n"
+        }));
+        assert_eq!(
+            (event["severity"].as_str(), event["message"].as_str()),
+            (
+                Some("info"),
+                Some("Bash npm test → FAIL src/parser.test.ts")
+            )
+        );
+        let (event, _) = one(json!({
+            "hook_event_name": "PostToolUse", "tool_name": "Bash",
+            "tool_input": {"command": "true"}, "tool_response": ""
+        }));
+        assert_eq!(event["message"], "Bash true → no output");
     }
 
     #[test]

@@ -13,14 +13,16 @@ use rmcp::model::Extensions;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::mcp::{Backend, BoxFuture, ToolError, Tools, Window, Written};
+use crate::event::StreamName;
+use crate::mcp::{Backend, BoxFuture, Changes, ToolError, Tools, Window, Written};
 use crate::server::wire::{BUDGET_HEADER, ENCODING_HEADER, TOKENS_HEADER};
 
+use super::changes::FeedChanges;
 use super::{Client, ClientError, error_chain, read_body};
 
 /// Serves MCP on stdin/stdout until the client closes stdin.
 pub async fn serve_stdio(client: Client) -> Result<(), ClientError> {
-    let running = Tools::new(Arc::new(OverHttp { client }))
+    let running = Tools::with_sessions(Arc::new(OverHttp { client }))
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|error| ClientError::Protocol(format!("MCP over stdio did not start: {error}")))?;
@@ -187,6 +189,21 @@ impl Backend for OverHttp {
                 .json(Method::GET, &path, None)
                 .await
                 .map_err(tool_error)
+        })
+    }
+
+    fn follow<'a>(
+        &'a self,
+        _caller: &'a Extensions,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Changes>, ToolError>> {
+        Box::pin(async move {
+            let stream = StreamName::new(stream).map_err(|error| ToolError(error.to_string()))?;
+            let changes = FeedChanges::open(self.client.clone(), stream)
+                .await
+                .map_err(tool_error)?;
+            let changes: Box<dyn Changes> = Box::new(changes);
+            Ok(changes)
         })
     }
 }

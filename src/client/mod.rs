@@ -5,8 +5,10 @@
 //! CLI can print what the server said to fix. The requests live one concern per module:
 //! [`commands`] (post, context), [`history`] (pages of records), [`notes`], [`streams`]
 //! (list, show, delete, retention), [`status`] (health, metrics), [`tail`], [`import`],
-//! [`export`], [`hook`], [`mcp`]. What the command line prints is [`crate::cli`]'s business.
+//! [`export`], [`hook`], [`mcp`] (with [`changes`], the feeds behind its resource
+//! subscriptions). What the command line prints is [`crate::cli`]'s business.
 
+pub mod changes;
 pub mod commands;
 pub mod export;
 pub mod history;

@@ -208,7 +208,10 @@ pub async fn tail(
 }
 
 /// The stream's revision now (0 for a stream that does not exist yet).
-async fn current_revision(client: &Client, stream: &StreamName) -> Result<u64, ClientError> {
+pub(crate) async fn current_revision(
+    client: &Client,
+    stream: &StreamName,
+) -> Result<u64, ClientError> {
     #[derive(Deserialize)]
     struct Stats {
         revision: u64,

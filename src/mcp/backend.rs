@@ -40,6 +40,15 @@ pub struct Written {
     pub collapsed: bool,
 }
 
+/// A stream's changes as a backend follows them, from when the feed was opened: what a
+/// subscription to the stream's context resource waits on.
+pub trait Changes: Send {
+    /// Resolves when the stream changed (a record, a repeat, a note added or deleted, the
+    /// stream deleted) since the previous call; changes that come close together may resolve
+    /// it once. `None` when the feed has ended for good (the server is shutting down).
+    fn changed(&mut self) -> BoxFuture<'_, Option<()>>;
+}
+
 /// The operations behind the tools, in the HTTP API's terms: `query` is the query string of
 /// the matching GET route and `body` the JSON body of the matching POST, so both backends
 /// check them with the same parsers. `caller` carries what the transport knows about who is
@@ -92,4 +101,13 @@ pub trait Backend: Send + Sync + 'static {
         stream: &'a str,
         query: String,
     ) -> BoxFuture<'a, Result<Value, ToolError>>;
+
+    /// `GET /v1/streams/{stream}/subscribe`, as changes: resolves once the feed is open (every
+    /// change committed after that is reported), or with the reason the caller may not follow
+    /// `stream` (the read scope and the key's prefix apply).
+    fn follow<'a>(
+        &'a self,
+        caller: &'a Extensions,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Changes>, ToolError>>;
 }

@@ -9,10 +9,12 @@
 //! messages. This module imports neither `server` nor `client`.
 //!
 //! Modules: [`backend`] (the trait and what it answers), [`tools`] (arguments, descriptions,
-//! replies, the `ServerHandler`).
+//! replies, the `ServerHandler`), [`subscriptions`] (context resources followed for subscribed
+//! clients, and which protocol generation works on which transport).
 
 pub mod backend;
+pub mod subscriptions;
 pub mod tools;
 
-pub use backend::{Backend, BoxFuture, ToolError, Window, Written};
+pub use backend::{Backend, BoxFuture, Changes, ToolError, Window, Written};
 pub use tools::Tools;

@@ -9,16 +9,19 @@ use std::sync::Arc;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult, ListResourcesResult,
-    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    Resource, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock, Implementation, InitializeRequestParams, InitializeResult,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::backend::{Backend, ToolError};
+use super::subscriptions::{self, Sessions};
 
 /// What the server tells the model about itself when a client connects.
 const INSTRUCTIONS: &str = "recap is your event memory. Log what happens to you (tool calls, \
@@ -120,21 +123,35 @@ pub struct GetEventsArgs {
     pub min_severity: Option<String>,
 }
 
-/// recap's MCP server: the tools over a [`Backend`].
+/// recap's MCP server: the tools and the context resources over a [`Backend`].
 #[derive(Clone)]
 pub struct Tools {
     backend: Arc<dyn Backend>,
     /// Shared by clones: the HTTP transport clones a handler per request.
     tool_router: Arc<ToolRouter<Tools>>,
+    /// The older revisions' resource subscriptions of a connection that stays open; `None`
+    /// on a stateless transport, which has no channel to send them on.
+    sessions: Option<Arc<Sessions>>,
 }
 
 #[tool_router]
 impl Tools {
-    /// The tools over `backend`.
-    pub fn new(backend: Arc<dyn Backend>) -> Tools {
+    /// The tools over `backend`, for a stateless transport (the HTTP route): resources are
+    /// subscribed to with `subscriptions/listen` only.
+    pub fn stateless(backend: Arc<dyn Backend>) -> Tools {
         Tools {
             backend,
             tool_router: Arc::new(Self::tool_router()),
+            sessions: None,
+        }
+    }
+
+    /// The tools over `backend`, for one connection that stays open (stdio): the older
+    /// `resources/subscribe` works too.
+    pub fn with_sessions(backend: Arc<dyn Backend>) -> Tools {
+        Tools {
+            sessions: Some(Arc::default()),
+            ..Tools::stateless(backend)
         }
     }
 
@@ -307,13 +324,73 @@ impl Tools {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Tools {
     fn get_info(&self) -> ServerConfig {
+        // Subscriptions work on every transport with subscriptions/listen; `initialize` takes
+        // the flag back where the older resources/subscribe cannot work.
         let capabilities = ServerCapabilities::builder()
             .enable_tools()
             .enable_resources()
+            .enable_resources_subscribe()
             .build();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("recap", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
+    }
+
+    /// The older revisions' handshake: as the SDK answers it, but without `resources.subscribe`
+    /// on a stateless transport (resources/subscribe has no channel there).
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        context.peer.set_peer_info(request.clone());
+        let mut answer = self.negotiate_initialize(&request)?;
+        if self.sessions.is_none()
+            && let Some(resources) = answer.capabilities.resources.as_mut()
+        {
+            resources.subscribe = None;
+        }
+        Ok(answer)
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(subscriptions::accepted(requested))
+    }
+
+    async fn listen(&self, subscription: SubscriptionContext) -> Result<(), ErrorData> {
+        subscriptions::listen(&self.backend, subscription).await
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let sessions = self
+            .sessions
+            .as_ref()
+            .ok_or_else(|| ErrorData::invalid_request(subscriptions::NO_SESSION, None))?;
+        sessions
+            .subscribe(&self.backend, request.uri, &context)
+            .await
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let sessions = self
+            .sessions
+            .as_ref()
+            .ok_or_else(|| ErrorData::invalid_request(subscriptions::NO_SESSION, None))?;
+        sessions.unsubscribe(&request.uri);
+        Ok(())
     }
 
     async fn list_resource_templates(

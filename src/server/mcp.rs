@@ -5,6 +5,11 @@
 //! and say so in a tool error. The SDK runs stateless (no sessions: any instance behind a load
 //! balancer can answer any request) and answers plain JSON; it serves the current protocol
 //! revision (no `initialize`) and the older ones' `initialize` handshake.
+//!
+//! A `subscriptions/listen` request is the exception to plain JSON: its answer is an SSE stream
+//! of the subscription's updates, fed by the store's live changes of the stream
+//! (`LiveChanges`), held by this instance for as long as the client keeps it open, and ended
+//! with the request's result when shutdown begins (see `mcp::subscriptions`).
 
 use std::sync::Arc;
 
@@ -15,9 +20,12 @@ use rmcp::model::Extensions;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::Value;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::watch;
 
 use crate::event::StreamName;
-use crate::mcp::{Backend, BoxFuture, ToolError, Tools, Window, Written};
+use crate::mcp::{Backend, BoxFuture, Changes, ToolError, Tools, Window, Written};
+use crate::store::Subscription;
 
 use super::auth::{ApiKey, Scope};
 use super::wire::ApiError;
@@ -40,7 +48,7 @@ pub(super) fn service(options: &ServerOptions) -> McpService {
     }
     // Stateless: the SDK asks for a handler per request. Building one makes the tools' JSON
     // schemas; a clone of one built here shares them.
-    let tools = Tools::new(Arc::new(InProcess));
+    let tools = Tools::stateless(Arc::new(InProcess));
     StreamableHttpService::new(
         move || Ok(tools.clone()),
         Arc::new(NeverSessionManager::default()),
@@ -218,6 +226,62 @@ impl Backend for InProcess {
             serde_json::to_value(page)
                 .map_err(ApiError::internal)
                 .map_err(tool_error)
+        })
+    }
+
+    fn follow<'a>(
+        &'a self,
+        caller: &'a Extensions,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Changes>, ToolError>> {
+        Box::pin(async move {
+            let (caller, stream) = Self::authorize(caller, Scope::Read, stream)?;
+            let app = &caller.app;
+            app.metrics.mcp_resource_feeds(1);
+            let changes: Box<dyn Changes> = Box::new(LiveChanges {
+                live: app.store.subscribe_to(&stream),
+                shutdown: app.shutdown.clone(),
+                app: Arc::clone(app),
+            });
+            Ok(changes)
+        })
+    }
+}
+
+/// A stream's changes straight from the store's live feed (the one behind the SSE route),
+/// counted in `recap_mcp_resource_feeds` while open.
+struct LiveChanges {
+    live: Subscription,
+    app: Arc<App>,
+    /// Turns `true` when the server begins to shut down: the feed ends then, so that a
+    /// subscription's response ends and the server can drain.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Drop for LiveChanges {
+    fn drop(&mut self) {
+        self.app.metrics.mcp_resource_feeds(-1);
+    }
+}
+
+impl Changes for LiveChanges {
+    fn changed(&mut self) -> BoxFuture<'_, Option<()>> {
+        Box::pin(async move {
+            if *self.shutdown.borrow() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.shutdown.changed() => None,
+                received = self.live.recv() => match received {
+                    // A lagging subscriber missed changes, which is a change all the same.
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        // What else is queued already is the same news: one report for it all.
+                        while matches!(self.live.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
+                        Some(())
+                    }
+                    Err(RecvError::Closed) => None,
+                },
+            }
         })
     }
 }

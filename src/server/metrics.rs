@@ -54,6 +54,7 @@ pub(super) struct Metrics {
     collapsed_repeats: AtomicU64,
     sse_subscribers: AtomicI64,
     sse_cut_off: AtomicU64,
+    mcp_resource_feeds: AtomicI64,
     context: Histogram<{ CONTEXT_BUCKETS.len() }>,
     commit: Histogram<{ COMMIT_BUCKETS.len() }>,
 }
@@ -68,6 +69,7 @@ impl Default for Metrics {
             collapsed_repeats: AtomicU64::new(0),
             sse_subscribers: AtomicI64::new(0),
             sse_cut_off: AtomicU64::new(0),
+            mcp_resource_feeds: AtomicI64::new(0),
             context: Histogram::new(CONTEXT_BUCKETS),
             commit: Histogram::new(COMMIT_BUCKETS),
         }
@@ -118,6 +120,11 @@ impl Metrics {
     /// An SSE subscriber connected (`+1`) or left (`-1`).
     pub(super) fn sse_subscribers(&self, delta: i64) {
         self.sse_subscribers.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A stream's feed opened (`+1`) or closed (`-1`) for an MCP resource subscription.
+    pub(super) fn mcp_resource_feeds(&self, delta: i64) {
+        self.mcp_resource_feeds.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// Counts an SSE subscriber cut off for not reading.
@@ -207,6 +214,12 @@ impl Metrics {
             "recap_sse_subscribers",
             "Open SSE subscriptions.",
             self.sse_subscribers.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "recap_mcp_resource_feeds",
+            "Stream feeds open for MCP resource subscriptions on /mcp (one per subscribed resource).",
+            self.mcp_resource_feeds.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -351,7 +351,7 @@ fn operation(endpoint: Endpoint) -> Operation {
                 (
                     200,
                     json!({
-                        "description": "The JSON-RPC answer.",
+                        "description": "The JSON-RPC answer: plain JSON, or for `subscriptions/listen` an SSE stream of the subscription's notifications that ends with its result.",
                         "content": {
                             "application/json": {"schema": {"type": "object"}},
                             "text/event-stream": {"schema": {"type": "string"}},

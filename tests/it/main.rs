@@ -10,6 +10,7 @@ mod context_golden;
 mod damage;
 mod live_server;
 mod mcp;
+mod mcp_subscriptions;
 mod model;
 mod openintent;
 mod server;

@@ -1,5 +1,12 @@
 """`recap hook` fed recorded hook events of Claude Code and Codex (tests/python/hooks/, in the
-documented schemas): the events it posts and what it prints for the agent's context."""
+documented schemas): the events it posts and what it prints for the agent's context.
+
+What each agent reads from a hook's stdout decides what recap prints: the window as
+`hookSpecificOutput.additionalContext` on SessionStart (including `source: "compact"`, right
+after a compaction) and UserPromptSubmit; nothing on PreCompact, whose stdout neither agent
+gives the model. Codex's Bash `tool_response` is the command's output as one string, without
+an exit status (codex-rs/hooks' post-tool-use input schema leaves it any JSON; the shell
+handlers send the output text)."""
 
 from __future__ import annotations
 
@@ -63,9 +70,13 @@ def test_a_claude_code_session(recap):
     assert hook(recap, stream, fixture("claude_post_tool_use")) == ""
     assert hook(recap, stream, fixture("claude_post_tool_use_bash")) == ""
 
-    # Before compaction: the window as plain text, with the failure folded x3.
-    window = hook(recap, stream, fixture("claude_pre_compact"))
-    assert not window.startswith("{")
+    # Before compaction nothing is printed (Claude Code shows PreCompact's stdout to the user
+    # only); right after it, SessionStart with source "compact" brings the window back, with
+    # the failure folded x3.
+    assert hook(recap, stream, fixture("claude_pre_compact")) == ""
+    out = json.loads(hook(recap, stream, fixture("claude_session_start_compact")))
+    window = out["hookSpecificOutput"]["additionalContext"]
+    assert out["hookSpecificOutput"]["hookEventName"] == "SessionStart"
     assert "cargo test parser::empty → failed" in window and "x3" in window, window
     assert hook(recap, stream, fixture("claude_stop")) == ""
 
@@ -86,7 +97,8 @@ def test_a_claude_code_session(recap):
     assert got[5][3] == "Read /home/dev/parser/src/lib.rs → ok: pub fn parse(input: &str) -> Ast {"
     assert got[6][3].startswith("Bash cargo build → ok:")
     assert got[7][3] == "context compaction (auto)"
-    assert got[8][:2] == ("llm", "info") and got[8][3].startswith("turn ended: Fixed")
+    assert got[8][3] == "session started (compact)"
+    assert got[9][:2] == ("llm", "info") and got[9][3].startswith("turn ended: Fixed")
     # The hook keeps what identifies the session and the call.
     payload = records(recap, stream)[3]["payload"]
     assert payload["session_id"] == "6f1c2a9e-3b7d-4c51-9a0e-2d8f4b6a1c33"
@@ -100,13 +112,21 @@ def test_a_codex_session(recap):
     out = json.loads(hook(recap, stream, fixture("codex_user_prompt_submit")))
     assert "run the tests" in out["hookSpecificOutput"]["additionalContext"]
     assert hook(recap, stream, fixture("codex_post_tool_use")) == ""
+    assert hook(recap, stream, fixture("codex_pre_compact")) == ""
+    out = json.loads(hook(recap, stream, fixture("codex_session_start_compact")))
+    assert "Bash npm test → FAIL" in out["hookSpecificOutput"]["additionalContext"]
     assert hook(recap, stream, fixture("codex_stop")) == ""
     got = records(recap, stream)
-    failed = got[2]
-    assert (failed["kind"], failed["severity"]) == ("tool", "error")
-    assert failed["message"].startswith("Bash npm test → failed: FAIL src/parser.test.ts")
-    assert failed["payload"]["turn_id"] == "019a3c5e-8a02-7c11-9f3d-0b6e2c4d8e19"
-    assert got[3]["message"].startswith("turn ended: The parser test still fails")
+    # Codex sends the command's output without its exit status: the event says what it
+    # printed, at info (recap cannot tell a failing command from a passing one).
+    ran = got[2]
+    assert (ran["kind"], ran["severity"]) == ("tool", "info")
+    assert ran["message"].startswith("Bash npm test → FAIL src/parser.test.ts")
+    assert ran["payload"]["turn_id"] == "019a3c5e-8a02-7c11-9f3d-0b6e2c4d8e19"
+    assert ran["payload"]["tool_input"] == {"command": "npm test"}
+    assert got[3]["message"] == "context compaction (auto)"
+    assert got[4]["message"] == "session started (compact)"
+    assert got[5]["message"].startswith("turn ended: The parser test still fails")
 
 
 def test_long_tool_output_keeps_its_head_and_tail(recap):

@@ -42,20 +42,23 @@ def keyed_recap():
         yield server
 
 
-def http_client(url: str, key: str | None, mode: str = "auto") -> Client:
+def http_client(url: str, key: str | None, mode: str = "auto", **options) -> Client:
+    """The SDK's client over Streamable HTTP at /mcp (`options` go to `Client`)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     transport = streamable_http_client(
         f"{url}/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=30)
     )
-    return Client(transport, mode=mode)
+    return Client(transport, mode=mode, **options)
 
 
-def stdio_client(url: str, key: str | None) -> Client:
+def stdio_client(url: str, key: str | None, **options) -> Client:
+    """The SDK's client over stdio, starting `recap mcp --server URL` (`options` go to
+    `Client`)."""
     env = {"RECAP_KEY": key} if key else {}
     params = StdioServerParameters(
         command=str(recap_binary()), args=["mcp", "--server", url], env=env
     )
-    return Client(params)
+    return Client(params, **options)
 
 
 def text(result) -> str:
