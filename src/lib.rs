@@ -52,10 +52,8 @@ pub mod payload;
 pub mod rank;
 pub mod render;
 pub mod server;
-pub mod stream;
-// The store's internals are being reworked (checksums); they keep `pub` for now.
-#[allow(unreachable_pub)]
 pub mod store;
+pub mod stream;
 pub mod tokens;
 pub mod trace;
 

@@ -40,7 +40,7 @@ pub const COLD_LOAD_BUCKETS: [f64; 10] = [
 ];
 
 impl Cache {
-    pub fn new(budget: usize) -> Cache {
+    pub(super) fn new(budget: usize) -> Cache {
         Cache {
             meter: Meter::default(),
             budget,
@@ -53,23 +53,23 @@ impl Cache {
     }
 
     /// Whether the cache holds more than its budget.
-    pub fn is_over(&self) -> bool {
+    pub(super) fn is_over(&self) -> bool {
         self.meter.bytes() > self.budget
     }
 
     /// Where eviction stops: an eighth below the budget, so that rounds are not back to back.
-    pub fn low_water(&self) -> usize {
+    pub(super) fn low_water(&self) -> usize {
         self.budget - self.budget / 8
     }
 
     /// Marks `slot` used now.
-    pub fn touch(&self, slot: &Slot) {
+    pub(super) fn touch(&self, slot: &Slot) {
         let now = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
         slot.last_used.store(now, Ordering::Relaxed);
     }
 
     /// Counts a cold load that took `took`.
-    pub fn count_cold_load(&self, took: Duration) {
+    pub(super) fn count_cold_load(&self, took: Duration) {
         self.cold_loads.fetch_add(1, Ordering::Relaxed);
         self.cold_load_seconds.observe(took);
     }
@@ -148,7 +148,7 @@ impl Update {
 
 impl Slot {
     /// A cold stream.
-    pub fn new(meta: StreamMeta) -> Slot {
+    pub(super) fn new(meta: StreamMeta) -> Slot {
         Slot {
             id: meta.id,
             live: RwLock::new(Live {
@@ -161,17 +161,17 @@ impl Slot {
         }
     }
 
-    pub fn last_used(&self) -> u64 {
+    pub(super) fn last_used(&self) -> u64 {
         self.last_used.load(Ordering::Relaxed)
     }
 
-    pub fn is_resident(&self) -> bool {
+    pub(super) fn is_resident(&self) -> bool {
         self.resident.load(Ordering::Relaxed)
     }
 
     /// Applies one commit's updates: to the state when resident, to a load in progress (see
     /// [`Slot::start_loading`]) otherwise; the metadata always.
-    pub fn apply(&self, updates: Vec<Update>) {
+    pub(super) fn apply(&self, updates: Vec<Update>) {
         let mut live = write(&self.live);
         for update in updates {
             if let Update::Meta(meta) = update {
@@ -187,7 +187,7 @@ impl Slot {
     /// Whether `self` is resident; if not and no other reader is loading it, the caller is to
     /// load it and hand the state to [`Slot::install`] (or [`Slot::abandon_loading`]): updates
     /// committed meanwhile are kept for it.
-    pub fn start_loading(&self) -> Loading {
+    pub(super) fn start_loading(&self) -> Loading {
         let mut live = write(&self.live);
         if live.state.is_some() {
             Loading::Resident
@@ -201,7 +201,7 @@ impl Slot {
 
     /// Makes a state the caller loaded (after [`Slot::start_loading`]) resident, with the
     /// updates committed while it was read that it has not seen.
-    pub fn install(&self, mut state: StreamState) {
+    pub(super) fn install(&self, mut state: StreamState) {
         let mut live = write(&self.live);
         for update in live.loading.take().unwrap_or_default() {
             update.apply(&mut state);
@@ -213,19 +213,19 @@ impl Slot {
     }
 
     /// Gives up a load started with [`Slot::start_loading`].
-    pub fn abandon_loading(&self) {
+    pub(super) fn abandon_loading(&self) {
         write(&self.live).loading = None;
     }
 
     /// Takes the resident state out (the caller drops it outside the lock).
-    pub fn evict(&self) -> Option<StreamState> {
+    pub(super) fn evict(&self) -> Option<StreamState> {
         let state = write(&self.live).state.take()?;
         self.resident.store(false, Ordering::Relaxed);
         Some(state)
     }
 
     /// The stream's current revision.
-    pub fn revision(&self) -> u64 {
+    pub(super) fn revision(&self) -> u64 {
         read(&self.live).meta.revision
     }
 }

@@ -36,7 +36,7 @@ pub const SCHEMA_VERSION: u32 = 2;
 
 /// The schema whose values carry no checksum; opening such a file upgrades it
 /// (`super::upgrade`).
-pub const UNSEALED_SCHEMA_VERSION: u32 = 1;
+pub(super) const UNSEALED_SCHEMA_VERSION: u32 = 1;
 
 /// Small counters: `schema_version`, `next_stream_id`.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("recap_meta");
@@ -65,7 +65,7 @@ pub(super) const NEXT_STREAM_ID_KEY: &str = "next_stream_id";
 /// A stored value that fails its checksum or does not decode: the file is damaged.
 #[derive(Debug, thiserror::Error)]
 #[error("{row} {problem}")]
-pub struct DecodeError {
+pub(super) struct DecodeError {
     /// The row, as a reader names it: `record 17`, `note 3`, `change 40`, `stream row`.
     pub row: String,
     /// What is wrong with it.
@@ -81,7 +81,7 @@ const UNDECODABLE: Bad = Bad("does not decode");
 /// A row's table and key: the part of a value's checksum that ties the value to where it is
 /// stored.
 #[derive(Clone, Copy, Debug)]
-pub enum RowKey<'a> {
+pub(super) enum RowKey<'a> {
     /// A row of `STREAMS`.
     Stream(&'a str),
     /// A row of `RECORDS`.
@@ -108,7 +108,7 @@ pub enum RowKey<'a> {
 }
 
 /// Bytes of the checksum at the end of every value.
-pub const CHECKSUM_BYTES: usize = 4;
+pub(super) const CHECKSUM_BYTES: usize = 4;
 
 impl RowKey<'_> {
     /// The CRC-32C of the table and key, which a value's checksum continues.
@@ -148,13 +148,13 @@ impl std::fmt::Display for RowKey<'_> {
 }
 
 /// Ends the value that starts at `out[start]` with its checksum under `key`.
-pub fn seal(key: RowKey<'_>, out: &mut Vec<u8>, start: usize) {
+pub(super) fn seal(key: RowKey<'_>, out: &mut Vec<u8>, start: usize) {
     let checksum = crc32c::crc32c_append(key.checksum(), &out[start..]);
     out.extend_from_slice(&checksum.to_le_bytes());
 }
 
 /// A stored value without its checksum, once the checksum matches `key` and the bytes.
-pub fn unseal<'v>(key: RowKey<'_>, stored: &'v [u8]) -> Result<&'v [u8], DecodeError> {
+pub(super) fn unseal<'v>(key: RowKey<'_>, stored: &'v [u8]) -> Result<&'v [u8], DecodeError> {
     let Some(split) = stored.len().checked_sub(CHECKSUM_BYTES) else {
         return Err(key.error("is too short to hold its checksum"));
     };
@@ -173,7 +173,7 @@ pub fn unseal<'v>(key: RowKey<'_>, stored: &'v [u8]) -> Result<&'v [u8], DecodeE
 /// What a stream's row in `STREAMS` holds. The in-memory state is rebuilt from it, the stream's
 /// newest records and its notes.
 #[derive(Clone, Debug, PartialEq)]
-pub struct StreamMeta {
+pub(super) struct StreamMeta {
     /// Compact id used in every other table's keys.
     pub id: u64,
     /// Totals over everything the stream accepted (records removed by retention included).
@@ -227,7 +227,7 @@ pub struct StreamMeta {
 
 impl StreamMeta {
     /// A stream that has just been created.
-    pub fn new(id: u64) -> StreamMeta {
+    pub(super) fn new(id: u64) -> StreamMeta {
         StreamMeta {
             id,
             totals: Totals::default(),
@@ -320,7 +320,7 @@ struct StoredRetention {
 }
 
 /// Encodes the metadata row of stream `name`.
-pub fn encode_meta(name: &str, meta: &StreamMeta) -> Vec<u8> {
+pub(super) fn encode_meta(name: &str, meta: &StreamMeta) -> Vec<u8> {
     let stored = StoredMeta {
         id: meta.id,
         records: meta.totals.records,
@@ -370,7 +370,7 @@ pub fn encode_meta(name: &str, meta: &StreamMeta) -> Vec<u8> {
 }
 
 /// Decodes the metadata row of stream `name`.
-pub fn decode_meta(name: &str, stored: &[u8]) -> Result<StreamMeta, DecodeError> {
+pub(super) fn decode_meta(name: &str, stored: &[u8]) -> Result<StreamMeta, DecodeError> {
     let key = RowKey::Stream(name);
     decode_meta_value(unseal(key, stored)?).map_err(|Bad(problem)| key.error(problem))
 }
@@ -457,7 +457,7 @@ fn decode_meta_value(bytes: &[u8]) -> Result<StreamMeta, Bad> {
 /// How a record was when it was created, kept so that a replay of the changelog can show the
 /// creation as it happened even after repeats changed the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Created {
+pub(super) struct Created {
     /// The revision that created the record.
     pub revision: u64,
     /// Its repeat count then (1, or an imported run's count).
@@ -468,7 +468,7 @@ pub struct Created {
 
 impl Created {
     /// The creation facts of a record that has just been created.
-    pub fn of(record: &Record) -> Created {
+    pub(super) fn of(record: &Record) -> Created {
         Created {
             revision: record.revision,
             repeat_count: record.repeat_count,
@@ -489,7 +489,7 @@ const HAS_PAYLOAD: u8 = 8;
 /// varints, µs), severity (1 byte), flags (1 byte), kind, message, then `display_message`,
 /// `actor`, `step_id`, `payload` (compact JSON) when their flag is set; strings are a varint
 /// length and UTF-8 bytes; then the checksum under (`stream`, the record's seq).
-pub fn encode_record(stream: u64, record: &Record, created: &Created, out: &mut Vec<u8>) {
+pub(super) fn encode_record(stream: u64, record: &Record, created: &Created, out: &mut Vec<u8>) {
     let start = out.len();
     let first = micros(record.first_ts);
     put_varint(out, created.revision);
@@ -526,7 +526,7 @@ pub fn encode_record(stream: u64, record: &Record, created: &Created, out: &mut 
 }
 
 /// Decodes the record stored under (`stream`, `seq`).
-pub fn decode_record(
+pub(super) fn decode_record(
     stream: u64,
     seq: u64,
     stored: &[u8],
@@ -554,7 +554,7 @@ fn checked<'v, T>(
 
 /// Decodes the record stored under (`stream`, `seq`) into the cache, its payload kept (as the
 /// stored text) or not as `keep` says.
-pub fn decode_cached(
+pub(super) fn decode_cached(
     stream: u64,
     seq: u64,
     stored: &[u8],
@@ -652,7 +652,7 @@ fn decode_fields(seq: u64, bytes: &[u8]) -> Result<(Record, Option<&str>, Create
 }
 
 /// The `last_ts` of the record stored under (`stream`, `seq`), read without decoding the rest.
-pub fn last_ts(stream: u64, seq: u64, stored: &[u8]) -> Result<Timestamp, DecodeError> {
+pub(super) fn last_ts(stream: u64, seq: u64, stored: &[u8]) -> Result<Timestamp, DecodeError> {
     checked(RowKey::Record { stream, seq }, stored, |value| {
         let mut input = Input::new(value);
         for _ in 0..4 {
@@ -665,7 +665,7 @@ pub fn last_ts(stream: u64, seq: u64, stored: &[u8]) -> Result<Timestamp, Decode
 
 /// The revision that created the record stored under (`stream`, `seq`), read without decoding
 /// the rest.
-pub fn created_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u64, DecodeError> {
+pub(super) fn created_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u64, DecodeError> {
     checked(RowKey::Record { stream, seq }, stored, |value| {
         Input::new(value).varint()
     })
@@ -673,7 +673,7 @@ pub fn created_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u64, Dec
 
 /// The revision of the last change of the record stored under (`stream`, `seq`), read without
 /// decoding the rest.
-pub fn last_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u64, DecodeError> {
+pub(super) fn last_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u64, DecodeError> {
     checked(RowKey::Record { stream, seq }, stored, |value| {
         let mut input = Input::new(value);
         input.varint()?;
@@ -683,7 +683,7 @@ pub fn last_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u64, Decode
 
 /// Encodes note `note.id` of `stream` onto the end of `out`: `created_at` (zigzag varint, µs),
 /// a flag byte and `expires_at` when set, the text, then the checksum.
-pub fn encode_note(stream: u64, note: &Note, out: &mut Vec<u8>) {
+pub(super) fn encode_note(stream: u64, note: &Note, out: &mut Vec<u8>) {
     let start = out.len();
     put_note(note, out);
     seal(
@@ -709,7 +709,7 @@ fn put_note(note: &Note, out: &mut Vec<u8>) {
 }
 
 /// Decodes the note stored under (`stream`, `id`).
-pub fn decode_note(stream: u64, id: u64, stored: &[u8]) -> Result<Note, DecodeError> {
+pub(super) fn decode_note(stream: u64, id: u64, stored: &[u8]) -> Result<Note, DecodeError> {
     checked(RowKey::Note { stream, id }, stored, |value| {
         let mut input = Input::new(value);
         let note = read_note(id, &mut input)?;
@@ -779,7 +779,7 @@ const TAG_NOTE_DELETED: u8 = 3;
 
 /// Encodes the changelog entry of `stream` at `revision` onto the end of `out`, then its
 /// checksum.
-pub fn encode_change(stream: u64, revision: u64, entry: &ChangeEntry, out: &mut Vec<u8>) {
+pub(super) fn encode_change(stream: u64, revision: u64, entry: &ChangeEntry, out: &mut Vec<u8>) {
     let start = out.len();
     match entry {
         ChangeEntry::Repeat {
@@ -806,7 +806,7 @@ pub fn encode_change(stream: u64, revision: u64, entry: &ChangeEntry, out: &mut 
 }
 
 /// Decodes the changelog entry of `stream` at `revision`.
-pub fn decode_change(
+pub(super) fn decode_change(
     stream: u64,
     revision: u64,
     stored: &[u8],
@@ -840,7 +840,7 @@ fn decode_change_value(bytes: &[u8]) -> Result<ChangeEntry, Bad> {
 }
 
 /// Microseconds since the Unix epoch: the precision recap keeps.
-pub fn micros(ts: Timestamp) -> i64 {
+pub(super) fn micros(ts: Timestamp) -> i64 {
     ts.timestamp_micros()
 }
 

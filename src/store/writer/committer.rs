@@ -75,7 +75,7 @@ impl Gather {
 
 impl Committer {
     /// Commits batches until the writer drops its end of the pipe.
-    pub fn run(mut self) {
+    pub(super) fn run(mut self) {
         let mut held = None;
         loop {
             let first = match held.take() {

@@ -115,7 +115,7 @@ pub(super) struct Shared {
 impl Shared {
     /// The data file's database for one operation: `Unavailable` while it is being reopened,
     /// `ShuttingDown` once the store is closed.
-    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
+    pub(super) fn database(&self) -> Result<Arc<Database>, StoreError> {
         read(&self.db).clone().ok_or_else(|| {
             if self.reopening.load(Ordering::Acquire) {
                 StoreError::Unavailable(
@@ -128,7 +128,7 @@ impl Shared {
     }
 
     /// Why writes cannot succeed now, if they cannot.
-    pub fn degraded(&self) -> Option<String> {
+    pub(super) fn degraded(&self) -> Option<String> {
         super::lock(&self.degraded).clone()
     }
 

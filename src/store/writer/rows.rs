@@ -26,7 +26,7 @@ pub(super) struct Tables<'txn> {
 }
 
 impl<'txn> Tables<'txn> {
-    pub fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+    pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
         Ok(Tables {
             meta: txn.open_table(schema::META)?,
             streams: txn.open_table(schema::STREAMS)?,
@@ -86,7 +86,7 @@ pub(super) struct Rows {
 const TYPICAL_VALUE_BYTES: usize = 160;
 
 impl Rows {
-    pub fn with_capacity(rows: usize) -> Rows {
+    pub(super) fn with_capacity(rows: usize) -> Rows {
         Rows {
             arena: Vec::with_capacity(rows * TYPICAL_VALUE_BYTES),
             rows: Vec::with_capacity(rows),
@@ -100,16 +100,16 @@ impl Rows {
         start..self.arena.len()
     }
 
-    pub fn record(&mut self, stream: u64, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+    pub(super) fn record(&mut self, stream: u64, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         let value = self.value(encode);
         self.rows.push(Row::Record { stream, seq, value });
     }
 
-    pub fn severe(&mut self, stream: u64, seq: u64) {
+    pub(super) fn severe(&mut self, stream: u64, seq: u64) {
         self.rows.push(Row::Severe { stream, seq });
     }
 
-    pub fn change(&mut self, stream: u64, revision: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+    pub(super) fn change(&mut self, stream: u64, revision: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         let value = self.value(encode);
         self.rows.push(Row::Change {
             stream,
@@ -118,31 +118,31 @@ impl Rows {
         });
     }
 
-    pub fn note(&mut self, stream: u64, id: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+    pub(super) fn note(&mut self, stream: u64, id: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         let value = self.value(encode);
         self.rows.push(Row::Note { stream, id, value });
     }
 
-    pub fn note_removed(&mut self, stream: u64, id: u64) {
+    pub(super) fn note_removed(&mut self, stream: u64, id: u64) {
         self.rows.push(Row::NoteRemoved { stream, id });
     }
 
-    pub fn stream(&mut self, name: StreamName, meta: &[u8]) {
+    pub(super) fn stream(&mut self, name: StreamName, meta: &[u8]) {
         let value = self.value(|arena| arena.extend_from_slice(meta));
         self.rows.push(Row::Stream { name, value });
     }
 
     /// The stream's row goes, and its id is queued for the background purge of its other rows.
-    pub fn stream_removed(&mut self, name: StreamName, id: u64) {
+    pub(super) fn stream_removed(&mut self, name: StreamName, id: u64) {
         self.rows.push(Row::StreamRemoved { name, id });
     }
 
-    pub fn next_stream_id(&mut self, id: u64) {
+    pub(super) fn next_stream_id(&mut self, id: u64) {
         self.rows.push(Row::NextStreamId(id));
     }
 
     /// Performs the writes, in order, in `tables`' transaction.
-    pub fn write(&self, tables: &mut Tables<'_>) -> Result<(), StoreError> {
+    pub(super) fn write(&self, tables: &mut Tables<'_>) -> Result<(), StoreError> {
         let bytes = |range: &Range<usize>| &self.arena[range.clone()];
         for row in &self.rows {
             match row {
