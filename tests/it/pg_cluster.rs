@@ -29,6 +29,7 @@ pub struct Cluster {
     pub port: u16,
     bin: PathBuf,
     as_postgres: bool,
+    data: PathBuf,
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -37,42 +38,87 @@ static NEXT_DATABASE: AtomicU32 = AtomicU32::new(1);
 /// The URL of a fresh, empty database on the run's cluster, named after `test`; `None` (after
 /// saying so on the terminal) when PostgreSQL is not available and not required.
 pub fn database(test: &str) -> Option<String> {
-    let cluster = match CLUSTER.get_or_init(start) {
-        Ok(cluster) => cluster,
+    let cluster = available(CLUSTER.get_or_init(start).as_ref(), test)?;
+    Some(cluster.create_database(test))
+}
+
+/// A cluster of the calling test's own (for a test that restarts it), stopped when dropped
+/// (and by its watchdog if the test binary dies first); `None` like [`database`].
+pub fn private(test: &str) -> Option<PrivateCluster> {
+    let started = start();
+    available(started.as_ref(), test)?;
+    started.ok().map(PrivateCluster)
+}
+
+/// A cluster stopped when dropped.
+pub struct PrivateCluster(pub Cluster);
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .pg_ctl(&["stop", "-m", "immediate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The cluster if it started; otherwise `None` after saying why (or a panic when PostgreSQL is
+/// required).
+fn available<'a>(cluster: Result<&'a Cluster, &String>, test: &str) -> Option<&'a Cluster> {
+    match cluster {
+        Ok(cluster) => Some(cluster),
         Err(why) => {
             if std::env::var_os("RECAP_REQUIRE_PG").is_some_and(|value| value != "0") {
                 panic!("PostgreSQL is required (RECAP_REQUIRE_PG is set) but {why}");
             }
             skipped(test, why);
-            return None;
+            None
         }
-    };
-    let name = format!(
-        "recap_{}_{}",
-        test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-        NEXT_DATABASE.fetch_add(1, Ordering::Relaxed)
-    );
-    let status = cluster
-        .command("createdb")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            "postgres",
-            &name,
-        ])
-        .status()
-        .expect("run createdb");
-    assert!(status.success(), "createdb {name} failed");
-    Some(format!(
-        "postgres://postgres@127.0.0.1:{}/{name}",
-        cluster.port
-    ))
+    }
 }
 
 impl Cluster {
+    /// Creates a fresh, empty database named after `test` and returns its URL.
+    pub fn create_database(&self, test: &str) -> String {
+        let name = format!(
+            "recap_{}_{}",
+            test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            NEXT_DATABASE.fetch_add(1, Ordering::Relaxed)
+        );
+        let port = self.port.to_string();
+        let status = self
+            .command("createdb")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", &name])
+            .status()
+            .expect("run createdb");
+        assert!(status.success(), "createdb {name} failed");
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Restarts the server (`pg_ctl restart -m fast`: sessions are cut off, the server comes
+    /// back on the same port), returning once it takes connections again.
+    pub fn restart(&self) {
+        let status = self
+            .pg_ctl(&["restart", "-m", "fast"])
+            .arg("-l")
+            .arg(self.data.with_file_name("log"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_ctl restart");
+        assert!(status.success(), "pg_ctl restart failed");
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut command = self.command("pg_ctl");
+        command
+            .args(args)
+            .args(["-w", "-t", &START_SECONDS.to_string(), "-D"])
+            .arg(&self.data);
+        command
+    }
+
     fn command(&self, program: &str) -> Command {
         command(&self.bin, program, self.as_postgres)
     }
@@ -211,6 +257,7 @@ fn start() -> Result<Cluster, String> {
                 port,
                 bin,
                 as_postgres,
+                data,
             });
         }
         last_error = std::fs::read_to_string(dir.join("log")).unwrap_or_default();

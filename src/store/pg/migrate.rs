@@ -31,10 +31,11 @@ struct Migration {
 ///   are the JSON the API answers with; filters are applied by the reader, as with redb.
 /// - There are no foreign keys: a key check per inserted row costs ingest throughput, and rows
 ///   of a deleted stream are removed in the same transaction that deletes its stream row.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "streams, records, changes and notes",
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "streams, records, changes and notes",
+        sql: "
         CREATE TABLE recap_streams (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             name text NOT NULL UNIQUE,
@@ -65,7 +66,13 @@ const MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (stream_id, id)
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "changelog floor per stream",
+        sql: "ALTER TABLE recap_streams ADD COLUMN changelog_floor bigint NOT NULL DEFAULT 0;",
+    },
+];
 
 /// The schema version this build writes.
 pub const PG_SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

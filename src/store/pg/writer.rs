@@ -160,7 +160,13 @@ struct Shadow {
     state: StreamState,
     first_seq: u64,
     retention: Option<Retention>,
+    /// Changes with revision up to this one are trimmed from `recap_changes`.
+    changelog_floor: u64,
 }
+
+/// Most shadows a node keeps between batches; beyond it, only the last batch's are kept (the
+/// others are read again when next written). Each holds at most `lookback` records.
+const MAX_SHADOWS: usize = 4_096;
 
 /// Why a batch failed.
 enum BatchError {
@@ -207,6 +213,8 @@ struct Writes {
     deleted: Vec<u64>,
     /// `(stream id, first seq kept)` of streams retention trims.
     trimmed: Vec<(u64, u64)>,
+    /// `(stream id, new changelog floor)` of streams whose changelog is trimmed.
+    floors: Vec<(u64, u64)>,
 }
 
 impl Writes {
@@ -376,7 +384,8 @@ impl Writer {
             .collect();
         let rows = transaction
             .query(
-                "SELECT id, name, revision, next_note_id, first_seq, severe_created, totals, retention
+                "SELECT id, name, revision, next_note_id, first_seq, severe_created, totals, retention,
+                     changelog_floor
                  FROM recap_streams WHERE name = ANY($1) ORDER BY name FOR UPDATE",
                 &[&names],
             )
@@ -426,6 +435,9 @@ impl Writer {
                 .await?;
         }
         transaction.commit().await?;
+        if self.shadows.len() + batch.len() > MAX_SHADOWS {
+            self.shadows.clear();
+        }
         self.shadows.extend(batch);
         Ok(outcomes)
     }
@@ -480,6 +492,7 @@ impl Writer {
             state: StreamState::restore(self.options.collapse, capacity, &self.meter, snapshot),
             first_seq: row.get::<_, i64>(4) as u64,
             retention: codec::decode_retention(name.as_str(), row.get(7))?,
+            changelog_floor: row.get::<_, i64>(8) as u64,
         })
     }
 
@@ -501,6 +514,7 @@ impl Writer {
             state: self.empty_state(),
             first_seq: 1,
             retention: None,
+            changelog_floor: 0,
         })
     }
 
@@ -636,10 +650,18 @@ impl Writer {
         }
     }
 
-    /// Applies `max_records` retention to the batch's streams: the oldest records go, a dense
-    /// range stays, and the totals keep counting them.
+    /// Applies `max_records` retention to the batch's streams (the oldest records go, a dense
+    /// range stays, and the totals keep counting them) and trims their changelogs to the newest
+    /// `changelog_keep` revisions, with the redb writer's slack of a sixteenth, so that a
+    /// stream written without pause trims in steps rather than a row per write.
     fn trim(&self, batch: &mut HashMap<StreamName, Shadow>, writes: &mut Writes) {
+        let keep = self.options.changelog_keep;
         for shadow in batch.values_mut() {
+            let keep_floor = shadow.state.revision().saturating_sub(keep);
+            if keep_floor > shadow.changelog_floor + keep / 16 {
+                shadow.changelog_floor = keep_floor;
+                writes.floors.push((shadow.id, keep_floor));
+            }
             let retention = shadow.retention.unwrap_or(self.options.retention);
             let Some(max_records) = retention.max_records else {
                 continue;
@@ -728,6 +750,17 @@ async fn write(
             )
             .await?;
     }
+    if !writes.floors.is_empty() {
+        let ids: Vec<i64> = writes.floors.iter().map(|f| as_i64(f.0)).collect();
+        let floors: Vec<i64> = writes.floors.iter().map(|f| as_i64(f.1)).collect();
+        transaction
+            .execute(
+                "DELETE FROM recap_changes c USING unnest($1::int8[], $2::int8[]) AS u(stream_id, floor)
+                 WHERE c.stream_id = u.stream_id AND c.revision <= u.floor",
+                &[&ids, &floors],
+            )
+            .await?;
+    }
     if !writes.deleted.is_empty() {
         let ids: Vec<i64> = writes.deleted.iter().map(|&id| as_i64(id)).collect();
         for table in ["recap_records", "recap_changes", "recap_notes"] {
@@ -747,6 +780,7 @@ async fn write(
     let mut ids = Vec::with_capacity(batch.len());
     let (mut revisions, mut note_ids, mut firsts, mut severe, mut totals, mut retentions) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut floors = Vec::with_capacity(batch.len());
     for shadow in batch.values() {
         ids.push(as_i64(shadow.id));
         revisions.push(as_i64(shadow.state.revision()));
@@ -755,17 +789,29 @@ async fn write(
         severe.push(as_i64(shadow.state.severe_created()));
         totals.push(codec::encode_totals(shadow.state.totals()));
         retentions.push(shadow.retention.as_ref().map(codec::encode_retention));
+        floors.push(as_i64(shadow.changelog_floor));
     }
     if !ids.is_empty() {
         transaction
             .execute(
                 "UPDATE recap_streams s SET revision = u.revision, next_note_id = u.next_note_id,
                      first_seq = u.first_seq, severe_created = u.severe_created,
-                     totals = u.totals, retention = u.retention
-                 FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::text[])
-                     AS u(id, revision, next_note_id, first_seq, severe_created, totals, retention)
+                     totals = u.totals, retention = u.retention, changelog_floor = u.changelog_floor
+                 FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
+                     $7::text[], $8::int8[])
+                     AS u(id, revision, next_note_id, first_seq, severe_created, totals, retention,
+                         changelog_floor)
                  WHERE s.id = u.id",
-                &[&ids, &revisions, &note_ids, &firsts, &severe, &totals, &retentions],
+                &[
+                    &ids,
+                    &revisions,
+                    &note_ids,
+                    &firsts,
+                    &severe,
+                    &totals,
+                    &retentions,
+                    &floors,
+                ],
             )
             .await?;
     }
