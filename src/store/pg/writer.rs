@@ -679,20 +679,31 @@ impl Writer {
     }
 }
 
-/// Sends a batch's writes: one statement per table, arrays through `unnest`.
+/// Sends a batch's writes: one statement per table, arrays through `unnest`. The statements of
+/// each phase are independent and sent together (tokio-postgres pipelines futures polled at
+/// once on one connection), so a batch costs two round trips of writes, not one per table.
+/// The second phase removes rows the first may have written: records retention drops, changes
+/// below the new floor, notes deleted after being added in the same batch, deleted streams.
 async fn write(
     transaction: &Transaction<'_>,
     batch: &HashMap<StreamName, Shadow>,
     writes: &Writes,
 ) -> Result<(), PgError> {
     let as_i64 = |value: u64| value as i64;
-    if !writes.records.is_empty() {
-        let (mut ids, mut seqs, mut revisions, mut bodies) = (vec![], vec![], vec![], vec![]);
-        for (&(id, seq), record) in &writes.records {
-            ids.push(as_i64(id));
-            seqs.push(as_i64(seq));
-            revisions.push(as_i64(record.revision));
-            bodies.push(codec::encode_record(record));
+    let pairs = |rows: &[(u64, u64)]| -> (Vec<i64>, Vec<i64>) {
+        rows.iter().map(|&(a, b)| (as_i64(a), as_i64(b))).unzip()
+    };
+
+    let (mut ids, mut seqs, mut revisions, mut bodies) = (vec![], vec![], vec![], vec![]);
+    for (&(id, seq), record) in &writes.records {
+        ids.push(as_i64(id));
+        seqs.push(as_i64(seq));
+        revisions.push(as_i64(record.revision));
+        bodies.push(codec::encode_record(record));
+    }
+    let records = async {
+        if ids.is_empty() {
+            return Ok(0);
         }
         transaction
             .execute(
@@ -702,96 +713,58 @@ async fn write(
                  DO UPDATE SET revision = EXCLUDED.revision, body = EXCLUDED.body",
                 &[&ids, &seqs, &revisions, &bodies],
             )
-            .await?;
-    }
-    if !writes.changes.is_empty() {
-        let ids: Vec<i64> = writes.changes.iter().map(|c| as_i64(c.0)).collect();
-        let revisions: Vec<i64> = writes.changes.iter().map(|c| as_i64(c.1)).collect();
-        let bodies: Vec<&str> = writes.changes.iter().map(|c| c.2.as_str()).collect();
+            .await
+    };
+    let change_ids: Vec<i64> = writes.changes.iter().map(|c| as_i64(c.0)).collect();
+    let change_revisions: Vec<i64> = writes.changes.iter().map(|c| as_i64(c.1)).collect();
+    let change_bodies: Vec<&str> = writes.changes.iter().map(|c| c.2.as_str()).collect();
+    let changes = async {
+        if change_ids.is_empty() {
+            return Ok(0);
+        }
         transaction
             .execute(
                 "INSERT INTO recap_changes (stream_id, revision, body)
                  SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[])",
-                &[&ids, &revisions, &bodies],
+                &[&change_ids, &change_revisions, &change_bodies],
             )
-            .await?;
-    }
-    if !writes.notes_added.is_empty() {
-        let ids: Vec<i64> = writes.notes_added.iter().map(|n| as_i64(n.0)).collect();
-        let note_ids: Vec<i64> = writes.notes_added.iter().map(|n| as_i64(n.1)).collect();
-        let bodies: Vec<&str> = writes.notes_added.iter().map(|n| n.2.as_str()).collect();
+            .await
+    };
+    let note_ids: Vec<i64> = writes.notes_added.iter().map(|n| as_i64(n.0)).collect();
+    let note_numbers: Vec<i64> = writes.notes_added.iter().map(|n| as_i64(n.1)).collect();
+    let note_bodies: Vec<&str> = writes.notes_added.iter().map(|n| n.2.as_str()).collect();
+    let notes = async {
+        if note_ids.is_empty() {
+            return Ok(0);
+        }
         transaction
             .execute(
                 "INSERT INTO recap_notes (stream_id, id, body)
                  SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[])",
-                &[&ids, &note_ids, &bodies],
+                &[&note_ids, &note_numbers, &note_bodies],
             )
-            .await?;
-    }
-    if !writes.notes_removed.is_empty() {
-        let ids: Vec<i64> = writes.notes_removed.iter().map(|n| as_i64(n.0)).collect();
-        let note_ids: Vec<i64> = writes.notes_removed.iter().map(|n| as_i64(n.1)).collect();
-        transaction
-            .execute(
-                "DELETE FROM recap_notes n USING unnest($1::int8[], $2::int8[]) AS u(stream_id, id)
-                 WHERE n.stream_id = u.stream_id AND n.id = u.id",
-                &[&ids, &note_ids],
-            )
-            .await?;
-    }
-    if !writes.trimmed.is_empty() {
-        let ids: Vec<i64> = writes.trimmed.iter().map(|t| as_i64(t.0)).collect();
-        let firsts: Vec<i64> = writes.trimmed.iter().map(|t| as_i64(t.1)).collect();
-        transaction
-            .execute(
-                "DELETE FROM recap_records r USING unnest($1::int8[], $2::int8[]) AS u(stream_id, first_seq)
-                 WHERE r.stream_id = u.stream_id AND r.seq < u.first_seq",
-                &[&ids, &firsts],
-            )
-            .await?;
-    }
-    if !writes.floors.is_empty() {
-        let ids: Vec<i64> = writes.floors.iter().map(|f| as_i64(f.0)).collect();
-        let floors: Vec<i64> = writes.floors.iter().map(|f| as_i64(f.1)).collect();
-        transaction
-            .execute(
-                "DELETE FROM recap_changes c USING unnest($1::int8[], $2::int8[]) AS u(stream_id, floor)
-                 WHERE c.stream_id = u.stream_id AND c.revision <= u.floor",
-                &[&ids, &floors],
-            )
-            .await?;
-    }
-    if !writes.deleted.is_empty() {
-        let ids: Vec<i64> = writes.deleted.iter().map(|&id| as_i64(id)).collect();
-        for table in ["recap_records", "recap_changes", "recap_notes"] {
-            transaction
-                .execute(
-                    &format!("DELETE FROM {table} WHERE stream_id = ANY($1)"),
-                    &[&ids],
-                )
-                .await?;
-        }
-        transaction
-            .execute("DELETE FROM recap_streams WHERE id = ANY($1)", &[&ids])
-            .await?;
-    }
-    // Every stream the batch holds gets its row written: revision, totals, note ids, first seq
-    // and retention are what the next writer (on any node) starts from.
-    let mut ids = Vec::with_capacity(batch.len());
-    let (mut revisions, mut note_ids, mut firsts, mut severe, mut totals, mut retentions) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut floors = Vec::with_capacity(batch.len());
+            .await
+    };
+    // Every stream the batch holds gets its row written: revision, totals, note ids, first seq,
+    // retention and changelog floor are what the next writer (on any node) starts from.
+    let mut stream_ids = Vec::with_capacity(batch.len());
+    let (mut stream_revisions, mut next_notes, mut firsts, mut severe, mut totals) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut retentions, mut floors) = (vec![], vec![]);
     for shadow in batch.values() {
-        ids.push(as_i64(shadow.id));
-        revisions.push(as_i64(shadow.state.revision()));
-        note_ids.push(as_i64(shadow.state.next_note_id()));
+        stream_ids.push(as_i64(shadow.id));
+        stream_revisions.push(as_i64(shadow.state.revision()));
+        next_notes.push(as_i64(shadow.state.next_note_id()));
         firsts.push(as_i64(shadow.first_seq));
         severe.push(as_i64(shadow.state.severe_created()));
         totals.push(codec::encode_totals(shadow.state.totals()));
         retentions.push(shadow.retention.as_ref().map(codec::encode_retention));
         floors.push(as_i64(shadow.changelog_floor));
     }
-    if !ids.is_empty() {
+    let streams = async {
+        if stream_ids.is_empty() {
+            return Ok(0);
+        }
         transaction
             .execute(
                 "UPDATE recap_streams s SET revision = u.revision, next_note_id = u.next_note_id,
@@ -803,9 +776,9 @@ async fn write(
                          changelog_floor)
                  WHERE s.id = u.id",
                 &[
-                    &ids,
-                    &revisions,
-                    &note_ids,
+                    &stream_ids,
+                    &stream_revisions,
+                    &next_notes,
                     &firsts,
                     &severe,
                     &totals,
@@ -813,7 +786,69 @@ async fn write(
                     &floors,
                 ],
             )
-            .await?;
-    }
+            .await
+    };
+    tokio::try_join!(records, changes, notes, streams)?;
+
+    let (removed_ids, removed_notes) = pairs(&writes.notes_removed);
+    let notes_removed = async {
+        if removed_ids.is_empty() {
+            return Ok(0);
+        }
+        transaction
+            .execute(
+                "DELETE FROM recap_notes n USING unnest($1::int8[], $2::int8[]) AS u(stream_id, id)
+                 WHERE n.stream_id = u.stream_id AND n.id = u.id",
+                &[&removed_ids, &removed_notes],
+            )
+            .await
+    };
+    let (trimmed_ids, first_kept) = pairs(&writes.trimmed);
+    let trimmed = async {
+        if trimmed_ids.is_empty() {
+            return Ok(0);
+        }
+        transaction
+            .execute(
+                "DELETE FROM recap_records r USING unnest($1::int8[], $2::int8[]) AS u(stream_id, first_seq)
+                 WHERE r.stream_id = u.stream_id AND r.seq < u.first_seq",
+                &[&trimmed_ids, &first_kept],
+            )
+            .await
+    };
+    let (floor_ids, new_floors) = pairs(&writes.floors);
+    let floored = async {
+        if floor_ids.is_empty() {
+            return Ok(0);
+        }
+        transaction
+            .execute(
+                "DELETE FROM recap_changes c USING unnest($1::int8[], $2::int8[]) AS u(stream_id, floor)
+                 WHERE c.stream_id = u.stream_id AND c.revision <= u.floor",
+                &[&floor_ids, &new_floors],
+            )
+            .await
+    };
+    let deleted: Vec<i64> = writes.deleted.iter().map(|&id| as_i64(id)).collect();
+    let deleted_rows = async {
+        if deleted.is_empty() {
+            return Ok(0);
+        }
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&deleted];
+        let (records, changes, notes, streams) = tokio::join!(
+            transaction.execute(
+                "DELETE FROM recap_records WHERE stream_id = ANY($1)",
+                &params
+            ),
+            transaction.execute(
+                "DELETE FROM recap_changes WHERE stream_id = ANY($1)",
+                &params
+            ),
+            transaction.execute("DELETE FROM recap_notes WHERE stream_id = ANY($1)", &params),
+            transaction.execute("DELETE FROM recap_streams WHERE id = ANY($1)", &params),
+        );
+        Ok(records? + changes? + notes? + streams?)
+    };
+    tokio::try_join!(notes_removed, trimmed, floored, deleted_rows)?;
     Ok(())
 }
