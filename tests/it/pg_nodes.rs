@@ -607,3 +607,55 @@ async fn the_changelog_keeps_the_newest_revisions() {
     }
     assert_eq!(changes.last().unwrap().revision, 100);
 }
+
+/// Issue #15, change feeds across nodes: a node hears, once per committed batch, every stream
+/// another node changed with its new revision, and reads what changed from the changelog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_hears_the_changes_of_another() {
+    use recap::store::Wakeup;
+    use std::time::Duration;
+
+    let Some(url) = pg_cluster::database("listen") else {
+        return;
+    };
+    let a = PgStore::open(&url, StoreOptions::default()).await.unwrap();
+    let b = PgStore::open(&url, StoreOptions::default()).await.unwrap();
+    let mut heard = b.listen();
+    // The listener says when it starts listening: nothing before that can be assumed heard.
+    async fn next(heard: &mut tokio::sync::broadcast::Receiver<Wakeup>) -> Wakeup {
+        tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("a wake-up within 10 s")
+            .unwrap()
+    }
+    assert_eq!(next(&mut heard).await, Wakeup::Resync);
+
+    let stream = name("feed");
+    let events = (0..3)
+        .map(|i| {
+            Event::new("tool", Severity::Info, format!("event {i}"))
+                .unwrap()
+                .at(ts(i))
+        })
+        .collect();
+    a.append(&stream, events, ts(0)).await.unwrap();
+    assert_eq!(
+        next(&mut heard).await,
+        Wakeup::Changed {
+            stream: stream.clone(),
+            revision: 3
+        },
+        "one wake-up for the batch, with the revision after it"
+    );
+    let changes = b.changes(&stream, 0, 100).await.unwrap();
+    assert_eq!(changes.len(), 3);
+
+    a.delete_stream(&stream).await.unwrap();
+    assert_eq!(
+        next(&mut heard).await,
+        Wakeup::Changed {
+            stream,
+            revision: 0
+        }
+    );
+}

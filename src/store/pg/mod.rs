@@ -18,6 +18,7 @@
 //! stream cache caught up from the database, feeds across nodes), age retention and note expiry.
 
 mod codec;
+mod listen;
 mod migrate;
 mod reads;
 mod writer;
@@ -27,12 +28,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use crate::event::{Event, Note, StreamName, Timestamp};
 use crate::stream::Appended;
 
+pub use listen::Wakeup;
 pub use migrate::PG_SCHEMA_VERSION;
 
 use super::{
@@ -66,6 +68,10 @@ struct Inner {
     place: String,
     /// Never set: the writer task answers every failure; kept for [`Pending`].
     failure: Arc<OnceLock<String>>,
+    /// What the listening connection hears (see [`PgStore::listen`]).
+    wakeups: broadcast::Sender<Wakeup>,
+    /// Held while the store is: the listener stops once it is gone.
+    _alive: Arc<()>,
 }
 
 /// Whether a URL names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -116,6 +122,14 @@ impl PgStore {
             .build()
             .map_err(|error| StoreError::storage("cannot build the connection pool", error))?;
         let (requests, receiver) = mpsc::unbounded_channel();
+        let (wakeups, _) = broadcast::channel(listen::WAKEUP_QUEUE);
+        let alive = Arc::new(());
+        tokio::spawn(listen::run(
+            config.clone(),
+            place.clone(),
+            wakeups.clone(),
+            Arc::downgrade(&alive),
+        ));
         tokio::spawn(writer::Writer::new(config, place.clone(), options.clone()).run(receiver));
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -124,6 +138,8 @@ impl PgStore {
                 options,
                 place,
                 failure: Arc::default(),
+                wakeups,
+                _alive: alive,
             }),
         })
     }
@@ -149,6 +165,15 @@ impl PgStore {
             reply: receiver,
             failure: self.inner.failure.clone(),
         }
+    }
+
+    /// Wake-ups for every change committed by any node sharing the database, this one
+    /// included: each committed batch announces each stream it changed with its new revision,
+    /// once. What changed is read with [`PgStore::changes`]. A receiver that falls more than
+    /// 4,096 wake-ups behind gets `Lagged` from tokio's broadcast channel, which, like
+    /// [`Wakeup::Resync`], means: read the changelogs you follow again.
+    pub fn listen(&self) -> broadcast::Receiver<Wakeup> {
+        self.inner.wakeups.subscribe()
     }
 
     /// Appends events to a stream (created on first write), all or nothing; resolves once

@@ -37,7 +37,7 @@ use super::super::writer::{at_micros, note_event, note_limit};
 use super::super::{
     ChangeBody, ImportedRecord, MAX_EVENTS_PER_COMMIT, Retention, StoreError, StoreOptions,
 };
-use super::{BATCH_TIMEOUT, PgError, codec, connect, unreachable_or};
+use super::{BATCH_TIMEOUT, PgError, codec, connect, listen, unreachable_or};
 
 /// How often a batch that lost a deadlock or serialization race is tried again.
 const MAX_RETRIES: usize = 5;
@@ -209,8 +209,9 @@ struct Writes {
     changes: Vec<(u64, u64, String)>,
     notes_added: Vec<(u64, u64, String)>,
     notes_removed: Vec<(u64, u64)>,
-    /// Stream ids whose rows go (their stream was deleted).
+    /// Stream ids whose rows go (their stream was deleted), and their names.
     deleted: Vec<u64>,
+    deleted_names: Vec<StreamName>,
     /// `(stream id, first seq kept)` of streams retention trims.
     trimmed: Vec<(u64, u64)>,
     /// `(stream id, new changelog floor)` of streams whose changelog is trimmed.
@@ -434,6 +435,25 @@ impl Writer {
                 .execute("DELETE FROM recap_streams WHERE id = ANY($1)", &[&empty])
                 .await?;
         }
+        // One notification per batch (split only past PostgreSQL's payload limit), delivered to
+        // every listening node at the commit, never for a batch that is rolled back.
+        let changed: Vec<(&StreamName, u64)> = writes
+            .deleted_names
+            .iter()
+            .map(|name| (name, 0))
+            .chain(
+                batch
+                    .iter()
+                    .map(|(name, shadow)| (name, shadow.state.revision()))
+                    // A stream made and dropped again by this batch was never there.
+                    .filter(|(_, revision)| *revision > 0),
+            )
+            .collect();
+        for payload in listen::payloads(&changed) {
+            transaction
+                .execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &payload])
+                .await?;
+        }
         transaction.commit().await?;
         if self.shadows.len() + batch.len() > MAX_SHADOWS {
             self.shadows.clear();
@@ -634,6 +654,7 @@ impl Writer {
             Op::DeleteStream { stream } => match batch.remove(&stream) {
                 Some(shadow) => {
                     writes.deleted.push(shadow.id);
+                    writes.deleted_names.push(stream);
                     Ok(Outcome::Flag(true))
                 }
                 None => Ok(Outcome::Flag(false)),
