@@ -12,6 +12,11 @@
 //! `synchronous_commit` on (every acknowledged batch is fsynced). Without PostgreSQL the
 //! PostgreSQL rows are left out, and the bench says so.
 //!
+//! Two-node rows come in two routings: `h`, each stream's requests to one node (a load balancer
+//! hashing on the stream name, the recommended deployment), and `*`, every node writing to
+//! every stream (each batch then waits for the other node's row locks and reads its shadows
+//! again).
+//!
 //! Run with `cargo bench --bench backends`, on an otherwise idle machine: the database, the nodes
 //! and the load generator share its cores.
 
@@ -37,20 +42,40 @@ struct Measured {
     latencies: Vec<Duration>,
 }
 
+/// How requests reach nodes.
+#[derive(Clone, Copy)]
+enum Routing {
+    /// Writer `w` always goes to node `w % nodes`: every node writes to every stream.
+    ByWriter,
+    /// A stream's requests always go to one node, as a load balancer hashing on the stream name
+    /// sends them (the deployment the design recommends).
+    ByStream,
+}
+
 /// W tasks spread over `nodes`, each appending batches of `batch` for `seconds`.
-async fn run<B: Backend>(nodes: &[B], writers: usize, batch: usize, seconds: f64) -> Measured {
+async fn run<B: Backend>(
+    nodes: &[B],
+    routing: Routing,
+    writers: usize,
+    batch: usize,
+    seconds: f64,
+) -> Measured {
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..writers)
         .map(|writer| {
-            let node = nodes[writer % nodes.len()].clone();
+            let nodes = nodes.to_vec();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut events = 0u64;
                 let mut i = 0usize;
                 while Instant::now() < until {
-                    let stream =
-                        StreamName::new(&format!("bench-{}", (writer + i) % STREAMS)).unwrap();
+                    let index = (writer + i) % STREAMS;
+                    let node = match routing {
+                        Routing::ByWriter => &nodes[writer % nodes.len()],
+                        Routing::ByStream => &nodes[index % nodes.len()],
+                    };
+                    let stream = StreamName::new(&format!("bench-{index}")).unwrap();
                     let batch: Vec<Event> = (0..batch)
                         .map(|e| {
                             // A quarter repeat a message any writer sends: collapse is exercised.
@@ -130,7 +155,14 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         for (writers, batch) in shapes {
-            let measured = run(std::slice::from_ref(&store), writers, batch, seconds).await;
+            let measured = run(
+                std::slice::from_ref(&store),
+                Routing::ByWriter,
+                writers,
+                batch,
+                seconds,
+            )
+            .await;
             print("redb", writers, batch, &measured);
         }
         drop(store);
@@ -138,20 +170,23 @@ fn main() {
             println!("(no PostgreSQL: its rows did not run; see tests/it/pg_cluster.rs)");
             return;
         };
-        for node_count in [1, 2] {
+        for (node_count, routing, label) in [
+            (1, Routing::ByWriter, "postgres x1"),
+            (2, Routing::ByStream, "postgres x2 h"),
+            (2, Routing::ByWriter, "postgres x2 *"),
+        ] {
             let mut nodes = Vec::new();
             for _ in 0..node_count {
                 nodes.push(PgStore::open(&url, StoreOptions::default()).await.unwrap());
             }
             for (writers, batch) in shapes {
-                let measured = run(&nodes, writers, batch, seconds).await;
-                print(
-                    &format!("postgres x{node_count}"),
-                    writers,
-                    batch,
-                    &measured,
-                );
+                let measured = run(&nodes, routing, writers, batch, seconds).await;
+                print(label, writers, batch, &measured);
             }
         }
+        println!();
+        println!("x2 h: two nodes, each stream's requests to one node (a load balancer hashing on");
+        println!("the stream name); x2 *: every node writes to every stream (rows contended,");
+        println!("shadows read again).");
     });
 }
