@@ -155,6 +155,14 @@ async fn two_nodes_writing_to_one_stream_keep_every_invariant() {
         }
     }
     let total = (2 * WRITERS_PER_NODE * REQUESTS * BATCH) as u64;
+    let metrics = nodes.each_ref().map(PgStore::metrics);
+    assert_eq!(
+        metrics.iter().map(|m| m.events).sum::<u64>(),
+        total + (2 * WRITERS_PER_NODE * REQUESTS) as u64
+    );
+    // Each node found the other had written since its last batch, and read its shadows again.
+    assert!(metrics.iter().all(|m| m.shadow_loads > 2), "{metrics:?}");
+    assert!(metrics.iter().all(|m| m.failed_commits == 0), "{metrics:?}");
 
     for node in &nodes {
         let records = all_records(node, &hot).await;
@@ -257,6 +265,10 @@ async fn an_unreachable_database_is_unavailable_and_writes_resume() {
         ),
     )
     .await;
+    match node.health().await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected the health check to fail, got {other:?}"),
+    }
     match write("while down").await {
         Err(StoreError::Unavailable(message)) => {
             assert!(message.contains("unreachable"), "{message}")
@@ -272,7 +284,9 @@ async fn an_unreachable_database_is_unavailable_and_writes_resume() {
         &format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true"),
     )
     .await;
+    node.health().await.unwrap();
     write("after").await.unwrap();
+    assert_eq!(node.metrics().failed_commits, 1);
     let messages: Vec<String> = all_records(&node, &stream)
         .await
         .into_iter()

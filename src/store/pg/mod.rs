@@ -72,6 +72,25 @@ struct Inner {
     wakeups: broadcast::Sender<Wakeup>,
     /// Held while the store is: the listener stops once it is gone.
     _alive: Arc<()>,
+    counters: Arc<writer::Counters>,
+}
+
+/// What a node's writer has done since the store was opened, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PgMetrics {
+    /// Transactions committed (one per batch of requests).
+    pub commits: u64,
+    /// Batches that failed (their callers got an error).
+    pub failed_commits: u64,
+    /// Batches tried again after losing a deadlock or serialization race with another node.
+    pub retries: u64,
+    /// Shadows read from the database: a stream's first write on this node, or a write after
+    /// another node wrote to it (what hashing streams to nodes keeps rare).
+    pub shadow_loads: u64,
+    /// Write requests acknowledged.
+    pub requests: u64,
+    /// Events and imported records acknowledged.
+    pub events: u64,
 }
 
 /// Whether a URL names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -130,7 +149,11 @@ impl PgStore {
             wakeups.clone(),
             Arc::downgrade(&alive),
         ));
-        tokio::spawn(writer::Writer::new(config, place.clone(), options.clone()).run(receiver));
+        let counters = Arc::new(writer::Counters::default());
+        tokio::spawn(
+            writer::Writer::new(config, place.clone(), options.clone(), counters.clone())
+                .run(receiver),
+        );
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -140,6 +163,7 @@ impl PgStore {
                 failure: Arc::default(),
                 wakeups,
                 _alive: alive,
+                counters,
             }),
         })
     }
@@ -164,6 +188,42 @@ impl PgStore {
         Pending {
             reply: receiver,
             failure: self.inner.failure.clone(),
+        }
+    }
+
+    /// Counters of this node's writer.
+    pub fn metrics(&self) -> PgMetrics {
+        let counters = &self.inner.counters;
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        PgMetrics {
+            commits: load(&counters.commits),
+            failed_commits: load(&counters.failed_commits),
+            retries: load(&counters.retries),
+            shadow_loads: load(&counters.shadow_loads),
+            requests: load(&counters.requests),
+            events: load(&counters.events),
+        }
+    }
+
+    /// Whether the database answers now (`SELECT 1` on a pooled connection, within
+    /// [`CONNECT_TIMEOUT`]): for a health check. `Unavailable` says why not.
+    pub async fn health(&self) -> Result<(), StoreError> {
+        let check = async {
+            let client = self.inner.pool.get().await.map_err(pool_error)?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|error| unreachable_or(error, "checking the database"))?;
+            Ok(())
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the database did not answer a health check within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))),
         }
     }
 

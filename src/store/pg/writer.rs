@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Transaction};
@@ -255,6 +256,18 @@ pub(super) struct Writer {
     client: Option<Client>,
     shadows: HashMap<StreamName, Shadow>,
     meter: Meter,
+    counters: Arc<Counters>,
+}
+
+/// What a node's writer has done since it started (see [`super::PgMetrics`]).
+#[derive(Default)]
+pub(super) struct Counters {
+    pub commits: AtomicU64,
+    pub failed_commits: AtomicU64,
+    pub retries: AtomicU64,
+    pub shadow_loads: AtomicU64,
+    pub requests: AtomicU64,
+    pub events: AtomicU64,
 }
 
 impl Writer {
@@ -262,6 +275,7 @@ impl Writer {
         config: tokio_postgres::Config,
         place: String,
         options: StoreOptions,
+        counters: Arc<Counters>,
     ) -> Writer {
         Writer {
             config,
@@ -270,6 +284,7 @@ impl Writer {
             client: None,
             shadows: HashMap::new(),
             meter: Meter::detached(),
+            counters,
         }
     }
 
@@ -302,7 +317,10 @@ impl Writer {
             let tried = tokio::time::timeout(BATCH_TIMEOUT, self.attempt(&ops)).await;
             match tried {
                 Ok(Ok(outcomes)) => break Ok(outcomes),
-                Ok(Err(error)) if error.retryable() && attempt < MAX_RETRIES => attempt += 1,
+                Ok(Err(error)) if error.retryable() && attempt < MAX_RETRIES => {
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                }
                 Ok(Err(error)) => {
                     if matches!(error, BatchError::Database(_)) {
                         self.drop_connection_if_closed();
@@ -312,8 +330,9 @@ impl Writer {
                 Err(_elapsed) => {
                     // The connection is in an unknown state: start afresh.
                     self.client = None;
+                    // Not acknowledged; if the database committed it meanwhile, it is there.
                     break Err(StoreError::Unavailable(format!(
-                        "the database did not answer within {} s; nothing of this request was written",
+                        "the database did not answer within {} s; the request was not acknowledged",
                         BATCH_TIMEOUT.as_secs()
                     )));
                 }
@@ -321,11 +340,25 @@ impl Writer {
         };
         match result {
             Ok(outcomes) => {
+                let events: usize = outcomes
+                    .iter()
+                    .map(|outcome| match outcome {
+                        Outcome::Appended(appended) => appended.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                let counters = &self.counters;
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .requests
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                counters.events.fetch_add(events as u64, Ordering::Relaxed);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     reply.answer(Ok(outcome));
                 }
             }
             Err(error) => {
+                self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(database = %self.place, %error, "a batch of writes failed");
                 for reply in replies {
                     reply.answer(Err(error.for_caller()));
@@ -408,7 +441,10 @@ impl Writer {
                 .filter(|shadow| shadow.id == id && shadow.state.revision() == revision);
             let shadow = match cached {
                 Some(shadow) => shadow,
-                None => self.load(&transaction, &name, row).await?,
+                None => {
+                    self.counters.shadow_loads.fetch_add(1, Ordering::Relaxed);
+                    self.load(&transaction, &name, row).await?
+                }
             };
             batch.insert(name, shadow);
         }
