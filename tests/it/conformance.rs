@@ -258,3 +258,80 @@ async fn both_backends_give_the_same_answers() {
     let answers = scenario(pg).await;
     compare(&reference, &answers);
 }
+
+/// Template collapse over a short lookback (three templates in turn, a lookback of three), note limits and a refused note on a new stream:
+/// the answers and the stored state agree (changes are left out: in `template` mode a replayed
+/// record shows its current message in the redb file and its message as created in PostgreSQL,
+/// see `docs/design.md`).
+async fn limits_scenario(backend: impl Backend) -> Vec<String> {
+    let mut out = Transcript::default();
+    let s = name("templated");
+    let storm: Vec<Event> = (0..12)
+        .map(|i| {
+            let message = match i % 3 {
+                0 => format!("retry {i}/5 after {}.5s", i + 1),
+                1 => format!("request 0x{:x} failed", 4096 + i),
+                _ => format!("step {i} done"),
+            };
+            event("tool", Severity::Warning, &message, i)
+        })
+        .collect();
+    out.note("storm", backend.append(&s, storm, ts(0)).await);
+    out.note(
+        "note",
+        backend.add_note(&s, "keep".into(), None, ts(20)).await,
+    );
+    out.note(
+        "second note over the limit",
+        backend.add_note(&s, "too many".into(), None, ts(21)).await,
+    );
+    out.note(
+        "note too long on a new stream",
+        backend
+            .add_note(&name("fresh"), "x".repeat(100), None, ts(22))
+            .await,
+    );
+    out.note("fresh stream", backend.stream(&name("fresh")).await);
+    out.note(
+        "records",
+        backend.records(&s, &RecordQuery::default()).await,
+    );
+    out.note("stats", backend.stream(&s).await);
+    out.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_agree_on_template_collapse_and_limits() {
+    let options = StoreOptions {
+        collapse: recap::CollapsePolicy {
+            mode: recap::CollapseMode::Template,
+            window: TimeDelta::minutes(10),
+            lookback: 3,
+        },
+        notes: recap::store::NoteLimits {
+            max_notes: 1,
+            max_bytes: 50,
+        },
+        ..StoreOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options.clone()).unwrap();
+    let reference = limits_scenario(store.clone()).await;
+    assert!(reference.iter().any(|line| line.contains("NoteLimit")));
+    assert!(
+        reference
+            .iter()
+            .any(|line| line.contains("collapsed: true"))
+    );
+    assert!(
+        reference
+            .iter()
+            .any(|line| line == "fresh stream: Ok(None)")
+    );
+    drop(store);
+    let Some(url) = pg_cluster::database("conformance_limits") else {
+        return;
+    };
+    let pg = PgStore::open(&url, options).await.unwrap();
+    compare(&reference, &limits_scenario(pg).await);
+}
