@@ -12,6 +12,8 @@
 //!   answered only after the commit.
 //! - `reads.rs`: history pages, changelog replay, notes and stream statistics, on a pool of
 //!   connections.
+//! - `statements.rs`: the statements that write a placed batch.
+//! - `listen.rs`: waking other nodes up, once per committed batch.
 //! - `codec.rs`: what the tables hold.
 //!
 //! Not built yet (see `docs/design.md`): serving it from `recap serve` (contexts from the node's
@@ -21,6 +23,7 @@ mod codec;
 mod listen;
 mod migrate;
 mod reads;
+mod statements;
 mod writer;
 
 use std::str::FromStr;
