@@ -12,10 +12,12 @@
 //!   (`feed.rs`), and kept in a per-stream changelog so that subscribers can resume from any
 //!   recent revision.
 
+mod backend;
 mod cache;
 mod check;
 mod feed;
 pub(crate) mod fuzz;
+pub mod pg;
 mod reads;
 mod schema;
 mod upgrade;
@@ -44,10 +46,12 @@ use crate::event::{Event, Kind, Note, Record, Severity, StreamName, Timestamp};
 use crate::stream::{Appended, TailCapacity};
 
 use crate::histogram::Histogram;
+pub use backend::Backend;
 pub use cache::COLD_LOAD_BUCKETS;
 use cache::{Cache, Loading, Slot};
 pub use check::{CheckReport, Problem, check};
 pub use feed::{MAX_LAG_BYTES, Subscription};
+pub use pg::{PG_SCHEMA_VERSION, PgMetrics, PgStore, Wakeup};
 pub use reads::MAX_SCAN_RECORDS;
 pub use schema::SCHEMA_VERSION;
 use writer::{Request, Shared, Writer};

@@ -37,6 +37,7 @@ mod watch;
 use committer::{Committer, Piped, Placed};
 use live::{Notice, notify};
 use maintenance::{maintain_stream, needs_maintenance, purge_rows};
+pub(super) use place::{at_micros, note_event, note_limit};
 use place::{remove_note, stream_meta};
 pub(super) use request::Request;
 use request::{Answer, Reply};

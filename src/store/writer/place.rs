@@ -316,7 +316,7 @@ impl Writer {
 
 /// Why a note of `text` cannot be added to a stream holding `held`'s notes, if it would pass a
 /// [`NoteLimits`](super::super::NoteLimits).
-fn note_limit(
+pub(in crate::store) fn note_limit(
     limits: super::super::NoteLimits,
     held: Option<&StreamState>,
     text: &str,
@@ -591,7 +591,7 @@ pub(super) fn remove_note(
 
 /// The `note` event that records a note in the event log; `payload.note_id` lets the context
 /// leave it out while the note itself is pinned.
-pub(super) fn note_event(text: String, id: u64) -> Event {
+pub(in crate::store) fn note_event(text: String, id: u64) -> Event {
     let payload = Payload::number(NOTE_ID_KEY, id);
     Event {
         message: text,
@@ -607,6 +607,6 @@ pub(super) fn note_event(text: String, id: u64) -> Event {
 
 /// Times are kept to the microsecond; normalizing before anything is decided makes what a
 /// caller is answered equal to what a later read returns.
-pub(super) fn at_micros(ts: Timestamp) -> Timestamp {
+pub(in crate::store) fn at_micros(ts: Timestamp) -> Timestamp {
     ts.trunc_subsecs(6)
 }

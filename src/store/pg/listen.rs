@@ -1,0 +1,151 @@
+//! Waking nodes up: every committed batch notifies `recap_changes` once (not once per event),
+//! naming each stream it changed and the stream's revision after it; each node keeps one
+//! connection listening and hands the notifications to its subscribers ([`Wakeup`]).
+//!
+//! A notification only says where to look: what changed is read from `recap_changes`, which
+//! holds every change in revision order. So a node that missed notifications (its listening
+//! connection dropped, a subscriber fell behind) loses nothing: it is told to [`Wakeup::Resync`]
+//! and reads the changelog past what it has.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::event::StreamName;
+
+/// The channel every node notifies and listens on.
+pub(super) const CHANNEL: &str = "recap_changes";
+/// PostgreSQL refuses payloads of 8,000 bytes or more: a batch's lines are split below that.
+const MAX_PAYLOAD_BYTES: usize = 7_900;
+/// How long the listener waits before connecting again after losing its connection.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+/// Wake-ups a slow subscriber may be behind before it is told to resync.
+pub(super) const WAKEUP_QUEUE: usize = 4_096;
+
+/// What a node hears about committed changes, from any node (itself included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// A stream changed; its revision is now `revision` (0: it was deleted).
+    Changed {
+        /// The stream.
+        stream: StreamName,
+        /// Its revision after the commit.
+        revision: u64,
+    },
+    /// Notifications may have been missed (the listening connection was (re)established, or
+    /// this subscriber fell behind): whoever follows streams reads their changelog again.
+    Resync,
+}
+
+/// The payloads that announce `changed` (stream, revision after the batch): one line
+/// `<revision> <name>` per stream, in as few notifications as fit.
+pub(super) fn payloads(changed: &[(&StreamName, u64)]) -> Vec<String> {
+    let mut payloads = vec![String::new()];
+    for (stream, revision) in changed {
+        let line = format!("{revision} {stream}\n");
+        let current = payloads.last_mut().expect("never empty");
+        if !current.is_empty() && current.len() + line.len() > MAX_PAYLOAD_BYTES {
+            payloads.push(line);
+        } else {
+            current.push_str(&line);
+        }
+    }
+    payloads.retain(|payload| !payload.is_empty());
+    payloads
+}
+
+fn parse(payload: &str) -> impl Iterator<Item = Wakeup> + '_ {
+    payload.lines().filter_map(|line| {
+        let (revision, stream) = line.split_once(' ')?;
+        Some(Wakeup::Changed {
+            stream: StreamName::new(stream).ok()?,
+            revision: revision.parse().ok()?,
+        })
+    })
+}
+
+/// Listens until the store is gone (`alive` no longer upgrades), connecting again whenever the
+/// connection is lost, and telling subscribers to resync each time it (re)connects.
+pub(super) async fn run(
+    config: tokio_postgres::Config,
+    place: String,
+    wakeups: broadcast::Sender<Wakeup>,
+    alive: Weak<()>,
+) {
+    while alive.upgrade().is_some() {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let sender = wakeups.clone();
+                let mut pump = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        match message {
+                            Ok(AsyncMessage::Notification(notification)) => {
+                                for wakeup in parse(notification.payload()) {
+                                    // No subscriber yet is nothing to tell.
+                                    let _ = sender.send(wakeup);
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+                match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                    Ok(()) => {
+                        let _ = wakeups.send(Wakeup::Resync);
+                        // Until the connection ends or the store is gone.
+                        loop {
+                            tokio::select! {
+                                _ = &mut pump => break,
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                                    if alive.upgrade().is_none() {
+                                        pump.abort();
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(database = %place, %error, "cannot listen for other nodes' changes");
+                        pump.abort();
+                    }
+                }
+                drop(client);
+            }
+            Err(error) => {
+                tracing::warn!(database = %place, %error, "cannot connect to listen for other nodes' changes");
+            }
+        }
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_split_below_the_limit_and_parse_back() {
+        let names: Vec<StreamName> = (0..200)
+            .map(|i| StreamName::new(&format!("{}-{i}", "s".repeat(100))).unwrap())
+            .collect();
+        let changed: Vec<(&StreamName, u64)> = names.iter().zip(1..).collect();
+        let payloads = payloads(&changed);
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() < 8_000));
+        let parsed: Vec<Wakeup> = payloads.iter().flat_map(|p| parse(p)).collect();
+        let expected: Vec<Wakeup> = changed
+            .iter()
+            .map(|(stream, revision)| Wakeup::Changed {
+                stream: (*stream).clone(),
+                revision: *revision,
+            })
+            .collect();
+        assert_eq!(parsed, expected);
+    }
+}

@@ -1,0 +1,737 @@
+//! The node's writer task: group commit in one transaction per batch, with the streams' rows
+//! locked so that writers on every node take turns per stream.
+//!
+//! A batch goes:
+//!
+//! 1. Take one request, then whatever else is queued, up to [`MAX_EVENTS_PER_COMMIT`] events
+//!    (one caller's request is never split: all or nothing).
+//! 2. `BEGIN`; create the rows of streams written for the first time (`ON CONFLICT DO
+//!    NOTHING`, in name order), then lock every stream row the batch touches (`FOR UPDATE`,
+//!    in name order, so two nodes never wait on each other in a cycle).
+//! 3. For each locked stream, the node's *shadow* (the newest records collapse can reach, the
+//!    notes, the totals) is used if its revision is the row's; otherwise another node wrote
+//!    since, and it is read again from the database, under the lock. Placement is the redb
+//!    writer's: [`StreamState::append_shared`] decides collapse, seq and revision.
+//! 4. Records (final state per seq), changes, notes and stream rows are written with one
+//!    statement per table (arrays through `unnest`), `max_records` retention is applied, and
+//!    the transaction commits. Only then are callers answered and the shadows kept.
+//!
+//! A failed transaction leaves no trace: the shadows it touched are dropped (taken out of the
+//! cache for the batch, put back only after the commit), and every caller gets the error. A
+//! deadlock or serialization failure is retried; an unreachable database answers
+//! [`StoreError::Unavailable`] and the next batch connects again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, Transaction};
+
+use crate::context::NOTE_ID_KEY;
+use crate::event::{Event, MAX_EVENT_COUNT, Note, Record, StreamName, Timestamp};
+use crate::meter::Meter;
+use crate::payload::Payload;
+use crate::stream::{Appended, Snapshot, StreamState, TailBytes, TailCapacity};
+
+use super::super::writer::{at_micros, note_event, note_limit};
+use super::super::{
+    ChangeBody, ImportedRecord, MAX_EVENTS_PER_COMMIT, Retention, StoreError, StoreOptions,
+};
+use super::{BATCH_TIMEOUT, PgError, codec, connect, listen, statements, unreachable_or};
+
+/// How often a batch that lost a deadlock or serialization race is tried again.
+const MAX_RETRIES: usize = 5;
+
+/// A write, as the writer applies it (kept apart from its reply, so a retried batch applies it
+/// again).
+#[derive(Clone)]
+pub(super) enum Op {
+    Append {
+        stream: StreamName,
+        events: Vec<Event>,
+        now: Timestamp,
+    },
+    Import {
+        stream: StreamName,
+        records: Vec<ImportedRecord>,
+    },
+    AddNote {
+        stream: StreamName,
+        text: String,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    },
+    DeleteNote {
+        stream: StreamName,
+        id: u64,
+    },
+    DeleteStream {
+        stream: StreamName,
+    },
+    SetRetention {
+        stream: StreamName,
+        retention: Retention,
+    },
+}
+
+impl Op {
+    fn stream(&self) -> &StreamName {
+        match self {
+            Op::Append { stream, .. }
+            | Op::Import { stream, .. }
+            | Op::AddNote { stream, .. }
+            | Op::DeleteNote { stream, .. }
+            | Op::DeleteStream { stream }
+            | Op::SetRetention { stream, .. } => stream,
+        }
+    }
+
+    /// Whether the op creates its stream when it does not exist.
+    fn creates(&self) -> bool {
+        matches!(
+            self,
+            Op::Append { .. } | Op::Import { .. } | Op::AddNote { .. }
+        )
+    }
+
+    fn events(&self) -> usize {
+        match self {
+            Op::Append { events, .. } => events.len(),
+            Op::Import { records, .. } => records.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// Where a request's answer goes.
+pub(super) enum Reply {
+    Appended(oneshot::Sender<Result<Vec<Appended>, StoreError>>),
+    Note(oneshot::Sender<Result<Note, StoreError>>),
+    Flag(oneshot::Sender<Result<bool, StoreError>>),
+    Done(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// A request waiting for the writer.
+pub(super) struct Queued {
+    pub op: Op,
+    pub reply: Reply,
+}
+
+/// What a request came to.
+enum Outcome {
+    Appended(Vec<Appended>),
+    Note(Note),
+    Flag(bool),
+    Done,
+    /// Refused before anything was placed (a note limit, an unknown stream): not the batch's
+    /// failure.
+    Refused(StoreError),
+}
+
+impl Reply {
+    fn answer(self, outcome: Result<Outcome, StoreError>) {
+        fn send<T>(sender: oneshot::Sender<Result<T, StoreError>>, value: Result<T, StoreError>) {
+            // A caller that stopped waiting does not need its answer.
+            drop(sender.send(value));
+        }
+        match (self, outcome) {
+            (reply, Err(error)) | (reply, Ok(Outcome::Refused(error))) => match reply {
+                Reply::Appended(sender) => send(sender, Err(error)),
+                Reply::Note(sender) => send(sender, Err(error)),
+                Reply::Flag(sender) => send(sender, Err(error)),
+                Reply::Done(sender) => send(sender, Err(error)),
+            },
+            (Reply::Appended(sender), Ok(Outcome::Appended(appended))) => {
+                send(sender, Ok(appended))
+            }
+            (Reply::Note(sender), Ok(Outcome::Note(note))) => send(sender, Ok(note)),
+            (Reply::Flag(sender), Ok(Outcome::Flag(flag))) => send(sender, Ok(flag)),
+            (Reply::Done(sender), Ok(Outcome::Done)) => send(sender, Ok(())),
+            (reply, Ok(_)) => reply.answer(Err(StoreError::storage_text(
+                "internal error: a request got another request's kind of answer",
+            ))),
+        }
+    }
+}
+
+/// The writer's view of one stream: what placement needs, as of the stream row's revision.
+pub(super) struct Shadow {
+    pub(super) id: u64,
+    pub(super) state: StreamState,
+    pub(super) first_seq: u64,
+    pub(super) retention: Option<Retention>,
+    /// Changes with revision up to this one are trimmed from `recap_changes`.
+    pub(super) changelog_floor: u64,
+}
+
+/// Most shadows a node keeps between batches; beyond it, only the last batch's are kept (the
+/// others are read again when next written). Each holds at most `lookback` records.
+const MAX_SHADOWS: usize = 4_096;
+
+/// Why a batch failed.
+enum BatchError {
+    Database(PgError),
+    Store(StoreError),
+}
+
+impl From<PgError> for BatchError {
+    fn from(error: PgError) -> BatchError {
+        BatchError::Database(error)
+    }
+}
+
+impl From<StoreError> for BatchError {
+    fn from(error: StoreError) -> BatchError {
+        BatchError::Store(error)
+    }
+}
+
+impl BatchError {
+    /// A lost race with another node's transaction: trying again is correct.
+    fn retryable(&self) -> bool {
+        matches!(self, BatchError::Database(error)
+            if error.as_db_error().is_some_and(|db| matches!(db.code().code(), "40P01" | "40001")))
+    }
+
+    fn into_store(self) -> StoreError {
+        match self {
+            BatchError::Database(error) => unreachable_or(error, "writing"),
+            BatchError::Store(error) => error,
+        }
+    }
+}
+
+/// The writes a batch makes, gathered while placing and sent one statement per table.
+#[derive(Default)]
+pub(super) struct Writes {
+    /// Final state of every record created or changed, by (stream id, seq).
+    pub(super) records: BTreeMap<(u64, u64), Record>,
+    pub(super) changes: Vec<(u64, u64, String)>,
+    pub(super) notes_added: Vec<(u64, u64, String)>,
+    pub(super) notes_removed: Vec<(u64, u64)>,
+    /// Stream ids whose rows go (their stream was deleted), and their names.
+    pub(super) deleted: Vec<u64>,
+    pub(super) deleted_names: Vec<StreamName>,
+    /// `(stream id, first seq kept)` of streams retention trims.
+    pub(super) trimmed: Vec<(u64, u64)>,
+    /// `(stream id, new changelog floor)` of streams whose changelog is trimmed.
+    pub(super) floors: Vec<(u64, u64)>,
+}
+
+impl Writes {
+    fn change(&mut self, id: u64, revision: u64, body: &ChangeBody) {
+        self.changes
+            .push((id, revision, codec::encode_change(body)));
+    }
+
+    /// Logs what an append or import did to a record.
+    fn appended(&mut self, id: u64, appended: &Appended) {
+        let record = &appended.record;
+        let body = if appended.collapsed {
+            ChangeBody::Repeat {
+                seq: record.seq,
+                repeat_count: record.repeat_count,
+                last_ts: record.last_ts,
+            }
+        } else {
+            ChangeBody::Record(record.clone())
+        };
+        self.change(id, record.revision, &body);
+        self.records.insert((id, record.seq), record.clone());
+    }
+
+    fn note_added(&mut self, id: u64, note: &Note, revision: u64) {
+        self.notes_added
+            .push((id, note.id, codec::encode_note(note)));
+        self.change(id, revision, &ChangeBody::Note(note.clone()));
+    }
+}
+
+/// The node's writer: one connection, the shadows of the streams it wrote.
+pub(super) struct Writer {
+    config: tokio_postgres::Config,
+    place: String,
+    options: StoreOptions,
+    client: Option<Client>,
+    shadows: HashMap<StreamName, Shadow>,
+    meter: Meter,
+    counters: Arc<Counters>,
+}
+
+/// What a node's writer has done since it started (see [`super::PgMetrics`]).
+#[derive(Default)]
+pub(super) struct Counters {
+    pub commits: AtomicU64,
+    pub failed_commits: AtomicU64,
+    pub retries: AtomicU64,
+    pub shadow_loads: AtomicU64,
+    pub requests: AtomicU64,
+    pub events: AtomicU64,
+}
+
+impl Writer {
+    pub(super) fn new(
+        config: tokio_postgres::Config,
+        place: String,
+        options: StoreOptions,
+        counters: Arc<Counters>,
+    ) -> Writer {
+        Writer {
+            config,
+            place,
+            options,
+            client: None,
+            shadows: HashMap::new(),
+            meter: Meter::detached(),
+            counters,
+        }
+    }
+
+    /// Takes batches until every [`super::PgStore`] handle is gone.
+    pub(super) async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Queued>) {
+        while let Some(first) = requests.recv().await {
+            let mut events = first.op.events();
+            let mut batch = vec![first];
+            while events < MAX_EVENTS_PER_COMMIT {
+                match requests.try_recv() {
+                    Ok(next) => {
+                        events += next.op.events();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch).await;
+        }
+    }
+
+    /// Commits one batch and answers its callers.
+    async fn commit(&mut self, batch: Vec<Queued>) {
+        let (ops, replies): (Vec<Op>, Vec<Reply>) = batch
+            .into_iter()
+            .map(|queued| (queued.op, queued.reply))
+            .unzip();
+        let mut attempt = 0;
+        let result = loop {
+            let tried = tokio::time::timeout(BATCH_TIMEOUT, self.attempt(&ops)).await;
+            match tried {
+                Ok(Ok(outcomes)) => break Ok(outcomes),
+                Ok(Err(error)) if error.retryable() && attempt < MAX_RETRIES => {
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                }
+                Ok(Err(error)) => {
+                    if matches!(error, BatchError::Database(_)) {
+                        self.drop_connection_if_closed();
+                    }
+                    break Err(error.into_store());
+                }
+                Err(_elapsed) => {
+                    // The connection is in an unknown state: start afresh.
+                    self.client = None;
+                    // Not acknowledged; if the database committed it meanwhile, it is there.
+                    break Err(StoreError::Unavailable(format!(
+                        "the database did not answer within {} s; the request was not acknowledged",
+                        BATCH_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        };
+        match result {
+            Ok(outcomes) => {
+                let events: usize = outcomes
+                    .iter()
+                    .map(|outcome| match outcome {
+                        Outcome::Appended(appended) => appended.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                let counters = &self.counters;
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .requests
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                counters.events.fetch_add(events as u64, Ordering::Relaxed);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    reply.answer(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(database = %self.place, %error, "a batch of writes failed");
+                for reply in replies {
+                    reply.answer(Err(error.for_caller()));
+                }
+            }
+        }
+    }
+
+    fn drop_connection_if_closed(&mut self) {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+    }
+
+    /// One try at a batch: its outcomes once committed.
+    async fn attempt(&mut self, ops: &[Op]) -> Result<Vec<Outcome>, BatchError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let (client, _driver) = connect(&self.config, &self.place).await?;
+            self.client = Some(client);
+        }
+        let mut client = self.client.take().expect("connected just above");
+        let result = self.in_transaction(&mut client, ops).await;
+        self.client = Some(client);
+        result
+    }
+
+    async fn in_transaction(
+        &mut self,
+        client: &mut Client,
+        ops: &[Op],
+    ) -> Result<Vec<Outcome>, BatchError> {
+        let transaction = client.transaction().await?;
+        let created: Vec<String> = ops
+            .iter()
+            .filter(|op| op.creates())
+            .map(|op| op.stream().to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut new_names = BTreeSet::new();
+        if !created.is_empty() {
+            let rows = transaction
+                .query(
+                    "INSERT INTO recap_streams (name)
+                     SELECT name FROM unnest($1::text[]) AS name ORDER BY name
+                     ON CONFLICT (name) DO NOTHING RETURNING name",
+                    &[&created],
+                )
+                .await?;
+            new_names.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+        }
+        let names: Vec<String> = ops
+            .iter()
+            .map(|op| op.stream().to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let rows = transaction
+            .query(
+                "SELECT id, name, revision, next_note_id, first_seq, severe_created, totals, retention,
+                     changelog_floor
+                 FROM recap_streams WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                &[&names],
+            )
+            .await?;
+        // The batch's shadows, out of the cache until the commit succeeds.
+        let mut batch: HashMap<StreamName, Shadow> = HashMap::new();
+        for row in &rows {
+            let name: String = row.get(1);
+            let name = StreamName::new(&name).map_err(|_| StoreError::Damaged {
+                stream: name.clone(),
+                row: "stream row".into(),
+                problem: "has a name that is not a valid stream name".into(),
+            })?;
+            let id = row.get::<_, i64>(0) as u64;
+            let revision = row.get::<_, i64>(2) as u64;
+            let cached = self
+                .shadows
+                .remove(&name)
+                .filter(|shadow| shadow.id == id && shadow.state.revision() == revision);
+            let shadow = match cached {
+                Some(shadow) => shadow,
+                None => {
+                    self.counters.shadow_loads.fetch_add(1, Ordering::Relaxed);
+                    self.load(&transaction, &name, row).await?
+                }
+            };
+            batch.insert(name, shadow);
+        }
+        let mut writes = Writes::default();
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            let outcome = self
+                .place(&transaction, op.clone(), &mut batch, &mut writes)
+                .await?;
+            outcomes.push(outcome);
+        }
+        self.trim(&mut batch, &mut writes);
+        statements::write(&transaction, &batch, &writes).await?;
+        // A stream created by this batch whose requests were all refused is not kept.
+        let empty: Vec<i64> = batch
+            .iter()
+            .filter(|(name, shadow)| {
+                new_names.contains(name.as_str()) && shadow.state.revision() == 0
+            })
+            .map(|(_, shadow)| shadow.id as i64)
+            .collect();
+        if !empty.is_empty() {
+            transaction
+                .execute("DELETE FROM recap_streams WHERE id = ANY($1)", &[&empty])
+                .await?;
+        }
+        // One notification per batch (split only past PostgreSQL's payload limit), delivered to
+        // every listening node at the commit, never for a batch that is rolled back.
+        let changed: Vec<(&StreamName, u64)> = writes
+            .deleted_names
+            .iter()
+            .map(|name| (name, 0))
+            .chain(
+                batch
+                    .iter()
+                    .map(|(name, shadow)| (name, shadow.state.revision()))
+                    // A stream made and dropped again by this batch was never there.
+                    .filter(|(_, revision)| *revision > 0),
+            )
+            .collect();
+        for payload in listen::payloads(&changed) {
+            transaction
+                .execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &payload])
+                .await?;
+        }
+        transaction.commit().await?;
+        if self.shadows.len() + batch.len() > MAX_SHADOWS {
+            self.shadows.clear();
+        }
+        self.shadows.extend(batch);
+        Ok(outcomes)
+    }
+
+    /// Reads a stream's shadow from the database, under its row's lock.
+    async fn load(
+        &self,
+        transaction: &Transaction<'_>,
+        name: &StreamName,
+        row: &tokio_postgres::Row,
+    ) -> Result<Shadow, BatchError> {
+        let id: i64 = row.get(0);
+        let lookback = self.options.collapse.lookback as i64;
+        let (records_params, notes_params) = ([&id as _, &lookback as _], [&id as _]);
+        let records = transaction.query(
+            "SELECT seq, body FROM recap_records WHERE stream_id = $1 ORDER BY seq DESC LIMIT $2",
+            &records_params,
+        );
+        let notes = transaction.query(
+            "SELECT id, body FROM recap_notes WHERE stream_id = $1 ORDER BY id",
+            &notes_params,
+        );
+        let (records, notes) = tokio::try_join!(records, notes)?;
+        let mut tail = Vec::with_capacity(records.len());
+        for record in records.iter().rev() {
+            let record = codec::decode_record(name.as_str(), record.get(0), record.get(1))?;
+            tail.push(Arc::new(crate::context::CachedRecord::new(
+                &record,
+                &self.meter,
+            )));
+        }
+        let notes = notes
+            .iter()
+            .map(|note| codec::decode_note(name.as_str(), note.get(0), note.get(1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let snapshot = Snapshot {
+            tail,
+            older_severe: Vec::new(),
+            goals: Vec::new(),
+            latest_goal: None,
+            older_last_ts: None,
+            totals: codec::decode_totals(name.as_str(), row.get(6))?,
+            notes,
+            revision: row.get::<_, i64>(2) as u64,
+            next_note_id: row.get::<_, i64>(3) as u64,
+            severe_created: row.get::<_, i64>(5) as u64,
+            bytes: TailBytes::default(),
+        };
+        let capacity = TailCapacity::shadow(self.options.collapse.lookback);
+        Ok(Shadow {
+            id: id as u64,
+            state: StreamState::restore(self.options.collapse, capacity, &self.meter, snapshot),
+            first_seq: row.get::<_, i64>(4) as u64,
+            retention: codec::decode_retention(name.as_str(), row.get(7))?,
+            changelog_floor: row.get::<_, i64>(8) as u64,
+        })
+    }
+
+    /// A stream this batch writes to that is not in `batch` (it was deleted earlier in the
+    /// batch): created again, with a new id.
+    async fn recreate(
+        &self,
+        transaction: &Transaction<'_>,
+        name: &StreamName,
+    ) -> Result<Shadow, BatchError> {
+        let row = transaction
+            .query_one(
+                "INSERT INTO recap_streams (name) VALUES ($1) RETURNING id",
+                &[&name.as_str()],
+            )
+            .await?;
+        Ok(Shadow {
+            id: row.get::<_, i64>(0) as u64,
+            state: self.empty_state(),
+            first_seq: 1,
+            retention: None,
+            changelog_floor: 0,
+        })
+    }
+
+    fn empty_state(&self) -> StreamState {
+        StreamState::metered(
+            self.options.collapse,
+            TailCapacity::shadow(self.options.collapse.lookback),
+            &self.meter,
+        )
+    }
+
+    /// Places one request on the batch's shadows.
+    async fn place(
+        &self,
+        transaction: &Transaction<'_>,
+        op: Op,
+        batch: &mut HashMap<StreamName, Shadow>,
+        writes: &mut Writes,
+    ) -> Result<Outcome, BatchError> {
+        if op.creates() && !batch.contains_key(op.stream()) {
+            let shadow = self.recreate(transaction, op.stream()).await?;
+            batch.insert(op.stream().clone(), shadow);
+        }
+        match op {
+            Op::Append {
+                stream,
+                events,
+                now,
+            } => {
+                let shadow = batch.get_mut(&stream).expect("created above");
+                let mut results = Vec::with_capacity(events.len());
+                for event in events {
+                    let ts = at_micros(event.ts.unwrap_or(now));
+                    let (appended, _) = shadow.state.append_shared(event, ts);
+                    writes.appended(shadow.id, &appended);
+                    results.push(appended);
+                }
+                Ok(Outcome::Appended(results))
+            }
+            Op::Import { stream, records } => {
+                let shadow = batch.get_mut(&stream).expect("created above");
+                let adding = records
+                    .iter()
+                    .fold(0u64, |sum, record| sum.saturating_add(record.repeat_count));
+                let held = shadow.state.totals().events;
+                if held.saturating_add(adding) > MAX_EVENT_COUNT {
+                    return Ok(Outcome::Refused(StoreError::CountLimit {
+                        held,
+                        adding,
+                        limit: MAX_EVENT_COUNT,
+                    }));
+                }
+                let mut results = Vec::with_capacity(records.len());
+                for imported in records {
+                    let mut event = imported.event;
+                    if let Some(note) = imported.note {
+                        // As the redb writer does: the note again, and its audit record
+                        // naming the note's new id.
+                        let note = shadow.state.add_note(
+                            event.message.clone(),
+                            at_micros(note.created_at),
+                            note.expires_at.map(at_micros),
+                        );
+                        writes.note_added(shadow.id, &note, shadow.state.revision());
+                        event.payload = Some(match event.payload {
+                            Some(payload) => payload.with_number(NOTE_ID_KEY, note.id),
+                            None => Payload::number(NOTE_ID_KEY, note.id),
+                        });
+                    }
+                    let (appended, _) = shadow.state.import_shared(
+                        event,
+                        at_micros(imported.first_ts),
+                        at_micros(imported.last_ts),
+                        imported.repeat_count,
+                    );
+                    writes.appended(shadow.id, &appended);
+                    results.push(appended);
+                }
+                Ok(Outcome::Appended(results))
+            }
+            Op::AddNote {
+                stream,
+                text,
+                expires_at,
+                now,
+            } => {
+                let shadow = batch.get_mut(&stream).expect("created above");
+                if let Some(error) = note_limit(self.options.notes, Some(&shadow.state), &text) {
+                    return Ok(Outcome::Refused(error));
+                }
+                let now = at_micros(now);
+                let note = shadow
+                    .state
+                    .add_note(text.clone(), now, expires_at.map(at_micros));
+                writes.note_added(shadow.id, &note, shadow.state.revision());
+                let (appended, _) = shadow.state.append_shared(note_event(text, note.id), now);
+                writes.appended(shadow.id, &appended);
+                Ok(Outcome::Note(note))
+            }
+            Op::DeleteNote { stream, id } => {
+                let Some(shadow) = batch.get_mut(&stream) else {
+                    return Ok(Outcome::Refused(StoreError::UnknownStream(
+                        stream.to_string(),
+                    )));
+                };
+                if !shadow.state.remove_note(id) {
+                    return Ok(Outcome::Flag(false));
+                }
+                writes.notes_removed.push((shadow.id, id));
+                writes.change(
+                    shadow.id,
+                    shadow.state.revision(),
+                    &ChangeBody::NoteDeleted { id },
+                );
+                Ok(Outcome::Flag(true))
+            }
+            Op::DeleteStream { stream } => match batch.remove(&stream) {
+                Some(shadow) => {
+                    writes.deleted.push(shadow.id);
+                    writes.deleted_names.push(stream);
+                    Ok(Outcome::Flag(true))
+                }
+                None => Ok(Outcome::Flag(false)),
+            },
+            Op::SetRetention { stream, retention } => {
+                let Some(shadow) = batch.get_mut(&stream) else {
+                    return Ok(Outcome::Refused(StoreError::UnknownStream(
+                        stream.to_string(),
+                    )));
+                };
+                shadow.retention = Some(retention);
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// Applies `max_records` retention to the batch's streams (the oldest records go, a dense
+    /// range stays, and the totals keep counting them) and trims their changelogs to the newest
+    /// `changelog_keep` revisions, with the redb writer's slack of a sixteenth, so that a
+    /// stream written without pause trims in steps rather than a row per write.
+    fn trim(&self, batch: &mut HashMap<StreamName, Shadow>, writes: &mut Writes) {
+        let keep = self.options.changelog_keep;
+        for shadow in batch.values_mut() {
+            let keep_floor = shadow.state.revision().saturating_sub(keep);
+            if keep_floor > shadow.changelog_floor + keep / 16 {
+                shadow.changelog_floor = keep_floor;
+                writes.floors.push((shadow.id, keep_floor));
+            }
+            let retention = shadow.retention.unwrap_or(self.options.retention);
+            let Some(max_records) = retention.max_records else {
+                continue;
+            };
+            let last_seq = shadow.state.totals().records;
+            let stored = (last_seq + 1).saturating_sub(shadow.first_seq);
+            if stored <= max_records {
+                continue;
+            }
+            let first_kept = last_seq + 1 - max_records;
+            shadow.state.forget_through(first_kept - 1);
+            shadow.first_seq = first_kept;
+            writes.trimmed.push((shadow.id, first_kept));
+        }
+    }
+}
