@@ -239,10 +239,19 @@ fn compare(reference: &[String], other: &[String]) {
     assert_eq!(reference.len(), other.len());
 }
 
+/// What both backends run with: the defaults, without anomaly detection, which only the redb
+/// writer has so far.
+fn options() -> StoreOptions {
+    StoreOptions {
+        anomaly: recap::anomaly::AnomalySettings::off(),
+        ..StoreOptions::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_backends_give_the_same_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
     let reference = scenario(store.clone()).await;
     // The redb half always runs; it pins the scenario's own expectations too.
     assert!(
@@ -254,7 +263,7 @@ async fn both_backends_give_the_same_answers() {
     let Some(url) = pg_cluster::database("conformance") else {
         return;
     };
-    let pg = PgStore::open(&url, StoreOptions::default()).await.unwrap();
+    let pg = PgStore::open(&url, options()).await.unwrap();
     let answers = scenario(pg).await;
     compare(&reference, &answers);
 }
@@ -312,7 +321,7 @@ async fn both_backends_agree_on_template_collapse_and_limits() {
             max_notes: 1,
             max_bytes: 50,
         },
-        ..StoreOptions::default()
+        ..options()
     };
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), options.clone()).unwrap();

@@ -1135,6 +1135,19 @@ async fn tail_reconnects_across_a_server_restart() {
             (printed.unwrap(), String::from_utf8(out).unwrap())
         }
     });
+    // The tail starts from the stream's revision when it subscribes: post once it has.
+    tokio::time::timeout(DEADLINE, async {
+        while !server
+            .get("/metrics")
+            .await
+            .text()
+            .contains("recap_sse_subscribers 1\n")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the tail subscribes before the deadline");
     post(&server, "first while tailing").await;
     let server = server.restart().await;
     post(&server, "after the restart").await;

@@ -264,5 +264,7 @@ pub(super) async fn stream(
         severities: totals.severity_counts(),
         notes: notes.len() as u64,
         retention: meta.retention.unwrap_or(default_retention),
+        // The PostgreSQL writer does not run anomaly detection yet (docs/design.md).
+        anomalies: crate::anomaly::AnomalySettings::off(),
     }))
 }
