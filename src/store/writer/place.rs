@@ -35,6 +35,19 @@ impl Writer {
         Ok(Some(stream))
     }
 
+    /// The stream a setting changes, loaded for writing; `None` if it does not exist (a
+    /// setting never creates a stream).
+    fn existing_for_write(
+        &mut self,
+        name: &StreamName,
+        work: &mut Work,
+    ) -> Result<Option<&mut WriterStream>, StoreError> {
+        if self.loaded(name)?.is_none() {
+            return Ok(None);
+        }
+        self.stream_for_write(name, work).map(Some)
+    }
+
     /// The stream named `name`, loaded, or created (with a fresh id) if it does not exist; its
     /// metadata row is written with the batch.
     pub(super) fn stream_for_write(
@@ -279,11 +292,10 @@ impl Writer {
                 retention,
                 reply,
             } => {
-                if self.loaded(&stream)?.is_none() {
+                let Some(target) = self.existing_for_write(&stream, work)? else {
                     drop(reply.send(Err(StoreError::UnknownStream(stream.to_string()))));
                     return Ok(());
-                }
-                let target = self.stream_for_write(&stream, work)?;
+                };
                 target.retention = Some(retention);
                 self.dirty.insert(stream);
                 work.answers.push(Answer::Done(reply));
@@ -293,11 +305,10 @@ impl Writer {
                 overrides,
                 reply,
             } => {
-                if self.loaded(&stream)?.is_none() {
+                let Some(target) = self.existing_for_write(&stream, work)? else {
                     drop(reply.send(Err(StoreError::UnknownStream(stream.to_string()))));
                     return Ok(());
-                }
-                let target = self.stream_for_write(&stream, work)?;
+                };
                 target.anomalies = (overrides != AnomalyOverrides::default()).then_some(overrides);
                 work.answers.push(Answer::Done(reply));
             }
