@@ -41,7 +41,7 @@ use crate::rank::Weights;
 use crate::render;
 use crate::tokens::Encoding;
 
-pub use cache::{CachedNote, CachedRecord, PayloadPolicy};
+pub use cache::{CachedNote, CachedRecord, PayloadPolicy, without_payload};
 pub use pack::{Level, Reason};
 pub use totals::Totals;
 

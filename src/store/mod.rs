@@ -20,6 +20,7 @@ pub(crate) mod fuzz;
 pub mod pg;
 mod reads;
 mod schema;
+mod tail_book;
 mod upgrade;
 mod writer;
 

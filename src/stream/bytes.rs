@@ -15,7 +15,7 @@ use crate::event::{Record, Timestamp};
 const RECORD_BASE_BYTES: u64 = 256;
 
 /// Where the byte-bounded tail starts, and the times a restore needs of the records it passed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TailBytes {
     /// Bytes of every record created so far, as counted by [`TailBytes::size`].
     pub total: u64,
@@ -71,7 +71,7 @@ impl TailBytes {
 /// The latest `last_ts` of the records the byte bound still keeps, per block, so that the
 /// writer knows what joins the stream's `older_last_ts` when the start moves without holding
 /// the records (see [`crate::store`]'s metadata).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockTimes {
     /// Of the records from [`TailBytes::current`] on.
     pub current: Option<Timestamp>,

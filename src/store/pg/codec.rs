@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::Totals;
 use crate::event::{Kind, Note, Record, StreamName, Timestamp};
 
+use super::super::tail_book::TailBook;
 use super::super::{Change, ChangeBody, Retention, StoreError};
 
 /// A value that does not decode: named like the redb store's damaged rows.
@@ -184,6 +185,29 @@ pub(super) fn decode_retention(
         max_records: stored.max_records,
         max_age: stored.max_age_seconds.map(TimeDelta::seconds),
     }))
+}
+
+/// What a restore of a stream's state needs besides its rows (the redb store keeps the same
+/// in its stream rows): where the readers' tail starts and what it passed, and which older
+/// goal records a state keeps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct Restore {
+    pub book: TailBook,
+    pub first_goals: Vec<u64>,
+    pub latest_goal: Option<u64>,
+}
+
+/// The `restore` column of a stream row.
+pub(super) fn encode_restore(restore: &Restore) -> String {
+    serde_json::to_string(restore).expect("a restore always serializes")
+}
+
+/// What the `restore` column holds (`NULL` for a stream that took no change yet).
+pub(super) fn decode_restore(stream: &str, text: Option<&str>) -> Result<Restore, StoreError> {
+    let Some(text) = text else {
+        return Ok(Restore::default());
+    };
+    serde_json::from_str(text).map_err(|error| damaged(stream, "stream row".into(), error))
 }
 
 fn from_micros(micros: i64) -> Option<Timestamp> {

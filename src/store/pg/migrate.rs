@@ -72,6 +72,17 @@ const MIGRATIONS: &[Migration] = &[
         description: "changelog floor per stream",
         sql: "ALTER TABLE recap_streams ADD COLUMN changelog_floor bigint NOT NULL DEFAULT 0;",
     },
+    Migration {
+        version: 3,
+        description: "what loading a stream's state needs: its tail's bounds, severe records",
+        sql: "
+        ALTER TABLE recap_streams ADD COLUMN restore text;
+        ALTER TABLE recap_records ADD COLUMN severe boolean NOT NULL DEFAULT false;
+        UPDATE recap_records SET severe = true
+            WHERE body::jsonb->>'severity' IN ('error', 'critical');
+        CREATE INDEX recap_records_severe ON recap_records (stream_id, seq) WHERE severe;
+    ",
+    },
 ];
 
 /// The schema version this build writes.

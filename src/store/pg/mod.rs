@@ -21,6 +21,7 @@
 
 mod codec;
 mod listen;
+mod load;
 mod migrate;
 mod reads;
 mod statements;

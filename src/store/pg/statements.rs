@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::Transaction;
 
-use crate::event::StreamName;
+use crate::event::{Severity, StreamName};
 
 use super::writer::{Shadow, Writes};
 use super::{PgError, codec};
@@ -27,11 +27,13 @@ pub(super) async fn write(
     };
 
     let (mut ids, mut seqs, mut revisions, mut bodies) = (vec![], vec![], vec![], vec![]);
+    let mut severe = vec![];
     for (&(id, seq), record) in &writes.records {
         ids.push(as_i64(id));
         seqs.push(as_i64(seq));
         revisions.push(as_i64(record.revision));
         bodies.push(codec::encode_record(record));
+        severe.push(record.severity >= Severity::Error);
     }
     let records = async {
         if ids.is_empty() {
@@ -39,11 +41,12 @@ pub(super) async fn write(
         }
         transaction
             .execute(
-                "INSERT INTO recap_records (stream_id, seq, revision, body)
-                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::text[])
+                "INSERT INTO recap_records (stream_id, seq, revision, body, severe)
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::bool[])
                  ON CONFLICT (stream_id, seq)
-                 DO UPDATE SET revision = EXCLUDED.revision, body = EXCLUDED.body",
-                &[&ids, &seqs, &revisions, &bodies],
+                 DO UPDATE SET revision = EXCLUDED.revision, body = EXCLUDED.body,
+                     severe = EXCLUDED.severe",
+                &[&ids, &seqs, &revisions, &bodies, &severe],
             )
             .await
     };
@@ -80,18 +83,19 @@ pub(super) async fn write(
     // Every stream the batch holds gets its row written: revision, totals, note ids, first seq,
     // retention and changelog floor are what the next writer (on any node) starts from.
     let mut stream_ids = Vec::with_capacity(batch.len());
-    let (mut stream_revisions, mut next_notes, mut firsts, mut severe, mut totals) =
+    let (mut stream_revisions, mut next_notes, mut firsts, mut severe_created, mut totals) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let (mut retentions, mut floors) = (vec![], vec![]);
+    let (mut retentions, mut floors, mut restores) = (vec![], vec![], vec![]);
     for shadow in batch.values() {
         stream_ids.push(as_i64(shadow.id));
         stream_revisions.push(as_i64(shadow.state.revision()));
         next_notes.push(as_i64(shadow.state.next_note_id()));
         firsts.push(as_i64(shadow.first_seq));
-        severe.push(as_i64(shadow.state.severe_created()));
+        severe_created.push(as_i64(shadow.state.severe_created()));
         totals.push(codec::encode_totals(shadow.state.totals()));
         retentions.push(shadow.retention.as_ref().map(codec::encode_retention));
         floors.push(as_i64(shadow.changelog_floor));
+        restores.push(codec::encode_restore(&shadow.restore()));
     }
     let streams = async {
         if stream_ids.is_empty() {
@@ -101,21 +105,23 @@ pub(super) async fn write(
             .execute(
                 "UPDATE recap_streams s SET revision = u.revision, next_note_id = u.next_note_id,
                      first_seq = u.first_seq, severe_created = u.severe_created,
-                     totals = u.totals, retention = u.retention, changelog_floor = u.changelog_floor
+                     totals = u.totals, retention = u.retention, changelog_floor = u.changelog_floor,
+                     restore = u.restore
                  FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
-                     $7::text[], $8::int8[])
+                     $7::text[], $8::int8[], $9::text[])
                      AS u(id, revision, next_note_id, first_seq, severe_created, totals, retention,
-                         changelog_floor)
+                         changelog_floor, restore)
                  WHERE s.id = u.id",
                 &[
                     &stream_ids,
                     &stream_revisions,
                     &next_notes,
                     &firsts,
-                    &severe,
+                    &severe_created,
                     &totals,
                     &retentions,
                     &floors,
+                    &restores,
                 ],
             )
             .await
@@ -135,7 +141,11 @@ pub(super) async fn write(
             )
             .await
     };
-    let (trimmed_ids, first_kept) = pairs(&writes.trimmed);
+    let (trimmed_ids, first_kept): (Vec<i64>, Vec<i64>) = writes
+        .trimmed
+        .iter()
+        .map(|&(id, _, first_kept)| (as_i64(id), as_i64(first_kept)))
+        .unzip();
     let trimmed = async {
         if trimmed_ids.is_empty() {
             return Ok(0);

@@ -29,15 +29,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Transaction};
 
 use crate::context::NOTE_ID_KEY;
+use crate::context::PayloadPolicy;
 use crate::event::{Event, MAX_EVENT_COUNT, Note, Record, StreamName, Timestamp};
 use crate::meter::Meter;
 use crate::payload::Payload;
-use crate::stream::{Appended, Snapshot, StreamState, TailBytes, TailCapacity};
+use crate::stream::{Appended, StreamState, TailCapacity};
 
+use super::super::tail_book::TailBook;
 use super::super::writer::{at_micros, note_event, note_limit};
 use super::super::{
     ChangeBody, ImportedRecord, MAX_EVENTS_PER_COMMIT, Retention, StoreError, StoreOptions,
 };
+use super::codec::Restore;
+use super::load::{self, STREAM_COLUMNS, StreamRow};
 use super::{BATCH_TIMEOUT, PgError, codec, connect, listen, statements, unreachable_or};
 
 /// How often a batch that lost a deadlock or serialization race is tried again.
@@ -163,6 +167,31 @@ pub(super) struct Shadow {
     pub(super) retention: Option<Retention>,
     /// Changes with revision up to this one are trimmed from `recap_changes`.
     pub(super) changelog_floor: u64,
+    /// What a restore of the readers' state needs besides the rows (see [`TailBook`]).
+    pub(super) book: TailBook,
+}
+
+impl Shadow {
+    /// Keeps the book of the readers' tail after placing a record.
+    fn placed(&mut self, tail: TailCapacity, appended: &Appended) {
+        let record = &appended.record;
+        if !appended.collapsed {
+            let lookback = self.state.policy().lookback;
+            self.book.created(tail, lookback, record);
+        }
+        let last_seq = self.state.totals().records;
+        self.book
+            .took_last_ts(tail, record.seq, record.last_ts, last_seq);
+    }
+
+    /// What the stream's row keeps for a restore.
+    pub(super) fn restore(&self) -> Restore {
+        Restore {
+            book: self.book.clone(),
+            first_goals: self.state.first_goal_seqs(),
+            latest_goal: self.state.latest_goal_seq(),
+        }
+    }
 }
 
 /// Most shadows a node keeps between batches; beyond it, only the last batch's are kept (the
@@ -213,8 +242,8 @@ pub(super) struct Writes {
     /// Stream ids whose rows go (their stream was deleted), and their names.
     pub(super) deleted: Vec<u64>,
     pub(super) deleted_names: Vec<StreamName>,
-    /// `(stream id, first seq kept)` of streams retention trims.
-    pub(super) trimmed: Vec<(u64, u64)>,
+    /// `(stream id, first seq stored before, first seq kept)` of streams retention trims.
+    pub(super) trimmed: Vec<(u64, u64, u64)>,
     /// `(stream id, new changelog floor)` of streams whose changelog is trimmed.
     pub(super) floors: Vec<(u64, u64)>,
 }
@@ -418,9 +447,10 @@ impl Writer {
             .collect();
         let rows = transaction
             .query(
-                "SELECT id, name, revision, next_note_id, first_seq, severe_created, totals, retention,
-                     changelog_floor
-                 FROM recap_streams WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                &format!(
+                    "SELECT {STREAM_COLUMNS} FROM recap_streams WHERE name = ANY($1)
+                     ORDER BY name FOR UPDATE"
+                ),
                 &[&names],
             )
             .await?;
@@ -457,6 +487,7 @@ impl Writer {
             outcomes.push(outcome);
         }
         self.trim(&mut batch, &mut writes);
+        note_removed(&transaction, &mut batch, &writes).await?;
         statements::write(&transaction, &batch, &writes).await?;
         // A stream created by this batch whose requests were all refused is not kept.
         let empty: Vec<i64> = batch
@@ -505,50 +536,26 @@ impl Writer {
         name: &StreamName,
         row: &tokio_postgres::Row,
     ) -> Result<Shadow, BatchError> {
-        let id: i64 = row.get(0);
-        let lookback = self.options.collapse.lookback as i64;
-        let (records_params, notes_params) = ([&id as _, &lookback as _], [&id as _]);
-        let records = transaction.query(
-            "SELECT seq, body FROM recap_records WHERE stream_id = $1 ORDER BY seq DESC LIMIT $2",
-            &records_params,
-        );
-        let notes = transaction.query(
-            "SELECT id, body FROM recap_notes WHERE stream_id = $1 ORDER BY id",
-            &notes_params,
-        );
-        let (records, notes) = tokio::try_join!(records, notes)?;
-        let mut tail = Vec::with_capacity(records.len());
-        for record in records.iter().rev() {
-            let record = codec::decode_record(name.as_str(), record.get(0), record.get(1))?;
-            tail.push(Arc::new(crate::context::CachedRecord::new(
-                &record,
-                &self.meter,
-            )));
-        }
-        let notes = notes
-            .iter()
-            .map(|note| codec::decode_note(name.as_str(), note.get(0), note.get(1)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let snapshot = Snapshot {
-            tail,
-            older_severe: Vec::new(),
-            goals: Vec::new(),
-            latest_goal: None,
-            older_last_ts: None,
-            totals: codec::decode_totals(name.as_str(), row.get(6))?,
-            notes,
-            revision: row.get::<_, i64>(2) as u64,
-            next_note_id: row.get::<_, i64>(3) as u64,
-            severe_created: row.get::<_, i64>(5) as u64,
-            bytes: TailBytes::default(),
-        };
+        let row = StreamRow::decode(name.as_str(), row)?;
         let capacity = TailCapacity::shadow(self.options.collapse.lookback);
+        // A repeat keeps the payload it does not replace: placement needs its targets' payloads.
+        let state = load::restore(
+            transaction,
+            name,
+            &row,
+            &self.options,
+            capacity,
+            PayloadPolicy::Keep,
+            &self.meter,
+        )
+        .await?;
         Ok(Shadow {
-            id: id as u64,
-            state: StreamState::restore(self.options.collapse, capacity, &self.meter, snapshot),
-            first_seq: row.get::<_, i64>(4) as u64,
-            retention: codec::decode_retention(name.as_str(), row.get(7))?,
-            changelog_floor: row.get::<_, i64>(8) as u64,
+            id: row.id,
+            state,
+            first_seq: row.first_seq,
+            retention: row.retention,
+            changelog_floor: row.changelog_floor,
+            book: row.restore.book,
         })
     }
 
@@ -571,6 +578,7 @@ impl Writer {
             first_seq: 1,
             retention: None,
             changelog_floor: 0,
+            book: TailBook::default(),
         })
     }
 
@@ -594,6 +602,7 @@ impl Writer {
             let shadow = self.recreate(transaction, op.stream()).await?;
             batch.insert(op.stream().clone(), shadow);
         }
+        let tail = self.options.tail;
         match op {
             Op::Append {
                 stream,
@@ -605,6 +614,7 @@ impl Writer {
                 for event in events {
                     let ts = at_micros(event.ts.unwrap_or(now));
                     let (appended, _) = shadow.state.append_shared(event, ts);
+                    shadow.placed(tail, &appended);
                     writes.appended(shadow.id, &appended);
                     results.push(appended);
                 }
@@ -646,6 +656,7 @@ impl Writer {
                         at_micros(imported.last_ts),
                         imported.repeat_count,
                     );
+                    shadow.placed(tail, &appended);
                     writes.appended(shadow.id, &appended);
                     results.push(appended);
                 }
@@ -667,6 +678,7 @@ impl Writer {
                     .add_note(text.clone(), now, expires_at.map(at_micros));
                 writes.note_added(shadow.id, &note, shadow.state.revision());
                 let (appended, _) = shadow.state.append_shared(note_event(text, note.id), now);
+                shadow.placed(tail, &appended);
                 writes.appended(shadow.id, &appended);
                 Ok(Outcome::Note(note))
             }
@@ -730,8 +742,60 @@ impl Writer {
             }
             let first_kept = last_seq + 1 - max_records;
             shadow.state.forget_through(first_kept - 1);
+            writes
+                .trimmed
+                .push((shadow.id, shadow.first_seq, first_kept));
             shadow.first_seq = first_kept;
-            writes.trimmed.push((shadow.id, first_kept));
         }
     }
+}
+
+/// The records retention removes leave the readers' tail: their latest time joins each
+/// stream's book, as the redb writer's retention does. They are this batch's own (still in
+/// `writes`) or stored before it.
+async fn note_removed(
+    transaction: &Transaction<'_>,
+    batch: &mut HashMap<StreamName, Shadow>,
+    writes: &Writes,
+) -> Result<(), PgError> {
+    if writes.trimmed.is_empty() {
+        return Ok(());
+    }
+    let mut latest: HashMap<u64, Timestamp> = HashMap::new();
+    let mut join = |id: u64, last_ts: Timestamp| {
+        let known = latest.entry(id).or_insert(last_ts);
+        *known = (*known).max(last_ts);
+    };
+    for &(id, from, to) in &writes.trimmed {
+        for (_, record) in writes.records.range((id, from)..(id, to)) {
+            join(id, record.last_ts);
+        }
+    }
+    let ids: Vec<i64> = writes.trimmed.iter().map(|t| t.0 as i64).collect();
+    let froms: Vec<i64> = writes.trimmed.iter().map(|t| t.1 as i64).collect();
+    let tos: Vec<i64> = writes.trimmed.iter().map(|t| t.2 as i64).collect();
+    // Times are whole microseconds, which timestamptz keeps exactly.
+    let rows = transaction
+        .query(
+            "SELECT u.stream_id,
+                 (extract(epoch FROM max((r.body::jsonb->>'last_ts')::timestamptz)) * 1000000)::int8
+             FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u(stream_id, from_seq, to_seq)
+             JOIN recap_records r
+                 ON r.stream_id = u.stream_id AND r.seq >= u.from_seq AND r.seq < u.to_seq
+             GROUP BY u.stream_id",
+            &[&ids, &froms, &tos],
+        )
+        .await?;
+    for row in rows {
+        let micros: Option<i64> = row.get(1);
+        if let Some(last_ts) = micros.and_then(chrono::DateTime::from_timestamp_micros) {
+            join(row.get::<_, i64>(0) as u64, last_ts);
+        }
+    }
+    for shadow in batch.values_mut() {
+        if let Some(&last_ts) = latest.get(&shadow.id) {
+            shadow.book.removed(last_ts);
+        }
+    }
+    Ok(())
 }

@@ -73,7 +73,7 @@ pub(super) fn maintain_stream(
             ) {
                 (Ok(revision), Ok(last_ts)) => {
                     max_revision = max_revision.max(revision);
-                    target.note_removed(last_ts);
+                    target.book.removed(last_ts);
                 }
                 // A damaged record goes like any other; since its last revision is unknown,
                 // no change up to now can be replayed any more (subscribers resuming get a reset).

@@ -56,13 +56,14 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTr
 use tokio::sync::oneshot;
 
 use crate::anomaly::{AnomalyOverrides, AnomalySettings, DetectorState};
-use crate::event::{Event, Note, Record, Severity, StreamName, Timestamp};
+use crate::event::{Event, Note, Severity, StreamName, Timestamp};
 use crate::meter::Meter;
-use crate::stream::{Appended, BlockTimes, Origin, StreamState, TailBytes, TailCapacity};
+use crate::stream::{Appended, Origin, StreamState, TailCapacity};
 
 use super::cache::{Cache, Slot, Update};
 use super::reads;
 use super::schema::{self, ChangeEntry, Created, StreamMeta};
+use super::tail_book::TailBook;
 use super::{
     Change, ChangeBody, ImportedRecord, MAX_EVENTS_PER_COMMIT, Retention, StoreError, StoreOptions,
 };
@@ -190,15 +191,9 @@ struct WriterStream {
     changelog_floor: u64,
     /// Creation facts of the newest records, the ones a repeat can land in (see [`Created`]).
     created: CreatedFacts,
-    /// The latest `last_ts` before the readers' tail, and per block of the tail its latest
-    /// (see [`StreamMeta::tail_blocks`]): kept here, where every record passes, so that a
-    /// stream's metadata is exact whether or not its state is in memory.
-    older_last_ts: Option<Timestamp>,
-    tail_blocks: Vec<(u64, Timestamp)>,
-    /// The readers' tail bound in bytes, and its blocks' latest times (see
-    /// [`crate::stream::bytes`]): the shadow is not bounded so, and cannot say.
-    tail_bytes: TailBytes,
-    block_times: BlockTimes,
+    /// What a restore of the readers' state needs besides the rows: kept here, where every
+    /// record passes, so that a stream's metadata is exact whether or not its state is in memory.
+    book: TailBook,
     /// The anomaly detectors' state (`None` until an event is observed, and with detection
     /// off), and what the stream overrides of the server's settings.
     detectors: Option<Box<DetectorState>>,
@@ -289,10 +284,12 @@ impl WriterStream {
             first_seq: meta.first_seq,
             changelog_floor: meta.changelog_floor,
             created: CreatedFacts::new(options.collapse.lookback, &cache.meter),
-            older_last_ts: meta.older_last_ts,
-            tail_blocks,
-            tail_bytes: meta.tail_bytes,
-            block_times: meta.block_times,
+            book: TailBook {
+                older_last_ts: meta.older_last_ts,
+                tail_blocks,
+                tail_bytes: meta.tail_bytes,
+                block_times: meta.block_times,
+            },
             detectors: meta.detectors,
             anomalies: meta.anomalies,
         })
@@ -302,53 +299,6 @@ impl WriterStream {
     fn anomaly_settings(&self, server: AnomalySettings) -> AnomalySettings {
         self.anomalies
             .map_or(server, |overrides| server.with(&overrides))
-    }
-
-    /// Counts a new record toward the readers' byte blocks: when it moves the start, the times
-    /// of the records passed join `older_last_ts`.
-    fn note_created(&mut self, tail: TailCapacity, record: &Record) {
-        let lookback = self.shadow.policy().lookback;
-        let size = TailBytes::size(record, tail.record_cap(lookback));
-        if self.tail_bytes.push(record.seq, size, tail.block_bytes) {
-            let passed = self.block_times.advance(&self.tail_bytes);
-            self.join_older(passed);
-        }
-    }
-
-    fn join_older(&mut self, last_ts: Option<Timestamp>) {
-        self.older_last_ts = self.older_last_ts.max(last_ts);
-    }
-
-    /// Keeps `older_last_ts` and the tail's blocks up to date after record `seq` took
-    /// `last_ts`: the blocks the readers' tail has moved past join `older_last_ts`.
-    fn note_last_ts(&mut self, tail: TailCapacity, seq: u64, last_ts: Timestamp) {
-        let block_records = tail.records.max(1) as u64;
-        let block = (seq - 1) / block_records;
-        match self
-            .tail_blocks
-            .iter_mut()
-            .find(|(known, _)| *known == block)
-        {
-            Some((_, latest)) => *latest = (*latest).max(last_ts),
-            None => self.tail_blocks.push((block, last_ts)),
-        }
-        let before_blocks = self.block_times.note(&self.tail_bytes, seq, last_ts);
-        self.join_older(before_blocks);
-        let start = tail.tail_start(self.shadow.totals().records);
-        let first_block = (start - 1) / block_records;
-        let older = &mut self.older_last_ts;
-        self.tail_blocks.retain(|&(block, latest)| {
-            let passed = block < first_block;
-            if passed {
-                *older = Some(older.map_or(latest, |known| known.max(latest)));
-            }
-            !passed
-        });
-    }
-
-    /// Records retention removed leave the tail: their times join `older_last_ts`.
-    fn note_removed(&mut self, last_ts: Timestamp) {
-        self.older_last_ts = Some(self.older_last_ts.map_or(last_ts, |t| t.max(last_ts)));
     }
 
     /// Whether everything placed on this stream is committed and visible: its shadow can go.

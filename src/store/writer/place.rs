@@ -74,10 +74,7 @@ impl Writer {
                 first_seq: 1,
                 changelog_floor: 0,
                 created: CreatedFacts::new(options.collapse.lookback, &self.shared.cache.meter),
-                older_last_ts: None,
-                tail_blocks: Vec::new(),
-                tail_bytes: TailBytes::default(),
-                block_times: BlockTimes::default(),
+                book: TailBook::default(),
                 detectors: None,
                 anomalies: None,
             };
@@ -366,10 +363,10 @@ pub(super) fn stream_meta(stream: &WriterStream) -> StreamMeta {
         retention: stream.retention,
         first_seq: stream.first_seq,
         changelog_floor: stream.changelog_floor,
-        older_last_ts: stream.older_last_ts,
-        tail_blocks: Some(stream.tail_blocks.clone()),
-        tail_bytes: stream.tail_bytes,
-        block_times: stream.block_times,
+        older_last_ts: stream.book.older_last_ts,
+        tail_blocks: Some(stream.book.tail_blocks.clone()),
+        tail_bytes: stream.book.tail_bytes,
+        block_times: stream.book.block_times,
         severe_created: Some(stream.shadow.severe_created()),
         first_goals: stream.shadow.first_goal_seqs(),
         latest_goal: stream.shadow.latest_goal_seq(),
@@ -439,7 +436,10 @@ fn store_revised(
 ) {
     let record = &raised.appended.record;
     let id = target.slot.id;
-    target.note_last_ts(tail, record.seq, record.last_ts);
+    let last_seq = target.shadow.totals().records;
+    target
+        .book
+        .took_last_ts(tail, record.seq, record.last_ts, last_seq);
     let first_ts = record.first_ts;
     let created = Created {
         revision: raised.episode.created_revision,
@@ -473,9 +473,13 @@ pub(super) fn store_appended(
     let record = &appended.record;
     let id = target.slot.id;
     if !appended.collapsed {
-        target.note_created(tail, record);
+        let lookback = target.shadow.policy().lookback;
+        target.book.created(tail, lookback, record);
     }
-    target.note_last_ts(tail, record.seq, record.last_ts);
+    let last_seq = target.shadow.totals().records;
+    target
+        .book
+        .took_last_ts(tail, record.seq, record.last_ts, last_seq);
     if appended.collapsed {
         let created = match target.created.get(record.seq) {
             Some(created) => created,
