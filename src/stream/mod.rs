@@ -794,6 +794,12 @@ impl StreamState {
         }
     }
 
+    /// The record `seq`, if it is in the tail.
+    pub fn tail_record(&self, seq: u64) -> Option<&Arc<CachedRecord>> {
+        self.tail_position(seq)
+            .map(|position| &self.records[position])
+    }
+
     /// Where the record `seq` is in the tail, if it is there.
     fn tail_position(&self, seq: u64) -> Option<usize> {
         position_by_seq(&self.records, seq)
@@ -802,6 +808,14 @@ impl StreamState {
     /// Severe records ever created.
     pub fn severe_created(&self) -> u64 {
         self.severe_created
+    }
+
+    /// Takes the revision and totals a stream reached through changes adopted from elsewhere
+    /// (another node's writes, read back from a shared database): the totals are the
+    /// database's, not recounted from what was adopted.
+    pub fn caught_up(&mut self, revision: u64, totals: Totals) {
+        self.revision = revision;
+        self.totals = totals;
     }
 }
 

@@ -15,6 +15,7 @@ mod mcp_subscriptions;
 mod model;
 mod openintent;
 mod pg_cluster;
+mod pg_contexts;
 mod pg_nodes;
 mod server;
 mod sse_edges;

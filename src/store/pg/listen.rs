@@ -68,11 +68,14 @@ fn parse(payload: &str) -> impl Iterator<Item = Wakeup> + '_ {
 
 /// Listens until the store is gone (`alive` no longer upgrades), connecting again whenever the
 /// connection is lost, and telling subscribers to resync each time it (re)connects.
+/// `listening` is told when notifications start arriving (`true`, before the resync) and when
+/// they may stop (`false`, as soon as the connection is lost).
 pub(super) async fn run(
     config: tokio_postgres::Config,
     place: String,
     wakeups: broadcast::Sender<Wakeup>,
     alive: Weak<()>,
+    listening: impl Fn(bool) + Send + 'static,
 ) {
     while alive.upgrade().is_some() {
         match config.connect(NoTls).await {
@@ -96,11 +99,15 @@ pub(super) async fn run(
                 });
                 match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
                     Ok(()) => {
+                        listening(true);
                         let _ = wakeups.send(Wakeup::Resync);
                         // Until the connection ends or the store is gone.
                         loop {
                             tokio::select! {
-                                _ = &mut pump => break,
+                                _ = &mut pump => {
+                                    listening(false);
+                                    break;
+                                }
                                 () = tokio::time::sleep(Duration::from_secs(1)) => {
                                     if alive.upgrade().is_none() {
                                         pump.abort();

@@ -1,6 +1,6 @@
-//! Reading a stream's in-memory state back from the database (today the writer's shadow: the
-//! records collapse can reach; next, a node's cached state for contexts). It follows the redb
-//! store's restore (`reads::restore_stream` there): the stream's row says where the tail
+//! Reading a stream's in-memory state back from the database: the writer's shadow (the records
+//! collapse can reach) and a node's cached state for contexts (the whole tail). Both follow the
+//! redb store's restore (`reads::restore_stream` there): the stream's row says where the tail
 //! starts and which older records a state keeps, so a state loaded at a revision is the one
 //! appended to record by record, on any node.
 
@@ -13,7 +13,8 @@ use crate::event::{Record, StreamName};
 use crate::meter::Meter;
 use crate::stream::{Snapshot, StreamState, TailCapacity};
 
-use super::super::{Retention, StoreError, StoreOptions};
+use super::super::{ChangeBody, Retention, StoreError, StoreOptions};
+use super::cache::CatchUp;
 use super::codec::{self, Restore};
 use super::{PgError, unreachable_or};
 
@@ -50,6 +51,22 @@ impl StreamRow {
             restore: codec::decode_restore(stream, row.get(9))?,
         })
     }
+}
+
+/// Reads a stream's row, `None` if there is no stream of that name.
+pub(super) async fn stream_row(
+    transaction: &Transaction<'_>,
+    stream: &StreamName,
+) -> Result<Option<StreamRow>, StoreError> {
+    let row = transaction
+        .query_opt(
+            &format!("SELECT {STREAM_COLUMNS} FROM recap_streams WHERE name = $1"),
+            &[&stream.as_str()],
+        )
+        .await
+        .map_err(|error| unreachable_or(error, "reading a stream"))?;
+    row.map(|row| StreamRow::decode(stream.as_str(), &row))
+        .transpose()
 }
 
 /// A record row as a state holds it: its payload kept only if `payloads` says so (and it is a
@@ -212,4 +229,71 @@ fn missing(stream: &str, seq: u64) -> StoreError {
         row: format!("record {seq}"),
         problem: "is missing though the stream's row says it is stored".to_owned(),
     }
+}
+
+/// Changes a catch-up applies at most; a stream further ahead is loaded again instead.
+pub(super) const MAX_CATCH_UP_CHANGES: u64 = 4_096;
+
+/// What a state at revision `have` of the stream `row` describes needs to reach the row's
+/// revision (see [`CatchUp`]), read in `transaction` after the row; `None` when loading the
+/// stream again is the way (too far behind, or the changes needed are trimmed).
+pub(super) async fn catch_up(
+    transaction: &Transaction<'_>,
+    stream: &StreamName,
+    row: &StreamRow,
+    have: u64,
+) -> Result<Option<CatchUp>, StoreError> {
+    let behind = row.revision.saturating_sub(have);
+    if row.revision < have || behind > MAX_CATCH_UP_CHANGES || row.changelog_floor > have {
+        return Ok(None);
+    }
+    let fail = |error: PgError| unreachable_or(error, "catching up with a stream");
+    let (id, after, until) = (row.id as i64, have as i64, row.revision as i64);
+    let rows = transaction
+        .query(
+            "SELECT revision, body FROM recap_changes
+             WHERE stream_id = $1 AND revision > $2 AND revision <= $3 ORDER BY revision",
+            &[&id, &after, &until],
+        )
+        .await
+        .map_err(fail)?;
+    if rows.len() as u64 != behind {
+        // Trimmed meanwhile: the changes needed are gone.
+        return Ok(None);
+    }
+    let mut changes = Vec::with_capacity(rows.len());
+    let mut touched = Vec::new();
+    for change in &rows {
+        let change = codec::decode_change(stream, row.id, change.get(0), change.get(1))?;
+        match &change.body {
+            ChangeBody::Record(record) => touched.push(record.seq as i64),
+            ChangeBody::Repeat { seq, .. } => touched.push(*seq as i64),
+            ChangeBody::Note(_) | ChangeBody::NoteDeleted { .. } => {}
+        }
+        changes.push((change.revision, change.body));
+    }
+    let mut current = std::collections::HashMap::new();
+    if !touched.is_empty() {
+        let records = transaction
+            .query(
+                "SELECT seq, body FROM recap_records WHERE stream_id = $1 AND seq = ANY($2)",
+                &[&id, &touched],
+            )
+            .await
+            .map_err(fail)?;
+        for record in &records {
+            let seq: i64 = record.get(0);
+            current.insert(
+                seq as u64,
+                codec::decode_record(stream.as_str(), seq, record.get(1))?,
+            );
+        }
+    }
+    Ok(Some(CatchUp {
+        changes,
+        current,
+        totals: row.totals.clone(),
+        revision: row.revision,
+        first_seq: row.first_seq,
+    }))
 }

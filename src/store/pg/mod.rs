@@ -16,10 +16,16 @@
 //! - `listen.rs`: waking other nodes up, once per committed batch.
 //! - `codec.rs`: what the tables hold.
 //!
-//! Not built yet (see `docs/design.md`): serving it from `recap serve` (contexts from the node's
-//! stream cache caught up from the database, feeds across nodes), age retention and note expiry.
+//! - `load.rs`: a stream's state read back from the database, exactly as it was appended.
+//! - `cache.rs`, `contexts.rs`: the node's cache of stream states for contexts, caught up from
+//!   the changelog when a stream moved on.
+//!
+//! Not built yet (see `docs/design.md`): serving it from `recap serve` (feeds across nodes
+//! included), age retention and note expiry.
 
+mod cache;
 mod codec;
+mod contexts;
 mod listen;
 mod load;
 mod migrate;
@@ -77,6 +83,8 @@ struct Inner {
     /// Held while the store is: the listener stops once it is gone.
     _alive: Arc<()>,
     counters: Arc<writer::Counters>,
+    /// The node's stream states, for contexts.
+    cache: Arc<cache::NodeCache>,
 }
 
 /// What a node's writer has done since the store was opened, for metrics and benchmarks.
@@ -95,6 +103,16 @@ pub struct PgMetrics {
     pub requests: u64,
     /// Events and imported records acknowledged.
     pub events: u64,
+    /// Streams whose state this node has in memory for contexts.
+    pub cached_streams: usize,
+    /// Bytes those states hold.
+    pub cache_bytes: usize,
+    /// States read whole from the database (first read, or too far behind to catch up).
+    pub cache_loads: u64,
+    /// States brought up to date from the changelog.
+    pub cache_catch_ups: u64,
+    /// States dropped to stay within the cache budget.
+    pub cache_evictions: u64,
 }
 
 /// Whether a URL names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -147,16 +165,26 @@ impl PgStore {
         let (requests, receiver) = mpsc::unbounded_channel();
         let (wakeups, _) = broadcast::channel(listen::WAKEUP_QUEUE);
         let alive = Arc::new(());
+        let cache = Arc::new(cache::NodeCache::new(options.cache_bytes));
+        tokio::spawn(cache::follow(wakeups.subscribe(), cache.clone()));
+        let follower = cache.clone();
         tokio::spawn(listen::run(
             config.clone(),
             place.clone(),
             wakeups.clone(),
             Arc::downgrade(&alive),
+            move |listening| follower.resync(listening),
         ));
         let counters = Arc::new(writer::Counters::default());
         tokio::spawn(
-            writer::Writer::new(config, place.clone(), options.clone(), counters.clone())
-                .run(receiver),
+            writer::Writer::new(
+                config,
+                place.clone(),
+                options.clone(),
+                counters.clone(),
+                cache.clone(),
+            )
+            .run(receiver),
         );
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -168,6 +196,7 @@ impl PgStore {
                 wakeups,
                 _alive: alive,
                 counters,
+                cache,
             }),
         })
     }
@@ -208,6 +237,11 @@ impl PgStore {
             shadow_loads: load(&counters.shadow_loads),
             requests: load(&counters.requests),
             events: load(&counters.events),
+            cached_streams: self.inner.cache.len(),
+            cache_bytes: self.inner.cache.meter.bytes(),
+            cache_loads: load(&self.inner.cache.loads),
+            cache_catch_ups: load(&self.inner.cache.catch_ups),
+            cache_evictions: load(&self.inner.cache.evictions),
         }
     }
 

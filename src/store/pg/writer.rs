@@ -40,6 +40,7 @@ use super::super::writer::{at_micros, note_event, note_limit};
 use super::super::{
     ChangeBody, ImportedRecord, MAX_EVENTS_PER_COMMIT, Retention, StoreError, StoreOptions,
 };
+use super::cache::NodeCache;
 use super::codec::Restore;
 use super::load::{self, STREAM_COLUMNS, StreamRow};
 use super::{BATCH_TIMEOUT, PgError, codec, connect, listen, statements, unreachable_or};
@@ -286,6 +287,8 @@ pub(super) struct Writer {
     shadows: HashMap<StreamName, Shadow>,
     meter: Meter,
     counters: Arc<Counters>,
+    /// The node's cache of stream states, told of each commit before its callers are answered.
+    cache: Arc<NodeCache>,
 }
 
 /// What a node's writer has done since it started (see [`super::PgMetrics`]).
@@ -305,6 +308,7 @@ impl Writer {
         place: String,
         options: StoreOptions,
         counters: Arc<Counters>,
+        cache: Arc<NodeCache>,
     ) -> Writer {
         Writer {
             config,
@@ -314,6 +318,7 @@ impl Writer {
             shadows: HashMap::new(),
             meter: Meter::detached(),
             counters,
+            cache,
         }
     }
 
@@ -522,6 +527,10 @@ impl Writer {
                 .await?;
         }
         transaction.commit().await?;
+        // So that a caller reads its write on this node once it is acknowledged.
+        for (name, revision) in &changed {
+            self.cache.heard(name, *revision);
+        }
         if self.shadows.len() + batch.len() > MAX_SHADOWS {
             self.shadows.clear();
         }
@@ -719,8 +728,10 @@ impl Writer {
         }
     }
 
-    /// Applies `max_records` retention to the batch's streams (the oldest records go, a dense
-    /// range stays, and the totals keep counting them) and trims their changelogs to the newest
+    /// Applies `max_records` retention to the batch's streams that took a record (the oldest
+    /// records go, a dense range stays, and the totals keep counting them): only a write that
+    /// moves a stream's revision may remove records, since nodes catch up with a stream when
+    /// its revision moves (see `cache.rs`). It also trims their changelogs to the newest
     /// `changelog_keep` revisions, with the redb writer's slack of a sixteenth, so that a
     /// stream written without pause trims in steps rather than a row per write.
     fn trim(&self, batch: &mut HashMap<StreamName, Shadow>, writes: &mut Writes) {
@@ -735,6 +746,15 @@ impl Writer {
             let Some(max_records) = retention.max_records else {
                 continue;
             };
+            let id = shadow.id;
+            if writes
+                .records
+                .range((id, 0)..=(id, u64::MAX))
+                .next()
+                .is_none()
+            {
+                continue;
+            }
             let last_seq = shadow.state.totals().records;
             let stored = (last_seq + 1).saturating_sub(shadow.first_seq);
             if stored <= max_records {

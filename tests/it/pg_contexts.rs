@@ -1,0 +1,227 @@
+//! Contexts on PostgreSQL nodes against each other: two nodes take random writes to the same
+//! streams (appends with repeats, notes, retention, deletes), and after every write each node's
+//! context, caught up from the changelog, is byte for byte the one a node that loads the stream
+//! afresh from the database serves. Where PostgreSQL is not installed this does not run (see
+//! `pg_cluster`).
+
+use std::time::Duration;
+
+use chrono::{SubsecRound, TimeDelta};
+use proptest::prelude::*;
+use recap::collapse::CollapsePolicy;
+use recap::context::ContextRequest;
+use recap::event::{Event, Severity, StreamName, Timestamp};
+use recap::payload::Payload;
+use recap::store::{PgStore, Retention, StoreOptions};
+use recap::stream::TailCapacity;
+use recap::tokens::Encoding;
+
+use crate::pg_cluster;
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Appends events (message, kind, severity, with a payload) to a stream.
+    Append(usize, Vec<(usize, usize, usize, bool)>),
+    AddNote(usize, usize),
+    DeleteNote(usize, u64),
+    /// Keeps at most this many records of a stream (applied by its next write).
+    Retain(usize, u64),
+    DeleteStream(usize),
+}
+
+const STREAMS: [&str; 2] = ["agent-a", "team.agent-b"];
+const KINDS: [&str; 5] = ["tool", "task", "error", "plan", "observation"];
+const MESSAGES: [&str; 6] = [
+    "search(\"redb\") timed out after 30s",
+    "wrote src/main.rs (42 lines)",
+    "Traceback (most recent call last):\n  File \"app.py\", line 3\nModuleNotFoundError: flask",
+    "fix the failing checkout test",
+    "cargo test: 118 passed, 2 failed",
+    "the user prefers small diffs",
+];
+const BUDGETS: [u32; 3] = [120, 600, 4_000];
+
+fn op() -> impl Strategy<Value = Op> {
+    let event = (0..MESSAGES.len(), 0..KINDS.len(), 0usize..5, any::<bool>());
+    prop_oneof![
+        8 => (0..STREAMS.len(), prop::collection::vec(event, 1..60))
+            .prop_map(|(stream, events)| Op::Append(stream, events)),
+        1 => (0..STREAMS.len(), 0..MESSAGES.len()).prop_map(|(s, m)| Op::AddNote(s, m)),
+        1 => (0..STREAMS.len(), 1u64..6).prop_map(|(s, id)| Op::DeleteNote(s, id)),
+        1 => (0..STREAMS.len(), 20u64..150).prop_map(|(s, keep)| Op::Retain(s, keep)),
+        1 => (0..STREAMS.len()).prop_map(Op::DeleteStream),
+    ]
+}
+
+/// A small tail, bounded by count and by bytes, so that streams outgrow both within a test.
+fn options(cache_bytes: usize) -> StoreOptions {
+    StoreOptions {
+        tail: TailCapacity {
+            records: 64,
+            severe: 4,
+            block_bytes: 16 * 1024,
+        },
+        collapse: CollapsePolicy {
+            lookback: 16,
+            ..CollapsePolicy::default()
+        },
+        anomaly: recap::anomaly::AnomalySettings::off(),
+        cache_bytes,
+        ..StoreOptions::default()
+    }
+}
+
+fn event(message: usize, kind: usize, severity: usize, payload: bool) -> Event {
+    let mut event = Event::new(KINDS[kind], Severity::ALL[severity], MESSAGES[message]).unwrap();
+    if payload {
+        event.payload = Some(Payload::from_json(r#"{"attempt": 3, "zeros": [0, 0, 0]}"#).unwrap());
+    }
+    event
+}
+
+async fn apply(node: &PgStore, op: &Op, now: Timestamp) {
+    let stream = |index: usize| StreamName::new(STREAMS[index]).unwrap();
+    match op {
+        Op::Append(s, events) => {
+            let events = events
+                .iter()
+                .map(|&(m, k, sev, p)| event(m, k, sev, p))
+                .collect();
+            node.append(&stream(*s), events, now).await.unwrap();
+        }
+        Op::AddNote(s, m) => {
+            // A stream at its note limit refuses; that is an answer too.
+            let _ = node
+                .add_note(&stream(*s), MESSAGES[*m].into(), None, now)
+                .await;
+        }
+        Op::DeleteNote(s, id) => {
+            let _ = node.delete_note(&stream(*s), *id).await;
+        }
+        Op::Retain(s, keep) => {
+            let retention = Retention {
+                max_records: Some(*keep),
+                max_age: None,
+            };
+            let _ = node.set_retention(&stream(*s), retention).await;
+        }
+        Op::DeleteStream(s) => {
+            node.delete_stream(&stream(*s)).await.unwrap();
+        }
+    }
+}
+
+/// What a node serves of a stream: its position and a context at each budget.
+async fn served(node: &PgStore, stream: &StreamName, min_revision: u64, now: Timestamp) -> String {
+    let position = node.position(stream, min_revision).await.unwrap();
+    let mut out = format!("{position:?}\n");
+    for budget in BUDGETS {
+        let request = ContextRequest::new(budget, Encoding::Cl100kBase);
+        let window = node
+            .context(stream, &request, now, min_revision)
+            .await
+            .unwrap();
+        out.push_str(&format!("{window:?}\n"));
+    }
+    out
+}
+
+/// What `node` serves once it has heard of the stream's state on the database (a deletion is
+/// heard through a notification, which takes a moment), compared to `fresh`'s.
+async fn converged(node: &PgStore, stream: &StreamName, expected: &str, now: Timestamp) -> String {
+    let revision = node_revision(expected);
+    let mut answer = served(node, stream, revision, now).await;
+    for _ in 0..500 {
+        if answer == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        answer = served(node, stream, revision, now).await;
+    }
+    answer
+}
+
+/// Where two answers part, with some of each around it.
+fn difference(answer: &str, expected: &str) -> String {
+    let at = answer
+        .char_indices()
+        .zip(expected.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or(answer.len().min(expected.len()), |((index, _), _)| index);
+    let from = answer[..at]
+        .rfind("ReceiptItem")
+        .unwrap_or(at.saturating_sub(300));
+    let around = |text: &str| text[from..(at + 300).min(text.len())].to_owned();
+    // The receipt items only one of them has say which records the two states disagree on.
+    let items = |text: &str| {
+        text.split("ReceiptItem { ")
+            .skip(1)
+            .map(|item| item.split(", score").next().unwrap_or("").to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (node, fresh) = (items(answer), items(expected));
+    format!(
+        "node  …{}\nfresh …{}\nitems only the node has: {:?}\nitems only the fresh load has: {:?}",
+        around(answer),
+        around(expected),
+        node.difference(&fresh).collect::<Vec<_>>(),
+        fresh.difference(&node).collect::<Vec<_>>()
+    )
+}
+
+/// The revision in a [`served`] answer's first line (0 for a stream that does not exist).
+fn node_revision(served: &str) -> u64 {
+    served
+        .split("revision: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Two nodes writing in turn serve what a node loading afresh serves: caught up from the
+    /// changelog or loaded whole, a stream's state at a revision is one state.
+    #[test]
+    fn nodes_serve_the_contexts_a_fresh_load_serves(
+        ops in prop::collection::vec((op(), any::<bool>()), 1..30),
+    ) {
+        let Some(url) = pg_cluster::database("pg_contexts") else {
+            return Ok(());
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let a = PgStore::open(&url, options(usize::MAX / 2)).await.unwrap();
+            let b = PgStore::open(&url, options(usize::MAX / 2)).await.unwrap();
+            // Holds nothing: every read loads the stream whole.
+            let fresh = PgStore::open(&url, options(1)).await.unwrap();
+            let base = chrono::Utc::now().trunc_subsecs(0);
+            for (step, (op, through_a)) in ops.iter().enumerate() {
+                let now = base + TimeDelta::seconds(step as i64 * 7);
+                apply(if *through_a { &a } else { &b }, op, now).await;
+                for stream in STREAMS {
+                    let stream = StreamName::new(stream).unwrap();
+                    let expected = served(&fresh, &stream, 0, now).await;
+                    for (node, name) in [(&a, "a"), (&b, "b")] {
+                        let answer = converged(node, &stream, &expected, now).await;
+                        assert!(
+                            answer == expected,
+                            "node {name} differs from a fresh load at step {step} ({op:?}):\n{}",
+                            difference(&answer, &expected)
+                        );
+                    }
+                }
+            }
+            // The nodes kept their states and caught them up rather than loading them anew.
+            let caught_up = a.metrics().cache_catch_ups + b.metrics().cache_catch_ups;
+            let steps = ops.len() as u64;
+            assert!(steps < 4 || caught_up > 0, "no catch-up in {steps} steps");
+        });
+    }
+}
