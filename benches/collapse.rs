@@ -3,6 +3,9 @@
 //! with anomaly detection (what the store's writer does per event).
 //!
 //! `cargo bench --bench collapse` prints events per second for each stage and mode.
+//! `RECAP_BENCH_ONLY=detection` runs only the rows with anomaly detection, and
+//! `RECAP_BENCH_ROUNDS` sets the rounds per row (default 5): a long run of one row, for a
+//! profiler.
 
 mod common;
 
@@ -17,16 +20,26 @@ use recap::trace::parse_line;
 
 use common::{shared_trace_lines, shared_traces, thousands};
 
+/// Rounds per row unless `RECAP_BENCH_ROUNDS` says otherwise.
 const ROUNDS: usize = 5;
+
+fn rounds() -> usize {
+    std::env::var("RECAP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .filter(|&rounds| rounds > 0)
+        .unwrap_or(ROUNDS)
+}
 
 fn rate(events: usize, run: impl FnMut()) -> f64 {
     let mut run = run;
     run(); // warm-up
+    let rounds = rounds();
     let started = Instant::now();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         run();
     }
-    (events * ROUNDS) as f64 / started.elapsed().as_secs_f64()
+    (events * rounds) as f64 / started.elapsed().as_secs_f64()
 }
 
 fn main() {
@@ -36,9 +49,12 @@ fn main() {
     let limits = EventLimits {
         max_message_bytes: usize::MAX,
     };
+    // Only the detection rows: what a profiler of detection wants to see.
+    let only_detection = std::env::var("RECAP_BENCH_ONLY").is_ok_and(|only| only == "detection");
     println!(
-        "{events} events from {} traces, {ROUNDS} rounds per row, one core",
-        traces.len()
+        "{events} events from {} traces, {} rounds per row, one core",
+        traces.len(),
+        rounds()
     );
     println!("{:<52} {:>14}", "stage", "events/s");
 
@@ -55,53 +71,59 @@ fn main() {
             .into_bytes()
         })
         .collect();
-    let validate = rate(events, || {
-        for body in &decoded {
-            black_box(
-                EventInput::from_json(body)
-                    .unwrap()
-                    .validate(&limits)
-                    .unwrap(),
-            );
-        }
+    let validate = (!only_detection).then(|| {
+        rate(events, || {
+            for body in &decoded {
+                black_box(
+                    EventInput::from_json(body)
+                        .unwrap()
+                        .validate(&limits)
+                        .unwrap(),
+                );
+            }
+        })
     });
-    println!(
-        "{:<52} {:>14}",
-        "decode + validate (JSON body → Event)",
-        thousands(validate)
-    );
+    if let Some(validate) = validate {
+        println!(
+            "{:<52} {:>14}",
+            "decode + validate (JSON body → Event)",
+            thousands(validate)
+        );
+    }
 
     for mode in [CollapseMode::Exact, CollapseMode::Template] {
         let policy = CollapsePolicy {
             mode,
             ..CollapsePolicy::default()
         };
-        let collapse = rate(events, || {
-            for trace in &traces {
-                let mut collapser = Collapser::new(policy);
-                for event in &trace.events {
-                    black_box(collapser.place(event, event.ts.unwrap()));
+        if !only_detection {
+            let collapse = rate(events, || {
+                for trace in &traces {
+                    let mut collapser = Collapser::new(policy);
+                    for event in &trace.events {
+                        black_box(collapser.place(event, event.ts.unwrap()));
+                    }
                 }
-            }
-        });
-        println!(
-            "{:<52} {:>14}",
-            format!("collapse decision ({mode})"),
-            thousands(collapse)
-        );
-        let append = rate(events, || {
-            for trace in &traces {
-                let mut state = StreamState::new(policy, TailCapacity::default());
-                for event in &trace.events {
-                    black_box(state.append(event.clone(), event.ts.unwrap()));
+            });
+            println!(
+                "{:<52} {:>14}",
+                format!("collapse decision ({mode})"),
+                thousands(collapse)
+            );
+            let append = rate(events, || {
+                for trace in &traces {
+                    let mut state = StreamState::new(policy, TailCapacity::default());
+                    for event in &trace.events {
+                        black_box(state.append(event.clone(), event.ts.unwrap()));
+                    }
                 }
-            }
-        });
-        println!(
-            "{:<52} {:>14}",
-            format!("in-memory append ({mode})"),
-            thousands(append)
-        );
+            });
+            println!(
+                "{:<52} {:>14}",
+                format!("in-memory append ({mode})"),
+                thousands(append)
+            );
+        }
         // What the store's writer does per event since anomaly detection: append, observe,
         // and place what the detectors raise.
         let settings = AnomalySettings::default();

@@ -33,6 +33,16 @@ impl Payload {
         Payload(RawValue::from_string(text).expect("serde_json writes valid JSON"))
     }
 
+    /// The payload of a value that serializes as a JSON object (a struct or a map), written to
+    /// compact text once: unlike [`Payload::from_object`], no map is built and the text is not
+    /// read back to be checked.
+    pub fn from_fields<T: Serialize>(fields: &T) -> Payload {
+        // Structs with `Serialize` derived and maps with string keys always serialize.
+        let raw = serde_json::value::to_raw_value(fields).expect("the fields serialize");
+        debug_assert!(raw.get().starts_with('{'), "a payload is an object");
+        Payload(raw)
+    }
+
     /// Reads a payload from JSON text: an object, minified. `Err` names what the text is if it
     /// is not an object.
     pub fn from_json(text: &str) -> Result<Payload, serde_json::Error> {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use crate::collapse::{self, ANOMALY_KIND};
 use crate::event::{Kind, Severity, Timestamp};
@@ -211,6 +210,10 @@ pub struct DetectorState {
     silences: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     open: Vec<Episode>,
+    /// The keys of the latest action and the latest error, and what they were computed from
+    /// (not kept in the metadata: a restored state computes its first keys again).
+    #[serde(skip)]
+    keys: RecentKeys,
 }
 
 impl DetectorState {
@@ -294,7 +297,7 @@ impl DetectorState {
         event: Observed<'_>,
         findings: &mut Vec<Finding>,
     ) {
-        let key = masked_key(event.kind, event.actor, event.message);
+        let key = self.keys.action.key(event.kind, event.actor, event.message);
         let same = self.actions.back().filter(|last| last.key == key);
         self.run = if same.is_some() { self.run + 1 } else { 1 };
         // The run's action as it was first quoted: a loop of thousands of events quotes once.
@@ -329,7 +332,13 @@ impl DetectorState {
                     "the last {} actions repeat `{text}`: likely a loop",
                     self.run
                 );
-                findings.push(self.finding(Detector::Repeat, message, self.run, threshold, None));
+                findings.push(self.finding(
+                    Detector::Repeat,
+                    message,
+                    self.run,
+                    threshold,
+                    Extra::Nothing,
+                ));
             }
         } else {
             self.close(Detector::Repeat);
@@ -371,13 +380,12 @@ impl DetectorState {
                     ),
                     _ => unreachable!("periods are 2 and 3"),
                 };
-                let extra = ("period", json!(period));
                 findings.push(self.finding(
                     Detector::Oscillation,
                     message,
                     cycles,
                     threshold,
-                    Some(extra),
+                    Extra::Period(period),
                 ));
             }
             None => self.close(Detector::Oscillation),
@@ -397,7 +405,7 @@ impl DetectorState {
         event: Observed<'_>,
         findings: &mut Vec<Finding>,
     ) {
-        let key = masked_key(event.kind, event.actor, event.message);
+        let key = self.keys.error.key(event.kind, event.actor, event.message);
         let now = self.events;
         let recurring = |seen: &SeenError| now - seen.last_event <= RECURRENCE_SPAN_EVENTS;
         let (count, first_seq, text) = match self.errors.iter().position(|seen| seen.key == key) {
@@ -453,7 +461,13 @@ impl DetectorState {
         let message = format!(
             "the error `{text}` came back {count} times, each within {RECURRENCE_SPAN_EVENTS} events of the last: retrying the same way is not helping"
         );
-        findings.push(self.finding(Detector::RecurringError, message, count, threshold, None));
+        findings.push(self.finding(
+            Detector::RecurringError,
+            message,
+            count,
+            threshold,
+            Extra::Nothing,
+        ));
     }
 
     fn note_time(
@@ -495,13 +509,12 @@ impl DetectorState {
             )
         };
         let escalate = gap >= threshold * 2 || self.silences >= 2;
-        let extra = ("gap_seconds", json!(gap.num_seconds()));
         let mut finding = self.finding(
             Detector::Stall,
             message,
             self.silences,
             settings.stall_seconds,
-            Some(extra),
+            Extra::GapSeconds(gap.num_seconds()),
         );
         if escalate {
             finding.severity = Severity::Error;
@@ -525,20 +538,19 @@ impl DetectorState {
         message: String,
         count: u64,
         threshold: u64,
-        extra: Option<(&str, Value)>,
+        extra: Extra,
     ) -> Finding {
         let episode = self
             .episode(detector)
             .expect("a finding is made for an open episode");
-        let mut payload = serde_json::Map::new();
-        payload.insert("detector".into(), json!(detector.as_str()));
-        payload.insert("count".into(), json!(count));
-        payload.insert("threshold".into(), json!(threshold));
-        payload.insert("first_seq".into(), json!(episode.first_seq));
-        payload.insert("seqs".into(), json!(episode.seqs));
-        if let Some((key, value)) = extra {
-            payload.insert(key.into(), value);
-        }
+        let payload = FindingPayload::new(
+            detector,
+            count,
+            threshold,
+            episode.first_seq,
+            &episode.seqs,
+            extra,
+        );
         let severity = if count >= threshold.saturating_mul(2) {
             Severity::Error
         } else {
@@ -547,11 +559,124 @@ impl DetectorState {
         Finding {
             detector,
             message,
-            payload: Payload::from_object(&payload),
+            payload: Payload::from_fields(&payload),
             severity,
             count,
             threshold,
         }
+    }
+}
+
+/// What a detector adds to its findings' payload.
+#[derive(Clone, Copy, Debug)]
+enum Extra {
+    Nothing,
+    /// Oscillation: the cycle's length.
+    Period(usize),
+    /// Stall: the silence, in whole seconds.
+    GapSeconds(i64),
+}
+
+/// A finding's payload. Its fields are in the order of their names, the order a
+/// `serde_json::Map` writes its keys in, so the text is the one the records raised before
+/// this struct carry (it is written once per update, and building a map for it cost more).
+#[derive(Serialize)]
+struct FindingPayload<'a> {
+    count: u64,
+    detector: &'static str,
+    first_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gap_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period: Option<usize>,
+    seqs: &'a [u64],
+    threshold: u64,
+}
+
+impl FindingPayload<'_> {
+    fn new(
+        detector: Detector,
+        count: u64,
+        threshold: u64,
+        first_seq: u64,
+        seqs: &[u64],
+        extra: Extra,
+    ) -> FindingPayload<'_> {
+        FindingPayload {
+            count,
+            detector: detector.as_str(),
+            first_seq,
+            gap_seconds: match extra {
+                Extra::GapSeconds(seconds) => Some(seconds),
+                _ => None,
+            },
+            period: match extra {
+                Extra::Period(period) => Some(period),
+                _ => None,
+            },
+            seqs,
+            threshold,
+        }
+    }
+}
+
+/// [`masked_key`]s computed lately, one for actions and one for errors: a loop repeats the same
+/// call with other numbers, and telling that it is the same call needs no masking
+/// ([`collapse::same_template`]). A cache of a pure function, so it is not part of what a
+/// state is: any two caches compare equal, and a state read back from the metadata starts
+/// with an empty one and computes the same keys.
+#[derive(Clone, Debug, Default)]
+struct RecentKeys {
+    action: KeyMemo,
+    error: KeyMemo,
+}
+
+impl PartialEq for RecentKeys {
+    fn eq(&self, _: &RecentKeys) -> bool {
+        true
+    }
+}
+
+impl Eq for RecentKeys {}
+
+/// One [`masked_key`] and what it was computed from (the message's head, as compared).
+#[derive(Clone, Debug, Default)]
+struct KeyMemo {
+    /// `None` until a key is computed.
+    key: Option<u64>,
+    kind: String,
+    actor: Option<String>,
+    head: String,
+}
+
+impl KeyMemo {
+    /// [`masked_key`] of the event: the remembered key when the event is the remembered one's
+    /// kind and actor and its head is [`collapse::same_template`] as the remembered head;
+    /// otherwise computed, and remembered.
+    fn key(&mut self, kind: &Kind, actor: Option<&str>, message: &str) -> u64 {
+        let head = head(message, COMPARED_BYTES);
+        if let Some(key) = self.key
+            && self.kind == kind.as_str()
+            && self.actor.as_deref() == actor
+            && collapse::same_template(&self.head, head)
+        {
+            return key;
+        }
+        let key = masked_key(kind, actor, message);
+        // Reuses the strings' room: a stream's actions are mostly alike in size.
+        self.key = Some(key);
+        self.kind.clear();
+        self.kind.push_str(kind.as_str());
+        match (actor, &mut self.actor) {
+            (Some(actor), Some(kept)) => {
+                kept.clear();
+                kept.push_str(actor);
+            }
+            (actor, kept) => *kept = actor.map(str::to_owned),
+        }
+        self.head.clear();
+        self.head.push_str(head);
+        key
     }
 }
 
@@ -625,6 +750,8 @@ fn duration_text(gap: TimeDelta) -> String {
 mod tests {
     use super::*;
     use crate::event::parse_timestamp;
+    use proptest::prelude::*;
+    use serde_json::json;
 
     fn observe(
         state: &mut DetectorState,
@@ -731,6 +858,93 @@ mod tests {
         observe(&mut state, &AnomalySettings::default(), 1, 0, "action", "a");
         assert!(observe(&mut state, &AnomalySettings::off(), 2, 1000, "action", "a").is_empty());
         assert_eq!(state, DetectorState::default());
+    }
+
+    proptest! {
+        /// The payload written from fields reads exactly as the one built as a map did (the
+        /// text of the records raised before).
+        #[test]
+        fn finding_payloads_are_the_text_a_map_wrote(
+            count in any::<u64>(),
+            first_seq in any::<u64>(),
+            seqs in prop::collection::vec(any::<u64>(), 0..=MAX_NAMED_SEQS),
+            threshold in any::<u64>(),
+            extra in prop_oneof![
+                Just(Extra::Nothing),
+                (2usize..=3).prop_map(Extra::Period),
+                any::<i64>().prop_map(Extra::GapSeconds),
+            ],
+            detector in prop::sample::select(Detector::ALL.to_vec()),
+        ) {
+            let mut map = serde_json::Map::new();
+            map.insert("detector".into(), json!(detector.as_str()));
+            map.insert("count".into(), json!(count));
+            map.insert("threshold".into(), json!(threshold));
+            map.insert("first_seq".into(), json!(first_seq));
+            map.insert("seqs".into(), json!(seqs));
+            match extra {
+                Extra::Nothing => {}
+                Extra::Period(period) => {
+                    map.insert("period".into(), json!(period));
+                }
+                Extra::GapSeconds(seconds) => {
+                    map.insert("gap_seconds".into(), json!(seconds));
+                }
+            }
+            let fields = FindingPayload::new(detector, count, threshold, first_seq, &seqs, extra);
+            prop_assert_eq!(Payload::from_fields(&fields), Payload::from_object(&map));
+        }
+    }
+
+    proptest! {
+        /// The remembered keys are the keys: a run of messages alike but for their numbers
+        /// (or not alike at all), from a few kinds and actors, gets from the memo exactly what
+        /// masking each message gives.
+        #[test]
+        fn remembered_keys_are_the_masked_keys(
+            events in prop::collection::vec(
+                (
+                    prop::sample::select(vec!["action", "tool", "error"]),
+                    prop::sample::select(vec![None, Some("agent"), Some("helper")]),
+                    prop::sample::select(vec![
+                        "call 12 after 3s", "call 97 after 5s", "call 9 after 5s", "call 10",
+                        "call 0x1f", "call 1x1f", "open 'src/a1.rs'", "open 'src/b2.rs'",
+                        "id 12345678-1234-1234-1234-123456789abc", "é 1.5µs", "",
+                    ]),
+                    0usize..300,
+                ),
+                1..60,
+            ),
+        ) {
+            let mut memo = KeyMemo::default();
+            for (kind, actor, message, padding) in events {
+                let kind = Kind::new(kind).unwrap();
+                // Long enough, at times, that the head is cut (inside a wide character too).
+                let message = format!("{}{message}", "€".repeat(padding / 3));
+                prop_assert_eq!(
+                    memo.key(&kind, actor, &message),
+                    masked_key(&kind, actor, &message)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_loop_with_other_numbers_is_told_without_masking() {
+        let kind = Kind::new("tool").unwrap();
+        let mut memo = KeyMemo::default();
+        let first = memo.key(&kind, None, "search 12 -> 3 results");
+        assert_eq!(memo.head, "search 12 -> 3 results");
+        // Alike: the remembered head stays, and so does the key.
+        assert_eq!(memo.key(&kind, None, "search 13 -> 7 results"), first);
+        assert_eq!(memo.head, "search 12 -> 3 results");
+        // Another length: masked again, and remembered.
+        assert_eq!(memo.key(&kind, None, "search 130 -> 7 results"), first);
+        assert_eq!(memo.head, "search 130 -> 7 results");
+        assert_ne!(
+            memo.key(&kind, Some("other"), "search 130 -> 7 results"),
+            first
+        );
     }
 
     #[test]

@@ -89,23 +89,23 @@ pub fn detect(
         message: &record.message,
     };
     let findings = detectors.observe(settings, observed);
-    findings
-        .into_iter()
-        .filter_map(|finding| {
-            let detector = finding.detector;
-            let raised = match detectors.record(detector) {
-                Some(episode) if episode.seq >= first_stored => {
-                    if !finding.updates_record() {
-                        return None;
-                    }
-                    update(stream, episode, finding, ts)
+    // Sized to the findings (most events have none, and then nothing is allocated).
+    let mut placed = Vec::with_capacity(findings.len());
+    for finding in findings {
+        let detector = finding.detector;
+        let raised = match detectors.record(detector) {
+            Some(episode) if episode.seq >= first_stored => {
+                if !finding.updates_record() {
+                    continue;
                 }
-                _ => raise(stream, finding, ts),
-            };
-            detectors.set_record(detector, raised.episode);
-            Some(raised)
-        })
-        .collect()
+                update(stream, episode, finding, ts)
+            }
+            _ => raise(stream, finding, ts),
+        };
+        detectors.set_record(detector, raised.episode);
+        placed.push(raised);
+    }
+    placed
 }
 
 /// A new anomaly record for a new episode.

@@ -190,6 +190,35 @@ fn appends_collapse_and_read_back() {
     store.close().unwrap();
 }
 
+/// A record written several times in one batch (here a repeat's target, and the anomaly
+/// record of the loop it is) keeps one row per batch, its latest version: what was answered is
+/// what the file holds after a restart.
+#[test]
+fn a_record_written_again_in_one_batch_is_stored_at_its_latest_version() {
+    let dir = tempfile::tempdir().unwrap();
+    // Anomaly detection on, as in the server: the 40 calls are a `repeat` episode whose
+    // record is raised and then updated five times within the batch.
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let stream = name("agent-1");
+    let calls: Vec<Event> = (0..40)
+        .map(|at| event("tool", Severity::Info, "click #submit", at))
+        .chain([event("llm", Severity::Info, "thinking", 41)])
+        .collect();
+    store.append(&stream, calls, ts(50)).wait().unwrap();
+    let before = check_stream_consistent(&store, &stream);
+    let summary: Vec<(&str, u64)> = before
+        .iter()
+        .map(|record| (record.kind.as_str(), record.repeat_count))
+        .collect();
+    assert_eq!(summary, [("tool", 40), ("anomaly", 6), ("llm", 1)]);
+    assert!(before[1].message.starts_with("the last 38 actions repeat"));
+    store.close().unwrap();
+
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(check_stream_consistent(&store, &stream), before);
+    store.close().unwrap();
+}
+
 #[test]
 fn pending_resolves_in_async_code() {
     let dir = tempfile::tempdir().unwrap();

@@ -446,7 +446,7 @@ fn store_revised(
         repeat_count: 1,
         last_ts: first_ts,
     };
-    rows.record(id, record.seq, |out| {
+    rows.record_again(id, record.seq, |out| {
         schema::encode_record(id, record, &created, out)
     });
     if escalated {
@@ -486,7 +486,7 @@ pub(super) fn store_appended(
             // Created before this shadow was made, so committed: the file has it.
             None => committed_creation(db, &target.name, id, record.seq)?,
         };
-        rows.record(id, record.seq, |out| {
+        rows.record_again(id, record.seq, |out| {
             schema::encode_record(id, record, &created, out)
         });
         let entry = ChangeEntry::Repeat {

@@ -3,9 +3,14 @@
 //! The writer places a batch (collapse, seqs, revisions, encoding) into [`Rows`] while the
 //! committer is still making the previous batches durable; the committer then only copies rows
 //! into redb. Values share one byte arena per batch, so placing a record allocates nothing of
-//! its own.
+//! its own. A record written again within a batch (a repeat's target, an anomaly's record while
+//! its episode lasts) keeps one row with its latest value: the transaction's intermediate
+//! values are never seen, and the committer inserts it once.
 
+use std::collections::hash_map::Entry;
 use std::ops::Range;
+
+use rustc_hash::FxHashMap;
 
 use redb::{Table, WriteTransaction};
 
@@ -80,6 +85,8 @@ enum Row {
 pub(super) struct Rows {
     arena: Vec<u8>,
     rows: Vec<Row>,
+    /// Where the row of each record written again in this batch is, by (stream, seq).
+    rewritten: FxHashMap<(u64, u64), usize>,
 }
 
 /// Encoded bytes of a typical record: enough to size the arena once per batch.
@@ -90,6 +97,7 @@ impl Rows {
         Rows {
             arena: Vec::with_capacity(rows * TYPICAL_VALUE_BYTES),
             rows: Vec::with_capacity(rows),
+            rewritten: FxHashMap::default(),
         }
     }
 
@@ -103,6 +111,28 @@ impl Rows {
     pub(super) fn record(&mut self, stream: u64, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         let value = self.value(encode);
         self.rows.push(Row::Record { stream, seq, value });
+    }
+
+    /// A new version of a record that exists (a repeat, a revision): the first in this batch
+    /// is a row of its own, later ones replace its value. (The arena keeps the bytes they
+    /// replace; a batch is short-lived.)
+    pub(super) fn record_again(
+        &mut self,
+        stream: u64,
+        seq: u64,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let value = self.value(encode);
+        match self.rewritten.entry((stream, seq)) {
+            Entry::Occupied(row) => match &mut self.rows[*row.get()] {
+                Row::Record { value: kept, .. } => *kept = value,
+                _ => unreachable!("`rewritten` points at record rows"),
+            },
+            Entry::Vacant(row) => {
+                row.insert(self.rows.len());
+                self.rows.push(Row::Record { stream, seq, value });
+            }
+        }
     }
 
     pub(super) fn severe(&mut self, stream: u64, seq: u64) {
