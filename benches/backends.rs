@@ -17,6 +17,11 @@
 //! every stream (each batch then waits for the other node's row locks and reads its shadows
 //! again).
 //!
+//! A second table measures context latency (a 2,000-token window of a stream of 2,000 events):
+//! `warm`, reads with nothing written between them; `after write`, one event appended and
+//! acknowledged, then the context read (an agent's turn), through the same node, or for two
+//! PostgreSQL nodes written through one and read through the other at the write's revision.
+//!
 //! Run with `cargo bench --bench backends`, on an otherwise idle machine: the database, the nodes
 //! and the load generator share its cores.
 
@@ -30,8 +35,10 @@ mod pg_cluster;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use recap::context::ContextRequest;
 use recap::event::{Event, Severity, StreamName};
 use recap::store::{Backend, PgStore, Store, StoreOptions};
+use recap::tokens::Encoding;
 
 /// Streams the writers spread over.
 const STREAMS: usize = 64;
@@ -166,7 +173,7 @@ fn main() {
             print("redb", writers, batch, &measured);
         }
         drop(store);
-        let Some(url) = url else {
+        let Some(url) = url.clone() else {
             println!("(no PostgreSQL: its rows did not run; see tests/it/pg_cluster.rs)");
             return;
         };
@@ -189,4 +196,144 @@ fn main() {
         println!("the stream name); x2 *: every node writes to every stream (rows contended,");
         println!("shadows read again).");
     });
+    contexts(&runtime, url.as_deref());
+}
+
+/// Reads per context row.
+const CONTEXT_READS: usize = 500;
+/// Events in the stream the contexts are read from.
+const CONTEXT_EVENTS: usize = 2_000;
+
+/// The context latency table (see the module's doc).
+fn contexts(runtime: &tokio::runtime::Runtime, url: Option<&str>) {
+    println!();
+    println!(
+        "context latency, {CONTEXT_EVENTS}-event stream, 2,000-token window, {CONTEXT_READS} reads a row"
+    );
+    println!();
+    println!(
+        "{:<14} {:<12} {:>9} {:>9}",
+        "backend", "reads", "p50 µs", "p99 µs"
+    );
+    let request = ContextRequest::new(2_000, Encoding::Cl100kBase);
+    let stream = StreamName::new("context-bench").unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        fill(&store, &stream).await;
+        let read = || async {
+            let started = Instant::now();
+            store
+                .context(&stream, &request, Utc::now())
+                .unwrap()
+                .unwrap();
+            started.elapsed()
+        };
+        print_latencies("redb", "warm", warm(read).await);
+        let write = || store.append(&stream, vec![turn_event()], Utc::now());
+        let mut latencies = Vec::with_capacity(CONTEXT_READS);
+        for _ in 0..CONTEXT_READS {
+            write().await.unwrap();
+            latencies.push(read().await);
+        }
+        print_latencies("redb", "after write", latencies);
+        drop(store);
+        let Some(url) = url else {
+            return;
+        };
+        let a = PgStore::open(url, StoreOptions::default()).await.unwrap();
+        let b = PgStore::open(url, StoreOptions::default()).await.unwrap();
+        let stream = StreamName::new("context-bench-pg").unwrap();
+        fill(&a, &stream).await;
+        let read = |node: &PgStore, revision: u64| {
+            let (node, stream, request) = (node.clone(), stream.clone(), request.clone());
+            async move {
+                let started = Instant::now();
+                node.context(&stream, &request, Utc::now(), revision)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                started.elapsed()
+            }
+        };
+        print_latencies("postgres x1", "warm", warm(|| read(&a, 0)).await);
+        for (reader, label) in [(&a, "postgres x1"), (&b, "postgres x2")] {
+            let mut latencies = Vec::with_capacity(CONTEXT_READS);
+            for _ in 0..CONTEXT_READS {
+                let appended = a
+                    .append(&stream, vec![turn_event()], Utc::now())
+                    .await
+                    .unwrap();
+                let revision = appended.last().map_or(0, |a| a.record.revision);
+                latencies.push(read(reader, revision).await);
+            }
+            print_latencies(label, "after write", latencies);
+        }
+    });
+    println!();
+    println!("after write: one event appended (acknowledged), then the context read; x2 reads");
+    println!("through the other node at the write's revision (X-Recap-Min-Revision).");
+}
+
+/// Fills a stream with a varied history: tool calls, errors, observations.
+async fn fill<B: Backend>(backend: &B, stream: &StreamName) {
+    let events: Vec<Event> = (0..CONTEXT_EVENTS)
+        .map(|i| {
+            let (kind, severity, message) = match i % 5 {
+                0 => (
+                    "tool",
+                    Severity::Info,
+                    format!("search(\"query {i}\") -> {} results", i % 17),
+                ),
+                1 => (
+                    "error",
+                    Severity::Error,
+                    format!("request {i} failed: connection reset"),
+                ),
+                2 => (
+                    "observation",
+                    Severity::Info,
+                    format!("page {i} says the answer is {}", i * 7),
+                ),
+                3 => ("plan", Severity::Info, format!("next: check source {i}")),
+                _ => (
+                    "llm",
+                    Severity::Info,
+                    format!("thought {i}: the evidence points to item {}", i % 11),
+                ),
+            };
+            Event::new(kind, severity, &message).unwrap()
+        })
+        .collect();
+    for chunk in events.chunks(500) {
+        backend
+            .append(stream, chunk.to_vec(), Utc::now())
+            .await
+            .unwrap();
+    }
+}
+
+/// The event of an agent's turn.
+fn turn_event() -> Event {
+    Event::new("tool", Severity::Info, "search(\"next\") -> 3 results").unwrap()
+}
+
+/// `CONTEXT_READS` reads after one unmeasured read that warms the caches.
+async fn warm<F: std::future::Future<Output = Duration>>(read: impl Fn() -> F) -> Vec<Duration> {
+    read().await;
+    let mut latencies = Vec::with_capacity(CONTEXT_READS);
+    for _ in 0..CONTEXT_READS {
+        latencies.push(read().await);
+    }
+    latencies
+}
+
+fn print_latencies(backend: &str, reads: &str, mut latencies: Vec<Duration>) {
+    latencies.sort_unstable();
+    let micros = |p: f64| percentile(&latencies, p) * 1000.0;
+    println!(
+        "{backend:<14} {reads:<12} {:>9.0} {:>9.0}",
+        micros(0.5),
+        micros(0.99)
+    );
 }

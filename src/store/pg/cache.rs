@@ -175,6 +175,35 @@ impl NodeCache {
         }
     }
 
+    /// This node's writer committed a batch that took the stream (of id `id`) from revision
+    /// `before` (`None`: it did not exist) to `after`: a cached state at `before` takes the
+    /// batch's changes from `catch_up` now, without asking the database; another is caught up
+    /// when next read.
+    pub(super) fn committed(
+        &self,
+        name: &StreamName,
+        id: u64,
+        before: Option<u64>,
+        after: u64,
+        catch_up: impl FnOnce() -> Option<CatchUp>,
+    ) {
+        self.heard_count.fetch_add(1, Ordering::AcqRel);
+        let Some(cached) = read(&self.streams).get(name).cloned() else {
+            return;
+        };
+        // A reader catching up holds the turn: it will see the revision heard.
+        if cached.id == id
+            && before == Some(cached.revision())
+            && let Ok(_turn) = cached.catching_up.try_lock()
+            && cached.revision() == before.unwrap_or_default()
+            && let Some(catch_up) = catch_up()
+        {
+            catch_up.apply(&mut write(&cached.state), &self.meter);
+            self.catch_ups.fetch_add(1, Ordering::Relaxed);
+        }
+        cached.heard.fetch_max(after, Ordering::AcqRel);
+    }
+
     /// Notifications may have been missed (the listening connection was lost or is back, or
     /// they came faster than they were taken): every cached stream asks the database on its
     /// next read. `listening` says whether notifications arrive from now on.

@@ -40,7 +40,7 @@ use super::super::writer::{at_micros, note_event, note_limit};
 use super::super::{
     ChangeBody, ImportedRecord, MAX_EVENTS_PER_COMMIT, Retention, StoreError, StoreOptions,
 };
-use super::cache::NodeCache;
+use super::cache::{CatchUp, NodeCache};
 use super::codec::Restore;
 use super::load::{self, STREAM_COLUMNS, StreamRow};
 use super::{BATCH_TIMEOUT, PgError, codec, connect, listen, statements, unreachable_or};
@@ -461,6 +461,8 @@ impl Writer {
             .await?;
         // The batch's shadows, out of the cache until the commit succeeds.
         let mut batch: HashMap<StreamName, Shadow> = HashMap::new();
+        // Each stream's revision before the batch, by id.
+        let mut before: HashMap<u64, u64> = HashMap::new();
         for row in &rows {
             let name: String = row.get(1);
             let name = StreamName::new(&name).map_err(|_| StoreError::Damaged {
@@ -470,6 +472,7 @@ impl Writer {
             })?;
             let id = row.get::<_, i64>(0) as u64;
             let revision = row.get::<_, i64>(2) as u64;
+            before.insert(id, revision);
             let cached = self
                 .shadows
                 .remove(&name)
@@ -527,9 +530,21 @@ impl Writer {
                 .await?;
         }
         transaction.commit().await?;
-        // So that a caller reads its write on this node once it is acknowledged.
-        for (name, revision) in &changed {
-            self.cache.heard(name, *revision);
+        // So that a caller reads its write on this node once it is acknowledged: a cached state
+        // the batch started from takes the batch's changes at once; others are caught up from
+        // the database when next read.
+        for name in &writes.deleted_names {
+            self.cache.heard(name, 0);
+        }
+        for (name, shadow) in &batch {
+            let after = shadow.state.revision();
+            if after == 0 {
+                continue;
+            }
+            let from = before.get(&shadow.id).copied();
+            self.cache.committed(name, shadow.id, from, after, || {
+                catch_up(name, shadow, &writes)
+            });
         }
         if self.shadows.len() + batch.len() > MAX_SHADOWS {
             self.shadows.clear();
@@ -818,4 +833,28 @@ async fn note_removed(
         }
     }
     Ok(())
+}
+
+/// What a state of `name` at the revision the batch started from needs to take the batch's
+/// changes (see [`super::cache::CatchUp`]), from what the batch wrote; `None` if a change does
+/// not decode (the state is then caught up from the database).
+fn catch_up(name: &StreamName, shadow: &Shadow, writes: &Writes) -> Option<CatchUp> {
+    let id = shadow.id;
+    let mut changes = Vec::new();
+    for (_, revision, body) in writes.changes.iter().filter(|change| change.0 == id) {
+        let change = codec::decode_change(name, id, *revision as i64, body).ok()?;
+        changes.push((change.revision, change.body));
+    }
+    let current = writes
+        .records
+        .range((id, 0)..=(id, u64::MAX))
+        .map(|(&(_, seq), record)| (seq, record.clone()))
+        .collect();
+    Some(CatchUp {
+        changes,
+        current,
+        totals: shadow.state.totals().clone(),
+        revision: shadow.state.revision(),
+        first_seq: shadow.first_seq,
+    })
 }
