@@ -128,8 +128,7 @@ impl NodeCache {
     /// The cached stream `name`, marked used now.
     pub(super) fn get(&self, name: &StreamName) -> Option<Arc<Cached>> {
         let cached = read(&self.streams).get(name).cloned()?;
-        let now = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
-        cached.last_used.store(now, Ordering::Relaxed);
+        self.touch(&cached);
         if !self.listening.load(Ordering::Acquire) {
             cached.mark_unknown();
         }
@@ -146,14 +145,19 @@ impl NodeCache {
     /// since `heard_count` was read, then evicts the least recently used streams while over the
     /// budget.
     pub(super) fn insert(&self, name: StreamName, cached: Arc<Cached>, heard_count: u64) {
-        let now = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
-        cached.last_used.store(now, Ordering::Relaxed);
+        self.touch(&cached);
         write(&self.streams).insert(name, cached.clone());
         if self.heard_count() != heard_count {
             cached.mark_unknown();
         }
         self.loads.fetch_add(1, Ordering::Relaxed);
         self.evict_over_budget();
+    }
+
+    /// Marks `cached` used now.
+    fn touch(&self, cached: &Cached) {
+        let now = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
+        cached.last_used.store(now, Ordering::Relaxed);
     }
 
     /// Forgets a stream (deleted, or replaced by one of the same name).

@@ -84,7 +84,7 @@ impl PgStore {
         cached.start_catching_up();
         let mut client = self.inner.pool.get().await.map_err(pool_error)?;
         let transaction = snapshot(&mut client).await?;
-        let Some(row) = load::stream_row(&transaction, stream).await? else {
+        let Some(row) = load::stream_row(&*transaction, stream).await? else {
             return Ok(Caught::Gone);
         };
         if row.id != cached.id {
@@ -117,7 +117,7 @@ impl PgStore {
         let heard_count = cache.heard_count();
         let mut client = self.inner.pool.get().await.map_err(pool_error)?;
         let transaction = snapshot(&mut client).await?;
-        let Some(row) = load::stream_row(&transaction, stream).await? else {
+        let Some(row) = load::stream_row(&*transaction, stream).await? else {
             cache.remove(stream);
             return Ok(None);
         };

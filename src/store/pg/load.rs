@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tokio_postgres::{Row, Transaction};
+use tokio_postgres::{GenericClient, Row, Transaction};
 
 use crate::context::{CachedRecord, PayloadPolicy, without_payload};
 use crate::event::{Record, StreamName};
@@ -55,10 +55,10 @@ impl StreamRow {
 
 /// Reads a stream's row, `None` if there is no stream of that name.
 pub(super) async fn stream_row(
-    transaction: &Transaction<'_>,
+    client: &(impl GenericClient + Sync),
     stream: &StreamName,
 ) -> Result<Option<StreamRow>, StoreError> {
-    let row = transaction
+    let row = client
         .query_opt(
             &format!("SELECT {STREAM_COLUMNS} FROM recap_streams WHERE name = $1"),
             &[&stream.as_str()],

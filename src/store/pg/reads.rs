@@ -11,36 +11,17 @@ use super::super::{
     Change, MAX_PAGE_RECORDS, MAX_SCAN_RECORDS, RecordPage, RecordQuery, Retention, SeqRange,
     StoreError, StreamStats,
 };
+use super::load::{self, StreamRow};
 use super::{codec, pool_error, unreachable_or};
 
-/// What reads need of a stream's row.
-struct StreamRow {
-    id: i64,
-    revision: u64,
-    first_seq: u64,
-    totals: crate::context::Totals,
-    retention: Option<Retention>,
-}
-
+/// A stream's row; a stream that does not exist is [`StoreError::UnknownStream`].
 async fn stream_row(
     client: &tokio_postgres::Client,
     stream: &StreamName,
 ) -> Result<StreamRow, StoreError> {
-    let row = client
-        .query_opt(
-            "SELECT id, revision, first_seq, totals, retention FROM recap_streams WHERE name = $1",
-            &[&stream.as_str()],
-        )
-        .await
-        .map_err(|error| unreachable_or(error, "reading a stream"))?
-        .ok_or_else(|| StoreError::UnknownStream(stream.to_string()))?;
-    Ok(StreamRow {
-        id: row.get(0),
-        revision: row.get::<_, i64>(1) as u64,
-        first_seq: row.get::<_, i64>(2) as u64,
-        totals: codec::decode_totals(stream.as_str(), row.get(3))?,
-        retention: codec::decode_retention(stream.as_str(), row.get(4))?,
-    })
+    load::stream_row(client, stream)
+        .await?
+        .ok_or_else(|| StoreError::UnknownStream(stream.to_string()))
 }
 
 /// A page of history, with the redb store's paging rules (`reads::records` there).
@@ -110,7 +91,10 @@ async fn records_in(
          ORDER BY seq LIMIT $4"
     };
     let rows = client
-        .query(sql, &[&meta.id, &(low as i64), &(high as i64), &fetch])
+        .query(
+            sql,
+            &[&(meta.id as i64), &(low as i64), &(high as i64), &fetch],
+        )
         .await
         .map_err(|error| unreachable_or(error, "reading records"))?;
     let mut page = Vec::new();
@@ -235,7 +219,7 @@ pub(super) async fn notes(
 ) -> Result<Vec<Note>, StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
     let meta = stream_row(&client, stream).await?;
-    stored_notes(&client, stream, meta.id, now).await
+    stored_notes(&client, stream, meta.id as i64, now).await
 }
 
 /// One stream's statistics; `None` if it does not exist.
@@ -250,7 +234,7 @@ pub(super) async fn stream(
         Err(StoreError::UnknownStream(_)) => return Ok(None),
         Err(error) => return Err(error),
     };
-    let notes = stored_notes(&client, stream, meta.id, chrono::Utc::now()).await?;
+    let notes = stored_notes(&client, stream, meta.id as i64, chrono::Utc::now()).await?;
     let totals = &meta.totals;
     Ok(Some(StreamStats {
         name: stream.clone(),
