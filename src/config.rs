@@ -10,6 +10,8 @@
 //! ```toml
 //! addr = "127.0.0.1:7070"
 //! data_dir = "recap-data"
+//! # database_url = "postgres://recap:secret@db.internal:5432/recap?sslmode=require"
+//! #                                 # several nodes on a shared PostgreSQL instead of data_dir
 //! keys_file = "keys.toml"          # relative paths are relative to this file
 //! max_body_bytes = 1048576
 //! max_message_bytes = 65536
@@ -70,6 +72,8 @@ pub struct Overrides {
     pub keys_file: Option<PathBuf>,
     /// `--cache-bytes` / `RECAP_CACHE_BYTES`.
     pub cache_bytes: Option<String>,
+    /// `--database-url` / `RECAP_DATABASE_URL`.
+    pub database_url: Option<String>,
     /// `--log-format` / `RECAP_LOG_FORMAT`.
     pub log_format: Option<String>,
     /// `--anomalies` / `RECAP_ANOMALIES`: `on` or `off`.
@@ -82,6 +86,7 @@ pub struct Overrides {
 pub struct FileConfig {
     addr: Option<String>,
     data_dir: Option<PathBuf>,
+    database_url: Option<String>,
     keys_file: Option<PathBuf>,
     max_body_bytes: Option<usize>,
     max_message_bytes: Option<usize>,
@@ -110,6 +115,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The PostgreSQL database to keep streams in instead of the data directory.
+    pub database_url: Option<DatabaseUrl>,
     /// API keys, if configured.
     pub keys: Option<Keys>,
     /// Largest request body.
@@ -132,6 +139,44 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Anomaly detection for streams that set nothing else.
     pub anomaly: AnomalySettings,
+}
+
+/// A PostgreSQL URL (`postgres://user:password@host:port/db?sslmode=…`). Its `Debug` form
+/// leaves out the credentials, so that a logged config never shows a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Checks that `url` names a PostgreSQL database.
+    pub fn parse(url: String) -> Result<DatabaseUrl, ConfigError> {
+        if !crate::store::pg::is_database_url(&url) {
+            return Err(invalid(
+                "database_url",
+                "must be a PostgreSQL URL such as postgres://user:password@host:5432/recap",
+            ));
+        }
+        Ok(DatabaseUrl(url))
+    }
+
+    /// The URL, credentials included: for connecting, never for logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let without_credentials = match self.0.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                format!("{scheme}://{host}")
+            }
+            None => "postgres://…".to_owned(),
+        };
+        f.debug_tuple("DatabaseUrl")
+            .field(&without_credentials)
+            .finish()
+    }
 }
 
 /// A size in a config file: a number of bytes, or a string such as `"64MiB"`.
@@ -263,6 +308,12 @@ impl Config {
             .clone()
             .or_else(|| file.data_dir.map(|dir| base.join(dir)))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = overrides
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .map(DatabaseUrl::parse)
+            .transpose()?;
         let keys_file = overrides
             .keys_file
             .clone()
@@ -367,6 +418,7 @@ impl Config {
             anomaly,
             addr,
             data_dir,
+            database_url,
             keys,
             max_body_bytes,
             max_message_bytes,
@@ -396,6 +448,7 @@ impl Config {
         Startup {
             addr: self.addr,
             data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
             store: self.store_options(),
             server: self.server_options(),
         }

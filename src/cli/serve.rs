@@ -15,6 +15,8 @@ Examples:
   recap serve --addr 127.0.0.1:8080 --data /var/lib/recap
   recap serve --config recap.toml               # flags and RECAP_* variables override the file
   recap serve --addr 0.0.0.0:7070 --keys keys.toml   # other than loopback only with API keys
+  RECAP_DATABASE_URL=postgres://recap:secret@db:5432/recap recap serve --addr 0.0.0.0:7070 --keys keys.toml
+                                                # one of several nodes on a shared PostgreSQL
 
 Flags and environment variables take precedence over the config file, which takes precedence
 over the defaults. SIGINT or SIGTERM drains in-flight requests and closes the store; a second
@@ -40,6 +42,14 @@ pub struct ServeArgs {
         help = format!("Data directory, holding recap.redb [default: ./{DEFAULT_DATA_DIR}]")
     )]
     pub data: Option<PathBuf>,
+    /// A PostgreSQL database shared by several nodes, instead of the data directory.
+    #[arg(
+        long,
+        env = "RECAP_DATABASE_URL",
+        value_name = "URL",
+        help = "Keep streams in this PostgreSQL database (postgres://user:password@host:5432/db), shared by several recap nodes, instead of the data directory [default: none: the embedded data file]"
+    )]
+    pub database_url: Option<String>,
     /// Config file (TOML).
     #[arg(
         long,
@@ -91,6 +101,7 @@ impl ServeArgs {
         Overrides {
             addr: self.addr,
             data_dir: self.data,
+            database_url: self.database_url,
             config_file: self.config,
             keys_file: self.keys,
             cache_bytes: self.cache_bytes,

@@ -40,6 +40,7 @@ pub(super) async fn put(
     let stats = app
         .store
         .stream(&stream)
+        .await?
         .ok_or_else(|| StoreError::UnknownStream(stream.to_string()))?;
     Ok(wire::json(StatusCode::OK, &stats.anomalies))
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use http::header::HeaderValue;
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
 
 use crate::context::{
@@ -16,10 +16,10 @@ use crate::context::{
 };
 use crate::event::StreamName;
 use crate::rank::Weights;
-use crate::store::Cold;
 use crate::tokens::Encoding;
 
 use super::App;
+use super::consistency;
 use super::query::Query;
 use super::wire::Body;
 use super::wire::{
@@ -39,6 +39,7 @@ pub(crate) const PARAMS: &[&str] = &[
     "weights",
     "line_cap",
     "goals",
+    consistency::MIN_REVISION_PARAM,
 ];
 
 /// The JSON form: the window with its receipt, and the revision it reflects.
@@ -53,6 +54,7 @@ struct JsonWindow<'a> {
 pub(super) async fn get(
     app: &App,
     stream: StreamName,
+    headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
@@ -68,9 +70,14 @@ pub(super) async fn get(
             ));
         }
     };
+    let min_revision = consistency::reach(app, &stream, headers, &query).await?;
     // Read before the build: the window reflects at least this revision.
-    let revision = app.store.revision(&stream);
-    let window = window(app, stream, &request).await?;
+    let revision = app
+        .store
+        .position(&stream, min_revision)
+        .await?
+        .map_or(0, |position| position.revision);
+    let window = window(app, &stream, &request, min_revision).await?;
     let response = if json {
         let mut response = wire::json(
             StatusCode::OK,
@@ -102,36 +109,34 @@ pub(super) async fn get(
     Ok(response)
 }
 
-/// The query parameters of a context request as a [`ContextRequest`] (`format` is the caller's
-/// business): the MCP `get_context` tool parses its arguments with the route's parser.
-pub(super) fn parse_request(query: Option<&str>) -> Result<ContextRequest, ApiError> {
-    request_from(&Query::parse(query, PARAMS)?)
+/// The window a context query string asks for (`format` is the caller's business), at its
+/// `min_revision` if it names one: the MCP `get_context` tool parses its arguments with the
+/// route's parser.
+pub(super) async fn window_for_query(
+    app: &App,
+    stream: &StreamName,
+    query: Option<&str>,
+) -> Result<ContextWindow, ApiError> {
+    let query = Query::parse(query, PARAMS)?;
+    let request = request_from(&query)?;
+    let min_revision = consistency::reach(app, stream, &HeaderMap::new(), &query).await?;
+    window(app, stream, &request, min_revision).await
 }
 
-/// The window `request` asks for (an empty one for a stream with no history yet).
+/// The window `request` asks for (an empty one for a stream with no history yet), at
+/// `min_revision` or later.
 pub(super) async fn window(
     app: &App,
-    stream: StreamName,
+    stream: &StreamName,
     request: &ContextRequest,
+    min_revision: u64,
 ) -> Result<ContextWindow, ApiError> {
     let now = Utc::now();
-    // A warm build takes microseconds and runs here. Loading a cold stream from the file or
-    // tokenizing (long messages, a new encoding, line cap or note, or an encoding whose tables
-    // are still being built after a start) runs on a blocking thread.
-    if request.encoding.is_warm() {
-        match app.store.warm_context(&stream, request, now) {
-            Ok(Some(window)) => return Ok(window),
-            Ok(None) => return Ok(empty_window(request, now)),
-            Err(Cold) => {}
-        }
-    }
-    let (store, request) = (app.store.clone(), request.clone());
-    tokio::task::spawn_blocking(move || {
-        let window = store.context(&stream, &request, now)?;
-        Ok::<_, ApiError>(window.unwrap_or_else(|| empty_window(&request, now)))
-    })
-    .await
-    .map_err(ApiError::internal)?
+    let window = app
+        .store
+        .context(stream, request, now, min_revision)
+        .await?;
+    Ok(window.unwrap_or_else(|| empty_window(request, now)))
 }
 
 /// The request's parameters as a [`ContextRequest`].

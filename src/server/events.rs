@@ -18,6 +18,7 @@ use crate::stream::Appended;
 
 use super::App;
 use super::body::{self, Framing};
+use super::consistency;
 use super::query::Query;
 use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER, WriteReply, WrittenRecord};
 
@@ -34,6 +35,7 @@ pub(crate) const HISTORY_PARAMS: &[&str] = &[
     "min_severity",
     "since",
     "until",
+    consistency::MIN_REVISION_PARAM,
 ];
 
 /// `POST /v1/streams/{s}/events`: one event, a JSON array, or NDJSON.
@@ -46,7 +48,7 @@ pub(super) async fn post(
     // The body's share of the gate is held until the events are committed.
     let (events, _share) = read_batch(app, headers, body, parse_events).await?;
     if events.is_empty() {
-        return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
+        return Ok(write_reply(Vec::new(), app.store.revision(&stream).await?));
     }
     Ok(write_reply(append(app, &stream, events).await?, 0))
 }
@@ -90,7 +92,7 @@ pub(super) async fn import(
             .map_err(|error| ApiError::in_batch(error, index, None))?;
     }
     if records.is_empty() {
-        return Ok(write_reply(Vec::new(), app.store.revision(&stream)));
+        return Ok(write_reply(Vec::new(), app.store.revision(&stream).await?));
     }
     let events: u64 = records.iter().map(|r| r.repeat_count).sum();
     let appended = app
@@ -105,10 +107,12 @@ pub(super) async fn import(
 pub(super) async fn history(
     app: &App,
     stream: StreamName,
+    headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
+    consistency::reach(app, &stream, headers, &Query::parse(query, HISTORY_PARAMS)?).await?;
     // Read before the page: the page reflects at least this revision.
-    let revision = app.store.revision(&stream);
+    let revision = app.store.revision(&stream).await?;
     let page = page(app, stream, query).await?;
     let mut response = wire::json(StatusCode::OK, &page);
     wire::set_number(&mut response, REVISION_HEADER, revision);
@@ -137,11 +141,7 @@ pub(super) async fn page(
         since: query.timestamp("since")?,
         until: query.timestamp("until")?,
     };
-    let store = app.store.clone();
-    let page = tokio::task::spawn_blocking(move || store.records(&stream, &record_query))
-        .await
-        .map_err(ApiError::internal)??;
-    Ok(page)
+    Ok(app.store.records(&stream, &record_query).await?)
 }
 
 /// Parses a body of events, all or nothing.

@@ -20,12 +20,11 @@ use rmcp::model::Extensions;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::Value;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 
 use crate::event::StreamName;
 use crate::mcp::{Backend, BoxFuture, Changes, ToolError, Tools, Window, Written};
-use crate::store::Subscription;
+use crate::store::{Live, News};
 
 use super::auth::{ApiKey, Scope};
 use super::wire::ApiError;
@@ -122,8 +121,7 @@ impl Backend for InProcess {
     ) -> BoxFuture<'a, Result<Window, ToolError>> {
         Box::pin(async move {
             let (caller, stream) = Self::authorize(caller, Scope::Read, stream)?;
-            let request = context::parse_request(Some(&query)).map_err(tool_error)?;
-            let window = context::window(&caller.app, stream, &request)
+            let window = context::window_for_query(&caller.app, &stream, Some(&query))
                 .await
                 .map_err(tool_error)?;
             Ok(Window {
@@ -205,6 +203,8 @@ impl Backend for InProcess {
                 key.authorize(Scope::Read, None).map_err(tool_error)?;
             }
             streams::visible(&caller.app, caller.key.as_ref(), prefix)
+                .await
+                .map_err(tool_error)?
                 .iter()
                 .map(|stats| serde_json::to_value(stats).map_err(ApiError::internal))
                 .collect::<Result<_, _>>()
@@ -239,7 +239,7 @@ impl Backend for InProcess {
             let app = &caller.app;
             app.metrics.mcp_resource_feeds(1);
             let changes: Box<dyn Changes> = Box::new(LiveChanges {
-                live: app.store.subscribe_to(&stream),
+                live: app.store.subscribe(&stream),
                 shutdown: app.shutdown.clone(),
                 app: Arc::clone(app),
             });
@@ -251,7 +251,7 @@ impl Backend for InProcess {
 /// A stream's changes straight from the store's live feed (the one behind the SSE route),
 /// counted in `recap_mcp_resource_feeds` while open.
 struct LiveChanges {
-    live: Subscription,
+    live: Live,
     app: Arc<App>,
     /// Turns `true` when the server begins to shut down: the feed ends then, so that a
     /// subscription's response ends and the server can drain.
@@ -272,14 +272,14 @@ impl Changes for LiveChanges {
             }
             tokio::select! {
                 _ = self.shutdown.changed() => None,
-                received = self.live.recv() => match received {
+                news = self.live.next() => match news {
                     // A lagging subscriber missed changes, which is a change all the same.
-                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                    News::Changes(_) | News::Moved => {
                         // What else is queued already is the same news: one report for it all.
-                        while matches!(self.live.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
+                        self.live.drain();
                         Some(())
                     }
-                    Err(RecvError::Closed) => None,
+                    News::Closed => None,
                 },
             }
         })

@@ -16,7 +16,7 @@ use http::Method;
 
 use super::table::{Label, ROUTES, TABLE};
 use crate::histogram::Histogram;
-use crate::store::Store;
+use crate::store::{PgStore, Storage, Store};
 
 /// Statuses counted per route; anything else is counted under `other`. 499 is a request whose
 /// client went away before its response was made.
@@ -148,8 +148,9 @@ impl Metrics {
         Ok(committed)
     }
 
-    /// The Prometheus text exposition, with the store's counters and cache.
-    pub(super) fn render(&self, store: &Store) -> String {
+    /// The Prometheus text exposition, with the store's counters and cache (and, on
+    /// PostgreSQL, whether the database answers now).
+    pub(super) async fn render(&self, store: &Storage) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let _ = writeln!(
             out,
@@ -237,9 +238,81 @@ impl Metrics {
             "recap_store_commit_seconds",
             "Time a write waited for its durable group commit.",
         );
-        render_store(&mut out, store);
+        match store {
+            Storage::Redb(store) => render_store(&mut out, store),
+            Storage::Postgres(pg) => {
+                let up = store.unhealthy().await.is_none();
+                render_database(&mut out, pg, up);
+            }
+        }
         out
     }
+}
+
+/// The PostgreSQL node's counters: its writer's and its cache's.
+fn render_database(out: &mut String, store: &PgStore, up: bool) {
+    gauge(
+        out,
+        "recap_database_up",
+        "1 when the PostgreSQL database answered a health check just now, 0 otherwise.",
+        i64::from(up),
+    );
+    let metrics = store.metrics();
+    counter(
+        out,
+        "recap_store_commits_total",
+        "Committed transactions (one per batch of write requests).",
+        metrics.commits,
+    );
+    counter(
+        out,
+        "recap_store_failed_commits_total",
+        "Batches that failed; their writes were not acknowledged.",
+        metrics.failed_commits,
+    );
+    counter(
+        out,
+        "recap_database_retries_total",
+        "Batches tried again after losing a deadlock or serialization race with another node.",
+        metrics.retries,
+    );
+    counter(
+        out,
+        "recap_database_shadow_loads_total",
+        "Writer shadows read from the database: a stream's first write on this node, or a write after another node wrote to it (hashing streams to nodes keeps this low).",
+        metrics.shadow_loads,
+    );
+    let as_gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+    gauge(
+        out,
+        "recap_cache_bytes",
+        "Bytes of stream state this node holds in memory for contexts.",
+        as_gauge(metrics.cache_bytes),
+    );
+    gauge(
+        out,
+        "recap_cache_resident_streams",
+        "Streams whose state this node holds in memory.",
+        as_gauge(metrics.cached_streams),
+    );
+    counter(
+        out,
+        "recap_cache_evictions_total",
+        "Streams evicted from memory to stay within the budget.",
+        metrics.cache_evictions,
+    );
+    counter(
+        out,
+        "recap_cache_cold_loads_total",
+        "Stream states read whole from the database (first read, or too far behind to catch up).",
+        metrics.cache_loads,
+    );
+    counter(
+        out,
+        "recap_cache_catch_ups_total",
+        "Stream states brought up to date from the changelog (another node wrote).",
+        metrics.cache_catch_ups,
+    );
 }
 
 fn render_store(out: &mut String, store: &Store) {
@@ -362,8 +435,8 @@ mod tests {
     use super::*;
     use crate::server::table::Endpoint;
 
-    #[test]
-    fn renders_counters_and_cumulative_buckets() {
+    #[tokio::test]
+    async fn renders_counters_and_cumulative_buckets() {
         let metrics = Metrics::default();
         let post = |status: Option<u16>| {
             let mut request = metrics.start(&Method::POST);
@@ -392,7 +465,7 @@ mod tests {
         metrics.observe_context(Duration::from_secs(1));
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), crate::store::StoreOptions::default()).unwrap();
-        let text = metrics.render(&store);
+        let text = metrics.render(&Storage::Redb(store)).await;
         assert!(
             text.contains("recap_cache_budget_bytes 201326592\n"),
             "{text}"

@@ -14,6 +14,7 @@
 //! `routes` (matching, the checks before a handler, dispatch),
 //! [`wire`] (the response body, response shapes, the error codes and the one error-to-status
 //! mapping), `body` (capped reads of request bodies, content types), `query` (query strings),
+//! `consistency` (`X-Recap-Min-Revision`: reads that wait for a revision),
 //! `events`, `context`, `notes`, `streams`, `anomalies` (handlers), `sse` (subscriptions), `mcp` (the MCP
 //! tools over Streamable HTTP), `openintent` (the OpenIntent-compatible routes), `openapi`
 //! (`GET /openapi.json`), [`auth`] (API keys), `metrics` (Prometheus text).
@@ -21,6 +22,7 @@
 pub mod anomalies;
 pub mod auth;
 mod body;
+mod consistency;
 mod context;
 mod events;
 pub(crate) mod fuzz;
@@ -57,8 +59,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::config::DatabaseUrl;
 use crate::event::EventLimits;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{PgStore, Storage, Store, StoreError, StoreOptions};
 
 use self::auth::Keys;
 use self::metrics::Metrics;
@@ -138,7 +141,7 @@ pub enum ServerError {
 
 /// What every handler shares.
 pub struct App {
-    store: Store,
+    store: Storage,
     options: ServerOptions,
     metrics: Metrics,
     /// Bounds the request bodies read and decoded at once.
@@ -156,6 +159,8 @@ pub struct Startup {
     pub addr: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The PostgreSQL database to keep streams in instead of the data directory.
+    pub database_url: Option<DatabaseUrl>,
     /// How the store behaves.
     pub store: StoreOptions,
     /// How the HTTP layer behaves.
@@ -170,39 +175,52 @@ pub async fn serve(
     let Startup {
         addr,
         data_dir,
+        database_url,
         store: store_options,
         server: options,
     } = startup;
-    let dir = data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(dir, store_options))
-        .await
-        .map_err(|error| {
-            ServerError::StoreFailed(format!("opening the store panicked: {error}"))
-        })??;
+    let (store, place) = match &database_url {
+        Some(url) => {
+            let store = PgStore::open(url.expose(), store_options).await?;
+            let place = store.place().to_owned();
+            (Storage::Postgres(store), place)
+        }
+        None => {
+            let dir = data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || Store::open(dir, store_options))
+                .await
+                .map_err(|error| {
+                    ServerError::StoreFailed(format!("opening the store panicked: {error}"))
+                })??;
+            (Storage::Redb(store), data_dir.display().to_string())
+        }
+    };
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(source) => {
-            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+            let _ = store.close().await;
             return Err(ServerError::Bind { addr, source });
         }
     };
     for warning in options.keys.iter().flat_map(Keys::warnings) {
         tracing::warn!("{warning}");
     }
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), auth = options.keys.is_some(), "recap is serving");
+    tracing::info!(addr = %listener.local_addr()?, storage = %place, auth = options.keys.is_some(), "recap is serving");
     run(listener, store, options, shutdown).await
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains and closes `store`.
+/// Serves on `listener` until `shutdown` resolves, then drains and closes `store` (a redb
+/// [`Store`], a [`PgStore`], or either as a [`Storage`]).
 pub async fn run(
     listener: TcpListener,
-    store: Store,
+    store: impl Into<Storage>,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let store = store.into();
     let addr = listener.local_addr()?;
     if options.keys.is_none() && !addr.ip().is_loopback() {
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        let _ = store.close().await;
         return Err(ServerError::OpenToNetwork { addr });
     }
     for encoding in crate::tokens::Encoding::ALL {
@@ -226,6 +244,10 @@ pub async fn run(
     tokio::pin!(shutdown);
     let failed = store_failure(app.store.clone());
     tokio::pin!(failed);
+    let maintenance = tokio::spawn({
+        let store = app.store.clone();
+        async move { store.maintenance().await }
+    });
     let mut failure = None;
     loop {
         let (tcp, peer) = tokio::select! {
@@ -271,22 +293,21 @@ pub async fn run(
             "some connections did not finish in time; closing anyway"
         );
     }
+    maintenance.abort();
     let store = app.store.clone();
     drop(app);
-    let closed = tokio::task::spawn_blocking(move || store.close()).await;
+    let closed = store.close().await;
     if let Some(cause) = failure {
         // Closing a failed store fails too; the failure is what to report.
         return Err(ServerError::StoreFailed(cause));
     }
-    closed.map_err(|error| {
-        ServerError::StoreFailed(format!("closing the store panicked: {error}"))
-    })??;
+    closed?;
     tracing::info!("store closed; bye");
     Ok(())
 }
 
 /// Resolves with the cause once one of the store's threads has died.
-async fn store_failure(store: Store) -> String {
+async fn store_failure(store: Storage) -> String {
     /// How soon a dead store thread stops the server.
     const CHECK_INTERVAL: Duration = Duration::from_millis(250);
     let mut ticks = tokio::time::interval(CHECK_INTERVAL);

@@ -10,6 +10,7 @@ use crate::event::{EventError, Note, StreamName, format_timestamp, parse_timesta
 
 use super::App;
 use super::body;
+use super::consistency;
 use super::query::Query;
 use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
 
@@ -32,7 +33,7 @@ struct NoteList {
 }
 
 /// The query parameters of `GET .../notes`.
-pub(crate) const LIST_PARAMS: &[&str] = &["after", "limit"];
+pub(crate) const LIST_PARAMS: &[&str] = &["after", "limit", consistency::MIN_REVISION_PARAM];
 
 /// Notes per page when a request names no `limit`: the default `max_notes_per_stream`, so a
 /// stream under the default cap lists in one page.
@@ -50,7 +51,7 @@ pub(super) async fn post(
     let body = body::read_json(body, headers, &app.options, &app.bodies).await?;
     let note = add(app, &stream, body::utf8(&body.bytes)?).await?;
     // Read after the durable write: at least the revision the note took.
-    let revision = app.store.revision(&stream);
+    let revision = app.store.revision(&stream).await?;
     let mut response = wire::json(StatusCode::CREATED, &note);
     wire::set_number(&mut response, REVISION_HEADER, revision);
     Ok(response)
@@ -89,12 +90,14 @@ pub(super) async fn add(app: &App, stream: &StreamName, body: &str) -> Result<No
 
 /// `GET /v1/streams/{s}/notes`: the live notes, oldest first, `limit` (default 1,000) after the
 /// note id `after`.
-pub(super) fn list(
+pub(super) async fn list(
     app: &App,
     stream: StreamName,
+    headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(query, LIST_PARAMS)?;
+    consistency::reach(app, &stream, headers, &query).await?;
     let after = query.number::<u64>("after")?.unwrap_or(0);
     let limit = match query.number::<usize>("limit")? {
         None => DEFAULT_NOTES_PAGE,
@@ -106,10 +109,11 @@ pub(super) fn list(
             ));
         }
     };
-    let revision = app.store.revision(&stream);
+    let revision = app.store.revision(&stream).await?;
     let mut notes: Vec<Note> = app
         .store
-        .notes(&stream, Utc::now())?
+        .notes(&stream, Utc::now())
+        .await?
         .into_iter()
         .filter(|note| note.id > after)
         .take(limit + 1)
@@ -133,7 +137,11 @@ pub(super) async fn delete(
 ) -> Result<Response<Body>, ApiError> {
     remove(app, &stream, id).await?;
     let mut response = wire::empty(StatusCode::NO_CONTENT);
-    wire::set_number(&mut response, REVISION_HEADER, app.store.revision(&stream));
+    wire::set_number(
+        &mut response,
+        REVISION_HEADER,
+        app.store.revision(&stream).await?,
+    );
     Ok(response)
 }
 

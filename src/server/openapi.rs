@@ -95,6 +95,7 @@ struct Operation {
 /// the table must be described here.
 fn operation(endpoint: Endpoint) -> Operation {
     const NONE: &[&str] = &[];
+    const MIN_REVISION: &[&str] = &["X-Recap-Min-Revision"];
     let op = |tag, query, body, ok, errors| Operation {
         tag,
         query,
@@ -146,19 +147,22 @@ fn operation(endpoint: Endpoint) -> Operation {
             ),
             &[400],
         ),
-        Endpoint::GetStream => op(
-            "streams",
-            NONE,
-            None,
-            (
-                200,
-                with_revision(json_response(
-                    "The stream's stats.",
-                    schema_ref("StreamStats"),
-                )),
-            ),
-            &[404],
-        ),
+        Endpoint::GetStream => Operation {
+            headers: MIN_REVISION,
+            ..op(
+                "streams",
+                streams::GET_PARAMS,
+                None,
+                (
+                    200,
+                    with_revision(json_response(
+                        "The stream's stats.",
+                        schema_ref("StreamStats"),
+                    )),
+                ),
+                &[404],
+            )
+        },
         Endpoint::DeleteStream => op(
             "streams",
             NONE,
@@ -202,19 +206,22 @@ fn operation(endpoint: Endpoint) -> Operation {
             ),
             &[507],
         ),
-        Endpoint::GetEvents => op(
-            "events",
-            events::HISTORY_PARAMS,
-            None,
-            (
-                200,
-                with_revision(json_response(
-                    "A page of records in seq order.",
-                    schema_ref("RecordPage"),
-                )),
-            ),
-            &[404],
-        ),
+        Endpoint::GetEvents => Operation {
+            headers: MIN_REVISION,
+            ..op(
+                "events",
+                events::HISTORY_PARAMS,
+                None,
+                (
+                    200,
+                    with_revision(json_response(
+                        "A page of records in seq order.",
+                        schema_ref("RecordPage"),
+                    )),
+                ),
+                &[404],
+            )
+        },
         Endpoint::PostRecords => op(
             "events",
             NONE,
@@ -228,13 +235,16 @@ fn operation(endpoint: Endpoint) -> Operation {
             ),
             &[507],
         ),
-        Endpoint::GetContext => op(
-            "context",
-            context::PARAMS,
-            None,
-            (200, context_response()),
-            &[],
-        ),
+        Endpoint::GetContext => Operation {
+            headers: MIN_REVISION,
+            ..op(
+                "context",
+                context::PARAMS,
+                None,
+                (200, context_response()),
+                &[],
+            )
+        },
         Endpoint::PostNote => op(
             "notes",
             NONE,
@@ -245,19 +255,22 @@ fn operation(endpoint: Endpoint) -> Operation {
             ),
             &[409, 507],
         ),
-        Endpoint::GetNotes => op(
-            "notes",
-            notes::LIST_PARAMS,
-            None,
-            (
-                200,
-                with_revision(json_response(
-                    "A page of live notes, oldest first.",
-                    schema_ref("NoteList"),
-                )),
-            ),
-            &[],
-        ),
+        Endpoint::GetNotes => Operation {
+            headers: MIN_REVISION,
+            ..op(
+                "notes",
+                notes::LIST_PARAMS,
+                None,
+                (
+                    200,
+                    with_revision(json_response(
+                        "A page of live notes, oldest first.",
+                        schema_ref("NoteList"),
+                    )),
+                ),
+                &[],
+            )
+        },
         Endpoint::DeleteNote => op(
             "notes",
             NONE,
@@ -266,7 +279,7 @@ fn operation(endpoint: Endpoint) -> Operation {
             &[404, 507],
         ),
         Endpoint::Subscribe => Operation {
-            headers: &["Last-Event-ID"],
+            headers: &["Last-Event-ID", "X-Recap-Min-Revision"],
             ..op("events", sse::PARAMS, None, (200, feed_response()), &[])
         },
         Endpoint::CreateIntent => op(
@@ -310,7 +323,7 @@ fn operation(endpoint: Endpoint) -> Operation {
             &[],
         ),
         Endpoint::SubscribeIntent | Endpoint::SubscribeIntentAlias => Operation {
-            headers: &["Last-Event-ID"],
+            headers: &["Last-Event-ID", "X-Recap-Min-Revision"],
             ..op("openintent", sse::PARAMS, None, (200, feed_response()), &[])
         },
         Endpoint::Ui | Endpoint::UiStream => op(
@@ -479,6 +492,10 @@ fn error_statuses(route: &Route, described: &Operation) -> Vec<u16> {
     }
     if !described.query.is_empty() || !described.headers.is_empty() {
         statuses.push(400);
+    }
+    if described.headers.contains(&"X-Recap-Min-Revision") {
+        // `behind`: the revision asked for did not arrive within the wait.
+        statuses.push(503);
     }
     if described.body.is_some() {
         statuses.extend([400, 408, 413, 415, 503]);
@@ -702,6 +719,10 @@ fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
             "Only streams whose names start with this.".into(),
             json!({"type": "string"}),
         ),
+        "min_revision" => (
+            "The stream revision the answer must reflect (as `X-Recap-Min-Revision`): the node waits up to 2 s for it, then answers 503 `behind` with `Retry-After`.".into(),
+            whole(0),
+        ),
         "event_type" => (
             "Only events of this OpenIntent event type.".into(),
             json!({"type": "string"}),
@@ -717,11 +738,17 @@ fn query_parameter(endpoint: Endpoint, name: &str) -> Value {
 }
 
 fn header_parameter(name: &str) -> Value {
+    let description = match name {
+        "X-Recap-Min-Revision" => {
+            "The stream revision the answer must reflect (a write's `X-Recap-Revision`, from any node): the node waits up to 2 s for it, then answers 503 `behind` with `Retry-After`."
+        }
+        _ => "Resume after this revision (what the feed's `id:` said).",
+    };
     json!({
         "name": name,
         "in": "header",
         "required": false,
-        "description": "Resume after this revision (what the feed's `id:` said).",
+        "description": description,
         "schema": {"type": "string", "pattern": "^\\s*[0-9]+\\s*$"},
     })
 }

@@ -208,9 +208,8 @@ pub(super) async fn list_events(
         }
         _ => None,
     };
-    let revision = app.store.revision(&stream);
-    let store = app.store.clone();
-    let events = tokio::task::spawn_blocking(move || {
+    let revision = app.store.revision(&stream).await?;
+    let events = {
         let wanted = limit + offset;
         let mut matched: Vec<Record> = Vec::new();
         let mut scanned = 0;
@@ -221,16 +220,14 @@ pub(super) async fn list_events(
             } else {
                 wanted.clamp(1, MAX_PAGE_RECORDS)
             };
-            let page = match store.records(
-                &stream,
-                &RecordQuery {
-                    before: Some(before),
-                    limit: page_size,
-                    kinds: kinds.clone(),
-                    since,
-                    ..RecordQuery::default()
-                },
-            ) {
+            let query = RecordQuery {
+                before: Some(before),
+                limit: page_size,
+                kinds: kinds.clone(),
+                since,
+                ..RecordQuery::default()
+            };
+            let page = match app.store.records(&stream, &query).await {
                 Ok(page) => page,
                 Err(crate::store::StoreError::UnknownStream(_)) => break,
                 Err(error) => return Err(ApiError::from(error)),
@@ -246,15 +243,13 @@ pub(super) async fn list_events(
                 _ => break,
             }
         }
-        Ok(matched
+        matched
             .iter()
             .skip(offset)
             .take(limit)
             .map(|record| outgoing_event(&stream, record))
-            .collect::<Vec<Value>>())
-    })
-    .await
-    .map_err(ApiError::internal)??;
+            .collect::<Vec<Value>>()
+    };
     let mut response = wire::json(StatusCode::OK, &events);
     wire::set_number(&mut response, REVISION_HEADER, revision);
     Ok(response)
@@ -406,7 +401,7 @@ pub(super) async fn create_intent(
     let mut stream = None;
     for _ in 0..ID_ATTEMPTS {
         let candidate = StreamName::new(&new_intent_id(prefix)).map_err(ApiError::from)?;
-        if app.store.stream(&candidate).is_none() {
+        if app.store.head(&candidate).await?.is_none() {
             stream = Some(candidate);
             break;
         }
@@ -444,7 +439,7 @@ pub(super) async fn get_intent(
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     Query::parse(query, &[])?;
-    let stats = app.store.stream(&stream).ok_or_else(|| {
+    let stats = app.store.stream(&stream).await?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownIntent,
             format!(
@@ -453,22 +448,17 @@ pub(super) async fn get_intent(
             ),
         )
     })?;
-    let store = app.store.clone();
-    let name = stream.clone();
-    let first = tokio::task::spawn_blocking(move || {
-        store.records(
-            &name,
-            &RecordQuery {
-                limit: 1,
-                ..RecordQuery::default()
-            },
-        )
-    })
-    .await
-    .map_err(ApiError::internal)??
-    .records
-    .into_iter()
-    .next();
+    let query = RecordQuery {
+        limit: 1,
+        ..RecordQuery::default()
+    };
+    let first = app
+        .store
+        .records(&stream, &query)
+        .await?
+        .records
+        .into_iter()
+        .next();
     let intent = mapping::intent_object(&stream, first.as_ref(), stats.first_ts, stats.last_ts);
     Ok(wire::json(StatusCode::OK, &intent))
 }

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 
 use crate::event::StreamName;
+use crate::store::Unhealthy;
 
 use super::App;
 use super::auth::ApiKey;
@@ -211,40 +212,40 @@ async fn dispatch(
             .ok_or_else(|| ApiError::internal("route without a stream"))
     };
     match endpoint {
-        Endpoint::Healthz => Ok(match (app.store.failure(), app.store.degraded()) {
-            (None, None) => wire::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-            (Some(cause), _) => wire::json(
+        Endpoint::Healthz => Ok(match app.store.unhealthy().await {
+            None => wire::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            // Degraded: reads are still served; writes fail until the file (or the database)
+            // takes them again.
+            Some(Unhealthy { status, cause }) => wire::json(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"status": "failed", "cause": cause}),
-            ),
-            // Reads are still served; writes fail until the file takes them again.
-            (None, Some(cause)) => wire::json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"status": "degraded", "cause": cause}),
+                &serde_json::json!({"status": status, "cause": cause}),
             ),
         }),
         Endpoint::OpenApi => Ok(openapi::response()),
-        Endpoint::Metrics => Ok(wire::text(StatusCode::OK, app.metrics.render(&app.store))),
-        Endpoint::ListStreams => streams::list(app, key, query),
-        Endpoint::GetStream => streams::get(app, stream()?),
+        Endpoint::Metrics => Ok(wire::text(
+            StatusCode::OK,
+            app.metrics.render(&app.store).await,
+        )),
+        Endpoint::ListStreams => streams::list(app, key, query).await,
+        Endpoint::GetStream => streams::get(app, stream()?, headers, query).await,
         Endpoint::DeleteStream => streams::delete(app, stream()?).await,
         Endpoint::PutRetention => streams::set_retention(app, stream()?, headers, body).await,
         Endpoint::PutAnomalies => anomalies::put(app, stream()?, headers, body).await,
         Endpoint::PostEvents => events::post(app, stream()?, headers, body).await,
-        Endpoint::GetEvents => events::history(app, stream()?, query).await,
+        Endpoint::GetEvents => events::history(app, stream()?, headers, query).await,
         Endpoint::PostRecords => events::import(app, stream()?, headers, body).await,
-        Endpoint::GetContext => context::get(app, stream()?, query).await,
+        Endpoint::GetContext => context::get(app, stream()?, headers, query).await,
         Endpoint::PostNote => notes::post(app, stream()?, headers, body).await,
-        Endpoint::GetNotes => notes::list(app, stream()?, query),
+        Endpoint::GetNotes => notes::list(app, stream()?, headers, query).await,
         Endpoint::DeleteNote => notes::delete(app, stream()?, matched.id.unwrap_or("")).await,
-        Endpoint::Subscribe => sse::subscribe(app, stream()?, headers, query, Dialect::Recap),
+        Endpoint::Subscribe => sse::subscribe(app, stream()?, headers, query, Dialect::Recap).await,
         Endpoint::CreateIntent => openintent::create_intent(app, key, headers, body).await,
         Endpoint::GetIntent => openintent::get_intent(app, stream()?, query).await,
         Endpoint::PostIntentEvent => openintent::post_event(app, stream()?, headers, body).await,
         Endpoint::GetIntentEvents => openintent::list_events(app, stream()?, query).await,
         // A reconnecting OpenIntent client sends `Last-Event-ID` by itself.
         Endpoint::SubscribeIntent | Endpoint::SubscribeIntentAlias => {
-            sse::subscribe(app, stream()?, headers, query, Dialect::OpenIntent)
+            sse::subscribe(app, stream()?, headers, query, Dialect::OpenIntent).await
         }
         Endpoint::Ui => Ok(ui::page(ui::Page::Streams, app.options.keys.is_some())),
         // The name was validated above: a page for a name no stream can have is a 400.

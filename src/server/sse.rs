@@ -19,7 +19,7 @@
 //! `id:` is a bare revision.
 //!
 //! How there are no gaps and no duplicates while writers are busy: the feed subscribes to its
-//! stream's live changes *first* ([`Store::subscribe_to`]), then replays the changelog after
+//! stream's live changes *first* ([`Storage::subscribe`]), then replays the changelog after
 //! `r`, then follows the live changes, skipping every change with a revision it has already
 //! sent. A change committed between the subscription and the replay shows up in both and is sent
 //! once. The subscription is to the stream's name, so the first change of a stream created again
@@ -42,7 +42,16 @@
 //! buffers of its connection, however far behind it is and however large the events.
 //!
 //! `: keepalive` comments go out whenever nothing was written to the client for a keepalive
-//! interval. Commits to other streams do not wake the feed at all.
+//! interval. On redb, commits to other streams do not wake the feed at all.
+//!
+//! On PostgreSQL the live changes are wake-ups ([`Live::Postgres`]: a stream moved on, on any
+//! node), after which the feed reads the changelog from the database past what it sent. So a
+//! subscriber on any node sees the changes written through every node, in revision order, and
+//! resumes with `Last-Event-ID` on any node; a wake-up that is missed (the listening connection
+//! was down) is made good by a resync, which every feed answers by reading its changelog.
+//!
+//! [`Storage::subscribe`]: crate::store::Storage::subscribe
+//! [`Live::Postgres`]: crate::store::Live::Postgres
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -53,16 +62,14 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::event::{Note, StreamName, Timestamp};
-use crate::store::{
-    Change, ChangeBody, RecordQuery, Store, StoreError, StreamPosition, Subscription,
-};
+use crate::store::{Change, ChangeBody, Live, News, RecordQuery, StoreError, StreamPosition};
 
 use super::App;
+use super::consistency;
 use super::openintent;
 use super::query::Query;
 use super::wire::ApiError;
@@ -88,7 +95,7 @@ pub(super) const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 const FIRST_REPLAY_PAGE: usize = 16;
 
 /// The query parameters of the subscribe routes.
-pub(crate) const PARAMS: &[&str] = &["after"];
+pub(crate) const PARAMS: &[&str] = &["after", consistency::MIN_REVISION_PARAM];
 
 /// Which frames a feed writes: recap's own (`record`, `repeat`, `note`, ...) or OpenIntent's
 /// (`event:` the event type, `data:` the event object; see [`super::openintent`]). The
@@ -103,7 +110,7 @@ pub(super) enum Dialect {
 
 /// `GET /v1/streams/{s}/subscribe` (recap's frames) and the OpenIntent subscribe routes: the
 /// feed resumes after `Last-Event-ID`, or `?after=`, or starts from now.
-pub(super) fn subscribe(
+pub(super) async fn subscribe(
     app: &Arc<App>,
     stream: StreamName,
     headers: &HeaderMap,
@@ -115,7 +122,8 @@ pub(super) fn subscribe(
         Some(revision) => Some(revision),
         None => query.number::<u64>("after")?,
     };
-    Ok(open(app, stream, resume, dialect))
+    consistency::reach(app, &stream, headers, &query).await?;
+    open(app, stream, resume, dialect).await
 }
 
 /// The revision a reconnecting client names in `Last-Event-ID`, if it sent one.
@@ -139,15 +147,15 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 /// Starts a feed of `stream`'s changes after revision `resume` (from now on when `None`) and
 /// returns the streaming response.
-pub(super) fn open(
+pub(super) async fn open(
     app: &Arc<App>,
     stream: StreamName,
     resume: Option<u64>,
     dialect: Dialect,
-) -> Response<Body> {
+) -> Result<Response<Body>, ApiError> {
     // Subscribe before reading where to start: nothing committed from here on can be missed.
-    let live = app.store.subscribe_to(&stream);
-    let (incarnation, revision) = match app.store.position(&stream) {
+    let live = app.store.subscribe(&stream);
+    let (incarnation, revision) = match app.store.head(&stream).await? {
         Some(StreamPosition {
             stream_id,
             revision,
@@ -180,7 +188,7 @@ pub(super) fn open(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style proxies not to buffer the feed.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    Ok(response)
 }
 
 /// Why a feed starts its client over from the stream's first change.
@@ -265,7 +273,7 @@ struct Feed {
 }
 
 impl Feed {
-    async fn run(mut self, mut live: Subscription) {
+    async fn run(mut self, mut live: Live) {
         self.app.metrics.sse_subscribers(1);
         let result = self.follow(&mut live).await;
         // Nothing more for this subscriber: its queue in the store goes now.
@@ -299,7 +307,7 @@ impl Feed {
         drop(self.outbox.sender.try_send(Bytes::from(comment)));
     }
 
-    async fn follow(&mut self, live: &mut Subscription) -> Result<(), Stop> {
+    async fn follow(&mut self, live: &mut Live) -> Result<(), Stop> {
         let mut shutdown = self.shutdown.clone();
         if *shutdown.borrow() {
             return Ok(());
@@ -316,10 +324,10 @@ impl Feed {
                 _ = shutdown.changed() => return Ok(()),
                 () = self.outbox.sender.closed() => return Err(Stop::Disconnected),
                 () = tokio::time::sleep_until(idle_until) => self.idle().await?,
-                received = live.recv() => match received {
-                    Ok(changes) => self.forward(&changes).await?,
-                    Err(RecvError::Lagged(_)) => self.catch_up().await?,
-                    Err(RecvError::Closed) => return Ok(()),
+                news = live.next() => match news {
+                    News::Changes(changes) => self.forward(&changes).await?,
+                    News::Moved => self.catch_up().await?,
+                    News::Closed => return Ok(()),
                 },
             }
         }
@@ -329,7 +337,7 @@ impl Feed {
     /// so), then keeps the connection open.
     async fn idle(&mut self) -> Result<(), Stop> {
         let before = self.last_write;
-        if let Some(next) = self.replaced() {
+        if let Some(next) = self.replaced().await? {
             self.restart(next).await?;
             self.catch_up().await?;
         }
@@ -341,14 +349,20 @@ impl Feed {
 
     /// What the store has under the feed's name now, if that is not the stream the feed
     /// follows: the stream was deleted (and maybe created again).
-    fn replaced(&self) -> Option<Incarnation> {
-        match (self.app.store.position(&self.stream), self.incarnation) {
+    async fn replaced(&self) -> Result<Option<Incarnation>, Stop> {
+        let head = self
+            .app
+            .store
+            .head(&self.stream)
+            .await
+            .map_err(Stop::Store)?;
+        Ok(match (head, self.incarnation) {
             (Some(now), followed) if followed.compare(now.stream_id) == Ordering::Greater => {
                 Some(Incarnation::Of(now.stream_id))
             }
             (None, Incarnation::Of(deleted)) => Some(Incarnation::Next(deleted + 1)),
             _ => None,
-        }
+        })
     }
 
     /// Whether a change of the feed's stream name is of the stream it follows; one of a stream
@@ -398,16 +412,12 @@ impl Feed {
 
     /// Replays the changelog after the last revision sent.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        if let Some(next) = self.replaced() {
+        if let Some(next) = self.replaced().await? {
             self.restart(next).await?;
         }
         loop {
-            let store: Store = self.app.store.clone();
-            let (stream, after, limit) = (self.stream.clone(), self.last_sent, self.replay_limit);
-            let changes = tokio::task::spawn_blocking(move || store.changes(&stream, after, limit))
-                .await
-                .map_err(|error| Stop::Store(StoreError::storage("", error)))?;
-            let changes = match changes {
+            let (after, limit) = (self.last_sent, self.replay_limit);
+            let changes = match self.app.store.changes(&self.stream, after, limit).await {
                 Ok(changes) => changes,
                 // A stream not created yet has no changes; its first ones will come live.
                 Err(StoreError::UnknownStream(_)) => return Ok(()),
@@ -466,17 +476,12 @@ impl Feed {
                 repeat_count,
                 last_ts,
             } => {
-                let store: Store = self.app.store.clone();
-                let stream = self.stream.clone();
                 let query = RecordQuery {
                     after: Some(seq - 1),
                     limit: 1,
                     ..RecordQuery::default()
                 };
-                let page = match tokio::task::spawn_blocking(move || store.records(&stream, &query))
-                    .await
-                    .map_err(|error| Stop::Store(StoreError::storage("", error)))?
-                {
+                let page = match self.app.store.records(&self.stream, &query).await {
                     Ok(page) => page,
                     // Deleted meanwhile: nothing to show.
                     Err(StoreError::UnknownStream(_)) => return Ok(None),

@@ -11,6 +11,7 @@ use crate::store::{Retention, StreamStats};
 use super::App;
 use super::auth::ApiKey;
 use super::body;
+use super::consistency;
 use super::query::Query;
 use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
 
@@ -23,6 +24,9 @@ struct StreamList {
     /// The `after=` of the next page; `None` on the last.
     next: Option<StreamName>,
 }
+
+/// The query parameters of `GET /v1/streams/{s}`.
+pub(crate) const GET_PARAMS: &[&str] = &[consistency::MIN_REVISION_PARAM];
 
 /// The query parameters of `GET /v1/streams`.
 pub(crate) const LIST_PARAMS: &[&str] = &["after", "limit", "prefix"];
@@ -37,7 +41,7 @@ struct RetentionInput {
 
 /// `GET /v1/streams`: the streams the caller may see, with stats, by name, in pages (`after` a
 /// name, `limit` ≤ [`MAX_STREAMS_PER_PAGE`], `prefix`).
-pub(super) fn list(
+pub(super) async fn list(
     app: &App,
     key: Option<&ApiKey>,
     query: Option<&str>,
@@ -49,26 +53,45 @@ pub(super) fn list(
         Some(limit) => limit.min(MAX_STREAMS_PER_PAGE),
     };
     let prefix = query.get("prefix").unwrap_or("");
-    let (streams, next) = app.store.streams_page(query.get("after"), limit, |name| {
-        name.as_str().starts_with(prefix) && key.is_none_or(|key| key.covers(name))
-    });
+    let (streams, next) = app
+        .store
+        .streams_page(query.get("after"), limit, |name| {
+            name.as_str().starts_with(prefix) && key.is_none_or(|key| key.covers(name))
+        })
+        .await?;
     Ok(wire::json(StatusCode::OK, &StreamList { streams, next }))
 }
 
 /// The stats of the first [`MAX_STREAMS_PER_PAGE`] streams named from `prefix` that `key` may
 /// see (all of them without keys), by name.
-pub(super) fn visible(app: &App, key: Option<&ApiKey>, prefix: &str) -> Vec<StreamStats> {
+pub(super) async fn visible(
+    app: &App,
+    key: Option<&ApiKey>,
+    prefix: &str,
+) -> Result<Vec<StreamStats>, ApiError> {
     let admit = |name: &StreamName| {
         name.as_str().starts_with(prefix) && key.is_none_or(|key| key.covers(name))
     };
-    app.store.streams_page(None, MAX_STREAMS_PER_PAGE, admit).0
+    Ok(app
+        .store
+        .streams_page(None, MAX_STREAMS_PER_PAGE, admit)
+        .await?
+        .0)
 }
 
 /// `GET /v1/streams/{s}`.
-pub(super) fn get(app: &App, stream: StreamName) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(
+    app: &App,
+    stream: StreamName,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(query, GET_PARAMS)?;
+    consistency::reach(app, &stream, headers, &query).await?;
     let stats = app
         .store
         .stream(&stream)
+        .await?
         .ok_or_else(|| crate::store::StoreError::UnknownStream(stream.to_string()))?;
     let mut response = wire::json(StatusCode::OK, &stats);
     wire::set_number(&mut response, REVISION_HEADER, stats.revision);

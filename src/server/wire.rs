@@ -37,6 +37,9 @@ use crate::tokens::EncodingError;
 
 /// Response header carrying a stream revision the response reflects (at least).
 pub const REVISION_HEADER: &str = "x-recap-revision";
+/// Request header of reads: the stream revision the answer must reflect (see
+/// `X-Recap-Min-Revision` in the README); the node waits for it, briefly, or answers 503.
+pub const MIN_REVISION_HEADER: &str = "x-recap-min-revision";
 /// Response header carrying the token count of a text context window.
 pub const TOKENS_HEADER: &str = "x-recap-tokens";
 /// Response header carrying the budget a text context window was built for.
@@ -153,6 +156,9 @@ error_codes! {
     StoreUnavailable = "store_unavailable", SERVICE_UNAVAILABLE;
     /// A store thread died; the server exits for its supervisor to restart it.
     StoreFailed = "store_failed", SERVICE_UNAVAILABLE;
+    /// This node has not reached the revision the read asked for (`X-Recap-Min-Revision`)
+    /// within the wait; retry after `Retry-After`.
+    Behind = "behind", SERVICE_UNAVAILABLE;
     /// The data file's disk is full; nothing of the request was written.
     DiskFull = "disk_full", INSUFFICIENT_STORAGE;
 }
@@ -354,6 +360,9 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::StoreUnavailable, error.to_string()).retry_after(1)
             }
             StoreError::Failed(_) => ApiError::new(ErrorCode::StoreFailed, error.to_string()),
+            StoreError::Behind { .. } => {
+                ApiError::new(ErrorCode::Behind, error.to_string()).retry_after(1)
+            }
             StoreError::CountLimit { .. } => {
                 ApiError::new(ErrorCode::InvalidField, error.to_string()).with_field("repeat_count")
             }

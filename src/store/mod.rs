@@ -20,6 +20,7 @@ pub(crate) mod fuzz;
 pub mod pg;
 mod reads;
 mod schema;
+mod storage;
 mod tail_book;
 mod upgrade;
 mod writer;
@@ -55,6 +56,7 @@ pub use feed::{MAX_LAG_BYTES, Subscription};
 pub use pg::{PG_SCHEMA_VERSION, PgMetrics, PgStore, Wakeup};
 pub use reads::MAX_SCAN_RECORDS;
 pub use schema::SCHEMA_VERSION;
+pub use storage::{Live, MAINTENANCE_INTERVAL, MIN_REVISION_WAIT, News, Storage, Unhealthy};
 use writer::{Request, Shared, Writer};
 
 /// Name of the data file inside the data directory.
@@ -159,6 +161,21 @@ pub enum StoreError {
     /// The data file cannot be used for a moment (it is being reopened after a failed write).
     #[error("the store is briefly unavailable: {0}; retry shortly")]
     Unavailable(String),
+    /// A read asked for a revision of a stream (`X-Recap-Min-Revision`) that this node did not
+    /// reach within the wait.
+    #[error(
+        "this node has stream {stream:?} at revision {revision}, not yet at {wanted}, after waiting {waited_ms} ms; retry after the Retry-After delay (the write may still be on its way to this node)"
+    )]
+    Behind {
+        /// The stream.
+        stream: String,
+        /// The revision this node has.
+        revision: u64,
+        /// The revision asked for.
+        wanted: u64,
+        /// How long the read waited.
+        waited_ms: u64,
+    },
     /// An I/O or database failure; the write was not acknowledged.
     #[error("storage failure: {}", joined(.context, .source.as_deref()))]
     Storage {
@@ -474,6 +491,16 @@ pub struct Pending<T> {
 }
 
 impl<T> Pending<T> {
+    /// A request answered without going to a writer.
+    pub(crate) fn answered(result: Result<T, StoreError>) -> Pending<T> {
+        let (sender, reply) = oneshot::channel();
+        drop(sender.send(result));
+        Pending {
+            reply,
+            failure: Arc::default(),
+        }
+    }
+
     /// Blocks the current thread until the write is durable. Not for async contexts.
     pub fn wait(self) -> Result<T, StoreError> {
         let failure = self.failure;

@@ -81,6 +81,15 @@ impl Cached {
         self.unknown.store(true, Ordering::Release);
     }
 
+    /// Builds a context from the state if nothing needs counting first (microseconds).
+    pub(super) fn warm_context(
+        &self,
+        request: &ContextRequest,
+        now: Timestamp,
+    ) -> Option<ContextWindow> {
+        crate::context::build_if_ready(&read(&self.state).view(), request, now)
+    }
+
     /// Builds a context from the state: counting what is not counted yet outside its lock.
     pub(super) fn context(&self, request: &ContextRequest, now: Timestamp) -> ContextWindow {
         let unprepared = {

@@ -27,8 +27,18 @@ impl PgStore {
         now: Timestamp,
         min_revision: u64,
     ) -> Result<Option<ContextWindow>, StoreError> {
-        let cached = self.current(stream, min_revision).await?;
-        Ok(cached.map(|cached| cached.context(request, now)))
+        let Some(cached) = self.current(stream, min_revision).await? else {
+            return Ok(None);
+        };
+        if let Some(window) = cached.warm_context(request, now) {
+            return Ok(Some(window));
+        }
+        // Tokenizing (a cold load's records, a new encoding, line cap or note) takes
+        // milliseconds or more: off the async runtime.
+        let request = request.clone();
+        tokio::task::spawn_blocking(move || Some(cached.context(&request, now)))
+            .await
+            .map_err(|error| StoreError::storage("building a context", error))
     }
 
     /// The stream's id and revision as this node serves it, caught up to `min_revision` like

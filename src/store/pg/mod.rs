@@ -27,6 +27,7 @@ mod cache;
 mod codec;
 mod contexts;
 mod listen;
+mod listing;
 mod load;
 mod migrate;
 mod reads;
