@@ -53,7 +53,7 @@ pub use cache::COLD_LOAD_BUCKETS;
 use cache::{Cache, Loading, Slot};
 pub use check::{CheckReport, Problem, check};
 pub use feed::{MAX_LAG_BYTES, Subscription};
-pub use pg::{PG_SCHEMA_VERSION, PgMetrics, PgStore, Wakeup};
+pub use pg::{PG_SCHEMA_VERSION, PgMetrics, PgStore, StreamWakeups, Wakeup};
 pub use reads::MAX_SCAN_RECORDS;
 pub use schema::SCHEMA_VERSION;
 pub use storage::{Live, MAINTENANCE_INTERVAL, MIN_REVISION_WAIT, News, Storage, Unhealthy};

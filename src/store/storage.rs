@@ -17,7 +17,7 @@ use crate::context::{ContextRequest, ContextWindow};
 use crate::event::{Event, Note, StreamName, Timestamp};
 use crate::stream::Appended;
 
-use super::pg::{PgStore, Wakeup};
+use super::pg::{PgStore, StreamWakeups};
 use super::{
     Change, CommittedChanges, ImportedRecord, Pending, RecordPage, RecordQuery, Retention, Store,
     StoreError, StreamPosition, StreamStats, Subscription,
@@ -329,10 +329,7 @@ impl Storage {
     pub fn subscribe(&self, stream: &StreamName) -> Live {
         match self {
             Storage::Redb(store) => Live::Redb(store.subscribe_to(stream)),
-            Storage::Postgres(store) => Live::Postgres {
-                stream: stream.clone(),
-                wakeups: store.listen(),
-            },
+            Storage::Postgres(store) => Live::Postgres(store.follow(stream)),
         }
     }
 
@@ -392,17 +389,12 @@ impl Storage {
 
 /// A stream's live changes. On redb the changes themselves, as each commit publishes them; on
 /// PostgreSQL a wake-up that the stream moved on (from any node), after which the follower
-/// reads the changelog.
+/// reads the changelog. Either way commits to other streams do not wake it.
 pub enum Live {
     /// The redb store's feed.
     Redb(Subscription),
-    /// The node's wake-ups, filtered to one stream.
-    Postgres {
-        /// The stream followed.
-        stream: StreamName,
-        /// Every stream's wake-ups.
-        wakeups: broadcast::Receiver<Wakeup>,
-    },
+    /// The node's wake-ups of one stream.
+    Postgres(StreamWakeups),
 }
 
 /// What a [`Live`] feed has for its follower.
@@ -424,48 +416,28 @@ impl Live {
                 Err(broadcast::error::RecvError::Lagged(_)) => News::Moved,
                 Err(broadcast::error::RecvError::Closed) => News::Closed,
             },
-            Live::Postgres { stream, wakeups } => loop {
-                match wakeups.recv().await {
-                    Ok(wakeup) if concerns(&wakeup, stream) => return News::Moved,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return News::Moved,
-                    Err(broadcast::error::RecvError::Closed) => return News::Closed,
-                }
+            Live::Postgres(wakeups) => match wakeups.next().await {
+                Some(()) => News::Moved,
+                None => News::Closed,
             },
         }
     }
 
     /// Takes every news already queued without waiting; whether there was any.
     pub fn drain(&mut self) -> bool {
-        let mut any = false;
         match self {
             Live::Redb(subscription) => {
                 use broadcast::error::TryRecvError;
+                let mut any = false;
                 while matches!(
                     subscription.try_recv(),
                     Ok(_) | Err(TryRecvError::Lagged(_))
                 ) {
                     any = true;
                 }
+                any
             }
-            Live::Postgres { stream, wakeups } => loop {
-                match wakeups.try_recv() {
-                    Ok(wakeup) => any |= concerns(&wakeup, stream),
-                    Err(broadcast::error::TryRecvError::Lagged(_)) => any = true,
-                    Err(_) => break,
-                }
-            },
+            Live::Postgres(wakeups) => wakeups.take(),
         }
-        any
-    }
-}
-
-/// Whether a wake-up may concern `stream`: its own, or a resync (notifications were missed).
-fn concerns(wakeup: &Wakeup, stream: &StreamName) -> bool {
-    match wakeup {
-        Wakeup::Changed {
-            stream: changed, ..
-        } => changed == stream,
-        Wakeup::Resync => true,
     }
 }

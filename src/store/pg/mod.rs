@@ -26,6 +26,7 @@
 mod cache;
 mod codec;
 mod contexts;
+mod hub;
 mod listen;
 mod listing;
 mod load;
@@ -45,6 +46,7 @@ use tokio_postgres::NoTls;
 use crate::event::{Event, Note, StreamName, Timestamp};
 use crate::stream::Appended;
 
+pub use hub::StreamWakeups;
 pub use listen::Wakeup;
 pub use migrate::PG_SCHEMA_VERSION;
 
@@ -86,6 +88,8 @@ struct Inner {
     counters: Arc<writer::Counters>,
     /// The node's stream states, for contexts.
     cache: Arc<cache::NodeCache>,
+    /// The wake-ups of the streams feeds follow.
+    hub: Arc<hub::Hub>,
 }
 
 /// What a node's writer has done since the store was opened, for metrics and benchmarks.
@@ -168,6 +172,8 @@ impl PgStore {
         let alive = Arc::new(());
         let cache = Arc::new(cache::NodeCache::new(options.cache_bytes));
         tokio::spawn(cache::follow(wakeups.subscribe(), cache.clone()));
+        let hub = Arc::new(hub::Hub::default());
+        tokio::spawn(hub::dispatch(wakeups.subscribe(), hub.clone()));
         let follower = cache.clone();
         tokio::spawn(listen::run(
             config.clone(),
@@ -198,6 +204,7 @@ impl PgStore {
                 _alive: alive,
                 counters,
                 cache,
+                hub,
             }),
         })
     }
@@ -273,6 +280,12 @@ impl PgStore {
     /// [`Wakeup::Resync`], means: read the changelogs you follow again.
     pub fn listen(&self) -> broadcast::Receiver<Wakeup> {
         self.inner.wakeups.subscribe()
+    }
+
+    /// Wake-ups of one stream (and every resync), from now on: what a feed of that stream
+    /// follows. Commits to other streams do not wake it.
+    pub fn follow(&self, stream: &StreamName) -> StreamWakeups {
+        self.inner.hub.follow(stream)
     }
 
     /// Appends events to a stream (created on first write), all or nothing; resolves once
