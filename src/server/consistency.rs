@@ -7,7 +7,7 @@
 use http::HeaderMap;
 
 use crate::event::StreamName;
-use crate::store::MIN_REVISION_WAIT;
+use crate::store::{MIN_REVISION_WAIT, Read};
 
 use super::App;
 use super::query::Query;
@@ -46,14 +46,18 @@ pub(super) fn min_revision(headers: &HeaderMap, query: &Query) -> Result<u64, Ap
     }
 }
 
-/// Waits until this node has `stream` at the revision the read asks for; returns it.
+/// Waits until this node has `stream` at the revision the read asks for, as `read` sees it;
+/// returns that revision.
 pub(super) async fn reach(
     app: &App,
     stream: &StreamName,
+    read: Read,
     headers: &HeaderMap,
     query: &Query,
 ) -> Result<u64, ApiError> {
     let wanted = min_revision(headers, query)?;
-    app.store.reach(stream, wanted, MIN_REVISION_WAIT).await?;
+    app.store
+        .reach(stream, wanted, read, MIN_REVISION_WAIT)
+        .await?;
     Ok(wanted)
 }

@@ -16,6 +16,7 @@ use crate::context::{
 };
 use crate::event::StreamName;
 use crate::rank::Weights;
+use crate::store::Read;
 use crate::tokens::Encoding;
 
 use super::App;
@@ -70,7 +71,7 @@ pub(super) async fn get(
             ));
         }
     };
-    let min_revision = consistency::reach(app, &stream, headers, &query).await?;
+    let min_revision = consistency::reach(app, &stream, Read::Context, headers, &query).await?;
     // Read before the build: the window reflects at least this revision.
     let revision = app
         .store
@@ -119,7 +120,8 @@ pub(super) async fn window_for_query(
 ) -> Result<ContextWindow, ApiError> {
     let query = Query::parse(query, PARAMS)?;
     let request = request_from(&query)?;
-    let min_revision = consistency::reach(app, stream, &HeaderMap::new(), &query).await?;
+    let min_revision =
+        consistency::reach(app, stream, Read::Context, &HeaderMap::new(), &query).await?;
     window(app, stream, &request, min_revision).await
 }
 

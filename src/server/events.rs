@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::event::{Event, EventError, EventInput, EventLimits, StreamName, check_not_ahead};
 use crate::jsonl;
-use crate::store::{ImportedRecord, MAX_PAGE_RECORDS, RecordPage, RecordQuery};
+use crate::store::{ImportedRecord, MAX_PAGE_RECORDS, Read, RecordPage, RecordQuery};
 use crate::stream::Appended;
 
 use super::App;
@@ -110,7 +110,14 @@ pub(super) async fn history(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    consistency::reach(app, &stream, headers, &Query::parse(query, HISTORY_PARAMS)?).await?;
+    consistency::reach(
+        app,
+        &stream,
+        Read::Stored,
+        headers,
+        &Query::parse(query, HISTORY_PARAMS)?,
+    )
+    .await?;
     // Read before the page: the page reflects at least this revision.
     let revision = app.store.revision(&stream).await?;
     let page = page(app, stream, query).await?;

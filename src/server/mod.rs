@@ -223,10 +223,11 @@ pub async fn run(
         let _ = store.close().await;
         return Err(ServerError::OpenToNetwork { addr });
     }
-    for encoding in crate::tokens::Encoding::ALL {
-        // Building the BPE tables takes a while; do it before the first context request.
-        tokio::task::spawn_blocking(move || encoding.warm_up());
-    }
+    // Building the BPE tables takes a while: the default encoding's are built before the first
+    // context request. Another encoding's (o200k_base: about 39 MiB) are built when a request
+    // first asks for it, on a blocking thread, so that a server nobody asks for it does not
+    // hold them.
+    tokio::task::spawn_blocking(|| crate::tokens::Encoding::default().warm_up());
     let (stop_feeds, shutdown_seen) = watch::channel(false);
     let drain_timeout = options.drain_timeout;
     let app = Arc::new(App {

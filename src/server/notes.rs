@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventError, Note, StreamName, format_timestamp, parse_timestamp};
+use crate::store::Read;
 
 use super::App;
 use super::body;
@@ -97,7 +98,7 @@ pub(super) async fn list(
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(query, LIST_PARAMS)?;
-    consistency::reach(app, &stream, headers, &query).await?;
+    consistency::reach(app, &stream, Read::Stored, headers, &query).await?;
     let after = query.number::<u64>("after")?.unwrap_or(0);
     let limit = match query.number::<usize>("limit")? {
         None => DEFAULT_NOTES_PAGE,

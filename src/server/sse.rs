@@ -66,7 +66,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::event::{Note, StreamName, Timestamp};
-use crate::store::{Change, ChangeBody, Live, News, RecordQuery, StoreError, StreamPosition};
+use crate::store::{Change, ChangeBody, Live, News, Read, RecordQuery, StoreError, StreamPosition};
 
 use super::App;
 use super::consistency;
@@ -122,7 +122,7 @@ pub(super) async fn subscribe(
         Some(revision) => Some(revision),
         None => query.number::<u64>("after")?,
     };
-    consistency::reach(app, &stream, headers, &query).await?;
+    consistency::reach(app, &stream, Read::Stored, headers, &query).await?;
     open(app, stream, resume, dialect).await
 }
 

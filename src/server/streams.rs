@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::event::StreamName;
-use crate::store::{Retention, StreamStats};
+use crate::store::{Read, Retention, StreamStats};
 
 use super::App;
 use super::auth::ApiKey;
@@ -87,7 +87,7 @@ pub(super) async fn get(
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(query, GET_PARAMS)?;
-    consistency::reach(app, &stream, headers, &query).await?;
+    consistency::reach(app, &stream, Read::Stored, headers, &query).await?;
     let stats = app
         .store
         .stream(&stream)

@@ -56,7 +56,7 @@ pub use feed::{MAX_LAG_BYTES, Subscription};
 pub use pg::{PG_SCHEMA_VERSION, PgMetrics, PgStore, StreamWakeups, Wakeup};
 pub use reads::MAX_SCAN_RECORDS;
 pub use schema::SCHEMA_VERSION;
-pub use storage::{Live, MAINTENANCE_INTERVAL, MIN_REVISION_WAIT, News, Storage, Unhealthy};
+pub use storage::{Live, MAINTENANCE_INTERVAL, MIN_REVISION_WAIT, News, Read, Storage, Unhealthy};
 use writer::{Request, Shared, Writer};
 
 /// Name of the data file inside the data directory.

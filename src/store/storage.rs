@@ -59,6 +59,15 @@ impl From<PgStore> for Storage {
     }
 }
 
+/// What a read that waits for a revision ([`Storage::reach`]) reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// A context: on PostgreSQL from the node's cache of the stream's state.
+    Context,
+    /// History, changes, notes or statistics: from the store itself.
+    Stored,
+}
+
 /// What a storage's health check found wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unhealthy {
@@ -184,22 +193,24 @@ impl Storage {
         }
     }
 
-    /// Waits until the stream is at revision `wanted` or later, at most `wait`;
+    /// Waits until the stream is at revision `wanted` or later for `read`, at most `wait`;
     /// [`StoreError::Behind`] if it is not by then. Resolves at once for 0.
     pub async fn reach(
         &self,
         stream: &StreamName,
         wanted: u64,
+        read: Read,
         wait: Duration,
     ) -> Result<(), StoreError> {
-        if wanted == 0 {
+        if wanted == 0 || self.revision_for(stream, wanted, read).await? >= wanted {
             return Ok(());
         }
         let started = Instant::now();
-        // Subscribe before looking: a change committed between the look and the wait wakes it.
+        // Subscribe before looking again: a change committed between the look and the wait
+        // wakes it.
         let mut live = self.subscribe(stream);
         loop {
-            let revision = self.revision(stream).await?;
+            let revision = self.revision_for(stream, wanted, read).await?;
             if revision >= wanted {
                 return Ok(());
             }
@@ -208,12 +219,8 @@ impl Storage {
                 Storage::Redb(_) => left,
                 Storage::Postgres(_) => left.min(RECHECK_INTERVAL),
             };
-            if left.is_zero()
-                || matches!(
-                    self.news_within(&mut live, recheck).await,
-                    Some(News::Closed)
-                )
-            {
+            let news = tokio::time::timeout(recheck, live.next()).await;
+            if left.is_zero() || matches!(news, Ok(News::Closed)) {
                 return Err(StoreError::Behind {
                     stream: stream.to_string(),
                     revision,
@@ -224,9 +231,22 @@ impl Storage {
         }
     }
 
-    /// The next news of `live` within `wait`, `None` if there is none by then.
-    async fn news_within(&self, live: &mut Live, wait: Duration) -> Option<News> {
-        tokio::time::timeout(wait, live.next()).await.ok()
+    /// The stream's revision as `read` sees it; for a context on PostgreSQL the node's cached
+    /// state, caught up to `wanted` if the database has it (no round trip when the node has
+    /// heard of nothing newer).
+    async fn revision_for(
+        &self,
+        stream: &StreamName,
+        wanted: u64,
+        read: Read,
+    ) -> Result<u64, StoreError> {
+        match read {
+            Read::Context => Ok(self
+                .position(stream, wanted)
+                .await?
+                .map_or(0, |position| position.revision)),
+            Read::Stored => self.revision(stream).await,
+        }
     }
 
     /// A stream's context window, `None` if the stream does not exist. On PostgreSQL from the
