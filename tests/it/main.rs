@@ -17,6 +17,7 @@ mod openintent;
 mod pg_cluster;
 mod pg_contexts;
 mod pg_nodes;
+mod pg_tls;
 mod server;
 mod sse_edges;
 mod store;
