@@ -249,7 +249,8 @@ impl PgStore {
     }
 
     /// Whether the database answers now (`SELECT 1` on a pooled connection, within
-    /// [`CONNECT_TIMEOUT`]): for a health check. `Unavailable` says why not.
+    /// [`CONNECT_TIMEOUT`]): for a health check. `Unavailable` says why not, or a storage
+    /// failure what to change when TLS with the server cannot be agreed on.
     pub async fn health(&self) -> Result<(), StoreError> {
         let check = async {
             let client =
