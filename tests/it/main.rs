@@ -18,6 +18,7 @@ mod pg_cluster;
 mod pg_contexts;
 mod pg_nodes;
 mod pg_serve;
+mod pg_tls;
 mod server;
 mod sse_edges;
 mod store;

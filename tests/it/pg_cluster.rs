@@ -2,7 +2,8 @@
 //! binary (the first test that asks starts it), in a temporary directory, on a free loopback
 //! port, and stopped when the test binary exits, however it exits.
 //!
-//! Each test gets a database of its own ([`database`]). Where PostgreSQL is not installed the
+//! Each test gets a database of its own ([`database`]); a test that needs a server set up
+//! differently (the TLS tests) starts one more with [`start_with`], stopped the same way. Where PostgreSQL is not installed the
 //! tests that need it do not run: [`database`] returns `None`, and the run says so on the
 //! terminal (past the test harness's output capture) with how to enable them. With
 //! `RECAP_REQUIRE_PG=1` (CI sets it, since `.ci/run` installs PostgreSQL) a missing or failing
@@ -64,9 +65,9 @@ impl Drop for PrivateCluster {
     }
 }
 
-/// The cluster if it started; otherwise `None` after saying why (or a panic when PostgreSQL is
-/// required).
-fn available<'a>(cluster: Result<&'a Cluster, &String>, test: &str) -> Option<&'a Cluster> {
+/// The cluster (or whatever holds it) if it started; otherwise `None` after saying why (or a
+/// panic when PostgreSQL is required).
+pub fn available<'a, T>(cluster: Result<&'a T, &String>, test: &str) -> Option<&'a T> {
     match cluster {
         Ok(cluster) => Some(cluster),
         Err(why) => {
@@ -79,7 +80,25 @@ fn available<'a>(cluster: Result<&'a Cluster, &String>, test: &str) -> Option<&'
     }
 }
 
+/// What a cluster starts with beyond the defaults (for the TLS tests' cluster).
+#[derive(Default)]
+pub struct Setup {
+    /// Files written into the data directory after `initdb` (name, contents), readable by the
+    /// server alone, as PostgreSQL requires of a private key.
+    pub files: Vec<(&'static str, String)>,
+    /// Server settings (`name=value`), each passed as `-c`.
+    pub settings: Vec<&'static str>,
+}
+
 impl Cluster {
+    /// The directory the cluster's data directory is in, removed with the cluster: for the
+    /// files a test makes beside it.
+    pub fn dir(&self) -> &Path {
+        self.data
+            .parent()
+            .expect("the data directory is in the cluster's directory")
+    }
+
     /// Creates a fresh, empty database named after `test` and returns its URL.
     pub fn create_database(&self, test: &str) -> String {
         let name = format!(
@@ -193,6 +212,11 @@ fn is_root() -> bool {
 }
 
 fn start() -> Result<Cluster, String> {
+    start_with(&Setup::default())
+}
+
+/// Starts a cluster with `setup`, stopped when the test binary exits (see [`watchdog`]).
+pub fn start_with(setup: &Setup) -> Result<Cluster, String> {
     let bin = find_bin()?;
     let as_postgres = is_root();
     // A directory the `postgres` user owns, outside the test's own temp dirs, removed by the
@@ -234,12 +258,20 @@ fn start() -> Result<Cluster, String> {
             String::from_utf8_lossy(&initdb.stderr)
         ));
     }
+    for (name, contents) in &setup.files {
+        write_private(&data.join(name), contents, as_postgres)?;
+    }
+    let settings: String = setup
+        .settings
+        .iter()
+        .map(|setting| format!(" -c {setting}"))
+        .collect();
     let mut last_error = String::new();
     // A port found free may be taken before the server binds it: try a few.
     for _ in 0..3 {
         let port = free_port()?;
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200 -c shared_buffers=64MB",
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200 -c shared_buffers=64MB{settings}",
             dir.display()
         );
         let started = command(&bin, "pg_ctl", as_postgres)
@@ -264,6 +296,26 @@ fn start() -> Result<Cluster, String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Err(format!("the cluster did not start: {last_error}"))
+}
+
+/// Writes a file only its owner reads, owned by the `postgres` user when the cluster runs as it.
+fn write_private(path: &Path, contents: &str, as_postgres: bool) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let shown = path.display();
+    std::fs::write(path, contents).map_err(|e| format!("cannot write {shown}: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot make {shown} private: {e}"))?;
+    if as_postgres {
+        let status = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(path)
+            .status()
+            .map_err(|e| format!("cannot run chown: {e}"))?;
+        if !status.success() {
+            return Err(format!("cannot give {shown} to the postgres user"));
+        }
+    }
+    Ok(())
 }
 
 fn free_port() -> Result<u16, String> {

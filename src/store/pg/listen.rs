@@ -11,8 +11,9 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
+use super::tls::Tls;
 use crate::event::StreamName;
 
 /// The channel every node notifies and listens on.
@@ -72,13 +73,14 @@ fn parse(payload: &str) -> impl Iterator<Item = Wakeup> + '_ {
 /// they may stop (`false`, as soon as the connection is lost).
 pub(super) async fn run(
     config: tokio_postgres::Config,
+    tls: Tls,
     place: String,
     wakeups: broadcast::Sender<Wakeup>,
     alive: Weak<()>,
     listening: impl Fn(bool) + Send + 'static,
 ) {
     while alive.upgrade().is_some() {
-        match config.connect(NoTls).await {
+        match config.connect(tls.connector.clone()).await {
             Ok((client, mut connection)) => {
                 let sender = wakeups.clone();
                 let mut pump = tokio::spawn(async move {

@@ -14,6 +14,7 @@
 //!   connections.
 //! - `statements.rs`: the statements that write a placed batch.
 //! - `listen.rs`: waking other nodes up, once per committed batch.
+//! - `tls.rs`: TLS as the URL's `sslmode` and `sslrootcert` ask, for every connection.
 //! - `codec.rs`: what the tables hold.
 //!
 //! - `load.rs`: a stream's state read back from the database, exactly as it was appended.
@@ -33,15 +34,14 @@ mod load;
 mod migrate;
 mod reads;
 mod statements;
+mod tls;
 mod writer;
 
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_postgres::NoTls;
 
 use crate::event::{Event, Note, StreamName, Timestamp};
 use crate::stream::Appended;
@@ -79,6 +79,8 @@ struct Inner {
     options: StoreOptions,
     /// `postgres://host:port/db`, without user or password: for messages.
     place: String,
+    /// What every connection of the store connects with, for messages about pooled ones.
+    tls: tls::Tls,
     /// Never set: the writer task answers every failure; kept for [`Pending`].
     failure: Arc<OnceLock<String>>,
     /// What the listening connection hears (see [`PgStore::listen`]).
@@ -127,24 +129,22 @@ pub fn is_database_url(url: &str) -> bool {
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`), brings its
-    /// schema up to date and starts this node's writer task. Needs a tokio runtime.
+    /// schema up to date and starts this node's writer task. Needs a tokio runtime. The URL's
+    /// `sslmode` (`disable`, `prefer` (the default), `require`, `verify-ca`, `verify-full`) and
+    /// `sslrootcert` (a PEM file of CAs, else the system's roots) mean what they mean to libpq.
     ///
     /// Fails with [`StoreError::Unavailable`] when the database cannot be reached,
-    /// [`StoreError::SchemaTooNew`] when a newer recap migrated it.
+    /// [`StoreError::SchemaTooNew`] when a newer recap migrated it, a storage failure saying what
+    /// to change when the URL, or TLS with the server, is wrong.
     pub async fn open(url: &str, mut options: StoreOptions) -> Result<PgStore, StoreError> {
         options.tail = options.tail.for_policy(&options.collapse);
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|error| {
-            StoreError::storage(
-                "the database URL is not valid (expected postgres://user:password@host:port/database)",
-                error,
-            )
-        })?;
+        let (mut config, tls) = tls::configure(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("recap");
         let place = place_of(&config);
-        let (mut client, connection) = connect(&config, &place).await?;
+        let (mut client, connection) = connect(&config, &tls, &place).await?;
         let applied = migrate::to_current(&mut client, &place).await;
         drop(client);
         drop(connection);
@@ -154,7 +154,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -177,6 +177,7 @@ impl PgStore {
         let follower = cache.clone();
         tokio::spawn(listen::run(
             config.clone(),
+            tls.clone(),
             place.clone(),
             wakeups.clone(),
             Arc::downgrade(&alive),
@@ -186,6 +187,7 @@ impl PgStore {
         tokio::spawn(
             writer::Writer::new(
                 config,
+                tls.clone(),
                 place.clone(),
                 options.clone(),
                 counters.clone(),
@@ -199,6 +201,7 @@ impl PgStore {
                 requests,
                 options,
                 place,
+                tls,
                 failure: Arc::default(),
                 wakeups,
                 _alive: alive,
@@ -254,10 +257,14 @@ impl PgStore {
     }
 
     /// Whether the database answers now (`SELECT 1` on a pooled connection, within
-    /// [`CONNECT_TIMEOUT`]): for a health check. `Unavailable` says why not.
+    /// [`CONNECT_TIMEOUT`]): for a health check. `Unavailable` says why not, or a storage
+    /// failure what to change when TLS with the server cannot be agreed on.
     pub async fn health(&self) -> Result<(), StoreError> {
         let check = async {
-            let client = self.inner.pool.get().await.map_err(pool_error)?;
+            let client =
+                self.inner.pool.get().await.map_err(|error| {
+                    explained_pool_error(error, &self.inner.tls, &self.inner.place)
+                })?;
             client
                 .simple_query("SELECT 1")
                 .await
@@ -404,21 +411,16 @@ impl PgStore {
     }
 }
 
-/// Opens a connection and drives it on its own task.
+/// Opens a connection with `tls` and drives it on its own task.
 async fn connect(
     config: &tokio_postgres::Config,
+    tls: &tls::Tls,
     place: &str,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls.connector.clone())
         .await
-        // Whatever the server said (not accepting connections, too many, shutting down), no
-        // connection means the database cannot serve this node now.
-        .map_err(|error| {
-            StoreError::Unavailable(format!(
-                "the database is unreachable (connecting to {place}: {error})"
-            ))
-        })?;
+        .map_err(|error| connect_error(&error, tls, place))?;
     let place = place.to_owned();
     let driver = tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -463,10 +465,39 @@ pub(super) fn unreachable_or(error: PgError, doing: &str) -> StoreError {
     }
 }
 
+/// The store's error for a connection that could not be opened. TLS that cannot be agreed on
+/// (the server offers none but the mode requires it, a certificate that does not verify) is a
+/// configuration to fix, not a database that will be back: a storage failure that says what to
+/// change. Anything else (not accepting connections, too many, shutting down, no answer) means
+/// the database cannot serve this node now.
+fn connect_error(error: &PgError, tls: &tls::Tls, place: &str) -> StoreError {
+    match tls::explain(error, tls, place) {
+        Some(why) => StoreError::storage_text(why),
+        None => StoreError::Unavailable(format!(
+            "the database is unreachable (connecting to {place}: {error})"
+        )),
+    }
+}
+
 /// The store's error for a failure to get a pooled connection: whatever the cause (refused,
 /// timed out, the server not accepting connections), the database cannot serve this read now.
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!(
         "the database is unreachable (getting a connection: {error})"
     ))
+}
+
+/// [`pool_error`], but TLS that cannot be agreed on is said as in [`connect_error`]: for the
+/// health check, whose answer is what an operator reads when a node cannot connect.
+fn explained_pool_error(
+    error: deadpool_postgres::PoolError,
+    tls: &tls::Tls,
+    place: &str,
+) -> StoreError {
+    if let deadpool_postgres::PoolError::Backend(backend) = &error
+        && let Some(why) = tls::explain(backend, tls, place)
+    {
+        return StoreError::storage_text(why);
+    }
+    pool_error(error)
 }

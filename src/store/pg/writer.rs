@@ -43,6 +43,7 @@ use super::super::{
 use super::cache::{CatchUp, NodeCache};
 use super::codec::Restore;
 use super::load::{self, STREAM_COLUMNS, StreamRow};
+use super::tls::Tls;
 use super::{BATCH_TIMEOUT, PgError, codec, connect, listen, statements, unreachable_or};
 
 /// How often a batch that lost a deadlock or serialization race is tried again.
@@ -281,6 +282,7 @@ impl Writes {
 /// The node's writer: one connection, the shadows of the streams it wrote.
 pub(super) struct Writer {
     config: tokio_postgres::Config,
+    tls: Tls,
     place: String,
     options: StoreOptions,
     client: Option<Client>,
@@ -305,6 +307,7 @@ pub(super) struct Counters {
 impl Writer {
     pub(super) fn new(
         config: tokio_postgres::Config,
+        tls: Tls,
         place: String,
         options: StoreOptions,
         counters: Arc<Counters>,
@@ -312,6 +315,7 @@ impl Writer {
     ) -> Writer {
         Writer {
             config,
+            tls,
             place,
             options,
             client: None,
@@ -410,7 +414,7 @@ impl Writer {
     /// One try at a batch: its outcomes once committed.
     async fn attempt(&mut self, ops: &[Op]) -> Result<Vec<Outcome>, BatchError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let (client, _driver) = connect(&self.config, &self.place).await?;
+            let (client, _driver) = connect(&self.config, &self.tls, &self.place).await?;
             self.client = Some(client);
         }
         let mut client = self.client.take().expect("connected just above");
