@@ -19,8 +19,15 @@ pub(crate) const MIN_REVISION_PARAM: &str = "min_revision";
 
 /// The revision a read asks for (0 when it names none).
 pub(super) fn min_revision(headers: &HeaderMap, query: &Query) -> Result<u64, ApiError> {
-    let header = headers
-        .get(MIN_REVISION_HEADER)
+    let mut values = headers.get_all(MIN_REVISION_HEADER).iter();
+    let (first, second) = (values.next(), values.next());
+    if second.is_some() {
+        return Err(ApiError::parameter(
+            "X-Recap-Min-Revision",
+            "X-Recap-Min-Revision is given more than once; send it once",
+        ));
+    }
+    let header = first
         .map(|value| {
             value
                 .to_str()

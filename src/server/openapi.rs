@@ -289,13 +289,16 @@ fn operation(endpoint: Endpoint) -> Operation {
             (201, json_response("The intent.", schema_ref("Intent"))),
             &[507],
         ),
-        Endpoint::GetIntent => op(
-            "openintent",
-            NONE,
-            None,
-            (200, json_response("The intent.", schema_ref("Intent"))),
-            &[404],
-        ),
+        Endpoint::GetIntent => Operation {
+            headers: MIN_REVISION,
+            ..op(
+                "openintent",
+                openintent::GET_PARAMS,
+                None,
+                (200, json_response("The intent.", schema_ref("Intent"))),
+                &[404],
+            )
+        },
         Endpoint::PostIntentEvent => op(
             "openintent",
             NONE,
@@ -309,19 +312,22 @@ fn operation(endpoint: Endpoint) -> Operation {
             ),
             &[507],
         ),
-        Endpoint::GetIntentEvents => op(
-            "openintent",
-            openintent::LIST_PARAMS,
-            None,
-            (
-                200,
-                json_response(
-                    "The intent's events, newest first.",
-                    json!({"type": "array", "items": schema_ref("IntentEvent")}),
+        Endpoint::GetIntentEvents => Operation {
+            headers: MIN_REVISION,
+            ..op(
+                "openintent",
+                openintent::LIST_PARAMS,
+                None,
+                (
+                    200,
+                    json_response(
+                        "The intent's events, newest first.",
+                        json!({"type": "array", "items": schema_ref("IntentEvent")}),
+                    ),
                 ),
-            ),
-            &[],
-        ),
+                &[],
+            )
+        },
         Endpoint::SubscribeIntent | Endpoint::SubscribeIntentAlias => Operation {
             headers: &["Last-Event-ID", "X-Recap-Min-Revision"],
             ..op("openintent", sse::PARAMS, None, (200, feed_response()), &[])

@@ -31,16 +31,25 @@ use crate::openintent::{
     self as mapping, IncomingEvent, NATIVE_EVENT_TYPE, classify, event_type_of,
     is_known_event_type, outgoing_event,
 };
-use crate::store::{MAX_PAGE_RECORDS, MAX_SCAN_RECORDS, RecordQuery};
+use crate::store::{MAX_PAGE_RECORDS, MAX_SCAN_RECORDS, Read, RecordQuery};
 
 use super::App;
 use super::auth::ApiKey;
 use super::body;
+use super::consistency;
 use super::query::Query;
 use super::wire::{self, ApiError, Body, ErrorCode, REVISION_HEADER};
 
 /// The query parameters of `GET /api/v1/intents/{id}/events`.
-pub(crate) const LIST_PARAMS: &[&str] = &["event_type", "since", "limit", "offset"];
+pub(crate) const LIST_PARAMS: &[&str] = &[
+    "event_type",
+    "since",
+    "limit",
+    "offset",
+    consistency::MIN_REVISION_PARAM,
+];
+/// The query parameters of `GET /api/v1/intents/{id}`.
+pub(crate) const GET_PARAMS: &[&str] = &[consistency::MIN_REVISION_PARAM];
 
 /// `limit` when the client gives none: the client's own default.
 pub(super) const DEFAULT_EVENTS_LIMIT: usize = 100;
@@ -173,9 +182,11 @@ pub(super) async fn post_event(
 pub(super) async fn list_events(
     app: &App,
     stream: StreamName,
+    headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(query, LIST_PARAMS)?;
+    consistency::reach(app, &stream, Read::Stored, headers, &query).await?;
     let limit = match query.number::<usize>("limit")? {
         None => DEFAULT_EVENTS_LIMIT,
         Some(0) => return Err(ApiError::parameter("limit", "limit must be at least 1")),
@@ -436,9 +447,11 @@ pub(super) async fn create_intent(
 pub(super) async fn get_intent(
     app: &App,
     stream: StreamName,
+    headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    Query::parse(query, &[])?;
+    let query = Query::parse(query, GET_PARAMS)?;
+    consistency::reach(app, &stream, Read::Stored, headers, &query).await?;
     let stats = app.store.stream(&stream).await?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownIntent,

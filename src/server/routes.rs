@@ -240,9 +240,9 @@ async fn dispatch(
         Endpoint::DeleteNote => notes::delete(app, stream()?, matched.id.unwrap_or("")).await,
         Endpoint::Subscribe => sse::subscribe(app, stream()?, headers, query, Dialect::Recap).await,
         Endpoint::CreateIntent => openintent::create_intent(app, key, headers, body).await,
-        Endpoint::GetIntent => openintent::get_intent(app, stream()?, query).await,
+        Endpoint::GetIntent => openintent::get_intent(app, stream()?, headers, query).await,
         Endpoint::PostIntentEvent => openintent::post_event(app, stream()?, headers, body).await,
-        Endpoint::GetIntentEvents => openintent::list_events(app, stream()?, query).await,
+        Endpoint::GetIntentEvents => openintent::list_events(app, stream()?, headers, query).await,
         // A reconnecting OpenIntent client sends `Last-Event-ID` by itself.
         Endpoint::SubscribeIntent | Endpoint::SubscribeIntentAlias => {
             sse::subscribe(app, stream()?, headers, query, Dialect::OpenIntent).await

@@ -164,7 +164,7 @@ pub enum StoreError {
     /// A read asked for a revision of a stream (`X-Recap-Min-Revision`) that this node did not
     /// reach within the wait.
     #[error(
-        "this node has stream {stream:?} at revision {revision}, not yet at {wanted}, after waiting {waited_ms} ms; retry after the Retry-After delay (the write may still be on its way to this node)"
+        "this node has stream {stream:?} at revision {revision}, not yet at {wanted}, after waiting {waited_ms} ms; retry after the Retry-After delay if the revision came from a write's X-Recap-Revision (it may still be on its way to this node); a revision of a stream deleted since, or never written, does not come"
     )]
     Behind {
         /// The stream.

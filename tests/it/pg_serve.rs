@@ -376,8 +376,25 @@ async fn two_nodes_serve_one_database() {
         .map(|stream| stream["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["busy", "shared"]);
+    // A NUL (which PostgreSQL text cannot hold) in the cursor pages as it does on redb.
+    let after_nul = b.get("/v1/streams?after=busy%00", &[]).await;
+    assert_eq!(after_nul.status, StatusCode::OK, "{}", after_nul.text());
+    assert_eq!(after_nul.json()["streams"][0]["name"], "shared");
     let metrics = a.get("/metrics", &[]).await.text();
     assert!(metrics.contains("recap_database_up 1"), "{metrics}");
+
+    // A node pointed at a database that does not exist says so, and does not start.
+    let missing = url.rsplit_once('/').unwrap().0.to_owned() + "/no_such_database";
+    let output = Command::new(env!("CARGO_BIN_EXE_recap"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--database-url", &missing])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(r#"database "no_such_database" does not exist"#),
+        "{stderr}"
+    );
 }
 
 /// DESIGN section 4 on several nodes: a node killed with SIGKILL while clients write through

@@ -1552,3 +1552,65 @@ async fn a_refused_body_does_not_cost_the_connection() {
         "{answered}"
     );
 }
+
+/// `X-Recap-Min-Revision` on one redb node: a revision the node has answers at once, one that
+/// a write in flight brings answers when it lands, one that never comes is a 503 `behind` with
+/// `Retry-After` after the bounded wait, and a malformed or repeated header is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_wait_for_the_revision_they_name() {
+    let server = TestServer::start().await;
+    let wrote = server
+        .post_json("/v1/streams/ryw/events", r#"{"kind": "plan", "message": "first"}"#)
+        .await;
+    let revision = wrote.json()["revision"].as_u64().unwrap();
+    let context = "/v1/streams/ryw/context?budget=300";
+    let get = |path: &'static str, value: String| {
+        let server = &server;
+        async move {
+            let headers = [("x-recap-min-revision", value.as_str())];
+            server
+                .request(Method::GET, path, None, Bytes::new(), &headers)
+                .await
+        }
+    };
+    assert_eq!(get(context, revision.to_string()).await.status, 200);
+
+    // The next revision, written while the read (usually) waits for it: in either order the
+    // read answers with it.
+    let (read, _) = tokio::join!(get(context, (revision + 1).to_string()), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server
+            .post_json("/v1/streams/ryw/events", r#"{"kind": "plan", "message": "second"}"#)
+            .await
+    });
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert!(read.text().contains("second"), "{}", read.text());
+
+    let behind = get("/v1/streams/ryw/events", (revision + 50).to_string()).await;
+    behind.assert_error(503, "behind", None);
+    assert_eq!(behind.header("retry-after"), Some("1"));
+
+    get(context, "soon".into())
+        .await
+        .assert_error(400, "invalid_parameter", Some("X-Recap-Min-Revision"));
+    let twice = server
+        .request(
+            Method::GET,
+            context,
+            None,
+            Bytes::new(),
+            &[("x-recap-min-revision", "1"), ("x-recap-min-revision", "2")],
+        )
+        .await;
+    twice.assert_error(400, "invalid_parameter", Some("X-Recap-Min-Revision"));
+    let disagree = server
+        .request(
+            Method::GET,
+            "/v1/streams/ryw/notes?min_revision=2",
+            None,
+            Bytes::new(),
+            &[("x-recap-min-revision", "1")],
+        )
+        .await;
+    disagree.assert_error(400, "invalid_parameter", Some("min_revision"));
+}

@@ -38,6 +38,9 @@ impl PgStore {
         admit: impl Fn(&StreamName) -> bool,
     ) -> Result<(Vec<StreamStats>, Option<StreamName>), StoreError> {
         let mut names = Vec::new();
+        // PostgreSQL text cannot hold a NUL. No name holds one, and the names after `abc\0…`
+        // are exactly those after `abc` (every name character sorts after NUL).
+        let after = after.map(|after| after.split('\0').next().unwrap_or(""));
         let mut cursor = after.unwrap_or("").to_owned();
         // One name past the page says whether there is a next one.
         while names.len() <= limit {

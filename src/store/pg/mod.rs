@@ -27,6 +27,7 @@
 mod cache;
 mod codec;
 mod contexts;
+mod health;
 mod hub;
 mod listen;
 mod listing;
@@ -79,8 +80,6 @@ struct Inner {
     options: StoreOptions,
     /// `postgres://host:port/db`, without user or password: for messages.
     place: String,
-    /// What every connection of the store connects with, for messages about pooled ones.
-    tls: tls::Tls,
     /// Never set: the writer task answers every failure; kept for [`Pending`].
     failure: Arc<OnceLock<String>>,
     /// What the listening connection hears (see [`PgStore::listen`]).
@@ -92,6 +91,8 @@ struct Inner {
     cache: Arc<cache::NodeCache>,
     /// The wake-ups of the streams feeds follow.
     hub: Arc<hub::Hub>,
+    /// The health check's own connection.
+    health: health::HealthCheck,
 }
 
 /// What a node's writer has done since the store was opened, for metrics and benchmarks.
@@ -183,6 +184,7 @@ impl PgStore {
             Arc::downgrade(&alive),
             move |listening| follower.resync(listening),
         ));
+        let health = health::HealthCheck::new(config.clone(), tls.clone(), place.clone());
         let counters = Arc::new(writer::Counters::default());
         tokio::spawn(
             writer::Writer::new(
@@ -201,13 +203,13 @@ impl PgStore {
                 requests,
                 options,
                 place,
-                tls,
                 failure: Arc::default(),
                 wakeups,
                 _alive: alive,
                 counters,
                 cache,
                 hub,
+                health,
             }),
         })
     }
@@ -260,24 +262,7 @@ impl PgStore {
     /// [`CONNECT_TIMEOUT`]): for a health check. `Unavailable` says why not, or a storage
     /// failure what to change when TLS with the server cannot be agreed on.
     pub async fn health(&self) -> Result<(), StoreError> {
-        let check = async {
-            let client =
-                self.inner.pool.get().await.map_err(|error| {
-                    explained_pool_error(error, &self.inner.tls, &self.inner.place)
-                })?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|error| unreachable_or(error, "checking the database"))?;
-            Ok(())
-        };
-        match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "the database did not answer a health check within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))),
-        }
+        self.inner.health.check().await
     }
 
     /// Wake-ups for every change committed by any node sharing the database, this one
@@ -458,10 +443,41 @@ pub(super) fn unreachable_or(error: PgError, doing: &str) -> StoreError {
         // No answer from the server: the connection failed, closed or timed out.
         None => true,
     };
+    let why = describe(&error);
     if unavailable {
-        StoreError::Unavailable(format!("the database is unreachable ({doing}: {error})"))
+        StoreError::Unavailable(format!("the database is unreachable ({doing}: {why})"))
     } else {
-        StoreError::storage(doing.to_owned(), error)
+        StoreError::storage_text(format!("{doing}: {why}"))
+    }
+}
+
+/// What went wrong, in the server's words where it said something: the client crate's own
+/// message for a server error is only "db error", with PostgreSQL's message (`database "x"
+/// does not exist`) and its SQLSTATE code in the error's source.
+pub(super) fn describe(error: &PgError) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text
+        }
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(&format!(": {cause_text}"));
+                }
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 
@@ -471,10 +487,20 @@ pub(super) fn unreachable_or(error: PgError, doing: &str) -> StoreError {
 /// change. Anything else (not accepting connections, too many, shutting down, no answer) means
 /// the database cannot serve this node now.
 fn connect_error(error: &PgError, tls: &tls::Tls, place: &str) -> StoreError {
-    match tls::explain(error, tls, place) {
-        Some(why) => StoreError::storage_text(why),
-        None => StoreError::Unavailable(format!(
-            "the database is unreachable (connecting to {place}: {error})"
+    if let Some(why) = tls::explain(error, tls, place) {
+        return StoreError::storage_text(why);
+    }
+    match error.as_db_error() {
+        // The server answered and refused: a database that does not exist, a wrong password,
+        // a role that may not log in. Retrying will not help; the URL or the server's
+        // settings must change.
+        Some(db) if !means_unavailable(db.code().code()) => StoreError::storage_text(format!(
+            "the database at {place} refused the connection: {}; check the URL (database name, user, password) and the server's pg_hba.conf",
+            describe(error)
+        )),
+        _ => StoreError::Unavailable(format!(
+            "the database is unreachable (connecting to {place}: {})",
+            describe(error)
         )),
     }
 }
@@ -482,22 +508,19 @@ fn connect_error(error: &PgError, tls: &tls::Tls, place: &str) -> StoreError {
 /// The store's error for a failure to get a pooled connection: whatever the cause (refused,
 /// timed out, the server not accepting connections), the database cannot serve this read now.
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!(
-        "the database is unreachable (getting a connection: {error})"
-    ))
-}
-
-/// [`pool_error`], but TLS that cannot be agreed on is said as in [`connect_error`]: for the
-/// health check, whose answer is what an operator reads when a node cannot connect.
-fn explained_pool_error(
-    error: deadpool_postgres::PoolError,
-    tls: &tls::Tls,
-    place: &str,
-) -> StoreError {
-    if let deadpool_postgres::PoolError::Backend(backend) = &error
-        && let Some(why) = tls::explain(backend, tls, place)
-    {
-        return StoreError::storage_text(why);
+    use deadpool_postgres::{PoolError, TimeoutType};
+    match error {
+        // The database may be fine: this node's reads hold every connection.
+        PoolError::Timeout(TimeoutType::Wait) => StoreError::Unavailable(format!(
+            "all {READ_POOL_SIZE} of this node's read connections to the database stayed busy for {} s (too many reads at once, or a slow database)",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+        PoolError::Backend(error) => StoreError::Unavailable(format!(
+            "the database is unreachable (getting a connection: {})",
+            describe(&error)
+        )),
+        other => StoreError::Unavailable(format!(
+            "the database is unreachable (getting a connection: {other})"
+        )),
     }
-    pool_error(error)
 }
