@@ -16,12 +16,14 @@
 //! - `listen.rs`: waking other nodes up, once per committed batch.
 //! - `codec.rs`: what the tables hold.
 //!
+//! - `writer/maintain.rs`: note expiry, retention by age and by count, changelog trimming, in
+//!   bounded transactions through the writer task.
 //! - `load.rs`: a stream's state read back from the database, exactly as it was appended.
 //! - `cache.rs`, `contexts.rs`: the node's cache of stream states for contexts, caught up from
 //!   the changelog when a stream moved on.
 //!
 //! Not built yet (see `docs/design.md`): serving it from `recap serve` (feeds across nodes
-//! included), age retention and note expiry.
+//! included, and a timer that runs [`PgStore::maintain`]).
 
 mod cache;
 mod codec;
@@ -51,7 +53,7 @@ use super::{
     Change, ImportedRecord, Pending, RecordPage, RecordQuery, Retention, StoreError, StoreOptions,
     StreamStats,
 };
-use writer::{Op, Queued, Reply};
+use writer::{Op, Queued, Reply, Request};
 
 /// The error type of the client crate.
 type PgError = tokio_postgres::Error;
@@ -72,7 +74,7 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
-    requests: mpsc::UnboundedSender<Queued>,
+    requests: mpsc::UnboundedSender<Request>,
     options: StoreOptions,
     /// `postgres://host:port/db`, without user or password: for messages.
     place: String,
@@ -167,13 +169,14 @@ impl PgStore {
         let alive = Arc::new(());
         let cache = Arc::new(cache::NodeCache::new(options.cache_bytes));
         tokio::spawn(cache::follow(wakeups.subscribe(), cache.clone()));
-        let follower = cache.clone();
+        let (follower, trims) = (cache.clone(), cache.clone());
         tokio::spawn(listen::run(
             config.clone(),
             place.clone(),
             wakeups.clone(),
             Arc::downgrade(&alive),
             move |listening| follower.resync(listening),
+            move |stream| trims.trimmed(stream),
         ));
         let counters = Arc::new(writer::Counters::default());
         tokio::spawn(
@@ -214,10 +217,10 @@ impl PgStore {
         let (sender, receiver) = oneshot::channel();
         // A request the writer no longer takes is dropped with its sender, which resolves the
         // Pending to `ShuttingDown`.
-        drop(self.inner.requests.send(Queued {
+        drop(self.inner.requests.send(Request::Write(Queued {
             op,
             reply: reply(sender),
-        }));
+        })));
         Pending {
             reply: receiver,
             failure: self.inner.failure.clone(),
@@ -339,7 +342,7 @@ impl PgStore {
     }
 
     /// Sets a stream's retention. `max_records` is applied by every later write to the stream
-    /// (in its transaction); `max_age` is kept but not applied yet by this backend.
+    /// (in its transaction) and by [`PgStore::maintain`]; `max_age` by `maintain`.
     pub fn set_retention(&self, stream: &StreamName, retention: Retention) -> Pending<()> {
         let op = Op::SetRetention {
             stream: stream.clone(),
@@ -348,12 +351,16 @@ impl PgStore {
         self.submit(op, Reply::Done)
     }
 
-    /// Background work as of `now`: none is pending in this backend, since `max_records`
-    /// retention runs inside each write's transaction. Age retention, note expiry and changelog
-    /// trimming are not built yet (see `docs/design.md`).
+    /// Runs every pending piece of background work as of `now` (note expiry, retention by age
+    /// and by count, changelog trimming), in bounded transactions through this node's writer,
+    /// and resolves when none is left; see [`Store::maintain`](super::Store::maintain). Safe to
+    /// run on several nodes at once: each stream is maintained under its row's lock, and what
+    /// one node did is not done again by another. Nothing runs it on a timer yet: a server on
+    /// this backend calls it periodically.
     pub async fn maintain(&self, now: Timestamp) -> Result<(), StoreError> {
-        let _ = now;
-        Ok(())
+        let (reply, receiver) = oneshot::channel();
+        drop(self.inner.requests.send(Request::Maintain { now, reply }));
+        receiver.await.unwrap_or(Err(StoreError::ShuttingDown))
     }
 
     /// A page of a stream's history.
