@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
-use chrono::TimeDelta;
+use chrono::{SubsecRound, TimeDelta};
 use recap::event::{Event, Kind, Severity, StreamName, Timestamp, parse_timestamp};
 use recap::payload::Payload;
 use recap::store::{
@@ -266,6 +266,131 @@ async fn both_backends_give_the_same_answers() {
     let pg = PgStore::open(&url, options()).await.unwrap();
     let answers = scenario(pg).await;
     compare(&reference, &answers);
+}
+
+/// Maintenance: notes expire (each a deletion with its own revision), records older than a
+/// stream's `max_age` go (its own retention, or the server's for a stream without one), a
+/// second run finds nothing left, and the changelog no longer replays what touched them.
+///
+/// Times are from `base`, the time the test started: the redb store also maintains itself as
+/// of the clock, which must find nothing to do before the scenario's own runs.
+async fn maintenance_scenario(backend: impl Backend, base: Timestamp) -> Vec<String> {
+    let mut out = Transcript::default();
+    let ts = |seconds: i64| base + TimeDelta::seconds(seconds);
+    let event = |kind: &str, severity: Severity, message: &str, at: i64| {
+        Event::new(kind, severity, message).unwrap().at(ts(at))
+    };
+    let own = name("own-age");
+    let server = name("server-age");
+    let count = name("own-count");
+    for stream in [&own, &server, &count] {
+        let events = vec![
+            event("tool", Severity::Info, "step one", 0),
+            event("tool", Severity::Error, "step two failed", 10),
+            event("tool", Severity::Error, "step two failed", 20),
+            event("plan", Severity::Info, "try again", 30),
+            event("tool", Severity::Info, "step two", 7_000),
+            event("tool", Severity::Info, "step three", 7_010),
+        ];
+        out.note("append", backend.append(stream, events, ts(0)).await);
+    }
+    out.note(
+        "note expiring",
+        backend
+            .add_note(&own, "wait for the build".into(), Some(ts(100)), ts(40))
+            .await,
+    );
+    out.note(
+        "note lasting",
+        backend
+            .add_note(&own, "the cache is cold".into(), None, ts(41))
+            .await,
+    );
+    out.note(
+        "own retention",
+        backend
+            .set_retention(
+                &own,
+                Retention {
+                    max_records: None,
+                    max_age: Some(TimeDelta::seconds(3_600)),
+                },
+            )
+            .await,
+    );
+    // Its own retention replaces the server's whole: by count only, so nothing is too old.
+    out.note(
+        "count retention",
+        backend
+            .set_retention(
+                &count,
+                Retention {
+                    max_records: Some(4),
+                    max_age: None,
+                },
+            )
+            .await,
+    );
+    backend.maintain(ts(50)).await.unwrap();
+    out.note("notes before expiry", backend.notes(&own, ts(50)).await);
+    out.note("stats before expiry", backend.stream(&own).await);
+    backend.maintain(ts(200)).await.unwrap();
+    out.note("notes after expiry", backend.notes(&own, ts(200)).await);
+    out.changes("changes after expiry", backend.changes(&own, 10, 100).await);
+    // At 7,100 s: the own limit (an hour) and the server's (two hours, see the test) cut at
+    // 3,500 s and at -100 s; the second run finds nothing left.
+    backend.maintain(ts(7_100)).await.unwrap();
+    backend.maintain(ts(7_100)).await.unwrap();
+    for stream in [&own, &server, &count] {
+        out.note(
+            "records after age",
+            backend.records(stream, &RecordQuery::default()).await,
+        );
+        out.note("stats after age", backend.stream(stream).await);
+        out.changes("changes after age", backend.changes(stream, 0, 100).await);
+    }
+    // Later still, the server's limit catches up with its stream.
+    backend.maintain(ts(14_500)).await.unwrap();
+    out.note(
+        "records much later",
+        backend.records(&server, &RecordQuery::default()).await,
+    );
+    out.note("stats much later", backend.stream(&server).await);
+    out.note("notes much later", backend.notes(&own, ts(14_500)).await);
+    out.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_agree_on_age_retention_and_note_expiry() {
+    let options = StoreOptions {
+        retention: Retention {
+            max_records: None,
+            max_age: Some(TimeDelta::seconds(7_200)),
+        },
+        ..options()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options.clone()).unwrap();
+    let base = chrono::Utc::now().trunc_subsecs(0);
+    let reference = maintenance_scenario(store.clone(), base).await;
+    // The scenario does what it says on the redb store.
+    assert!(reference.iter().any(|line| line.contains("NoteDeleted")));
+    let stored = |step: &str| {
+        reference
+            .iter()
+            .filter(|line| line.starts_with(step))
+            .map(|line| line.split("stored_records: ").nth(1).unwrap()[..2].to_owned())
+            .collect::<Vec<_>>()
+    };
+    // Age removes a prefix: the notes' audit records, older but after a young record, stay.
+    assert_eq!(stored("stats after age"), ["4,", "5,", "4,"]);
+    assert_eq!(stored("stats much later"), ["0,"]);
+    drop(store);
+    let Some(url) = pg_cluster::database("conformance_maintenance") else {
+        return;
+    };
+    let pg = PgStore::open(&url, options).await.unwrap();
+    compare(&reference, &maintenance_scenario(pg, base).await);
 }
 
 /// Template collapse over a short lookback (three templates in turn, a lookback of three), note limits and a refused note on a new stream:

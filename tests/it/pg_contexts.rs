@@ -1,5 +1,6 @@
 //! Contexts on PostgreSQL nodes against each other: two nodes take random writes to the same
-//! streams (appends with repeats, notes, retention, deletes), and after every write each node's
+//! streams (appends with repeats, notes that expire, retention by count and by age, deletes,
+//! maintenance on one node or both at once), and after every step each node's
 //! context, caught up from the changelog, is byte for byte the one a node that loads the stream
 //! afresh from the database serves. Where PostgreSQL is not installed this does not run (see
 //! `pg_cluster`).
@@ -22,10 +23,15 @@ use crate::pg_cluster;
 enum Op {
     /// Appends events (message, kind, severity, with a payload) to a stream.
     Append(usize, Vec<(usize, usize, usize, bool)>),
-    AddNote(usize, usize),
+    /// Adds a note to a stream, expiring after so many steps if any.
+    AddNote(usize, usize, Option<i64>),
     DeleteNote(usize, u64),
-    /// Keeps at most this many records of a stream (applied by its next write).
+    /// Keeps at most this many records of a stream (applied by its next write or maintenance).
     Retain(usize, u64),
+    /// Keeps a stream's records for so many steps (applied by maintenance).
+    RetainFor(usize, i64),
+    /// Runs maintenance through a node (both at once when `true`).
+    Maintain(bool),
     DeleteStream(usize),
 }
 
@@ -46,10 +52,13 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0..STREAMS.len(), prop::collection::vec(event, 1..60))
             .prop_map(|(stream, events)| Op::Append(stream, events)),
-        1 => (0..STREAMS.len(), 0..MESSAGES.len()).prop_map(|(s, m)| Op::AddNote(s, m)),
+        1 => (0..STREAMS.len(), 0..MESSAGES.len(), prop::option::of(1i64..6))
+            .prop_map(|(s, m, steps)| Op::AddNote(s, m, steps)),
         1 => (0..STREAMS.len(), 1u64..6).prop_map(|(s, id)| Op::DeleteNote(s, id)),
         1 => (0..STREAMS.len(), 20u64..150).prop_map(|(s, keep)| Op::Retain(s, keep)),
         1 => (0..STREAMS.len()).prop_map(Op::DeleteStream),
+        1 => (0..STREAMS.len(), 1i64..8).prop_map(|(s, steps)| Op::RetainFor(s, steps)),
+        2 => any::<bool>().prop_map(Op::Maintain),
     ]
 }
 
@@ -79,7 +88,10 @@ fn event(message: usize, kind: usize, severity: usize, payload: bool) -> Event {
     event
 }
 
-async fn apply(node: &PgStore, op: &Op, now: Timestamp) {
+/// Seconds between two steps of the property.
+const STEP_SECONDS: i64 = 7;
+
+async fn apply(node: &PgStore, other: &PgStore, op: &Op, now: Timestamp) {
     let stream = |index: usize| StreamName::new(STREAMS[index]).unwrap();
     match op {
         Op::Append(s, events) => {
@@ -89,10 +101,11 @@ async fn apply(node: &PgStore, op: &Op, now: Timestamp) {
                 .collect();
             node.append(&stream(*s), events, now).await.unwrap();
         }
-        Op::AddNote(s, m) => {
+        Op::AddNote(s, m, steps) => {
+            let expires_at = steps.map(|steps| now + TimeDelta::seconds(steps * STEP_SECONDS));
             // A stream at its note limit refuses; that is an answer too.
             let _ = node
-                .add_note(&stream(*s), MESSAGES[*m].into(), None, now)
+                .add_note(&stream(*s), MESSAGES[*m].into(), expires_at, now)
                 .await;
         }
         Op::DeleteNote(s, id) => {
@@ -107,6 +120,22 @@ async fn apply(node: &PgStore, op: &Op, now: Timestamp) {
         }
         Op::DeleteStream(s) => {
             node.delete_stream(&stream(*s)).await.unwrap();
+        }
+        Op::RetainFor(s, steps) => {
+            let retention = Retention {
+                max_records: None,
+                max_age: Some(TimeDelta::seconds(steps * STEP_SECONDS)),
+            };
+            let _ = node.set_retention(&stream(*s), retention).await;
+        }
+        Op::Maintain(both) => {
+            if *both {
+                let (here, there) = tokio::join!(node.maintain(now), other.maintain(now));
+                here.unwrap();
+                there.unwrap();
+            } else {
+                node.maintain(now).await.unwrap();
+            }
         }
     }
 }
@@ -203,8 +232,9 @@ proptest! {
             let fresh = PgStore::open(&url, options(1)).await.unwrap();
             let base = chrono::Utc::now().trunc_subsecs(0);
             for (step, (op, through_a)) in ops.iter().enumerate() {
-                let now = base + TimeDelta::seconds(step as i64 * 7);
-                apply(if *through_a { &a } else { &b }, op, now).await;
+                let now = base + TimeDelta::seconds(step as i64 * STEP_SECONDS);
+                let (node, other) = if *through_a { (&a, &b) } else { (&b, &a) };
+                apply(node, other, op, now).await;
                 for stream in STREAMS {
                     let stream = StreamName::new(stream).unwrap();
                     let expected = served(&fresh, &stream, 0, now).await;
@@ -275,5 +305,90 @@ async fn writes_are_caught_up_not_reloaded() {
     assert_eq!(
         (a.metrics().cache_loads, a.metrics().cache_catch_ups),
         (1, 2)
+    );
+}
+
+/// Maintenance run by two nodes at once does each thing once: every expired note is deleted by
+/// one change, records past the age limit go in several bounded steps (more than one step's
+/// worth), and both nodes then serve what a fresh load serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_on_two_nodes_at_once_is_done_once() {
+    let Some(url) = pg_cluster::database("pg_maintain_twice") else {
+        return;
+    };
+    let a = PgStore::open(&url, options(usize::MAX / 2)).await.unwrap();
+    let b = PgStore::open(&url, options(usize::MAX / 2)).await.unwrap();
+    let fresh = PgStore::open(&url, options(1)).await.unwrap();
+    let now = chrono::Utc::now().trunc_subsecs(0);
+    let old = now - TimeDelta::hours(2);
+    const OLD_RECORDS: usize = 5_000;
+    let names: Vec<StreamName> = STREAMS
+        .iter()
+        .map(|s| StreamName::new(s).unwrap())
+        .collect();
+    for stream in &names {
+        for chunk in 0..OLD_RECORDS / 1_000 {
+            let events = (0..1_000)
+                .map(|i| {
+                    Event::new("tool", Severity::Info, format!("step {chunk}-{i}"))
+                        .unwrap()
+                        .at(old)
+                })
+                .collect();
+            a.append(stream, events, old).await.unwrap();
+        }
+        a.append(stream, vec![event(1, 0, 1, false)], now)
+            .await
+            .unwrap();
+        for minutes in [1, 2] {
+            let expires_at = Some(now - TimeDelta::minutes(minutes));
+            a.add_note(stream, format!("expired {minutes}"), expires_at, old)
+                .await
+                .unwrap();
+        }
+        let retention = Retention {
+            max_records: None,
+            max_age: Some(TimeDelta::hours(1)),
+        };
+        b.set_retention(stream, retention).await.unwrap();
+        // Both nodes hold the stream's state before maintenance.
+        for node in [&a, &b] {
+            served(node, stream, 0, now).await;
+        }
+    }
+    let before = a.stream(&names[0]).await.unwrap().unwrap();
+
+    let (from_a, from_b) = tokio::join!(a.maintain(now), b.maintain(now));
+    from_a.unwrap();
+    from_b.unwrap();
+
+    for stream in &names {
+        let stats = a.stream(stream).await.unwrap().unwrap();
+        // The young record, and the notes' audit records after it.
+        assert_eq!(stats.stored_records, 3, "{stats:?}");
+        assert_eq!(stats.notes, 0);
+        // One revision per expired note, whichever node deleted it.
+        assert_eq!(stats.revision, before.revision + 2);
+        let changes = a.changes(stream, 0, 100).await.unwrap();
+        let deletions = changes
+            .iter()
+            .filter(|change| matches!(change.body, recap::store::ChangeBody::NoteDeleted { .. }))
+            .count();
+        assert_eq!(deletions, 2, "{changes:?}");
+        let expected = served(&fresh, stream, 0, now).await;
+        for (node, name) in [(&a, "a"), (&b, "b")] {
+            let answer = converged(node, stream, &expected, now).await;
+            assert!(
+                answer == expected,
+                "node {name} differs from a fresh load after maintenance:\n{}",
+                difference(&answer, &expected)
+            );
+        }
+    }
+    // Nothing is left: a third run changes nothing.
+    a.maintain(now).await.unwrap();
+    assert_eq!(
+        a.stream(&names[0]).await.unwrap().unwrap().revision,
+        before.revision + 2
     );
 }

@@ -188,6 +188,15 @@ impl NodeCache {
         }
     }
 
+    /// Another node's maintenance removed records of the stream without a new revision: a
+    /// cached state asks the database on its next read (see `contexts.rs`).
+    pub(super) fn trimmed(&self, name: &StreamName) {
+        self.heard_count.fetch_add(1, Ordering::AcqRel);
+        if let Some(cached) = read(&self.streams).get(name) {
+            cached.mark_unknown();
+        }
+    }
+
     /// This node's writer committed a batch that took the stream (of id `id`) from revision
     /// `before` (`None`: it did not exist) to `after`: a cached state at `before` takes the
     /// batch's changes from `catch_up` now, without asking the database; another is caught up

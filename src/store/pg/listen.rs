@@ -40,12 +40,20 @@ pub enum Wakeup {
     Resync,
 }
 
+/// Starts a payload line naming a stream that lost records to maintenance without a new
+/// revision (older nodes, expecting a revision there, skip the line).
+const TRIMMED: &str = "trimmed";
+
 /// The payloads that announce `changed` (stream, revision after the batch): one line
-/// `<revision> <name>` per stream, in as few notifications as fit.
-pub(super) fn payloads(changed: &[(&StreamName, u64)]) -> Vec<String> {
+/// `<revision> <name>` per stream, and `trimmed <name>` per stream in `trimmed`, in as few
+/// notifications as fit.
+pub(super) fn payloads(changed: &[(&StreamName, u64)], trimmed: &[&StreamName]) -> Vec<String> {
     let mut payloads = vec![String::new()];
-    for (stream, revision) in changed {
-        let line = format!("{revision} {stream}\n");
+    let lines = changed
+        .iter()
+        .map(|(stream, revision)| format!("{revision} {stream}\n"))
+        .chain(trimmed.iter().map(|stream| format!("{TRIMMED} {stream}\n")));
+    for line in lines {
         let current = payloads.last_mut().expect("never empty");
         if !current.is_empty() && current.len() + line.len() > MAX_PAYLOAD_BYTES {
             payloads.push(line);
@@ -57,20 +65,34 @@ pub(super) fn payloads(changed: &[(&StreamName, u64)]) -> Vec<String> {
     payloads
 }
 
-fn parse(payload: &str) -> impl Iterator<Item = Wakeup> + '_ {
+/// What a payload line says.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    Changed(Wakeup),
+    /// A stream lost records without a new revision: only the node's cache cares (a feed has
+    /// no change to show), so it is not a [`Wakeup`].
+    Trimmed(StreamName),
+}
+
+fn parse(payload: &str) -> impl Iterator<Item = Heard> + '_ {
     payload.lines().filter_map(|line| {
         let (revision, stream) = line.split_once(' ')?;
-        Some(Wakeup::Changed {
-            stream: StreamName::new(stream).ok()?,
+        let stream = StreamName::new(stream).ok()?;
+        if revision == TRIMMED {
+            return Some(Heard::Trimmed(stream));
+        }
+        Some(Heard::Changed(Wakeup::Changed {
+            stream,
             revision: revision.parse().ok()?,
-        })
+        }))
     })
 }
 
 /// Listens until the store is gone (`alive` no longer upgrades), connecting again whenever the
 /// connection is lost, and telling subscribers to resync each time it (re)connects.
 /// `listening` is told when notifications start arriving (`true`, before the resync) and when
-/// they may stop (`false`, as soon as the connection is lost).
+/// they may stop (`false`, as soon as the connection is lost); `trimmed` of each stream another
+/// node's maintenance trimmed.
 pub(super) async fn run(
     config: tokio_postgres::Config,
     tls: Tls,
@@ -78,20 +100,26 @@ pub(super) async fn run(
     wakeups: broadcast::Sender<Wakeup>,
     alive: Weak<()>,
     listening: impl Fn(bool) + Send + 'static,
+    trimmed: impl Fn(&StreamName) + Send + Sync + 'static,
 ) {
+    let trimmed = std::sync::Arc::new(trimmed);
     while alive.upgrade().is_some() {
         match config.connect(tls.connector.clone()).await {
             Ok((client, mut connection)) => {
                 let sender = wakeups.clone();
+                let trimmed = trimmed.clone();
                 let mut pump = tokio::spawn(async move {
                     while let Some(message) =
                         std::future::poll_fn(|cx| connection.poll_message(cx)).await
                     {
                         match message {
                             Ok(AsyncMessage::Notification(notification)) => {
-                                for wakeup in parse(notification.payload()) {
-                                    // No subscriber yet is nothing to tell.
-                                    let _ = sender.send(wakeup);
+                                for heard in parse(notification.payload()) {
+                                    match heard {
+                                        // No subscriber yet is nothing to tell.
+                                        Heard::Changed(wakeup) => drop(sender.send(wakeup)),
+                                        Heard::Trimmed(stream) => trimmed(&stream),
+                                    }
                                 }
                             }
                             Ok(_) => {}
@@ -144,16 +172,24 @@ mod tests {
             .map(|i| StreamName::new(&format!("{}-{i}", "s".repeat(100))).unwrap())
             .collect();
         let changed: Vec<(&StreamName, u64)> = names.iter().zip(1..).collect();
-        let payloads = payloads(&changed);
+        let trimmed: Vec<&StreamName> = names.iter().step_by(3).collect();
+        let payloads = payloads(&changed, &trimmed);
         assert!(payloads.len() > 1);
         assert!(payloads.iter().all(|p| p.len() < 8_000));
-        let parsed: Vec<Wakeup> = payloads.iter().flat_map(|p| parse(p)).collect();
-        let expected: Vec<Wakeup> = changed
+        let parsed: Vec<Heard> = payloads.iter().flat_map(|p| parse(p)).collect();
+        let expected: Vec<Heard> = changed
             .iter()
-            .map(|(stream, revision)| Wakeup::Changed {
-                stream: (*stream).clone(),
-                revision: *revision,
+            .map(|(stream, revision)| {
+                Heard::Changed(Wakeup::Changed {
+                    stream: (*stream).clone(),
+                    revision: *revision,
+                })
             })
+            .chain(
+                trimmed
+                    .iter()
+                    .map(|stream| Heard::Trimmed((*stream).clone())),
+            )
             .collect();
         assert_eq!(parsed, expected);
     }

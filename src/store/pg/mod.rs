@@ -17,12 +17,14 @@
 //! - `tls.rs`: TLS as the URL's `sslmode` and `sslrootcert` ask, for every connection.
 //! - `codec.rs`: what the tables hold.
 //!
+//! - `writer/maintain.rs`: note expiry, retention by age and by count, changelog trimming, in
+//!   bounded transactions through the writer task.
 //! - `load.rs`: a stream's state read back from the database, exactly as it was appended.
 //! - `cache.rs`, `contexts.rs`: the node's cache of stream states for contexts, caught up from
 //!   the changelog when a stream moved on.
 //!
 //! Not built yet (see `docs/design.md`): serving it from `recap serve` (feeds across nodes
-//! included), age retention and note expiry.
+//! included, and a timer that runs [`PgStore::maintain`]).
 
 mod cache;
 mod codec;
@@ -55,7 +57,7 @@ use super::{
     Change, ImportedRecord, Pending, RecordPage, RecordQuery, Retention, StoreError, StoreOptions,
     StreamStats,
 };
-use writer::{Op, Queued, Reply};
+use writer::{Op, Queued, Reply, Request};
 
 /// The error type of the client crate.
 type PgError = tokio_postgres::Error;
@@ -76,7 +78,7 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
-    requests: mpsc::UnboundedSender<Queued>,
+    requests: mpsc::UnboundedSender<Request>,
     options: StoreOptions,
     /// `postgres://host:port/db`, without user or password: for messages.
     place: String,
@@ -175,7 +177,7 @@ impl PgStore {
         tokio::spawn(cache::follow(wakeups.subscribe(), cache.clone()));
         let hub = Arc::new(hub::Hub::default());
         tokio::spawn(hub::dispatch(wakeups.subscribe(), hub.clone()));
-        let follower = cache.clone();
+        let (follower, trims) = (cache.clone(), cache.clone());
         tokio::spawn(listen::run(
             config.clone(),
             tls.clone(),
@@ -183,6 +185,7 @@ impl PgStore {
             wakeups.clone(),
             Arc::downgrade(&alive),
             move |listening| follower.resync(listening),
+            move |stream| trims.trimmed(stream),
         ));
         let health = health::HealthCheck::new(config.clone(), tls.clone(), place.clone());
         let counters = Arc::new(writer::Counters::default());
@@ -227,10 +230,10 @@ impl PgStore {
         let (sender, receiver) = oneshot::channel();
         // A request the writer no longer takes is dropped with its sender, which resolves the
         // Pending to `ShuttingDown`.
-        drop(self.inner.requests.send(Queued {
+        drop(self.inner.requests.send(Request::Write(Queued {
             op,
             reply: reply(sender),
-        }));
+        })));
         Pending {
             reply: receiver,
             failure: self.inner.failure.clone(),
@@ -345,7 +348,7 @@ impl PgStore {
     }
 
     /// Sets a stream's retention. `max_records` is applied by every later write to the stream
-    /// (in its transaction); `max_age` is kept but not applied yet by this backend.
+    /// (in its transaction) and by [`PgStore::maintain`]; `max_age` by `maintain`.
     pub fn set_retention(&self, stream: &StreamName, retention: Retention) -> Pending<()> {
         let op = Op::SetRetention {
             stream: stream.clone(),
@@ -354,12 +357,16 @@ impl PgStore {
         self.submit(op, Reply::Done)
     }
 
-    /// Background work as of `now`: none is pending in this backend, since `max_records`
-    /// retention runs inside each write's transaction. Age retention, note expiry and changelog
-    /// trimming are not built yet (see `docs/design.md`).
+    /// Runs every pending piece of background work as of `now` (note expiry, retention by age
+    /// and by count, changelog trimming), in bounded transactions through this node's writer,
+    /// and resolves when none is left; see [`Store::maintain`](super::Store::maintain). Safe to
+    /// run on several nodes at once: each stream is maintained under its row's lock, and what
+    /// one node did is not done again by another. Nothing runs it on a timer yet: a server on
+    /// this backend calls it periodically.
     pub async fn maintain(&self, now: Timestamp) -> Result<(), StoreError> {
-        let _ = now;
-        Ok(())
+        let (reply, receiver) = oneshot::channel();
+        drop(self.inner.requests.send(Request::Maintain { now, reply }));
+        receiver.await.unwrap_or(Err(StoreError::ShuttingDown))
     }
 
     /// A page of a stream's history.
@@ -434,6 +441,13 @@ fn means_unavailable(code: &str) -> bool {
     code.starts_with("08") || code.starts_with("57P0") || code == "53300"
 }
 
+/// SQLSTATE classes and codes that mean the connection's settings are wrong, not that the
+/// database is away: invalid authorization (28: wrong password, a role that may not log in, no
+/// `pg_hba.conf` entry) and a database that does not exist (3D000).
+fn means_misconfigured(code: &str) -> bool {
+    code.starts_with("28") || code == "3D000"
+}
+
 /// The store's error for a database error: [`StoreError::Unavailable`] (a 503 with
 /// `Retry-After`) when the database cannot be reached or is not serving, a storage failure
 /// otherwise.
@@ -493,8 +507,8 @@ fn connect_error(error: &PgError, tls: &tls::Tls, place: &str) -> StoreError {
     match error.as_db_error() {
         // The server answered and refused: a database that does not exist, a wrong password,
         // a role that may not log in. Retrying will not help; the URL or the server's
-        // settings must change.
-        Some(db) if !means_unavailable(db.code().code()) => StoreError::storage_text(format!(
+        // settings must change. (A database not accepting connections for now is away.)
+        Some(db) if means_misconfigured(db.code().code()) => StoreError::storage_text(format!(
             "the database at {place} refused the connection: {}; check the URL (database name, user, password) and the server's pg_hba.conf",
             describe(error)
         )),

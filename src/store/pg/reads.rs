@@ -167,13 +167,17 @@ pub(super) async fn changes(
     let client = pool.get().await.map_err(pool_error)?;
     let row = client
         .query_opt(
-            "SELECT id FROM recap_streams WHERE name = $1",
+            "SELECT id, changelog_floor FROM recap_streams WHERE name = $1",
             &[&stream.as_str()],
         )
         .await
         .map_err(|error| unreachable_or(error, "reading changes"))?
         .ok_or_else(|| StoreError::UnknownStream(stream.to_string()))?;
     let id: i64 = row.get(0);
+    // Changes at or below the floor may be only partly deleted yet (maintenance deletes them
+    // in bounded steps): none of them is served, as the redb store serves none.
+    let floor: i64 = row.get(1);
+    let after = (after as i64).max(floor);
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -181,7 +185,7 @@ pub(super) async fn changes(
         .query(
             "SELECT revision, body FROM recap_changes WHERE stream_id = $1 AND revision > $2
              ORDER BY revision LIMIT $3",
-            &[&id, &(after as i64), &(limit as i64)],
+            &[&id, &after, &(limit as i64)],
         )
         .await
         .map_err(|error| unreachable_or(error, "reading changes"))?;

@@ -46,8 +46,10 @@ use super::load::{self, STREAM_COLUMNS, StreamRow};
 use super::tls::Tls;
 use super::{BATCH_TIMEOUT, PgError, codec, connect, listen, statements, unreachable_or};
 
+mod maintain;
+
 /// How often a batch that lost a deadlock or serialization race is tried again.
-const MAX_RETRIES: usize = 5;
+pub(super) const MAX_RETRIES: usize = 5;
 
 /// A write, as the writer applies it (kept apart from its reply, so a retried batch applies it
 /// again).
@@ -118,7 +120,18 @@ pub(super) enum Reply {
     Done(oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// A request waiting for the writer.
+/// What the writer task takes.
+pub(super) enum Request {
+    /// A write, batched with others.
+    Write(Queued),
+    /// Background work as of `now` (see `maintain.rs`), run alone between batches.
+    Maintain {
+        now: Timestamp,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// A write waiting for the writer.
 pub(super) struct Queued {
     pub op: Op,
     pub reply: Reply,
@@ -326,16 +339,38 @@ impl Writer {
         }
     }
 
-    /// Takes batches until every [`super::PgStore`] handle is gone.
-    pub(super) async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Queued>) {
-        while let Some(first) = requests.recv().await {
+    /// Takes batches until every [`super::PgStore`] handle is gone. A maintenance request runs
+    /// alone, between batches: a batch is cut short when one is next in line.
+    pub(super) async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
+        let mut next = None;
+        loop {
+            let request = match next.take() {
+                Some(request) => request,
+                None => match requests.recv().await {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
+            let first = match request {
+                Request::Write(queued) => queued,
+                Request::Maintain { now, reply } => {
+                    let result = self.maintain(now).await;
+                    // A caller that stopped waiting does not need its answer.
+                    drop(reply.send(result));
+                    continue;
+                }
+            };
             let mut events = first.op.events();
             let mut batch = vec![first];
             while events < MAX_EVENTS_PER_COMMIT {
                 match requests.try_recv() {
-                    Ok(next) => {
-                        events += next.op.events();
-                        batch.push(next);
+                    Ok(Request::Write(queued)) => {
+                        events += queued.op.events();
+                        batch.push(queued);
+                    }
+                    Ok(maintain) => {
+                        next = Some(maintain);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -448,48 +483,8 @@ impl Writer {
                 .await?;
             new_names.extend(rows.iter().map(|row| row.get::<_, String>(0)));
         }
-        let names: Vec<String> = ops
-            .iter()
-            .map(|op| op.stream().to_string())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let rows = transaction
-            .query(
-                &format!(
-                    "SELECT {STREAM_COLUMNS} FROM recap_streams WHERE name = ANY($1)
-                     ORDER BY name FOR UPDATE"
-                ),
-                &[&names],
-            )
-            .await?;
-        // The batch's shadows, out of the cache until the commit succeeds.
-        let mut batch: HashMap<StreamName, Shadow> = HashMap::new();
-        // Each stream's revision before the batch, by id.
-        let mut before: HashMap<u64, u64> = HashMap::new();
-        for row in &rows {
-            let name: String = row.get(1);
-            let name = StreamName::new(&name).map_err(|_| StoreError::Damaged {
-                stream: name.clone(),
-                row: "stream row".into(),
-                problem: "has a name that is not a valid stream name".into(),
-            })?;
-            let id = row.get::<_, i64>(0) as u64;
-            let revision = row.get::<_, i64>(2) as u64;
-            before.insert(id, revision);
-            let cached = self
-                .shadows
-                .remove(&name)
-                .filter(|shadow| shadow.id == id && shadow.state.revision() == revision);
-            let shadow = match cached {
-                Some(shadow) => shadow,
-                None => {
-                    self.counters.shadow_loads.fetch_add(1, Ordering::Relaxed);
-                    self.load(&transaction, &name, row).await?
-                }
-            };
-            batch.insert(name, shadow);
-        }
+        let names: BTreeSet<String> = ops.iter().map(|op| op.stream().to_string()).collect();
+        let (mut batch, before) = self.lock_shadows(&transaction, names).await?;
         let mut writes = Writes::default();
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
@@ -514,6 +509,79 @@ impl Writer {
                 .execute("DELETE FROM recap_streams WHERE id = ANY($1)", &[&empty])
                 .await?;
         }
+        self.finish(transaction, batch, &writes, &before, &[])
+            .await?;
+        Ok(outcomes)
+    }
+
+    /// Locks the rows of the streams `names` (those that exist), in name order, and brings
+    /// each one's shadow: the node's own if it is as the row says, otherwise read under the
+    /// lock. Returns the shadows (out of the node's keeping until the commit) and each stream's
+    /// revision before the batch, by id.
+    async fn lock_shadows(
+        &mut self,
+        transaction: &Transaction<'_>,
+        names: BTreeSet<String>,
+    ) -> Result<(HashMap<StreamName, Shadow>, HashMap<u64, u64>), BatchError> {
+        let names: Vec<String> = names.into_iter().collect();
+        let rows = transaction
+            .query(
+                &format!(
+                    "SELECT {STREAM_COLUMNS} FROM recap_streams WHERE name = ANY($1)
+                     ORDER BY name FOR UPDATE"
+                ),
+                &[&names],
+            )
+            .await?;
+        let mut batch: HashMap<StreamName, Shadow> = HashMap::new();
+        let mut before: HashMap<u64, u64> = HashMap::new();
+        for row in &rows {
+            let name: String = row.get(1);
+            let name = StreamName::new(&name).map_err(|_| StoreError::Damaged {
+                stream: name.clone(),
+                row: "stream row".into(),
+                problem: "has a name that is not a valid stream name".into(),
+            })?;
+            let id = row.get::<_, i64>(0) as u64;
+            let revision = row.get::<_, i64>(2) as u64;
+            before.insert(id, revision);
+            // Maintenance on any node moves the first stored seq and the changelog floor
+            // without a new revision, and settings change without one too: the shadow is the
+            // row's only if all of these agree, and takes the row's settings.
+            let first_seq = row.get::<_, i64>(4) as u64;
+            let changelog_floor = row.get::<_, i64>(8) as u64;
+            let cached = self.shadows.remove(&name).filter(|shadow| {
+                shadow.id == id
+                    && shadow.state.revision() == revision
+                    && shadow.first_seq == first_seq
+                    && shadow.changelog_floor == changelog_floor
+            });
+            let shadow = match cached {
+                Some(mut shadow) => {
+                    shadow.retention = codec::decode_retention(name.as_str(), row.get(7))?;
+                    shadow
+                }
+                None => {
+                    self.counters.shadow_loads.fetch_add(1, Ordering::Relaxed);
+                    self.load(transaction, &name, row).await?
+                }
+            };
+            batch.insert(name, shadow);
+        }
+        Ok((batch, before))
+    }
+
+    /// Announces and commits a batch's transaction, then brings the node's cache and shadows
+    /// up to it. `trimmed` names streams that lost records without taking a revision
+    /// (maintenance): other nodes are told to read their rows again.
+    async fn finish(
+        &mut self,
+        transaction: Transaction<'_>,
+        batch: HashMap<StreamName, Shadow>,
+        writes: &Writes,
+        before: &HashMap<u64, u64>,
+        trimmed: &[&StreamName],
+    ) -> Result<(), BatchError> {
         // One notification per batch (split only past PostgreSQL's payload limit), delivered to
         // every listening node at the commit, never for a batch that is rolled back.
         let changed: Vec<(&StreamName, u64)> = writes
@@ -528,7 +596,7 @@ impl Writer {
                     .filter(|(_, revision)| *revision > 0),
             )
             .collect();
-        for payload in listen::payloads(&changed) {
+        for payload in listen::payloads(&changed, trimmed) {
             transaction
                 .execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &payload])
                 .await?;
@@ -547,14 +615,14 @@ impl Writer {
             }
             let from = before.get(&shadow.id).copied();
             self.cache.committed(name, shadow.id, from, after, || {
-                catch_up(name, shadow, &writes)
+                catch_up(name, shadow, writes)
             });
         }
         if self.shadows.len() + batch.len() > MAX_SHADOWS {
             self.shadows.clear();
         }
         self.shadows.extend(batch);
-        Ok(outcomes)
+        Ok(())
     }
 
     /// Reads a stream's shadow from the database, under its row's lock.
