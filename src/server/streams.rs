@@ -55,8 +55,8 @@ pub(super) async fn list(
     let prefix = query.get("prefix").unwrap_or("");
     let (streams, next) = app
         .store
-        .streams_page(query.get("after"), limit, |name| {
-            name.as_str().starts_with(prefix) && key.is_none_or(|key| key.covers(name))
+        .streams_page(query.get("after"), prefix, limit, |name| {
+            key.is_none_or(|key| key.covers(name))
         })
         .await?;
     Ok(wire::json(StatusCode::OK, &StreamList { streams, next }))
@@ -69,12 +69,10 @@ pub(super) async fn visible(
     key: Option<&ApiKey>,
     prefix: &str,
 ) -> Result<Vec<StreamStats>, ApiError> {
-    let admit = |name: &StreamName| {
-        name.as_str().starts_with(prefix) && key.is_none_or(|key| key.covers(name))
-    };
+    let admit = |name: &StreamName| key.is_none_or(|key| key.covers(name));
     Ok(app
         .store
-        .streams_page(None, MAX_STREAMS_PER_PAGE, admit)
+        .streams_page(None, prefix, MAX_STREAMS_PER_PAGE, admit)
         .await?
         .0)
 }

@@ -331,17 +331,21 @@ impl Storage {
         }
     }
 
-    /// A page of streams' statistics, by name: at most `limit` of those after `after` that
-    /// `admit` lets through, and the name to continue after when there are more.
+    /// A page of streams' statistics, by name: at most `limit` of those after `after` whose
+    /// names start with `prefix` and that `admit` lets through, and the name to continue after
+    /// when there are more.
     pub async fn streams_page(
         &self,
         after: Option<&str>,
+        prefix: &str,
         limit: usize,
         admit: impl Fn(&StreamName) -> bool,
     ) -> Result<(Vec<StreamStats>, Option<StreamName>), StoreError> {
         match self {
-            Storage::Redb(store) => Ok(store.streams_page(after, limit, admit)),
-            Storage::Postgres(store) => store.streams_page(after, limit, admit).await,
+            Storage::Redb(store) => Ok(store.streams_page(after, limit, |name| {
+                name.as_str().starts_with(prefix) && admit(name)
+            })),
+            Storage::Postgres(store) => store.streams_page(after, prefix, limit, admit).await,
         }
     }
 

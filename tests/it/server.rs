@@ -1560,7 +1560,10 @@ async fn a_refused_body_does_not_cost_the_connection() {
 async fn reads_wait_for_the_revision_they_name() {
     let server = TestServer::start().await;
     let wrote = server
-        .post_json("/v1/streams/ryw/events", r#"{"kind": "plan", "message": "first"}"#)
+        .post_json(
+            "/v1/streams/ryw/events",
+            r#"{"kind": "plan", "message": "first"}"#,
+        )
         .await;
     let revision = wrote.json()["revision"].as_u64().unwrap();
     let context = "/v1/streams/ryw/context?budget=300";
@@ -1580,7 +1583,10 @@ async fn reads_wait_for_the_revision_they_name() {
     let (read, _) = tokio::join!(get(context, (revision + 1).to_string()), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         server
-            .post_json("/v1/streams/ryw/events", r#"{"kind": "plan", "message": "second"}"#)
+            .post_json(
+                "/v1/streams/ryw/events",
+                r#"{"kind": "plan", "message": "second"}"#,
+            )
             .await
     });
     assert_eq!(read.status, 200, "{}", read.text());
@@ -1590,9 +1596,11 @@ async fn reads_wait_for_the_revision_they_name() {
     behind.assert_error(503, "behind", None);
     assert_eq!(behind.header("retry-after"), Some("1"));
 
-    get(context, "soon".into())
-        .await
-        .assert_error(400, "invalid_parameter", Some("X-Recap-Min-Revision"));
+    get(context, "soon".into()).await.assert_error(
+        400,
+        "invalid_parameter",
+        Some("X-Recap-Min-Revision"),
+    );
     let twice = server
         .request(
             Method::GET,

@@ -106,8 +106,9 @@ pub struct PgMetrics {
     pub failed_commits: u64,
     /// Batches tried again after losing a deadlock or serialization race with another node.
     pub retries: u64,
-    /// Shadows read from the database: a stream's first write on this node, or a write after
-    /// another node wrote to it (what hashing streams to nodes keeps rare).
+    /// Shadows read from the database: a stream's first write on this node (but for a stream
+    /// the write creates), or a write after another node wrote to it (what hashing streams to
+    /// nodes keeps rare).
     pub shadow_loads: u64,
     /// Write requests acknowledged.
     pub requests: u64,

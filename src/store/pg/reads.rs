@@ -239,9 +239,24 @@ pub(super) async fn stream(
         Err(error) => return Err(error),
     };
     let notes = stored_notes(&client, stream, meta.id as i64, chrono::Utc::now()).await?;
+    Ok(Some(stats(
+        stream.clone(),
+        &meta,
+        notes.len() as u64,
+        default_retention,
+    )))
+}
+
+/// A stream's statistics from its row and the number of its live notes.
+pub(super) fn stats(
+    name: StreamName,
+    meta: &StreamRow,
+    live_notes: u64,
+    default_retention: Retention,
+) -> StreamStats {
     let totals = &meta.totals;
-    Ok(Some(StreamStats {
-        name: stream.clone(),
+    StreamStats {
+        name,
         records: totals.records,
         stored_records: (totals.records + 1).saturating_sub(meta.first_seq),
         events: totals.events,
@@ -250,9 +265,9 @@ pub(super) async fn stream(
         last_ts: totals.last_ts,
         kinds: totals.kinds.clone(),
         severities: totals.severity_counts(),
-        notes: notes.len() as u64,
+        notes: live_notes,
         retention: meta.retention.unwrap_or(default_retention),
         // The PostgreSQL writer does not run anomaly detection yet (docs/design.md).
         anomalies: crate::anomaly::AnomalySettings::off(),
-    }))
+    }
 }

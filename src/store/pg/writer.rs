@@ -562,7 +562,10 @@ impl Writer {
                     shadow
                 }
                 None => {
-                    self.counters.shadow_loads.fetch_add(1, Ordering::Relaxed);
+                    // A stream this batch creates has nothing to read back.
+                    if revision > 0 {
+                        self.counters.shadow_loads.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.load(transaction, &name, row).await?
                 }
             };
