@@ -191,7 +191,7 @@ fn operation(endpoint: Endpoint) -> Operation {
                     schema_ref("AnomalySettings"),
                 ),
             ),
-            &[507],
+            &[501, 507],
         ),
         Endpoint::PostEvents => op(
             "events",

@@ -176,6 +176,9 @@ pub enum StoreError {
         /// How long the read waited.
         waited_ms: u64,
     },
+    /// The storage does not do this yet; nothing was changed.
+    #[error("{0}")]
+    Unsupported(String),
     /// An I/O or database failure; the write was not acknowledged.
     #[error("storage failure: {}", joined(.context, .source.as_deref()))]
     Storage {

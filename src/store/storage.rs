@@ -155,11 +155,10 @@ impl Storage {
     pub fn set_anomalies(&self, stream: &StreamName, overrides: AnomalyOverrides) -> Pending<()> {
         match self {
             Storage::Redb(store) => store.set_anomalies(stream, overrides),
-            // TEMPORARY until the PostgreSQL writer runs detection (branch pg-writer).
             Storage::Postgres(_) => {
                 let _ = (stream, overrides);
-                Pending::answered(Err(StoreError::storage_text(
-                    "anomaly detection is not available with PostgreSQL storage yet",
+                Pending::answered(Err(StoreError::Unsupported(
+                    "anomaly detection does not run on PostgreSQL storage yet: its streams raise no anomaly records, so there are no settings to change; it runs on the embedded redb store (recap serve without --database-url)".into(),
                 )))
             }
         }
