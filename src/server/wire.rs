@@ -362,9 +362,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::StoreUnavailable, error.to_string()).retry_after(1)
             }
             StoreError::Failed(_) => ApiError::new(ErrorCode::StoreFailed, error.to_string()),
-            StoreError::Unsupported(_) => {
-                ApiError::new(ErrorCode::Unsupported, error.to_string())
-            }
+            StoreError::Unsupported(_) => ApiError::new(ErrorCode::Unsupported, error.to_string()),
             StoreError::Behind { .. } => {
                 ApiError::new(ErrorCode::Behind, error.to_string()).retry_after(1)
             }
