@@ -800,6 +800,13 @@ impl StreamState {
             .map(|position| &self.records[position])
     }
 
+    /// Whether the record `seq` is among the severe records the state keeps: a state taking
+    /// another's revision of an anomaly record (see [`Origin::Revised`]) tells from it whether
+    /// the record just became severe.
+    pub fn holds_severe(&self, seq: u64) -> bool {
+        position_by_seq(&self.severe, seq).is_some()
+    }
+
     /// Where the record `seq` is in the tail, if it is there.
     fn tail_position(&self, seq: u64) -> Option<usize> {
         position_by_seq(&self.records, seq)

@@ -5,6 +5,7 @@
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
+use crate::anomaly::AnomalySettings;
 use crate::event::{Note, Record, StreamName, Timestamp};
 
 use super::super::{
@@ -231,6 +232,7 @@ pub(super) async fn stream(
     pool: &Pool,
     stream: &StreamName,
     default_retention: Retention,
+    server_anomalies: AnomalySettings,
 ) -> Result<Option<StreamStats>, StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
     let meta = match stream_row(&client, stream).await {
@@ -252,7 +254,8 @@ pub(super) async fn stream(
         severities: totals.severity_counts(),
         notes: notes.len() as u64,
         retention: meta.retention.unwrap_or(default_retention),
-        // The PostgreSQL writer does not run anomaly detection yet (docs/design.md).
-        anomalies: crate::anomaly::AnomalySettings::off(),
+        anomalies: meta.anomalies.map_or(server_anomalies, |overrides| {
+            server_anomalies.with(&overrides)
+        }),
     }))
 }
