@@ -354,7 +354,9 @@ impl CatchUp {
                         continue;
                     }
                     // Retention may have removed the record since: its last repeat still
-                    // counts, for the time of what is no longer shown.
+                    // counts, for the time of what is no longer shown (in the tail, through
+                    // the record; before it, as the writer's book took it: an anomaly record
+                    // revised after its episode outlasted the tail, then removed).
                     let record = match self.current.get(&seq) {
                         Some(record) => record.clone(),
                         None => match state.tail_record(seq) {
@@ -364,7 +366,10 @@ impl CatchUp {
                                 revision,
                                 ..cached.record().clone()
                             },
-                            None => continue,
+                            None => {
+                                state.repeated_before_tail(seq, last_ts);
+                                continue;
+                            }
                         },
                     };
                     // Anomaly records never collapse: a repeat of one is a detector's next
