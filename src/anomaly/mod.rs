@@ -67,6 +67,29 @@ pub struct Raised {
     pub episode: EpisodeRecord,
 }
 
+/// What a writer does after placing an event on a stream, whichever backend keeps it: resolves
+/// the stream's settings (`overrides` over the server's), forgets the detectors' state while
+/// detection is off (so turning it on again starts afresh), and otherwise runs [`detect`] with
+/// the state, made on the stream's first observed event. Both writers keep `detectors` and
+/// `overrides` in the stream's row, written in the commit of the event.
+pub fn observe(
+    detectors: &mut Option<Box<DetectorState>>,
+    overrides: Option<&AnomalyOverrides>,
+    server: AnomalySettings,
+    stream: &mut StreamState,
+    appended: &Appended,
+    ts: Timestamp,
+    first_stored: u64,
+) -> Vec<Raised> {
+    let settings = overrides.map_or(server, |overrides| server.with(overrides));
+    if !settings.enabled {
+        *detectors = None;
+        return Vec::new();
+    }
+    let state = detectors.get_or_insert_with(Box::default);
+    detect(state, &settings, stream, appended, ts, first_stored)
+}
+
 /// Observes `event` (just placed in `stream` as `appended`) and places what the detectors find
 /// on `stream`: a new anomaly record per new episode, the next version of the record of an
 /// episode that goes on. `first_stored` is the oldest seq the stream still stores: an episode

@@ -181,11 +181,6 @@ pub async fn serve(
     } = startup;
     let (store, place) = match &database_url {
         Some(url) => {
-            if store_options.anomaly.enabled {
-                tracing::warn!(
-                    "anomaly detection does not run on PostgreSQL storage yet: streams stored there raise no anomaly records"
-                );
-            }
             let store = PgStore::open(url.expose(), store_options).await?;
             let place = store.place().to_owned();
             (Storage::Postgres(store), place)

@@ -191,7 +191,7 @@ fn operation(endpoint: Endpoint) -> Operation {
                     schema_ref("AnomalySettings"),
                 ),
             ),
-            &[501, 507],
+            &[507],
         ),
         Endpoint::PostEvents => op(
             "events",

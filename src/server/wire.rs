@@ -143,8 +143,6 @@ error_codes! {
     BodyTooLarge = "body_too_large", PAYLOAD_TOO_LARGE;
     /// A content type the route does not take.
     UnsupportedMediaType = "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
-    /// The server's storage does not do this (yet); nothing was changed.
-    Unsupported = "unsupported", NOT_IMPLEMENTED;
     /// A server fault; the cause is in the server log.
     Internal = "internal", INTERNAL_SERVER_ERROR;
     /// A row of the data file the read needs is damaged (the message names the stream and
@@ -362,7 +360,6 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::StoreUnavailable, error.to_string()).retry_after(1)
             }
             StoreError::Failed(_) => ApiError::new(ErrorCode::StoreFailed, error.to_string()),
-            StoreError::Unsupported(_) => ApiError::new(ErrorCode::Unsupported, error.to_string()),
             StoreError::Behind { .. } => {
                 ApiError::new(ErrorCode::Behind, error.to_string()).retry_after(1)
             }

@@ -14,6 +14,7 @@
 
 use std::future::Future;
 
+use crate::anomaly::AnomalyOverrides;
 use crate::event::{Event, Note, StreamName, Timestamp};
 use crate::stream::Appended;
 
@@ -68,6 +69,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
         &self,
         stream: &StreamName,
         retention: Retention,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets what a stream overrides of the server's anomaly detection; see
+    /// [`Store::set_anomalies`].
+    fn set_anomalies(
+        &self,
+        stream: &StreamName,
+        overrides: AnomalyOverrides,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Runs pending background work (retention, note expiry) as of `now` and resolves when
@@ -156,6 +165,14 @@ impl Backend for Store {
         Store::set_retention(self, stream, retention).await
     }
 
+    async fn set_anomalies(
+        &self,
+        stream: &StreamName,
+        overrides: AnomalyOverrides,
+    ) -> Result<(), StoreError> {
+        Store::set_anomalies(self, stream, overrides).await
+    }
+
     async fn maintain(&self, now: Timestamp) -> Result<(), StoreError> {
         Store::maintain(self, now).await
     }
@@ -232,6 +249,14 @@ impl Backend for PgStore {
         retention: Retention,
     ) -> Result<(), StoreError> {
         PgStore::set_retention(self, stream, retention).await
+    }
+
+    async fn set_anomalies(
+        &self,
+        stream: &StreamName,
+        overrides: AnomalyOverrides,
+    ) -> Result<(), StoreError> {
+        PgStore::set_anomalies(self, stream, overrides).await
     }
 
     async fn maintain(&self, now: Timestamp) -> Result<(), StoreError> {

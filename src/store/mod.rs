@@ -176,9 +176,6 @@ pub enum StoreError {
         /// How long the read waited.
         waited_ms: u64,
     },
-    /// The storage does not do this yet; nothing was changed.
-    #[error("{0}")]
-    Unsupported(String),
     /// An I/O or database failure; the write was not acknowledged.
     #[error("storage failure: {}", joined(.context, .source.as_deref()))]
     Storage {
@@ -494,16 +491,6 @@ pub struct Pending<T> {
 }
 
 impl<T> Pending<T> {
-    /// A request answered without going to a writer.
-    pub(crate) fn answered(result: Result<T, StoreError>) -> Pending<T> {
-        let (sender, reply) = oneshot::channel();
-        drop(sender.send(result));
-        Pending {
-            reply,
-            failure: Arc::default(),
-        }
-    }
-
     /// Blocks the current thread until the write is durable. Not for async contexts.
     pub fn wait(self) -> Result<T, StoreError> {
         let failure = self.failure;

@@ -155,12 +155,7 @@ impl Storage {
     pub fn set_anomalies(&self, stream: &StreamName, overrides: AnomalyOverrides) -> Pending<()> {
         match self {
             Storage::Redb(store) => store.set_anomalies(stream, overrides),
-            Storage::Postgres(_) => {
-                let _ = (stream, overrides);
-                Pending::answered(Err(StoreError::Unsupported(
-                    "anomaly detection does not run on PostgreSQL storage yet: its streams raise no anomaly records, so there are no settings to change; it runs on the embedded redb store (recap serve without --database-url)".into(),
-                )))
-            }
+            Storage::Postgres(store) => store.set_anomalies(stream, overrides),
         }
     }
 

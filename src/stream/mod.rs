@@ -501,6 +501,16 @@ impl StreamState {
         self.recount();
     }
 
+    /// A repeat of record `seq` at `last_ts` that this state takes without the record (a
+    /// catch-up that finds it removed by retention since): when the record is before the tail,
+    /// its time joins `older_last_ts`, as [`Self::revise`] had it on the state that placed it
+    /// and as the store's metadata has it for a restore; in the tail, the record is there.
+    pub fn repeated_before_tail(&mut self, seq: u64, last_ts: Timestamp) {
+        if self.tail_start_seq().is_none_or(|start| seq < start) {
+            self.older_last_ts = Some(self.older_last_ts.map_or(last_ts, |t| t.max(last_ts)));
+        }
+    }
+
     /// Adds a new record to the tail (and the severe list); `payload` is its payload as text.
     fn push_record(
         &mut self,
@@ -800,6 +810,13 @@ impl StreamState {
             .map(|position| &self.records[position])
     }
 
+    /// Whether the record `seq` is among the severe records the state keeps: a state taking
+    /// another's revision of an anomaly record (see [`Origin::Revised`]) tells from it whether
+    /// the record just became severe.
+    pub fn holds_severe(&self, seq: u64) -> bool {
+        position_by_seq(&self.severe, seq).is_some()
+    }
+
     /// Where the record `seq` is in the tail, if it is there.
     fn tail_position(&self, seq: u64) -> Option<usize> {
         position_by_seq(&self.records, seq)
@@ -855,6 +872,47 @@ fn is_severe(record: &Record) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A catch-up that finds a revised record removed since takes the revision's time as
+    /// [`StreamState::revise`] did on the state that placed it: into `older_last_ts` when the
+    /// record is before the tail, not at all when it is in the tail (the record carries it).
+    #[test]
+    fn a_repeat_of_a_record_gone_from_before_the_tail_counts_for_older_times() {
+        let at = crate::event::parse_timestamp("2024-05-01T10:00:00Z").unwrap();
+        let later = at + chrono::TimeDelta::minutes(5);
+        let policy = CollapsePolicy {
+            lookback: 2,
+            ..CollapsePolicy::default()
+        };
+        let capacity = TailCapacity {
+            records: 2,
+            severe: 1,
+            block_bytes: u64::MAX,
+        };
+        let stream = || {
+            let mut state = StreamState::new(policy, capacity);
+            let first = state.append(Event::new("plan", Severity::Warning, "first").unwrap(), at);
+            for message in ["b", "c", "d", "e", "f"] {
+                state.append(Event::new("tool", Severity::Info, message).unwrap(), at);
+            }
+            (state, first.record)
+        };
+        let (mut placed, first) = stream();
+        assert_eq!(placed.tail_start_seq(), Some(5));
+        let revised = Record {
+            last_ts: later,
+            repeat_count: 2,
+            ..first
+        };
+        placed.revise(revised, later, false);
+        assert_eq!(placed.older_last_ts(), Some(later));
+
+        let (mut caught_up, _) = stream();
+        caught_up.repeated_before_tail(6, later);
+        assert_eq!(caught_up.older_last_ts(), Some(at), "in the tail");
+        caught_up.repeated_before_tail(1, later);
+        assert_eq!(caught_up.older_last_ts(), placed.older_last_ts());
+    }
 
     /// An event with a payload over the collapsible size neither collapses nor is collapsed
     /// into, and its payload is not kept in memory; smaller ones collapse as usual.

@@ -9,11 +9,12 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use chrono::{SubsecRound, TimeDelta};
+use recap::anomaly::AnomalyOverrides;
 use recap::event::{Event, Kind, Severity, StreamName, Timestamp, parse_timestamp};
 use recap::payload::Payload;
 use recap::store::{
-    Backend, Change, ImportedNote, ImportedRecord, PgStore, RecordQuery, Retention, Store,
-    StoreError, StoreOptions,
+    Backend, Change, ChangeBody, ImportedNote, ImportedRecord, PgStore, RecordQuery, Retention,
+    Store, StoreError, StoreOptions,
 };
 
 use crate::pg_cluster;
@@ -239,8 +240,9 @@ fn compare(reference: &[String], other: &[String]) {
     assert_eq!(reference.len(), other.len());
 }
 
-/// What both backends run with: the defaults, without anomaly detection, which only the redb
-/// writer has so far.
+/// What both backends run with: the defaults, without anomaly detection (its own scenario
+/// has it on: an anomaly record is revised, and a replayed record shows its current message
+/// in the redb file, its message as created in PostgreSQL; see `docs/design.md`).
 fn options() -> StoreOptions {
     StoreOptions {
         anomaly: recap::anomaly::AnomalySettings::off(),
@@ -391,6 +393,148 @@ async fn both_backends_agree_on_age_retention_and_note_expiry() {
     };
     let pg = PgStore::open(&url, options).await.unwrap();
     compare(&reference, &maintenance_scenario(pg, base).await);
+}
+
+/// Anomaly detection: a loop (the same action again and again, past twice the threshold so its
+/// record escalates), an oscillation, a recurring error and a stall raise the same records,
+/// updated the same way, on both backends; a stream's overrides (a lower threshold, detection
+/// off) apply to the events after them and show in its stats.
+async fn anomaly_scenario(backend: impl Backend) -> Vec<String> {
+    let mut out = Transcript::default();
+    let s = name("agent-loop");
+    let tuned = name("agent-tuned");
+    let quiet = name("agent-quiet");
+    let mut at = 0;
+    let mut next = |kind: &str, severity: Severity, message: &str| {
+        at += 2;
+        event(kind, severity, message, at)
+    };
+    let mut events = Vec::new();
+    // A loop: the same click seven times, a thought between two of them.
+    for i in 0..7 {
+        events.push(next("action", Severity::Info, "click #submit"));
+        if i == 3 {
+            events.push(next("llm", Severity::Info, "the form did not change"));
+        }
+    }
+    // An oscillation: two pages in turn, three cycles and more.
+    for i in 0..8 {
+        let page = if i % 2 == 0 {
+            "open /cart"
+        } else {
+            "open /checkout"
+        };
+        events.push(next("action", Severity::Info, page));
+    }
+    // A recurring error, with retries between.
+    for attempt in 1..=4 {
+        events.push(next(
+            "tool",
+            Severity::Error,
+            "POST /pay failed: 502 bad gateway",
+        ));
+        events.push(next("retry", Severity::Info, &format!("retry {attempt}/5")));
+    }
+    out.note("append", backend.append(&s, events, ts(0)).await);
+    // A stall: ten minutes of silence, then an event.
+    let resumed = event("plan", Severity::Info, "ask the user", at + 600);
+    out.note(
+        "after a stall",
+        backend.append(&s, vec![resumed], ts(0)).await,
+    );
+    out.note(
+        "records",
+        backend.records(&s, &RecordQuery::default()).await,
+    );
+    // The changes' revisions and what each touched (a replayed record's message differs by
+    // design, see `options`).
+    let changes = backend.changes(&s, 0, 1_000).await.map(|changes| {
+        changes
+            .into_iter()
+            .map(|change| match change.body {
+                ChangeBody::Record(record) => (change.revision, "record", record.seq, 1),
+                ChangeBody::Repeat {
+                    seq, repeat_count, ..
+                } => (change.revision, "repeat", seq, repeat_count),
+                _ => (change.revision, "note", 0, 0),
+            })
+            .collect::<Vec<_>>()
+    });
+    out.note("changes", changes);
+    out.note("stats", backend.stream(&s).await);
+
+    // Overrides: a lower threshold on one stream, detection off on another.
+    for stream in [&tuned, &quiet] {
+        let first = event("action", Severity::Info, "scroll down", 0);
+        out.note("create", backend.append(stream, vec![first], ts(0)).await);
+    }
+    let lower = AnomalyOverrides {
+        repeat_actions: Some(2),
+        ..AnomalyOverrides::default()
+    };
+    out.note("tune", backend.set_anomalies(&tuned, lower).await);
+    let off = AnomalyOverrides {
+        enabled: Some(false),
+        ..AnomalyOverrides::default()
+    };
+    out.note("silence", backend.set_anomalies(&quiet, off).await);
+    out.note(
+        "set on a missing stream",
+        backend
+            .set_anomalies(&name("none"), AnomalyOverrides::default())
+            .await,
+    );
+    for stream in [&tuned, &quiet] {
+        let again = vec![
+            event("action", Severity::Info, "scroll down", 1),
+            event("action", Severity::Info, "scroll down", 2),
+            event("action", Severity::Info, "scroll down", 3),
+        ];
+        out.note("repeat", backend.append(stream, again, ts(0)).await);
+        out.note(
+            "records",
+            backend.records(stream, &RecordQuery::default()).await,
+        );
+        out.note("stats", backend.stream(stream).await);
+    }
+    // Back to the server's settings.
+    out.note(
+        "reset",
+        backend
+            .set_anomalies(&tuned, AnomalyOverrides::default())
+            .await,
+    );
+    out.note("stats after reset", backend.stream(&tuned).await);
+    out.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_raise_the_same_anomalies() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions::default();
+    let store = Store::open(dir.path(), options.clone()).unwrap();
+    let reference = anomaly_scenario(store.clone()).await;
+    // Every detector fires on the redb store, and the loop's record escalates.
+    for detector in ["repeat", "oscillation", "recurring_error", "stall"] {
+        assert!(
+            reference
+                .iter()
+                .any(|line| line.starts_with("records:") && line.contains(detector)),
+            "no {detector} anomaly in:\n{}",
+            reference.join("\n")
+        );
+    }
+    assert!(
+        reference
+            .iter()
+            .any(|line| line.contains("severity: Error, first_ts"))
+    );
+    drop(store);
+    let Some(url) = pg_cluster::database("conformance_anomalies") else {
+        return;
+    };
+    let pg = PgStore::open(&url, options).await.unwrap();
+    compare(&reference, &anomaly_scenario(pg).await);
 }
 
 /// Template collapse over a short lookback (three templates in turn, a lookback of three), note limits and a refused note on a new stream:

@@ -1,6 +1,7 @@
 //! Contexts on PostgreSQL nodes against each other: two nodes take random writes to the same
 //! streams (appends with repeats, notes that expire, retention by count and by age, deletes,
-//! maintenance on one node or both at once), and after every step each node's
+//! maintenance on one node or both at once, anomaly detection turned off and on), and after
+//! every step each node's
 //! context, caught up from the changelog, is byte for byte the one a node that loads the stream
 //! afresh from the database serves. Where PostgreSQL is not installed this does not run (see
 //! `pg_cluster`).
@@ -32,6 +33,8 @@ enum Op {
     RetainFor(usize, i64),
     /// Runs maintenance through a node (both at once when `true`).
     Maintain(bool),
+    /// Turns a stream's anomaly detection off (`false`) or back to the server's (`true`).
+    Anomalies(usize, bool),
     DeleteStream(usize),
 }
 
@@ -59,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..STREAMS.len()).prop_map(Op::DeleteStream),
         1 => (0..STREAMS.len(), 1i64..8).prop_map(|(s, steps)| Op::RetainFor(s, steps)),
         2 => any::<bool>().prop_map(Op::Maintain),
+        1 => (0..STREAMS.len(), any::<bool>()).prop_map(|(s, on)| Op::Anomalies(s, on)),
     ]
 }
 
@@ -74,7 +78,15 @@ fn options(cache_bytes: usize) -> StoreOptions {
             lookback: 16,
             ..CollapsePolicy::default()
         },
-        anomaly: recap::anomaly::AnomalySettings::off(),
+        // Detection on, with low thresholds so that episodes open, grow and escalate within a
+        // test: their records are revised, which caches take as repeats.
+        anomaly: recap::anomaly::AnomalySettings {
+            repeat_actions: 2,
+            oscillation_cycles: 2,
+            error_recurrences: 2,
+            stall_seconds: 20,
+            ..recap::anomaly::AnomalySettings::default()
+        },
         cache_bytes,
         ..StoreOptions::default()
     }
@@ -127,6 +139,13 @@ async fn apply(node: &PgStore, other: &PgStore, op: &Op, now: Timestamp) {
                 max_age: Some(TimeDelta::seconds(steps * STEP_SECONDS)),
             };
             let _ = node.set_retention(&stream(*s), retention).await;
+        }
+        Op::Anomalies(s, on) => {
+            let overrides = recap::anomaly::AnomalyOverrides {
+                enabled: (!on).then_some(false),
+                ..Default::default()
+            };
+            let _ = node.set_anomalies(&stream(*s), overrides).await;
         }
         Op::Maintain(both) => {
             if *both {
@@ -315,6 +334,11 @@ async fn writes_are_caught_up_not_reloaded() {
 async fn maintenance_on_two_nodes_at_once_is_done_once() {
     let Some(url) = pg_cluster::database("pg_maintain_twice") else {
         return;
+    };
+    // Without detection, so that the records left are counted exactly.
+    let options = |cache_bytes| StoreOptions {
+        anomaly: recap::anomaly::AnomalySettings::off(),
+        ..options(cache_bytes)
     };
     let a = PgStore::open(&url, options(usize::MAX / 2)).await.unwrap();
     let b = PgStore::open(&url, options(usize::MAX / 2)).await.unwrap();

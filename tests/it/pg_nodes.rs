@@ -12,6 +12,16 @@ use recap::store::{ChangeBody, PG_SCHEMA_VERSION, PgStore, RecordQuery, StoreErr
 
 use crate::pg_cluster;
 
+/// What these nodes run with: the defaults without anomaly detection, since these tests count
+/// records and revisions exactly (detection across nodes is pinned by `pg_contexts.rs` and
+/// `conformance.rs`).
+fn options() -> StoreOptions {
+    StoreOptions {
+        anomaly: recap::anomaly::AnomalySettings::off(),
+        ..StoreOptions::default()
+    }
+}
+
 fn ts(seconds: i64) -> Timestamp {
     parse_timestamp("2024-05-01T10:00:00Z").unwrap() + TimeDelta::seconds(seconds)
 }
@@ -62,8 +72,8 @@ async fn migrations_run_once_and_a_newer_schema_is_refused() {
     };
     // Two nodes starting at once apply each migration once.
     let (a, b) = tokio::join!(
-        PgStore::open(&url, StoreOptions::default()),
-        PgStore::open(&url, StoreOptions::default())
+        PgStore::open(&url, options()),
+        PgStore::open(&url, options())
     );
     a.unwrap();
     b.unwrap();
@@ -83,7 +93,7 @@ async fn migrations_run_once_and_a_newer_schema_is_refused() {
         ),
     )
     .await;
-    match PgStore::open(&url, StoreOptions::default()).await {
+    match PgStore::open(&url, options()).await {
         Err(StoreError::SchemaTooNew {
             found, supported, ..
         }) => {
@@ -104,8 +114,8 @@ async fn two_nodes_writing_to_one_stream_keep_every_invariant() {
         return;
     };
     let nodes = [
-        PgStore::open(&url, StoreOptions::default()).await.unwrap(),
-        PgStore::open(&url, StoreOptions::default()).await.unwrap(),
+        PgStore::open(&url, options()).await.unwrap(),
+        PgStore::open(&url, options()).await.unwrap(),
     ];
     let hot = name("hot");
     let unique = name("unique");
@@ -224,12 +234,7 @@ async fn an_unreachable_database_is_unavailable_and_writes_resume() {
         return;
     };
     // Nothing listens on port 1.
-    match PgStore::open(
-        "postgres://postgres@127.0.0.1:1/none",
-        StoreOptions::default(),
-    )
-    .await
-    {
+    match PgStore::open("postgres://postgres@127.0.0.1:1/none", options()).await {
         Err(StoreError::Unavailable(message)) => {
             assert!(message.contains("unreachable"), "{message}")
         }
@@ -237,7 +242,7 @@ async fn an_unreachable_database_is_unavailable_and_writes_resume() {
         Ok(_) => panic!("opened a database that is not there"),
     }
 
-    let node = PgStore::open(&url, StoreOptions::default()).await.unwrap();
+    let node = PgStore::open(&url, options()).await.unwrap();
     let stream = name("s");
     let write = |message: &str| {
         node.append(
@@ -320,7 +325,7 @@ fn crash_node() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let node = PgStore::open(&url, StoreOptions::default()).await.unwrap();
+        let node = PgStore::open(&url, options()).await.unwrap();
         let tasks: Vec<_> = (0..3u64)
             .map(|task| {
                 let node = node.clone();
@@ -446,7 +451,7 @@ fn acknowledged_events_survive_sigkill_of_a_node() {
         take(&second_lines, drained, &mut acked, &mut total_acks);
 
         runtime.block_on(async {
-            let node = PgStore::open(&url, StoreOptions::default()).await.unwrap();
+            let node = PgStore::open(&url, options()).await.unwrap();
             for stream in 0..CRASH_STREAMS {
                 let stream = name(&format!("crash-{stream}"));
                 let Some(stats) = node.stream(&stream).await.unwrap() else {
@@ -510,7 +515,7 @@ async fn a_database_restart_under_load_loses_no_acknowledged_event() {
     };
     let cluster = Arc::new(cluster);
     let url = cluster.0.create_database("restart");
-    let node = PgStore::open(&url, StoreOptions::default()).await.unwrap();
+    let node = PgStore::open(&url, options()).await.unwrap();
     let restarted = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4u64)
@@ -599,7 +604,7 @@ async fn the_changelog_keeps_the_newest_revisions() {
     };
     let options = StoreOptions {
         changelog_keep: 32,
-        ..StoreOptions::default()
+        ..options()
     };
     let node = PgStore::open(&url, options).await.unwrap();
     let stream = name("s");
@@ -632,8 +637,8 @@ async fn a_node_hears_the_changes_of_another() {
     let Some(url) = pg_cluster::database("listen") else {
         return;
     };
-    let a = PgStore::open(&url, StoreOptions::default()).await.unwrap();
-    let b = PgStore::open(&url, StoreOptions::default()).await.unwrap();
+    let a = PgStore::open(&url, options()).await.unwrap();
+    let b = PgStore::open(&url, options()).await.unwrap();
     let mut heard = b.listen();
     // The listener says when it starts listening: nothing before that can be assumed heard.
     async fn next(heard: &mut tokio::sync::broadcast::Receiver<Wakeup>) -> Wakeup {

@@ -382,10 +382,18 @@ async fn two_nodes_serve_one_database() {
     assert_eq!(after_nul.json()["streams"][0]["name"], "shared");
     let metrics = a.get("/metrics", &[]).await.text();
     assert!(metrics.contains("recap_database_up 1"), "{metrics}");
-    // What this backend does not do yet is said, not failed at.
-    a.request(Method::PUT, "/v1/streams/busy/anomalies", "{}", &[])
-        .await
-        .assert_error(501, "unsupported", None);
+    // A stream's anomaly settings, set through one node, are in force on the other.
+    let set = a
+        .request(
+            Method::PUT,
+            "/v1/streams/busy/anomalies",
+            r#"{"stall_seconds": 900}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text());
+    let stats = b.get("/v1/streams/busy", &[]).await.json();
+    assert_eq!(stats["anomalies"]["stall_seconds"], 900, "{stats}");
 
     // A node pointed at a database that does not exist says so, and does not start.
     let missing = url.rsplit_once('/').unwrap().0.to_owned() + "/no_such_database";

@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crate::context::{ContextRequest, ContextWindow, PayloadPolicy};
-use crate::event::{Record, StreamName, Timestamp};
+use crate::event::{Record, Severity, StreamName, Timestamp};
 use crate::meter::Meter;
 use crate::stream::{Origin, StreamState};
 
@@ -220,8 +220,15 @@ impl NodeCache {
             && cached.revision() == before.unwrap_or_default()
             && let Some(catch_up) = catch_up()
         {
-            catch_up.apply(&mut write(&cached.state), &self.meter);
-            self.catch_ups.fetch_add(1, Ordering::Relaxed);
+            let mut state = write(&cached.state);
+            if catch_up.escalates(&state) {
+                // Read again on its next read (see `CatchUp::escalates`).
+                drop(state);
+                cached.mark_unknown();
+            } else {
+                catch_up.apply(&mut state, &self.meter);
+                self.catch_ups.fetch_add(1, Ordering::Relaxed);
+            }
         }
         cached.heard.fetch_max(after, Ordering::AcqRel);
     }
@@ -296,7 +303,32 @@ pub(super) struct CatchUp {
     pub first_seq: u64,
 }
 
+/// Whether a record is an anomaly record (which never collapses: a repeat of one is a
+/// detector's next version of it).
+fn is_anomaly(record: &Record) -> bool {
+    record.kind.as_str() == crate::anomaly::ANOMALY_KIND
+}
+
 impl CatchUp {
+    /// Whether the changes revise an anomaly record that `state` no longer has in its tail, or
+    /// raise one it does not keep among its severe records to `error`: what such a version
+    /// does to the state (where it joins the severe records a load would keep, which older
+    /// times it moves) depends on records a catch-up does not read, so the state is loaded
+    /// afresh instead. Rare: an episode's record leaves the tail only when the episode outlasts
+    /// the tail, and is then revised every `anomaly::UPDATE_EVERY` events.
+    pub(super) fn escalates(&self, state: &StreamState) -> bool {
+        self.changes.iter().any(|(_, change)| match change {
+            super::super::ChangeBody::Repeat { seq, .. } => {
+                self.current.get(seq).is_some_and(|record| {
+                    is_anomaly(record)
+                        && (state.tail_record(*seq).is_none()
+                            || record.severity >= Severity::Error && !state.holds_severe(*seq))
+                })
+            }
+            _ => false,
+        })
+    }
+
     /// Applies the changes to `state`, which then is the state a load at the new revision
     /// gives: records are adopted as created (their size as created places the tail's byte
     /// bound), each repeated record is replaced by its current version at its last change,
@@ -331,7 +363,9 @@ impl CatchUp {
                         continue;
                     }
                     // Retention may have removed the record since: its last repeat still
-                    // counts, for the time of what is no longer shown.
+                    // counts, for the time of what is no longer shown (in the tail, through
+                    // the record; before it, as the writer's book took it: an anomaly record
+                    // revised after its episode outlasted the tail, then removed).
                     let record = match self.current.get(&seq) {
                         Some(record) => record.clone(),
                         None => match state.tail_record(seq) {
@@ -341,14 +375,28 @@ impl CatchUp {
                                 revision,
                                 ..cached.record().clone()
                             },
-                            None => continue,
+                            None => {
+                                state.repeated_before_tail(seq, last_ts);
+                                continue;
+                            }
                         },
                     };
-                    let cached = super::load::cached_record(&record, PayloadPolicy::Drop, meter);
-                    let origin = Origin::Event {
-                        ts: last_ts,
-                        collapsed: true,
+                    // Anomaly records never collapse: a repeat of one is a detector's next
+                    // version of it, which may be before the tail and may just have become
+                    // severe, and is adopted as the writer's state took it.
+                    // (One that just became severe is not caught up: see `escalates`.)
+                    let origin = if is_anomaly(&record) {
+                        Origin::Revised {
+                            ts: last_ts,
+                            escalated: false,
+                        }
+                    } else {
+                        Origin::Event {
+                            ts: last_ts,
+                            collapsed: true,
+                        }
                     };
+                    let cached = super::load::cached_record(&record, PayloadPolicy::Drop, meter);
                     state.adopt(Arc::new(cached), origin);
                 }
                 ChangeBody::Note(note) => {

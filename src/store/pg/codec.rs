@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 
+use crate::anomaly::{AnomalyOverrides, DetectorState};
 use crate::context::Totals;
 use crate::event::{Kind, Note, Record, StreamName, Timestamp};
 
@@ -212,4 +213,36 @@ pub(super) fn decode_restore(stream: &str, text: Option<&str>) -> Result<Restore
 
 fn from_micros(micros: i64) -> Option<Timestamp> {
     chrono::DateTime::from_timestamp_micros(micros)
+}
+
+/// The `anomaly_detectors` column of a stream row.
+pub(super) fn encode_detectors(detectors: &DetectorState) -> String {
+    serde_json::to_string(detectors).expect("detectors always serialize")
+}
+
+/// The detectors' state (`NULL`: nothing observed, or detection off).
+pub(super) fn decode_detectors(
+    stream: &str,
+    text: Option<&str>,
+) -> Result<Option<Box<DetectorState>>, StoreError> {
+    text.map(|text| {
+        serde_json::from_str(text).map_err(|error| damaged(stream, "stream row".into(), error))
+    })
+    .transpose()
+}
+
+/// The `anomaly_overrides` column of a stream row.
+pub(super) fn encode_overrides(overrides: &AnomalyOverrides) -> String {
+    serde_json::to_string(overrides).expect("overrides always serialize")
+}
+
+/// What a stream overrides of the server's anomaly settings (`NULL`: nothing).
+pub(super) fn decode_overrides(
+    stream: &str,
+    text: Option<&str>,
+) -> Result<Option<AnomalyOverrides>, StoreError> {
+    text.map(|text| {
+        serde_json::from_str(text).map_err(|error| damaged(stream, "stream row".into(), error))
+    })
+    .transpose()
 }

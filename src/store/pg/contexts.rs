@@ -113,6 +113,9 @@ impl PgStore {
         let Some(catch_up) = load::catch_up(&transaction, stream, &row, have).await? else {
             return Ok(Caught::Reload);
         };
+        if catch_up.escalates(&super::super::writer::read(&cached.state)) {
+            return Ok(Caught::Reload);
+        }
         drop(transaction);
         let cache = &self.inner.cache;
         cache

@@ -120,13 +120,13 @@ impl PgStore {
                 *live.entry(stream_id).or_default() += 1;
             }
         }
-        let retention = self.inner.options.retention;
+        let (retention, anomalies) = (self.inner.options.retention, self.inner.options.anomaly);
         Ok(names
             .iter()
             .filter_map(|name| {
                 let row = by_name.get(name.as_str())?;
                 let notes = live.get(&(row.id as i64)).copied().unwrap_or(0);
-                Some(reads::stats(name.clone(), row, notes, retention))
+                Some(reads::stats(name.clone(), row, notes, retention, anomalies))
             })
             .collect())
     }

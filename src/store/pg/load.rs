@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio_postgres::{GenericClient, Row, Transaction};
 
+use crate::anomaly::{AnomalyOverrides, DetectorState};
 use crate::context::{CachedRecord, PayloadPolicy, without_payload};
 use crate::event::{Record, StreamName};
 use crate::meter::Meter;
@@ -20,7 +21,11 @@ use super::{PgError, unreachable_or};
 
 /// The columns of `recap_streams` that [`StreamRow::decode`] reads, in its order.
 pub(super) const STREAM_COLUMNS: &str = "id, name, revision, next_note_id, first_seq, \
-     severe_created, totals, retention, changelog_floor, restore";
+     severe_created, totals, retention, changelog_floor, restore, anomaly_detectors, \
+     anomaly_overrides";
+
+/// Where [`STREAM_COLUMNS`] has `anomaly_overrides`.
+pub(super) const OVERRIDES_COLUMN: usize = 11;
 
 /// A stream's row.
 pub(super) struct StreamRow {
@@ -33,6 +38,8 @@ pub(super) struct StreamRow {
     pub retention: Option<Retention>,
     pub changelog_floor: u64,
     pub restore: Restore,
+    pub detectors: Option<Box<DetectorState>>,
+    pub anomalies: Option<AnomalyOverrides>,
 }
 
 impl StreamRow {
@@ -49,6 +56,8 @@ impl StreamRow {
             retention: codec::decode_retention(stream, row.get(7))?,
             changelog_floor: count(8),
             restore: codec::decode_restore(stream, row.get(9))?,
+            detectors: codec::decode_detectors(stream, row.get(10))?,
+            anomalies: codec::decode_overrides(stream, row.get(OVERRIDES_COLUMN))?,
         })
     }
 }

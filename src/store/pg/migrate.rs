@@ -29,6 +29,10 @@ struct Migration {
 /// - Records, changes and notes are keyed `(stream_id, …)`, so one stream's rows are one range
 ///   of the primary key (and one shard under Citus, distributing by `stream_id`). Their bodies
 ///   are the JSON the API answers with; filters are applied by the reader, as with redb.
+/// - A stream's anomaly detectors' state and its overrides are two columns of its row (JSON, as
+///   the redb stream row keeps them): the state is written in the commit of the event it
+///   observed, under the row's lock; the overrides are read apart, on every write, since they
+///   change without a new revision.
 /// - There are no foreign keys: a key check per inserted row costs ingest throughput, and rows
 ///   of a deleted stream are removed in the same transaction that deletes its stream row.
 const MIGRATIONS: &[Migration] = &[
@@ -81,6 +85,14 @@ const MIGRATIONS: &[Migration] = &[
         UPDATE recap_records SET severe = true
             WHERE body::jsonb->>'severity' IN ('error', 'critical');
         CREATE INDEX recap_records_severe ON recap_records (stream_id, seq) WHERE severe;
+    ",
+    },
+    Migration {
+        version: 4,
+        description: "anomaly detection: the detectors' state and the stream's overrides",
+        sql: "
+        ALTER TABLE recap_streams ADD COLUMN anomaly_detectors text;
+        ALTER TABLE recap_streams ADD COLUMN anomaly_overrides text;
     ",
     },
 ];

@@ -46,6 +46,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::anomaly::AnomalyOverrides;
 use crate::event::{Event, Note, StreamName, Timestamp};
 use crate::stream::Appended;
 
@@ -358,6 +359,18 @@ impl PgStore {
         self.submit(op, Reply::Done)
     }
 
+    /// Sets what a stream overrides of the server's anomaly detection (replacing what it set
+    /// before; nothing overridden follows the server); [`StoreError::UnknownStream`] if the
+    /// stream does not exist. Applies to the events placed after it, on every node. See
+    /// [`Store::set_anomalies`](super::Store::set_anomalies).
+    pub fn set_anomalies(&self, stream: &StreamName, overrides: AnomalyOverrides) -> Pending<()> {
+        let op = Op::SetAnomalies {
+            stream: stream.clone(),
+            overrides,
+        };
+        self.submit(op, Reply::Done)
+    }
+
     /// Runs every pending piece of background work as of `now` (note expiry, retention by age
     /// and by count, changelog trimming), in bounded transactions through this node's writer,
     /// and resolves when none is left; see [`Store::maintain`](super::Store::maintain). Safe to
@@ -400,7 +413,8 @@ impl PgStore {
 
     /// One stream's statistics; `None` if it does not exist.
     pub async fn stream(&self, stream: &StreamName) -> Result<Option<StreamStats>, StoreError> {
-        reads::stream(&self.inner.pool, stream, self.inner.options.retention).await
+        let options = &self.inner.options;
+        reads::stream(&self.inner.pool, stream, options.retention, options.anomaly).await
     }
 }
 

@@ -5,6 +5,7 @@
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
+use crate::anomaly::AnomalySettings;
 use crate::event::{Note, Record, StreamName, Timestamp};
 
 use super::super::{
@@ -231,6 +232,7 @@ pub(super) async fn stream(
     pool: &Pool,
     stream: &StreamName,
     default_retention: Retention,
+    server_anomalies: AnomalySettings,
 ) -> Result<Option<StreamStats>, StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
     let meta = match stream_row(&client, stream).await {
@@ -244,15 +246,18 @@ pub(super) async fn stream(
         &meta,
         notes.len() as u64,
         default_retention,
+        server_anomalies,
     )))
 }
 
-/// A stream's statistics from its row and the number of its live notes.
+/// A stream's statistics from its row and the number of its live notes, with the server's
+/// defaults where the stream sets nothing of its own.
 pub(super) fn stats(
     name: StreamName,
     meta: &StreamRow,
     live_notes: u64,
     default_retention: Retention,
+    server_anomalies: AnomalySettings,
 ) -> StreamStats {
     let totals = &meta.totals;
     StreamStats {
@@ -267,7 +272,8 @@ pub(super) fn stats(
         severities: totals.severity_counts(),
         notes: live_notes,
         retention: meta.retention.unwrap_or(default_retention),
-        // The PostgreSQL writer does not run anomaly detection yet (docs/design.md).
-        anomalies: crate::anomaly::AnomalySettings::off(),
+        anomalies: meta.anomalies.map_or(server_anomalies, |overrides| {
+            server_anomalies.with(&overrides)
+        }),
     }
 }

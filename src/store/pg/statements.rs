@@ -86,6 +86,7 @@ pub(super) async fn write(
     let (mut stream_revisions, mut next_notes, mut firsts, mut severe_created, mut totals) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut retentions, mut floors, mut restores) = (vec![], vec![], vec![]);
+    let (mut detectors, mut overrides) = (vec![], vec![]);
     for shadow in batch.values() {
         stream_ids.push(as_i64(shadow.id));
         stream_revisions.push(as_i64(shadow.state.revision()));
@@ -96,6 +97,8 @@ pub(super) async fn write(
         retentions.push(shadow.retention.as_ref().map(codec::encode_retention));
         floors.push(as_i64(shadow.changelog_floor));
         restores.push(codec::encode_restore(&shadow.restore()));
+        detectors.push(shadow.detectors.as_deref().map(codec::encode_detectors));
+        overrides.push(shadow.anomalies.as_ref().map(codec::encode_overrides));
     }
     let streams = async {
         if stream_ids.is_empty() {
@@ -106,11 +109,12 @@ pub(super) async fn write(
                 "UPDATE recap_streams s SET revision = u.revision, next_note_id = u.next_note_id,
                      first_seq = u.first_seq, severe_created = u.severe_created,
                      totals = u.totals, retention = u.retention, changelog_floor = u.changelog_floor,
-                     restore = u.restore
+                     restore = u.restore, anomaly_detectors = u.anomaly_detectors,
+                     anomaly_overrides = u.anomaly_overrides
                  FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
-                     $7::text[], $8::int8[], $9::text[])
+                     $7::text[], $8::int8[], $9::text[], $10::text[], $11::text[])
                      AS u(id, revision, next_note_id, first_seq, severe_created, totals, retention,
-                         changelog_floor, restore)
+                         changelog_floor, restore, anomaly_detectors, anomaly_overrides)
                  WHERE s.id = u.id",
                 &[
                     &stream_ids,
@@ -122,6 +126,8 @@ pub(super) async fn write(
                     &retentions,
                     &floors,
                     &restores,
+                    &detectors,
+                    &overrides,
                 ],
             )
             .await

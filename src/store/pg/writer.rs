@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Transaction};
 
+use crate::anomaly::{self, AnomalyOverrides, DetectorState};
 use crate::context::NOTE_ID_KEY;
 use crate::context::PayloadPolicy;
 use crate::event::{Event, MAX_EVENT_COUNT, Note, Record, StreamName, Timestamp};
@@ -42,7 +43,7 @@ use super::super::{
 };
 use super::cache::{CatchUp, NodeCache};
 use super::codec::Restore;
-use super::load::{self, STREAM_COLUMNS, StreamRow};
+use super::load::{self, OVERRIDES_COLUMN, STREAM_COLUMNS, StreamRow};
 use super::tls::Tls;
 use super::{BATCH_TIMEOUT, PgError, codec, connect, listen, statements, unreachable_or};
 
@@ -81,6 +82,10 @@ pub(super) enum Op {
         stream: StreamName,
         retention: Retention,
     },
+    SetAnomalies {
+        stream: StreamName,
+        overrides: AnomalyOverrides,
+    },
 }
 
 impl Op {
@@ -91,7 +96,8 @@ impl Op {
             | Op::AddNote { stream, .. }
             | Op::DeleteNote { stream, .. }
             | Op::DeleteStream { stream }
-            | Op::SetRetention { stream, .. } => stream,
+            | Op::SetRetention { stream, .. }
+            | Op::SetAnomalies { stream, .. } => stream,
         }
     }
 
@@ -184,6 +190,10 @@ pub(super) struct Shadow {
     pub(super) changelog_floor: u64,
     /// What a restore of the readers' state needs besides the rows (see [`TailBook`]).
     pub(super) book: TailBook,
+    /// The anomaly detectors' state, as of the shadow's revision (see [`crate::anomaly`]).
+    pub(super) detectors: Option<Box<DetectorState>>,
+    /// What the stream overrides of the server's anomaly settings.
+    pub(super) anomalies: Option<AnomalyOverrides>,
 }
 
 impl Shadow {
@@ -197,6 +207,34 @@ impl Shadow {
         let last_seq = self.state.totals().records;
         self.book
             .took_last_ts(tail, record.seq, record.last_ts, last_seq);
+    }
+
+    /// Runs the anomaly detectors on an event just placed (`appended`, at `ts`; see
+    /// [`anomaly::observe`], which the redb writer runs too) and places what they raise: new
+    /// anomaly records, and the next versions of open episodes' records as repeats. In the
+    /// batch of the event, so in its commit.
+    fn observe(
+        &mut self,
+        tail: TailCapacity,
+        server: anomaly::AnomalySettings,
+        appended: &Appended,
+        ts: Timestamp,
+        writes: &mut Writes,
+    ) {
+        let raised = anomaly::observe(
+            &mut self.detectors,
+            self.anomalies.as_ref(),
+            server,
+            &mut self.state,
+            appended,
+            ts,
+            self.first_seq,
+        );
+        for raised in raised {
+            // A new record, or a revised one (`collapsed`): logged as any record or repeat.
+            self.placed(tail, &raised.appended);
+            writes.appended(self.id, &raised.appended);
+        }
     }
 
     /// What the stream's row keeps for a restore.
@@ -559,6 +597,8 @@ impl Writer {
             let shadow = match cached {
                 Some(mut shadow) => {
                     shadow.retention = codec::decode_retention(name.as_str(), row.get(7))?;
+                    shadow.anomalies =
+                        codec::decode_overrides(name.as_str(), row.get(OVERRIDES_COLUMN))?;
                     shadow
                 }
                 None => {
@@ -655,6 +695,8 @@ impl Writer {
             retention: row.retention,
             changelog_floor: row.changelog_floor,
             book: row.restore.book,
+            detectors: row.detectors,
+            anomalies: row.anomalies,
         })
     }
 
@@ -678,6 +720,8 @@ impl Writer {
             retention: None,
             changelog_floor: 0,
             book: TailBook::default(),
+            detectors: None,
+            anomalies: None,
         })
     }
 
@@ -715,6 +759,7 @@ impl Writer {
                     let (appended, _) = shadow.state.append_shared(event, ts);
                     shadow.placed(tail, &appended);
                     writes.appended(shadow.id, &appended);
+                    shadow.observe(tail, self.options.anomaly, &appended, ts, writes);
                     results.push(appended);
                 }
                 Ok(Outcome::Appended(results))
@@ -779,6 +824,7 @@ impl Writer {
                 let (appended, _) = shadow.state.append_shared(note_event(text, note.id), now);
                 shadow.placed(tail, &appended);
                 writes.appended(shadow.id, &appended);
+                shadow.observe(tail, self.options.anomaly, &appended, now, writes);
                 Ok(Outcome::Note(note))
             }
             Op::DeleteNote { stream, id } => {
@@ -813,6 +859,16 @@ impl Writer {
                     )));
                 };
                 shadow.retention = Some(retention);
+                Ok(Outcome::Done)
+            }
+            Op::SetAnomalies { stream, overrides } => {
+                let Some(shadow) = batch.get_mut(&stream) else {
+                    return Ok(Outcome::Refused(StoreError::UnknownStream(
+                        stream.to_string(),
+                    )));
+                };
+                // As the redb writer keeps them: overriding nothing is having no overrides.
+                shadow.anomalies = (overrides != AnomalyOverrides::default()).then_some(overrides);
                 Ok(Outcome::Done)
             }
         }

@@ -55,7 +55,7 @@ use indexmap::IndexSet;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
-use crate::anomaly::{AnomalyOverrides, AnomalySettings, DetectorState};
+use crate::anomaly::{AnomalyOverrides, DetectorState};
 use crate::event::{Event, Note, Severity, StreamName, Timestamp};
 use crate::meter::Meter;
 use crate::stream::{Appended, Origin, StreamState, TailCapacity};
@@ -293,12 +293,6 @@ impl WriterStream {
             detectors: meta.detectors,
             anomalies: meta.anomalies,
         })
-    }
-
-    /// The anomaly detection in force for this stream, given the server's.
-    fn anomaly_settings(&self, server: AnomalySettings) -> AnomalySettings {
-        self.anomalies
-            .map_or(server, |overrides| server.with(&overrides))
     }
 
     /// Whether everything placed on this stream is committed and visible: its shadow can go.

@@ -395,15 +395,10 @@ pub(super) fn place_anomalies(
     ts: Timestamp,
     work: &mut Work,
 ) -> Result<(), StoreError> {
-    let settings = target.anomaly_settings(server);
-    if !settings.enabled {
-        target.detectors = None;
-        return Ok(());
-    }
-    let detectors = target.detectors.get_or_insert_with(Box::default);
-    let raised = anomaly::detect(
-        detectors,
-        &settings,
+    let raised = anomaly::observe(
+        &mut target.detectors,
+        target.anomalies.as_ref(),
+        server,
         &mut target.shadow,
         appended,
         ts,
