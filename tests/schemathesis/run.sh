@@ -8,6 +8,7 @@ set -euo pipefail
 : "${RECAP_BIN:?set RECAP_BIN to the recap binary}"
 : "${SCHEMATHESIS:?set SCHEMATHESIS to the schemathesis command}"
 seconds=${SCHEMATHESIS_SECONDS:-150}
+here=$(cd "$(dirname "$0")" && pwd)
 
 work=$(mktemp -d)
 pid=
@@ -37,9 +38,10 @@ pid=$!
 # schemathesis keeps a cache in its working directory: the temporary one, not the project. One
 # worker: with two, hypothesis on CPython 3.11.7 (CI's) hit the interpreter's spurious "AST
 # constructor recursion depth mismatch" SystemError (cpython gh-106905, fixed in later 3.11s).
+# hooks.py leaves out the parameters that make a read wait for a revision (see there).
 cd "$work"
 status=0
-"$SCHEMATHESIS" run "http://127.0.0.1:$port/openapi.json" \
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=hooks "$SCHEMATHESIS" run "http://127.0.0.1:$port/openapi.json" \
     --wait-for-schema 30 \
     --header "Authorization: Bearer $key" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \

@@ -16,15 +16,17 @@
 //! - `listen.rs`: waking other nodes up, once per committed batch.
 //! - `tls.rs`: TLS as the URL's `sslmode` and `sslrootcert` ask, for every connection.
 //! - `codec.rs`: what the tables hold.
-//!
 //! - `writer/maintain.rs`: note expiry, retention by age and by count, changelog trimming, in
-//!   bounded transactions through the writer task.
+//!   bounded transactions through the writer task (`recap serve` runs it every 30 s).
 //! - `load.rs`: a stream's state read back from the database, exactly as it was appended.
 //! - `cache.rs`, `contexts.rs`: the node's cache of stream states for contexts, caught up from
 //!   the changelog when a stream moved on.
+//! - `hub.rs`: wake-ups per stream for the node's feeds.
+//! - `listing.rs`: where a stream stands, and the list of streams.
+//! - `health.rs`: the health check's own connection.
 //!
-//! Not built yet (see `docs/design.md`): serving it from `recap serve` (feeds across nodes
-//! included, and a timer that runs [`PgStore::maintain`]).
+//! `recap serve --database-url` serves it through `store::Storage`; what is not built yet is
+//! listed in `docs/design.md`.
 
 mod cache;
 mod codec;
