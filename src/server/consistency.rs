@@ -11,7 +11,7 @@ use crate::store::{MIN_REVISION_WAIT, Read};
 
 use super::App;
 use super::query::Query;
-use super::wire::{ApiError, MIN_REVISION_HEADER};
+use super::wire::ApiError;
 
 /// The query parameter that does the same (for clients that cannot set headers, such as a
 /// browser's `EventSource`).
@@ -19,28 +19,11 @@ pub(crate) const MIN_REVISION_PARAM: &str = "min_revision";
 
 /// The revision a read asks for (0 when it names none).
 pub(super) fn min_revision(headers: &HeaderMap, query: &Query) -> Result<u64, ApiError> {
-    let mut values = headers.get_all(MIN_REVISION_HEADER).iter();
-    let (first, second) = (values.next(), values.next());
-    if second.is_some() {
-        return Err(ApiError::parameter(
-            "X-Recap-Min-Revision",
-            "X-Recap-Min-Revision is given more than once; send it once",
-        ));
-    }
-    let header = first
-        .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::parameter(
-                        "X-Recap-Min-Revision",
-                        "X-Recap-Min-Revision must be a stream revision (a whole number), as X-Recap-Revision gave it",
-                    )
-                })
-        })
-        .transpose()?;
+    let header = header_revision(
+        headers,
+        "X-Recap-Min-Revision",
+        "a stream revision (a whole number), as X-Recap-Revision gave it",
+    )?;
     let param = query.number::<u64>(MIN_REVISION_PARAM)?;
     match (header, param) {
         (Some(header), Some(param)) if header != param => Err(ApiError::parameter(
@@ -67,4 +50,29 @@ pub(super) async fn reach(
         .reach(stream, wanted, read, MIN_REVISION_WAIT)
         .await?;
     Ok(wanted)
+}
+
+/// The revision a client names in header `name` (`None` when it sends none); `what` says what
+/// the value must be, for the error a malformed or repeated header gets.
+pub(super) fn header_revision(
+    headers: &HeaderMap,
+    name: &'static str,
+    what: &str,
+) -> Result<Option<u64>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return match headers.contains_key(name) {
+            true => Err(ApiError::parameter(
+                name,
+                format!("{name} is given more than once; send it once"),
+            )),
+            false => Ok(None),
+        };
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::parameter(name, format!("{name} must be {what}")))
 }

@@ -110,29 +110,23 @@ pub(super) async fn history(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    consistency::reach(
-        app,
-        &stream,
-        Read::Stored,
-        headers,
-        &Query::parse(query, HISTORY_PARAMS)?,
-    )
-    .await?;
+    let query = Query::parse(query, HISTORY_PARAMS)?;
+    consistency::reach(app, &stream, Read::Stored, headers, &query).await?;
     // Read before the page: the page reflects at least this revision.
     let revision = app.store.revision(&stream).await?;
-    let page = page(app, stream, query).await?;
+    let page = page(app, stream, &query).await?;
     let mut response = wire::json(StatusCode::OK, &page);
     wire::set_number(&mut response, REVISION_HEADER, revision);
     Ok(response)
 }
 
-/// The page of history the query parameters of `GET .../events` ask for.
+/// The page of history the query parameters of `GET .../events` ask for (parsed with
+/// [`HISTORY_PARAMS`]).
 pub(super) async fn page(
     app: &App,
     stream: StreamName,
-    query: Option<&str>,
+    query: &Query,
 ) -> Result<RecordPage, ApiError> {
-    let query = Query::parse(query, HISTORY_PARAMS)?;
     let limit = match query.number::<usize>("limit")? {
         None => RecordQuery::default().limit,
         Some(0) => return Err(ApiError::parameter("limit", "limit must be at least 1")),

@@ -27,6 +27,7 @@ use crate::mcp::{Backend, BoxFuture, Changes, ToolError, Tools, Window, Written}
 use crate::store::{Live, News};
 
 use super::auth::{ApiKey, Scope};
+use super::query::Query;
 use super::wire::ApiError;
 use super::wire::Body;
 use super::{App, ServerOptions, context, events, notes, streams};
@@ -220,7 +221,8 @@ impl Backend for InProcess {
     ) -> BoxFuture<'a, Result<Value, ToolError>> {
         Box::pin(async move {
             let (caller, stream) = Self::authorize(caller, Scope::Read, stream)?;
-            let page = events::page(&caller.app, stream, Some(&query))
+            let query = Query::parse(Some(&query), events::HISTORY_PARAMS).map_err(tool_error)?;
+            let page = events::page(&caller.app, stream, &query)
                 .await
                 .map_err(tool_error)?;
             serde_json::to_value(page)

@@ -118,7 +118,11 @@ pub(super) async fn subscribe(
     dialect: Dialect,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(query, PARAMS)?;
-    let resume = match last_event_id(headers)? {
+    let resume = match consistency::header_revision(
+        headers,
+        "Last-Event-ID",
+        "a revision (a whole number) this feed sent",
+    )? {
         Some(revision) => Some(revision),
         None => query.number::<u64>("after")?,
     };
@@ -127,24 +131,6 @@ pub(super) async fn subscribe(
 }
 
 /// The revision a reconnecting client names in `Last-Event-ID`, if it sent one.
-fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    headers
-        .get("last-event-id")
-        .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::parameter(
-                        "Last-Event-ID",
-                        "Last-Event-ID must be a revision (a whole number) this feed sent",
-                    )
-                })
-        })
-        .transpose()
-}
-
 /// Starts a feed of `stream`'s changes after revision `resume` (from now on when `None`) and
 /// returns the streaming response.
 pub(super) async fn open(
@@ -412,19 +398,25 @@ impl Feed {
 
     /// Replays the changelog after the last revision sent.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        if let Some(next) = self.replaced().await? {
-            self.restart(next).await?;
-        }
         loop {
             let (after, limit) = (self.last_sent, self.replay_limit);
             let changes = match self.app.store.changes(&self.stream, after, limit).await {
                 Ok(changes) => changes,
                 // A stream not created yet has no changes; its first ones will come live.
-                Err(StoreError::UnknownStream(_)) => return Ok(()),
+                Err(StoreError::UnknownStream(_)) => Vec::new(),
                 Err(error) => return Err(Stop::Store(error)),
             };
             let Some(first) = changes.first() else {
-                return Ok(());
+                // Nothing past `last_sent`: the stream may have been deleted, or replaced by one
+                // that has not reached that revision. (A change says which stream it is of, so
+                // only an empty read needs to ask; that spares a round trip per wake-up.)
+                match self.replaced().await? {
+                    Some(next) => {
+                        self.restart(next).await?;
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
             };
             // One read is of one stream. A stream created since restarts the feed: read it again
             // from its start.

@@ -30,7 +30,7 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: RawClient,
     /// The store's options, kept across restarts.
     store: StoreOptions,
     _dir: TempDir,
@@ -42,6 +42,48 @@ fn quiet_store() -> StoreOptions {
     StoreOptions {
         anomaly: recap::anomaly::AnomalySettings::off(),
         ..StoreOptions::default()
+    }
+}
+
+/// The raw HTTP client the helpers send with.
+pub type RawClient = HyperClient<HttpConnector, Full<Bytes>>;
+
+/// A raw client, one per server under test.
+pub fn raw_client() -> RawClient {
+    HyperClient::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request to `url` with optional content type and extra headers, and reads the answer
+/// whole, within [`DEADLINE`].
+pub async fn send(
+    http: &RawClient,
+    method: Method,
+    url: &str,
+    content_type: Option<&str>,
+    body: impl Into<Bytes>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(url);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = tokio::time::timeout(
+        DEADLINE,
+        http.request(request.body(Full::new(body.into())).unwrap()),
+    )
+    .await
+    .expect("an answer before the deadline")
+    .expect("the server answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
     }
 }
 
@@ -151,7 +193,7 @@ impl TestServer {
             data_dir,
             stop: Some(stop),
             task: Some(task),
-            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            http: raw_client(),
             store: store_options,
             _dir: dir,
         }
@@ -176,31 +218,8 @@ impl TestServer {
         body: impl Into<Bytes>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.url()));
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = tokio::time::timeout(
-            DEADLINE,
-            self.http
-                .request(request.body(Full::new(body.into())).unwrap()),
-        )
-        .await
-        .expect("an answer before the deadline")
-        .expect("the server answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        let url = format!("{}{path}", self.url());
+        send(&self.http, method, &url, content_type, body, headers).await
     }
 
     /// GET.

@@ -13,19 +13,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::live_server::{DEADLINE, Reply};
+use crate::live_server::{DEADLINE, RawClient, Reply, raw_client, send};
 use crate::pg_cluster;
 
 /// One `recap serve` process; killed (SIGKILL, by its pid) and waited for when dropped.
 struct Node {
     child: Child,
     url: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: RawClient,
     _dir: tempfile::TempDir,
 }
 
@@ -51,7 +48,7 @@ impl Node {
         let mut node = Node {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: raw_client(),
             _dir: dir,
         };
         let started = tokio::time::Instant::now();
@@ -85,30 +82,17 @@ impl Node {
         body: &str,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.url));
-        if !body.is_empty() {
-            request = request.header("content-type", "application/json");
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap();
-        let response = tokio::time::timeout(DEADLINE, self.http.request(request))
-            .await
-            .expect("an answer before the deadline")
-            .expect("the node answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
+        let content_type = (!body.is_empty()).then_some("application/json");
+        let url = format!("{}{path}", self.url);
+        send(
+            &self.http,
+            method,
+            &url,
+            content_type,
+            body.to_owned(),
             headers,
-            body,
-        }
+        )
+        .await
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {

@@ -112,10 +112,15 @@ impl PgStore {
             )
             .await
             .map_err(|error| unreachable_or(error, "counting notes"))?;
+        let names_by_id: HashMap<i64, &str> = by_name
+            .iter()
+            .map(|(name, row)| (row.id as i64, name.as_str()))
+            .collect();
         let now = chrono::Utc::now();
         for row in &expiring {
             let stream_id: i64 = row.get(0);
-            let note = codec::decode_note("", row.get(1), row.get(2))?;
+            let stream = names_by_id.get(&stream_id).copied().unwrap_or_default();
+            let note = codec::decode_note(stream, row.get(1), row.get(2))?;
             if note.is_live(now) {
                 *live.entry(stream_id).or_default() += 1;
             }
