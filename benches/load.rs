@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench load` (each scenario runs `RECAP_LOAD_SECONDS`, default 5;
 //! `RECAP_LOAD_ONLY=post1,post64,batch,context` picks scenarios, for profiling one;
-//! `RECAP_LOAD_CACHE=8MiB` sets the cache budget, to run them with the cache under pressure).
+//! `RECAP_LOAD_CACHE=8MiB` sets the cache budget, to run them with the cache under pressure;
+//! `RECAP_LOAD_ANOMALIES=off` turns anomaly detection off, which is on as in the server).
 
 #![allow(missing_docs)]
 
@@ -59,6 +60,10 @@ fn main() {
             .ok()
             .and_then(|size| recap::config::parse_bytes(&size))
             .unwrap_or(recap::store::DEFAULT_CACHE_BYTES),
+        anomaly: match std::env::var("RECAP_LOAD_ANOMALIES").as_deref() {
+            Ok("off") => recap::anomaly::AnomalySettings::off(),
+            _ => recap::anomaly::AnomalySettings::default(),
+        },
         ..StoreOptions::default()
     };
     let store = Store::open(dir.path(), options).expect("the store opens");

@@ -27,7 +27,9 @@
 //! episode: while the episode lasts, the events that extend it update the record (the next
 //! repeat: count, `last_ts`, message and payload; each one until the episode is at twice its
 //! threshold, then every [`UPDATE_EVERY`]th, so a storm costs few writes), through the same repeat and change
-//! machinery as any repeat, so history, the changelog, SSE and the context window see it. Each
+//! machinery as any repeat, so history, the changelog, SSE and the context window see it.
+//! Within one request (a batch of events) only the latest update is placed, at its end
+//! ([`Observer`]): the record ends as it would have event by event, revised once. Each
 //! anomaly record and update counts as one event of kind `anomaly` in the stream's totals (so
 //! `events` stays the sum of the stored repeat counts); the events clients posted are `events`
 //! less `kinds.anomaly`. Anomaly records never collapse and nothing collapses into them
@@ -67,33 +69,161 @@ pub struct Raised {
     pub episode: EpisodeRecord,
 }
 
-/// What a writer does after placing an event on a stream, whichever backend keeps it: resolves
-/// the stream's settings (`overrides` over the server's), forgets the detectors' state while
-/// detection is off (so turning it on again starts afresh), and otherwise runs [`detect`] with
-/// the state, made on the stream's first observed event. Both writers keep `detectors` and
-/// `overrides` in the stream's row, written in the commit of the event.
-pub fn observe(
-    detectors: &mut Option<Box<DetectorState>>,
-    overrides: Option<&AnomalyOverrides>,
-    server: AnomalySettings,
-    stream: &mut StreamState,
-    appended: &Appended,
-    ts: Timestamp,
-    first_stored: u64,
-) -> Vec<Raised> {
-    let settings = overrides.map_or(server, |overrides| server.with(overrides));
-    if !settings.enabled {
-        *detectors = None;
-        return Vec::new();
-    }
-    let state = detectors.get_or_insert_with(Box::default);
-    detect(state, &settings, stream, appended, ts, first_stored)
+/// Anomaly detection over the events of one request, as a writer runs it: a new episode's
+/// record is placed at once, where the event that opened it is, while the next versions of an
+/// open episode's record wait for the end of the request ([`Observer::finish`]) and only the
+/// latest is placed. An update takes no seq, so nothing moves; a batch that extends a loop by
+/// a hundred events revises its record once, with the latest count, rather than at every
+/// update point (an event at a time, as `detect` does, gives the same records as before).
+#[derive(Debug, Default)]
+pub struct Observer {
+    /// Per detector, the latest update of its episode's record not placed yet.
+    held: Vec<Held>,
 }
 
-/// Observes `event` (just placed in `stream` as `appended`) and places what the detectors find
-/// on `stream`: a new anomaly record per new episode, the next version of the record of an
-/// episode that goes on. `first_stored` is the oldest seq the stream still stores: an episode
-/// whose record retention removed starts a new one.
+/// An update of an open episode's record, waiting for the end of the request.
+#[derive(Debug)]
+struct Held {
+    detector: Detector,
+    /// The record as placed (the update builds on it).
+    episode: EpisodeRecord,
+    finding: Finding,
+    ts: Timestamp,
+}
+
+impl Observer {
+    /// What a writer does after placing an event on a stream, whichever backend keeps it:
+    /// resolves the stream's settings (`overrides` over the server's), forgets the detectors'
+    /// state while detection is off (so turning it on again starts afresh), and otherwise
+    /// observes the event with the state, made on the stream's first observed event. Returns
+    /// the records placed now (new episodes', and any held update they come after). Both
+    /// writers keep `detectors` and `overrides` in the stream's row, written in the commit of
+    /// the event.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe(
+        &mut self,
+        detectors: &mut Option<Box<DetectorState>>,
+        overrides: Option<&AnomalyOverrides>,
+        server: AnomalySettings,
+        stream: &mut StreamState,
+        appended: &Appended,
+        ts: Timestamp,
+        first_stored: u64,
+    ) -> Vec<Raised> {
+        let settings = overrides.map_or(server, |overrides| server.with(overrides));
+        if !settings.enabled {
+            *detectors = None;
+            self.held.clear();
+            return Vec::new();
+        }
+        let state = detectors.get_or_insert_with(Box::default);
+        self.detect(state, &settings, stream, appended, ts, first_stored)
+    }
+
+    /// Places the updates held back: the latest of each open episode's record, at the end of
+    /// the request.
+    pub fn finish(
+        self,
+        detectors: &mut Option<Box<DetectorState>>,
+        stream: &mut StreamState,
+        first_stored: u64,
+    ) -> Vec<Raised> {
+        match detectors {
+            Some(state) => self.place_held(state, stream, first_stored),
+            None => Vec::new(),
+        }
+    }
+
+    /// Observes `event` (just placed in `stream` as `appended`): places a new record per new
+    /// episode, after the updates held so far (so revisions follow the order the findings were
+    /// made in), and holds back the next versions of open episodes' records.
+    fn detect(
+        &mut self,
+        detectors: &mut DetectorState,
+        settings: &AnomalySettings,
+        stream: &mut StreamState,
+        appended: &Appended,
+        ts: Timestamp,
+        first_stored: u64,
+    ) -> Vec<Raised> {
+        let record = &appended.record;
+        let observed = Observed {
+            seq: record.seq,
+            ts,
+            kind: &record.kind,
+            severity: record.severity,
+            actor: record.actor.as_deref(),
+            message: &record.message,
+        };
+        let findings = detectors.observe(settings, observed);
+        // Sized to the findings (most events have none, and then nothing is allocated).
+        let mut placed = Vec::new();
+        for finding in findings {
+            let detector = finding.detector;
+            match detectors.record(detector) {
+                Some(episode) if episode.seq >= first_stored => {
+                    if !finding.updates_record() {
+                        continue;
+                    }
+                    self.hold(Held {
+                        detector,
+                        episode,
+                        finding,
+                        ts,
+                    });
+                }
+                _ => {
+                    let held = std::mem::take(&mut self.held);
+                    placed.extend(Observer { held }.place_held(detectors, stream, first_stored));
+                    let raised = raise(stream, finding, ts);
+                    detectors.set_record(detector, raised.episode);
+                    placed.push(raised);
+                }
+            }
+        }
+        placed
+    }
+
+    /// Holds an update back in place of the one held for its detector, keeping what the
+    /// updates in between would have left on the record: it escalates once any finding is
+    /// `error`, and its `last_ts` is the latest of their times (events may come out of order).
+    fn hold(&mut self, mut update: Held) {
+        if let Some(at) = self.held.iter().position(|h| h.detector == update.detector) {
+            let previous = self.held.remove(at);
+            update.finding.severity = update.finding.severity.max(previous.finding.severity);
+            update.ts = update.ts.max(previous.ts);
+        }
+        self.held.push(update);
+    }
+
+    fn place_held(
+        self,
+        detectors: &mut DetectorState,
+        stream: &mut StreamState,
+        first_stored: u64,
+    ) -> Vec<Raised> {
+        let mut placed = Vec::with_capacity(self.held.len());
+        for held in self.held {
+            // Retention may have removed the record since: the episode's next finding raises a
+            // new one.
+            if held.episode.seq < first_stored {
+                continue;
+            }
+            let raised = update(stream, held.episode, held.finding, held.ts);
+            // The episode may have ended since (and another begun): only its own record moves on.
+            if detectors.record(held.detector).map(|record| record.seq) == Some(held.episode.seq) {
+                detectors.set_record(held.detector, raised.episode);
+            }
+            placed.push(raised);
+        }
+        placed
+    }
+}
+
+/// Observes `event` (just placed in `stream` as `appended`) as a request of its own and places
+/// what the detectors find on `stream`: a new anomaly record per new episode, the next version
+/// of the record of an episode that goes on. `first_stored` is the oldest seq the stream still
+/// stores: an episode whose record retention removed starts a new one.
 pub fn detect(
     detectors: &mut DetectorState,
     settings: &AnomalySettings,
@@ -102,32 +232,9 @@ pub fn detect(
     ts: Timestamp,
     first_stored: u64,
 ) -> Vec<Raised> {
-    let record = &appended.record;
-    let observed = Observed {
-        seq: record.seq,
-        ts,
-        kind: &record.kind,
-        severity: record.severity,
-        actor: record.actor.as_deref(),
-        message: &record.message,
-    };
-    let findings = detectors.observe(settings, observed);
-    // Sized to the findings (most events have none, and then nothing is allocated).
-    let mut placed = Vec::with_capacity(findings.len());
-    for finding in findings {
-        let detector = finding.detector;
-        let raised = match detectors.record(detector) {
-            Some(episode) if episode.seq >= first_stored => {
-                if !finding.updates_record() {
-                    continue;
-                }
-                update(stream, episode, finding, ts)
-            }
-            _ => raise(stream, finding, ts),
-        };
-        detectors.set_record(detector, raised.episode);
-        placed.push(raised);
-    }
+    let mut observer = Observer::default();
+    let mut placed = observer.detect(detectors, settings, stream, appended, ts, first_stored);
+    placed.extend(observer.place_held(detectors, stream, first_stored));
     placed
 }
 
@@ -304,7 +411,95 @@ mod tests {
         );
     }
 
+    /// Replays `events` as requests of the sizes `requests` gives in turn (the rest in requests
+    /// of one), as a writer observes them: one [`Observer`] per request.
+    fn replay_requests(events: &[(u8, u8, i64)], requests: &[usize]) -> StreamState {
+        let settings = AnomalySettings::default();
+        let mut stream = StreamState::new(CollapsePolicy::default(), TailCapacity::default());
+        let mut detectors = None;
+        let mut at = parse_timestamp("2024-05-01T10:00:00Z").unwrap();
+        let mut sizes = requests.iter().copied().chain(std::iter::repeat(1));
+        let mut rest = events;
+        while !rest.is_empty() {
+            let size = sizes.next().unwrap().clamp(1, rest.len());
+            let (request, after) = rest.split_at(size);
+            rest = after;
+            let mut observer = Observer::default();
+            for &(class, which, gap) in request {
+                at += TimeDelta::seconds(gap);
+                let appended = stream.append(event_of(class, which), at);
+                observer.observe(
+                    &mut detectors,
+                    None,
+                    settings,
+                    &mut stream,
+                    &appended,
+                    at,
+                    1,
+                );
+            }
+            observer.finish(&mut detectors, &mut stream, 1);
+        }
+        stream
+    }
+
+    /// A loop posted in one request is raised where it began and updated once, at the end of
+    /// the request, with what its last update point says: 40 clicks are raised at 3 and updated
+    /// once, saying 38.
+    #[test]
+    fn a_request_updates_its_episode_record_once() {
+        let clicks = vec![(0u8, 0u8, 1i64); 40];
+        let stream = replay_requests(&clicks, &[40]);
+        let anomalies: Vec<&Record> = stream
+            .records()
+            .filter(|r| r.kind.as_str() == ANOMALY_KIND)
+            .collect();
+        assert_eq!(anomalies.len(), 1);
+        let record = anomalies[0];
+        assert_eq!((record.seq, record.repeat_count), (2, 2));
+        assert_eq!(record.severity, Severity::Error);
+        assert!(
+            record.message.starts_with("the last 38 actions repeat"),
+            "{}",
+            record.message
+        );
+    }
+
     proptest! {
+        /// However events are grouped into requests, detection places the same anomaly records
+        /// at the same seqs, and each ends as it would an event at a time (message, payload,
+        /// severity, times); only how often it was revised (its repeat count) differs. Every
+        /// other record is the same.
+        #[test]
+        fn requests_place_what_single_events_place(
+            events in events(),
+            requests in prop::collection::vec(1usize..40, 0..8),
+        ) {
+            let single = replay_requests(&events, &[]);
+            let (kept, _) = replay(&events, false);
+            let batched = replay_requests(&events, &requests);
+            // Event at a time through the observer is what `detect` does.
+            let records = |s: &StreamState| s.records().cloned().collect::<Vec<_>>();
+            prop_assert_eq!(records(&single), records(&kept));
+            let without_counts = |s: &StreamState| {
+                s.records()
+                    .map(|r| {
+                        let mut r = r.clone();
+                        if r.kind.as_str() == ANOMALY_KIND {
+                            prop_assert!(r.repeat_count >= 1);
+                            r.repeat_count = 0;
+                        }
+                        r.revision = 0;
+                        Ok(r)
+                    })
+                    .collect::<Result<Vec<_>, TestCaseError>>()
+            };
+            prop_assert_eq!(without_counts(&batched)?, without_counts(&single)?);
+            for (batched, single) in batched.records().zip(single.records()) {
+                prop_assert!(batched.repeat_count <= single.repeat_count);
+            }
+        }
+
         /// The same events give the same records, whether the detectors' state stayed in
         /// memory or went through the stream's metadata after every event.
         #[test]

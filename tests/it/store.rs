@@ -196,8 +196,10 @@ fn appends_collapse_and_read_back() {
 #[test]
 fn a_record_written_again_in_one_batch_is_stored_at_its_latest_version() {
     let dir = tempfile::tempdir().unwrap();
-    // Anomaly detection on, as in the server: the 40 calls are a `repeat` episode whose
-    // record is raised and then updated five times within the batch.
+    // The 40 calls collapse into one record, rewritten 39 times within the batch. Anomaly
+    // detection is on, as in the server: they are also a `repeat` episode whose record is
+    // raised at the third call and updated once, at the end of the request, with what its
+    // latest update point (the 38th call) says.
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let stream = name("agent-1");
     let calls: Vec<Event> = (0..40)
@@ -210,7 +212,7 @@ fn a_record_written_again_in_one_batch_is_stored_at_its_latest_version() {
         .iter()
         .map(|record| (record.kind.as_str(), record.repeat_count))
         .collect();
-    assert_eq!(summary, [("tool", 40), ("anomaly", 6), ("llm", 1)]);
+    assert_eq!(summary, [("tool", 40), ("anomaly", 2), ("llm", 1)]);
     assert!(before[1].message.starts_with("the last 38 actions repeat"));
     store.close().unwrap();
 

@@ -210,18 +210,19 @@ impl Shadow {
     }
 
     /// Runs the anomaly detectors on an event just placed (`appended`, at `ts`; see
-    /// [`anomaly::observe`], which the redb writer runs too) and places what they raise: new
-    /// anomaly records, and the next versions of open episodes' records as repeats. In the
-    /// batch of the event, so in its commit.
+    /// [`anomaly::Observer`], which the redb writer runs too) and places what they raise now:
+    /// new anomaly records, and updates held back before them. In the batch of the event, so in
+    /// its commit.
     fn observe(
         &mut self,
+        observer: &mut anomaly::Observer,
         tail: TailCapacity,
         server: anomaly::AnomalySettings,
         appended: &Appended,
         ts: Timestamp,
         writes: &mut Writes,
     ) {
-        let raised = anomaly::observe(
+        let raised = observer.observe(
             &mut self.detectors,
             self.anomalies.as_ref(),
             server,
@@ -230,6 +231,26 @@ impl Shadow {
             ts,
             self.first_seq,
         );
+        self.place_anomalies(tail, raised, writes);
+    }
+
+    /// Places the next versions of open episodes' records held back until the end of a request.
+    fn finish_observing(
+        &mut self,
+        observer: anomaly::Observer,
+        tail: TailCapacity,
+        writes: &mut Writes,
+    ) {
+        let raised = observer.finish(&mut self.detectors, &mut self.state, self.first_seq);
+        self.place_anomalies(tail, raised, writes);
+    }
+
+    fn place_anomalies(
+        &mut self,
+        tail: TailCapacity,
+        raised: Vec<anomaly::Raised>,
+        writes: &mut Writes,
+    ) {
         for raised in raised {
             // A new record, or a revised one (`collapsed`): logged as any record or repeat.
             self.placed(tail, &raised.appended);
@@ -754,14 +775,17 @@ impl Writer {
             } => {
                 let shadow = batch.get_mut(&stream).expect("created above");
                 let mut results = Vec::with_capacity(events.len());
+                let mut observer = anomaly::Observer::default();
                 for event in events {
                     let ts = at_micros(event.ts.unwrap_or(now));
                     let (appended, _) = shadow.state.append_shared(event, ts);
                     shadow.placed(tail, &appended);
                     writes.appended(shadow.id, &appended);
-                    shadow.observe(tail, self.options.anomaly, &appended, ts, writes);
+                    let server = self.options.anomaly;
+                    shadow.observe(&mut observer, tail, server, &appended, ts, writes);
                     results.push(appended);
                 }
+                shadow.finish_observing(observer, tail, writes);
                 Ok(Outcome::Appended(results))
             }
             Op::Import { stream, records } => {
@@ -824,7 +848,10 @@ impl Writer {
                 let (appended, _) = shadow.state.append_shared(note_event(text, note.id), now);
                 shadow.placed(tail, &appended);
                 writes.appended(shadow.id, &appended);
-                shadow.observe(tail, self.options.anomaly, &appended, now, writes);
+                let mut observer = anomaly::Observer::default();
+                let server = self.options.anomaly;
+                shadow.observe(&mut observer, tail, server, &appended, now, writes);
+                shadow.finish_observing(observer, tail, writes);
                 Ok(Outcome::Note(note))
             }
             Op::DeleteNote { stream, id } => {

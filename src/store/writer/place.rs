@@ -115,6 +115,7 @@ impl Writer {
                 let target = self.stream_for_write(&stream, work)?;
                 let mut results = Vec::with_capacity(events.len());
                 let mut failure = None;
+                let mut observer = anomaly::Observer::default();
                 for event in events {
                     let ts = at_micros(event.ts.unwrap_or(now));
                     let (appended, cached) = target.shadow.append_shared(event, ts);
@@ -130,13 +131,26 @@ impl Writer {
                         target.slot.clone(),
                         Update::Adopt(cached, origin),
                     ));
-                    if let Err(error) =
-                        place_anomalies(target, rows, &db, tail, anomaly, &appended, ts, work)
-                    {
+                    if let Err(error) = place_anomalies(
+                        &mut observer,
+                        target,
+                        rows,
+                        &db,
+                        tail,
+                        anomaly,
+                        &appended,
+                        ts,
+                        work,
+                    ) {
                         failure = Some(error);
                         break;
                     }
                     results.push(appended);
+                }
+                if failure.is_none()
+                    && let Err(error) = finish_anomalies(observer, target, rows, &db, tail, work)
+                {
+                    failure = Some(error);
                 }
                 let over = needs_maintenance(target, default_retention, changelog_keep);
                 work.answers.push(Answer::Appended(reply, results));
@@ -251,7 +265,19 @@ impl Writer {
                     target.slot.clone(),
                     Update::Adopt(cached, origin),
                 ));
-                place_anomalies(target, rows, &db, tail, anomaly, &appended, now, work)?;
+                let mut observer = anomaly::Observer::default();
+                place_anomalies(
+                    &mut observer,
+                    target,
+                    rows,
+                    &db,
+                    tail,
+                    anomaly,
+                    &appended,
+                    now,
+                    work,
+                )?;
+                finish_anomalies(observer, target, rows, &db, tail, work)?;
                 let over = needs_maintenance(target, default_retention, changelog_keep);
                 if expires_at.is_some() || over {
                     self.dirty.insert(stream);
@@ -386,6 +412,7 @@ pub(super) fn stream_meta(stream: &WriterStream) -> StreamMeta {
 /// [`crate::anomaly`]). In the same batch, so in the same commit, as the event.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn place_anomalies(
+    observer: &mut anomaly::Observer,
     target: &mut WriterStream,
     rows: &mut Rows,
     db: &Database,
@@ -395,7 +422,7 @@ pub(super) fn place_anomalies(
     ts: Timestamp,
     work: &mut Work,
 ) -> Result<(), StoreError> {
-    let raised = anomaly::observe(
+    let raised = observer.observe(
         &mut target.detectors,
         target.anomalies.as_ref(),
         server,
@@ -404,6 +431,32 @@ pub(super) fn place_anomalies(
         ts,
         target.first_seq,
     );
+    store_anomalies(target, rows, db, tail, raised, work)
+}
+
+/// Places the anomaly updates `observer` held back until the end of a request.
+pub(super) fn finish_anomalies(
+    observer: anomaly::Observer,
+    target: &mut WriterStream,
+    rows: &mut Rows,
+    db: &Database,
+    tail: TailCapacity,
+    work: &mut Work,
+) -> Result<(), StoreError> {
+    let raised = observer.finish(&mut target.detectors, &mut target.shadow, target.first_seq);
+    store_anomalies(target, rows, db, tail, raised, work)
+}
+
+/// Encodes anomaly records the detectors placed on the shadow, and has the live state adopt
+/// them.
+fn store_anomalies(
+    target: &mut WriterStream,
+    rows: &mut Rows,
+    db: &Database,
+    tail: TailCapacity,
+    raised: Vec<anomaly::Raised>,
+    work: &mut Work,
+) -> Result<(), StoreError> {
     for raised in raised {
         match raised.origin {
             Origin::Revised { escalated, .. } => {
