@@ -243,6 +243,61 @@ pub struct Collapser {
     next_seq: u64,
     /// Newest last; at most `policy.lookback` entries.
     recent: VecDeque<RecentRecord>,
+    /// The digests in `recent`, counted by a few of their bits, once it is long enough for a
+    /// scan to cost more than a look-up.
+    counts: Option<DigestCounts>,
+}
+
+/// Recent records from which on a placement looks in [`DigestCounts`] before scanning.
+const COUNTED_FROM: usize = 32;
+/// Buckets of [`DigestCounts`]: with the default lookback of 128, about one in five events
+/// that matches nothing still scans.
+const DIGEST_BUCKETS: usize = 512;
+
+/// How many of the recent records' digests (both kinds) fall in each of [`DIGEST_BUCKETS`]
+/// buckets. An event whose digest's bucket is empty matches no recent record, so the scan of
+/// the lookback, linear in it, is skipped: most events of traffic that does not repeat. A
+/// count that reaches 255 stays there (it only means "scan").
+#[derive(Clone, Debug)]
+struct DigestCounts(Box<[u8; DIGEST_BUCKETS]>);
+
+impl DigestCounts {
+    fn of<'a>(recent: impl IntoIterator<Item = &'a RecentRecord>) -> DigestCounts {
+        let mut counts = DigestCounts(Box::new([0; DIGEST_BUCKETS]));
+        for record in recent {
+            counts.add(record);
+        }
+        counts
+    }
+
+    /// The bucket of a digest: bits of its keyed half, which clients cannot aim at.
+    fn bucket(digest: Digest) -> usize {
+        (digest.1 as usize) & (DIGEST_BUCKETS - 1)
+    }
+
+    fn may_hold(&self, digest: Digest) -> bool {
+        self.0[Self::bucket(digest)] != 0
+    }
+
+    fn count(&mut self, digest: Option<Digest>, add: bool) {
+        let Some(digest) = digest else { return };
+        let count = &mut self.0[Self::bucket(digest)];
+        *count = match (add, *count) {
+            (_, u8::MAX) => u8::MAX,
+            (true, count) => count + 1,
+            (false, count) => count.saturating_sub(1),
+        };
+    }
+
+    fn add(&mut self, record: &RecentRecord) {
+        self.count(record.digest, true);
+        self.count(record.latest, true);
+    }
+
+    fn remove(&mut self, record: &RecentRecord) {
+        self.count(record.digest, false);
+        self.count(record.latest, false);
+    }
 }
 
 impl Collapser {
@@ -274,12 +329,22 @@ impl Collapser {
                         .then(|| digest(CollapseMode::Exact)),
                 }
             })
-            .collect();
+            .collect::<VecDeque<_>>();
+        let counts = (recent.len() >= COUNTED_FROM).then(|| DigestCounts::of(&recent));
         Collapser {
             policy,
             next_seq,
             recent,
+            counts,
         }
+    }
+
+    /// Whether a recent record may have `digest` (its own or its latest message's); `false`
+    /// means none has.
+    fn may_hold(&self, digest: Digest) -> bool {
+        self.counts
+            .as_ref()
+            .is_none_or(|counts| counts.may_hold(digest))
     }
 
     /// The policy in force.
@@ -298,7 +363,7 @@ impl Collapser {
         let within = |recent: &RecentRecord| (ts - recent.last_ts).abs() <= window;
         let exact = Fingerprint::of_event(CollapseMode::Exact, event).digest();
         let template_mode = self.policy.mode == CollapseMode::Template;
-        if template_mode {
+        if template_mode && self.may_hold(exact) {
             // A record whose latest message is this very text is a repeat without masking.
             let same_text = self
                 .recent
@@ -315,15 +380,22 @@ impl Collapser {
         } else {
             exact
         };
-        let matched = self
-            .recent
-            .iter_mut()
-            .rev()
-            .find(|recent| recent.digest == Some(digest) && within(recent));
+        let matched = match self.may_hold(digest) {
+            true => self
+                .recent
+                .iter_mut()
+                .rev()
+                .find(|recent| recent.digest == Some(digest) && within(recent)),
+            false => None,
+        };
         if let Some(recent) = matched {
             recent.last_ts = recent.last_ts.max(ts);
             if template_mode {
                 // The record shows the latest message from now on.
+                if let Some(counts) = &mut self.counts {
+                    counts.count(recent.latest, false);
+                    counts.count(Some(exact), true);
+                }
                 recent.latest = Some(exact);
             }
             return Placement::Repeat { seq: recent.seq };
@@ -356,11 +428,20 @@ impl Collapser {
     /// Forgets a record (it was deleted), so nothing collapses into it any more.
     pub fn forget(&mut self, seq: u64) {
         self.recent.retain(|recent| recent.seq != seq);
+        self.recount();
     }
 
     /// Forgets every record with seq up to `seq` (retention removed them).
     pub fn forget_through(&mut self, seq: u64) {
         self.recent.retain(|recent| recent.seq > seq);
+        self.recount();
+    }
+
+    /// Counts the digests again after records left the lookback other than at its front.
+    fn recount(&mut self) {
+        if self.counts.is_some() {
+            self.counts = Some(DigestCounts::of(&self.recent));
+        }
     }
 
     /// Places `event` as a new record whatever the recent records are (an import keeps the
@@ -382,6 +463,7 @@ impl Collapser {
     /// Bytes the collapser holds beyond its own size (for the store's cache budget).
     pub fn held_bytes(&self) -> usize {
         self.recent.capacity() * std::mem::size_of::<RecentRecord>()
+            + self.counts.as_ref().map_or(0, |_| DIGEST_BUCKETS)
     }
 
     /// Makes a new record a collapse target, dropping the oldest beyond the lookback.
@@ -389,8 +471,19 @@ impl Collapser {
         if self.policy.lookback == 0 {
             return;
         }
-        if self.recent.len() == self.policy.lookback {
-            self.recent.pop_front();
+        if self.recent.len() == self.policy.lookback
+            && let Some(oldest) = self.recent.pop_front()
+            && let Some(counts) = &mut self.counts
+        {
+            counts.remove(&oldest);
+        }
+        match &mut self.counts {
+            Some(counts) => counts.add(&recent),
+            None if self.recent.len() + 1 >= COUNTED_FROM => {
+                self.counts = Some(DigestCounts::of(&self.recent));
+                self.counts.as_mut().expect("just made").add(&recent);
+            }
+            None => {}
         }
         self.recent.push_back(recent);
     }
@@ -784,7 +877,89 @@ mod tests {
             })
     }
 
+    /// The placement rule as a plain scan of the newest records, without [`DigestCounts`].
+    struct ScanModel {
+        policy: CollapsePolicy,
+        next_seq: u64,
+        /// `(seq, last_ts, digest, latest)`, newest last.
+        recent: VecDeque<(u64, Timestamp, Digest, Option<Digest>)>,
+    }
+
+    impl ScanModel {
+        fn place(&mut self, event: &Event, ts: Timestamp) -> Placement {
+            let template = self.policy.mode == CollapseMode::Template;
+            let exact = Fingerprint::of_event(CollapseMode::Exact, event).digest();
+            let digest = Fingerprint::of_event(self.policy.mode, event).digest();
+            let window = self.policy.window;
+            let within = |last: Timestamp| (ts - last).abs() <= window;
+            let found = self
+                .recent
+                .iter_mut()
+                .rev()
+                .find(|r| template && r.3 == Some(exact) && within(r.1));
+            let found = match found {
+                Some(found) => Some(found),
+                None => self
+                    .recent
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.2 == digest && within(r.1)),
+            };
+            if let Some(record) = found {
+                record.1 = record.1.max(ts);
+                if template {
+                    record.3 = Some(exact);
+                }
+                return Placement::Repeat { seq: record.0 };
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            if self.recent.len() == self.policy.lookback {
+                self.recent.pop_front();
+            }
+            self.recent
+                .push_back((seq, ts, digest, template.then_some(exact)));
+            Placement::New { seq }
+        }
+    }
+
     proptest! {
+        /// With a lookback long enough for the digest counts to be kept, every event lands
+        /// where a plain scan of the newest records puts it, across records forgotten: the
+        /// counts only skip scans that find nothing.
+        #[test]
+        fn counted_lookback_places_as_a_scan_does(
+            events in prop::collection::vec((arb_event(), prop::option::of(0u16..400)), 0..400),
+            template_mode in any::<bool>(),
+            lookback in 24usize..72,
+            forget_at in prop::option::of(0usize..400),
+        ) {
+            let policy = CollapsePolicy {
+                mode: if template_mode { CollapseMode::Template } else { CollapseMode::Exact },
+                window: DEFAULT_COLLAPSE_WINDOW,
+                lookback,
+            };
+            let mut collapser = Collapser::new(policy);
+            let mut model = ScanModel { policy, next_seq: 1, recent: VecDeque::new() };
+            let mut clock = 0;
+            for (index, ((mut event, gap), word)) in events.into_iter().enumerate() {
+                // Many distinct messages (letters, so that masking keeps them apart), so that
+                // most buckets stay empty.
+                if let Some(word) = word {
+                    let letters: String =
+                        word.to_string().bytes().map(|d| char::from(d - b'0' + b'a')).collect();
+                    event.message = format!("item {letters}");
+                }
+                if forget_at == Some(index) {
+                    let through = model.next_seq / 2;
+                    collapser.forget_through(through);
+                    model.recent.retain(|r| r.0 > through);
+                }
+                clock += gap / 8;
+                prop_assert_eq!(collapser.place(&event, ts(clock)), model.place(&event, ts(clock)));
+            }
+        }
+
         /// Collapse preserves the total count: every accepted event is in exactly one record.
         #[test]
         fn collapse_preserves_total_count(
