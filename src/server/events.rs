@@ -152,8 +152,7 @@ pub(super) fn parse_events(
     limits: &EventLimits,
 ) -> Result<Vec<Event>, ApiError> {
     parse_batch(bytes, framing, |json| {
-        check_syntax(json)
-            .and_then(|()| EventInput::from_json(json.as_bytes()))
+        EventInput::from_json(json.as_bytes())
             .and_then(|input| input.validate(limits))
             .and_then(Event::check_not_audit)
     })
@@ -166,13 +165,13 @@ pub(super) fn parse_records(
     limits: &EventLimits,
 ) -> Result<Vec<ImportedRecord>, ApiError> {
     parse_batch(bytes, framing, |json| {
-        check_syntax(json)?;
         jsonl::parse_record_text(json, limits)
     })
 }
 
 /// Splits a body into items by its framing (NDJSON lines, a JSON array, or one object) and
-/// parses each; the first bad item fails the whole body, named by its index (and line).
+/// parses each; the first bad item fails the whole body, named by its index (and line). Each
+/// item's JSON syntax is checked before `parse` sees it (an array's, once for the whole body).
 fn parse_batch<T>(
     bytes: &[u8],
     framing: Framing,
@@ -183,7 +182,9 @@ fn parse_batch<T>(
         Framing::Ndjson => ndjson_lines(text)
             .enumerate()
             .map(|(index, (line_number, line))| {
-                parse(line).map_err(|error| ApiError::in_batch(error, index, Some(line_number)))
+                check_syntax(line)
+                    .and_then(|()| parse(line))
+                    .map_err(|error| ApiError::in_batch(error, index, Some(line_number)))
             })
             .collect(),
         Framing::Json => match first_byte(text) {
@@ -195,7 +196,11 @@ fn parse_batch<T>(
                     parse(raw.get()).map_err(|error| ApiError::in_batch(error, index, None))
                 })
                 .collect(),
-            Some(_) => Ok(vec![parse(text).map_err(ApiError::from)?]),
+            Some(_) => Ok(vec![
+                check_syntax(text)
+                    .and_then(|()| parse(text))
+                    .map_err(ApiError::from)?,
+            ]),
         },
     }
 }
