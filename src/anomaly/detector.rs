@@ -153,6 +153,18 @@ impl Episode {
     /// Names `seq` among the seqs involved: distinct, ascending, the newest
     /// [`MAX_NAMED_SEQS`] (repeats land in older records, so seqs may come back).
     fn involve(&mut self, seq: u64) {
+        match self.seqs.last() {
+            Some(&last) if last == seq => return,
+            // The common case, an episode going on: the newest seq yet, named last without a
+            // search, and the oldest dropped by shifting in place.
+            Some(&last) if last < seq && self.seqs.len() >= MAX_NAMED_SEQS => {
+                self.seqs.copy_within(1.., 0);
+                let newest = self.seqs.len() - 1;
+                self.seqs[newest] = seq;
+                return;
+            }
+            _ => {}
+        }
         if let Err(at) = self.seqs.binary_search(&seq) {
             self.seqs.insert(at, seq);
             if self.seqs.len() > MAX_NAMED_SEQS {
@@ -268,7 +280,10 @@ impl DetectorState {
     }
 
     fn close(&mut self, detector: Detector) {
-        self.open.retain(|e| e.detector != detector);
+        // Most events close nothing (there is at most one episode per detector): look first.
+        if let Some(at) = self.open.iter().position(|e| e.detector == detector) {
+            self.open.remove(at);
+        }
     }
 
     /// The open episode of `detector`, opened at `first_seq` if there was none.
@@ -350,12 +365,13 @@ impl DetectorState {
             let actions = self.alternation[index] + period as u64;
             let cycles = actions / period as u64;
             let len = self.actions.len();
-            let distinct = self
-                .actions
-                .range(len.saturating_sub(period)..)
-                .any(|action| action.key != key);
-            (threshold > 0 && cycles >= threshold && distinct && len >= period)
-                .then_some((period, actions, cycles))
+            if threshold == 0 || cycles < threshold || len < period {
+                return None;
+            }
+            // Distinct: one of the cycle's other actions (the newest is `key`) is another.
+            // Checked last, by index: in a repeat, the counts pass and this fails.
+            let distinct = (len - period..len - 1).any(|at| self.actions[at].key != key);
+            distinct.then_some((period, actions, cycles))
         });
         match cycling {
             Some((period, actions, cycles)) => {
