@@ -129,7 +129,7 @@ impl Observer {
         first_stored: u64,
     ) -> Vec<Raised> {
         match detectors {
-            Some(state) => self.place_held(state, stream, first_stored),
+            Some(state) => place_held(self.held, state, stream, first_stored),
             None => Vec::new(),
         }
     }
@@ -156,7 +156,7 @@ impl Observer {
             message: &record.message,
         };
         let findings = detectors.observe(settings, observed);
-        // Sized to the findings (most events have none, and then nothing is allocated).
+        // Most events find nothing, and then nothing is allocated.
         let mut placed = Vec::new();
         for finding in findings {
             let detector = finding.detector;
@@ -174,7 +174,7 @@ impl Observer {
                 }
                 _ => {
                     let held = std::mem::take(&mut self.held);
-                    placed.extend(Observer { held }.place_held(detectors, stream, first_stored));
+                    placed.extend(place_held(held, detectors, stream, first_stored));
                     let raised = raise(stream, finding, ts);
                     detectors.set_record(detector, raised.episode);
                     placed.push(raised);
@@ -195,29 +195,30 @@ impl Observer {
         }
         self.held.push(update);
     }
+}
 
-    fn place_held(
-        self,
-        detectors: &mut DetectorState,
-        stream: &mut StreamState,
-        first_stored: u64,
-    ) -> Vec<Raised> {
-        let mut placed = Vec::with_capacity(self.held.len());
-        for held in self.held {
-            // Retention may have removed the record since: the episode's next finding raises a
-            // new one.
-            if held.episode.seq < first_stored {
-                continue;
-            }
-            let raised = update(stream, held.episode, held.finding, held.ts);
-            // The episode may have ended since (and another begun): only its own record moves on.
-            if detectors.record(held.detector).map(|record| record.seq) == Some(held.episode.seq) {
-                detectors.set_record(held.detector, raised.episode);
-            }
-            placed.push(raised);
+/// Places held updates: each open episode's record at its latest version.
+fn place_held(
+    held: Vec<Held>,
+    detectors: &mut DetectorState,
+    stream: &mut StreamState,
+    first_stored: u64,
+) -> Vec<Raised> {
+    let mut placed = Vec::with_capacity(held.len());
+    for held in held {
+        // Retention may have removed the record since: the episode's next finding raises a
+        // new one.
+        if held.episode.seq < first_stored {
+            continue;
         }
-        placed
+        let raised = update(stream, held.episode, held.finding, held.ts);
+        // The episode may have ended since (and another begun): only its own record moves on.
+        if detectors.record(held.detector).map(|record| record.seq) == Some(held.episode.seq) {
+            detectors.set_record(held.detector, raised.episode);
+        }
+        placed.push(raised);
     }
+    placed
 }
 
 /// Observes `event` (just placed in `stream` as `appended`) as a request of its own and places
@@ -234,7 +235,7 @@ pub fn detect(
 ) -> Vec<Raised> {
     let mut observer = Observer::default();
     let mut placed = observer.detect(detectors, settings, stream, appended, ts, first_stored);
-    placed.extend(observer.place_held(detectors, stream, first_stored));
+    placed.extend(place_held(observer.held, detectors, stream, first_stored));
     placed
 }
 
