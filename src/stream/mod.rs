@@ -780,6 +780,15 @@ impl StreamState {
         self.notes.iter().map(|n| n.note())
     }
 
+    /// The ids of up to `limit` notes expired at `now`, oldest first: what maintenance removes.
+    pub fn expired_note_ids(&self, now: Timestamp, limit: usize) -> Vec<u64> {
+        self.notes()
+            .filter(|note| !note.is_live(now))
+            .map(|note| note.id)
+            .take(limit)
+            .collect()
+    }
+
     /// The id the next note will get.
     pub fn next_note_id(&self) -> u64 {
         self.next_note_id

@@ -16,13 +16,7 @@ pub(super) fn maintain_stream(
 ) -> Result<bool, StoreError> {
     let id = target.slot.id;
     // Notes past their expiry: each deletion is a change with its own revision.
-    let expired: Vec<u64> = target
-        .shadow
-        .notes()
-        .filter(|note| !note.is_live(now))
-        .map(|note| note.id)
-        .take(*budget)
-        .collect();
+    let expired = target.shadow.expired_note_ids(now, *budget);
     let mut rows = Rows::default();
     for note_id in expired {
         remove_note(target, &mut rows, note_id, work);

@@ -257,13 +257,7 @@ impl Writer {
     ) -> Result<bool, BatchError> {
         let id = shadow.id;
         // Notes past their expiry: each deletion is a change with its own revision.
-        let expired: Vec<u64> = shadow
-            .state
-            .notes()
-            .filter(|note| !note.is_live(now))
-            .map(|note| note.id)
-            .take(*budget)
-            .collect();
+        let expired = shadow.state.expired_note_ids(now, *budget);
         for note_id in expired {
             shadow.state.remove_note(note_id);
             writes.notes_removed.push((id, note_id));
