@@ -181,8 +181,8 @@ impl<'a> Fingerprint<'a> {
     /// digests would need a collision of a hash whose key a client cannot know.
     fn digest(&self) -> Digest {
         use std::hash::BuildHasher;
-        static KEYED: OnceLock<std::hash::RandomState> = OnceLock::new();
-        let keyed = KEYED.get_or_init(std::hash::RandomState::new);
+        static KEYED: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
+        let keyed = KEYED.get_or_init(foldhash::quality::RandomState::default);
         (
             rustc_hash::FxBuildHasher.hash_one(self),
             keyed.hash_one(self),
