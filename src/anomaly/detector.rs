@@ -85,21 +85,38 @@ pub struct Observed<'a> {
 }
 
 /// What a detector says about the event just observed: its episode is open, and this is what
-/// the anomaly record should now say.
+/// the anomaly record should now say. The record's text is written from it only when the record
+/// is placed ([`Finding::message`], [`Finding::payload`]): a request places only the last
+/// update of an episode it extends, so most findings of a long loop are never written out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Finding {
     /// Which detector.
     pub detector: Detector,
-    /// The record's message, for a model to read.
-    pub message: String,
-    /// `{"detector", "count", "threshold", "first_seq", "seqs", ...}`.
-    pub payload: Payload,
     /// `warning`, or `error` once the episode reached twice its threshold.
     pub severity: Severity,
     /// How far the episode has come (actions, cycles, recurrences, silences).
     pub count: u64,
     /// The threshold it passed.
     pub threshold: u64,
+    /// Where the episode began.
+    first_seq: u64,
+    /// The newest seqs involved, as the episode named them at this finding.
+    seqs: Vec<u64>,
+    /// What the message quotes.
+    said: Said,
+}
+
+/// What a finding's message quotes, kept as it was when the finding was made.
+#[derive(Clone, Debug, PartialEq)]
+enum Said {
+    /// The action repeated.
+    Repeat(Arc<str>),
+    /// The cycle's actions, oldest first, and how many of the newest actions cycle.
+    Oscillation { cycle: Vec<Arc<str>>, actions: u64 },
+    /// The error that recurs.
+    RecurringError(Arc<str>),
+    /// The silence, and the seq of the event that ended it.
+    Stall { gap: TimeDelta, seq: u64 },
 }
 
 /// Once an episode is at twice its threshold, its record is updated every this many counts
@@ -108,6 +125,57 @@ pub struct Finding {
 pub const UPDATE_EVERY: u64 = 16;
 
 impl Finding {
+    /// The record's message, for a model to read.
+    pub fn message(&self) -> String {
+        let count = self.count;
+        match &self.said {
+            Said::Repeat(text) => {
+                format!("the last {count} actions repeat `{text}`: likely a loop")
+            }
+            Said::Oscillation { cycle, actions } => match cycle.as_slice() {
+                [a, b] => format!(
+                    "the last {actions} actions alternate between `{a}` and `{b}`: likely going back and forth without progress"
+                ),
+                [a, b, c] => format!(
+                    "the last {actions} actions cycle through `{a}`, `{b}` and `{c}`: likely a loop"
+                ),
+                _ => unreachable!("periods are 2 and 3"),
+            },
+            Said::RecurringError(text) => format!(
+                "the error `{text}` came back {count} times, each within {RECURRENCE_SPAN_EVENTS} events of the last: retrying the same way is not helping"
+            ),
+            Said::Stall { gap, seq } => {
+                let said = duration_text(*gap);
+                if count == 1 {
+                    format!(
+                        "no events for {said} before seq {seq}: the agent may have stalled (waiting on something that never answered?)"
+                    )
+                } else {
+                    format!(
+                        "{count} long silences in a row, the latest {said} before seq {seq}: the agent keeps stalling"
+                    )
+                }
+            }
+        }
+    }
+
+    /// The record's payload: `{"detector", "count", "threshold", "first_seq", "seqs", ...}`.
+    pub fn payload(&self) -> Payload {
+        let extra = match &self.said {
+            Said::Oscillation { cycle, .. } => Extra::Period(cycle.len()),
+            Said::Stall { gap, .. } => Extra::GapSeconds(gap.num_seconds()),
+            Said::Repeat(_) | Said::RecurringError(_) => Extra::Nothing,
+        };
+        Payload::from_fields(&FindingPayload::new(
+            self.detector,
+            self.count,
+            self.threshold,
+            self.first_seq,
+            &self.seqs,
+            extra,
+        ))
+    }
+
     /// Whether the record of an episode already raised takes this finding: every one until the
     /// episode is at twice its threshold, then every [`UPDATE_EVERY`]th.
     pub fn updates_record(&self) -> bool {
@@ -342,17 +410,12 @@ impl DetectorState {
             let episode = self.open(Detector::Repeat, first_seq.unwrap_or(event.seq));
             episode.involve(event.seq);
             if !self.holds_back(Detector::Repeat, self.run, threshold) {
-                let text = &self.actions[self.actions.len() - 1].text;
-                let message = format!(
-                    "the last {} actions repeat `{text}`: likely a loop",
-                    self.run
-                );
+                let text = Arc::clone(&self.actions[self.actions.len() - 1].text);
                 findings.push(self.finding(
                     Detector::Repeat,
-                    message,
                     self.run,
                     threshold,
-                    Extra::Nothing,
+                    Said::Repeat(text),
                 ));
             }
         } else {
@@ -382,27 +445,13 @@ impl DetectorState {
                     return;
                 }
                 let len = self.actions.len();
-                let texts: Vec<String> = self
+                let cycle = self
                     .actions
                     .range(len - period..)
-                    .map(|action| format!("`{}`", action.text))
+                    .map(|action| Arc::clone(&action.text))
                     .collect();
-                let message = match texts.as_slice() {
-                    [a, b] => format!(
-                        "the last {actions} actions alternate between {a} and {b}: likely going back and forth without progress"
-                    ),
-                    [a, b, c] => format!(
-                        "the last {actions} actions cycle through {a}, {b} and {c}: likely a loop"
-                    ),
-                    _ => unreachable!("periods are 2 and 3"),
-                };
-                findings.push(self.finding(
-                    Detector::Oscillation,
-                    message,
-                    cycles,
-                    threshold,
-                    Extra::Period(period),
-                ));
+                let said = Said::Oscillation { cycle, actions };
+                findings.push(self.finding(Detector::Oscillation, cycles, threshold, said));
             }
             None => self.close(Detector::Oscillation),
         }
@@ -474,16 +523,8 @@ impl DetectorState {
         if self.holds_back(Detector::RecurringError, count, threshold) {
             return;
         }
-        let message = format!(
-            "the error `{text}` came back {count} times, each within {RECURRENCE_SPAN_EVENTS} events of the last: retrying the same way is not helping"
-        );
-        findings.push(self.finding(
-            Detector::RecurringError,
-            message,
-            count,
-            threshold,
-            Extra::Nothing,
-        ));
+        let said = Said::RecurringError(text);
+        findings.push(self.finding(Detector::RecurringError, count, threshold, said));
     }
 
     fn note_time(
@@ -512,26 +553,13 @@ impl DetectorState {
         episode.involve(before_seq);
         episode.involve(event.seq);
         let gap = TimeDelta::microseconds(gap);
-        let said = duration_text(gap);
-        let message = if self.silences == 1 {
-            format!(
-                "no events for {said} before seq {}: the agent may have stalled (waiting on something that never answered?)",
-                event.seq
-            )
-        } else {
-            format!(
-                "{} long silences in a row, the latest {said} before seq {}: the agent keeps stalling",
-                self.silences, event.seq
-            )
-        };
         let escalate = gap >= threshold * 2 || self.silences >= 2;
-        let mut finding = self.finding(
-            Detector::Stall,
-            message,
-            self.silences,
-            settings.stall_seconds,
-            Extra::GapSeconds(gap.num_seconds()),
-        );
+        let said = Said::Stall {
+            gap,
+            seq: event.seq,
+        };
+        let mut finding =
+            self.finding(Detector::Stall, self.silences, settings.stall_seconds, said);
         if escalate {
             finding.severity = Severity::Error;
         }
@@ -540,7 +568,7 @@ impl DetectorState {
 
     /// Whether `detector`'s open episode, at `count` against `threshold`, says nothing this
     /// time: its record is placed and the update is one [`Finding::updates_record`] skips. Then
-    /// no message or payload is built, so a long episode costs little per event.
+    /// no finding is made, so a long episode costs little per event.
     fn holds_back(&self, detector: Detector, count: u64, threshold: u64) -> bool {
         let placed = self.record(detector).is_some();
         let escalation = threshold.saturating_mul(2);
@@ -548,25 +576,10 @@ impl DetectorState {
     }
 
     /// A finding for `detector`'s open episode, which has reached `count` against `threshold`.
-    fn finding(
-        &self,
-        detector: Detector,
-        message: String,
-        count: u64,
-        threshold: u64,
-        extra: Extra,
-    ) -> Finding {
+    fn finding(&self, detector: Detector, count: u64, threshold: u64, said: Said) -> Finding {
         let episode = self
             .episode(detector)
             .expect("a finding is made for an open episode");
-        let payload = FindingPayload::new(
-            detector,
-            count,
-            threshold,
-            episode.first_seq,
-            &episode.seqs,
-            extra,
-        );
         let severity = if count >= threshold.saturating_mul(2) {
             Severity::Error
         } else {
@@ -574,11 +587,12 @@ impl DetectorState {
         };
         Finding {
             detector,
-            message,
-            payload: Payload::from_fields(&payload),
             severity,
             count,
             threshold,
+            first_seq: episode.first_seq,
+            seqs: episode.seqs.clone(),
+            said,
         }
     }
 }
@@ -814,7 +828,7 @@ mod tests {
         }
         assert!(found[0].is_empty() && found[1].is_empty());
         assert_eq!(
-            found[2][0].message,
+            found[2][0].message(),
             "the last 3 actions repeat `click #submit`: likely a loop"
         );
         assert_eq!(found[2][0].severity, Severity::Warning);
@@ -843,10 +857,10 @@ mod tests {
         assert_eq!(last[0].detector, Detector::Oscillation);
         assert!(
             last[0]
-                .message
+                .message()
                 .contains("alternate between `open page 4` and `go back`"),
             "{}",
-            last[0].message
+            last[0].message()
         );
     }
 
@@ -859,10 +873,10 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert!(
             found[0]
-                .message
+                .message()
                 .starts_with("no events for 7m12s before seq 2"),
             "{}",
-            found[0].message
+            found[0].message()
         );
         assert!(observe(&mut state, &settings, 3, 433, "llm", "next").is_empty());
         assert!(!state.is_open(Detector::Stall));

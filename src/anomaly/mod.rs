@@ -242,14 +242,14 @@ pub fn detect(
 /// A new anomaly record for a new episode.
 fn raise(stream: &mut StreamState, finding: Finding, ts: Timestamp) -> Raised {
     let event = Event {
-        message: finding.message,
+        message: finding.message(),
         kind: anomaly_kind(),
         severity: finding.severity,
         ts: Some(ts),
         display_message: None,
         actor: Some(ANOMALY_ACTOR.to_owned()),
         step_id: None,
-        payload: Some(finding.payload),
+        payload: Some(finding.payload()),
     };
     let (appended, cached) = stream.append_shared(event, ts);
     let record = &appended.record;
@@ -288,7 +288,7 @@ fn update(
     let time = |micros: i64| Timestamp::from_timestamp_micros(micros).unwrap_or(ts);
     let record = Record {
         seq: episode.seq,
-        message: finding.message,
+        message: finding.message(),
         kind: anomaly_kind(),
         severity,
         first_ts: time(episode.first_ts),
@@ -298,7 +298,7 @@ fn update(
         display_message: None,
         actor: Some(ANOMALY_ACTOR.to_owned()),
         step_id: None,
-        payload: Some(finding.payload),
+        payload: Some(finding.payload()),
     };
     let (appended, cached) = stream.revise(record, ts, escalated);
     let now = &appended.record;
