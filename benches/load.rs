@@ -1,12 +1,14 @@
 //! Load generator for the HTTP service: a real server in-process on 127.0.0.1:0 with a temporary
 //! data directory, driven by hyper clients over loopback, bounded in time.
 //!
-//! Scenarios: single-event durable POSTs at 1 and 64 connections, batched POSTs of 100 events,
-//! and context GETs on a 100,000-record stream. Prints events/s, p50/p99 latency and, for
-//! writes, how many events shared each durable commit.
+//! Scenarios: single-event durable POSTs at 1 and 64 connections, batched POSTs of 100 events
+//! to one stream and spread over [`SPREAD_STREAMS`] streams, and context GETs on a
+//! 100,000-record stream. Prints events/s, p50/p99 latency and, for writes, how many events
+//! shared each durable commit and what the stream cache held after the scenario (with a small
+//! `RECAP_LOAD_CACHE`, the spread scenario evicts streams and loads them back as it writes).
 //!
 //! `cargo bench --bench load` (each scenario runs `RECAP_LOAD_SECONDS`, default 5;
-//! `RECAP_LOAD_ONLY=post1,post64,batch,context` picks scenarios, for profiling one;
+//! `RECAP_LOAD_ONLY=post1,post64,batch,spread,context` picks scenarios, for profiling one;
 //! `RECAP_LOAD_CACHE=8MiB` sets the cache budget, to run them with the cache under pressure;
 //! `RECAP_LOAD_ANOMALIES=off` turns anomaly detection off, which is on as in the server).
 
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use recap::server::{self, ServerOptions};
-use recap::store::{Store, StoreOptions};
+use recap::store::{CacheMetrics, Store, StoreOptions};
 use tokio::net::TcpListener;
 
 #[path = "support/http.rs"]
@@ -32,6 +34,9 @@ use http_client::{connect, send};
 
 const DEFAULT_SECONDS: u64 = 5;
 const CONTEXT_RECORDS: usize = 100_000;
+/// Streams the `spread` scenario's batches go to, in turn: an agent fleet's sessions, more
+/// than a small cache holds.
+const SPREAD_STREAMS: usize = 2_000;
 
 struct Outcome {
     requests: usize,
@@ -75,6 +80,10 @@ fn main() {
     let commits = {
         let store = store.clone();
         move || store.metrics().commits
+    };
+    let cache = {
+        let store = store.clone();
+        move || store.cache_metrics()
     };
     let server = server_runtime.spawn(server::run(
         listener,
@@ -127,6 +136,17 @@ fn main() {
                 outcome,
                 Some(commits() - before),
             );
+            report_cache(&cache());
+        }
+        if wanted("spread") {
+            let before = commits();
+            let outcome = run(&addr, 16, duration, spread).await;
+            report(
+                &format!("POST 100 events to {SPREAD_STREAMS} streams, 16 conn."),
+                outcome,
+                Some(commits() - before),
+            );
+            report_cache(&cache());
         }
         if wanted("context") {
             preload(&addr).await;
@@ -150,11 +170,11 @@ fn main() {
 }
 
 /// A request body and how many events it carries.
-type Body = (&'static str, String, usize);
+type Body = (String, String, usize);
 
 fn single(worker: usize, index: usize) -> Body {
     (
-        "/v1/streams/single/events",
+        "/v1/streams/single/events".to_owned(),
         format!(
             r#"{{"kind": "tool", "message": "worker {worker} call {index}: search(\"redb\") -> 12 results"}}"#
         ),
@@ -163,11 +183,23 @@ fn single(worker: usize, index: usize) -> Body {
 }
 
 fn batch(worker: usize, index: usize, size: usize) -> Body {
+    let (_, body, count) = spread_batch(worker, index, size);
+    ("/v1/streams/batched/events".to_owned(), body, count)
+}
+
+/// A batch of 100 events to the next of [`SPREAD_STREAMS`] streams: each connection walks
+/// them from its own offset.
+fn spread(worker: usize, index: usize) -> Body {
+    spread_batch(worker, index, 100)
+}
+
+fn spread_batch(worker: usize, index: usize, size: usize) -> Body {
     let events: Vec<String> = (0..size)
         .map(|k| format!(r#"{{"kind": "tool", "actor": "w{worker}", "message": "batch {index} event {k}: read file src/lib.rs ({k} lines)"}}"#))
         .collect();
+    let stream = (worker * SPREAD_STREAMS / 16 + index) % SPREAD_STREAMS;
     (
-        "/v1/streams/batched/events",
+        format!("/v1/streams/agent-{stream}/events"),
         format!("[{}]", events.join(",")),
         size,
     )
@@ -192,7 +224,7 @@ async fn run(
                     let (path, body, count) = make(worker, index);
                     let sent = Instant::now();
                     let (status, _) =
-                        send(&mut sender, Method::POST, path, Bytes::from(body)).await;
+                        send(&mut sender, Method::POST, &path, Bytes::from(body)).await;
                     assert_eq!(status, StatusCode::OK);
                     latencies.push(sent.elapsed());
                     events += count;
@@ -307,6 +339,20 @@ fn report(name: &str, mut outcome: Outcome, commits: Option<u64>) {
         format_duration(percentile(0.50)),
         format_duration(percentile(0.99)),
         per_commit,
+    );
+}
+
+/// Prints what the stream cache holds after a write scenario.
+fn report_cache(cache: &CacheMetrics) {
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "  cache: {:.1} of {:.1} MiB, {} of {} streams resident, {} evictions, {} cold loads",
+        mib(cache.bytes),
+        mib(cache.budget),
+        cache.resident_streams,
+        cache.streams,
+        cache.evictions,
+        cache.cold_loads,
     );
 }
 
