@@ -485,7 +485,7 @@ impl Feed {
                 };
                 record.repeat_count = *repeat_count;
                 record.last_ts = *last_ts;
-                record
+                Arc::new(record)
             }
             ChangeBody::Note(_) | ChangeBody::NoteDeleted { .. } => return Ok(None),
         };
@@ -703,7 +703,7 @@ mod tests {
             stream: StreamName::new("s").unwrap(),
             stream_id: 1,
             revision: 7,
-            body: ChangeBody::Record(Record::from_event(event, 3, 7, ts)),
+            body: ChangeBody::Record(Arc::new(Record::from_event(event, 3, 7, ts))),
         };
         let text = String::from_utf8(frame(&change).to_vec()).unwrap();
         assert!(text.starts_with("id: 7\nevent: record\ndata: {"), "{text}");

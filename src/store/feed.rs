@@ -386,7 +386,7 @@ mod tests {
             stream: name(stream),
             stream_id: 1,
             revision,
-            body: ChangeBody::Record(Record::from_event(event, revision, revision, ts)),
+            body: ChangeBody::Record(Arc::new(Record::from_event(event, revision, revision, ts))),
         }
     }
 
@@ -598,6 +598,7 @@ mod tests {
         let ChangeBody::Record(record) = &mut with_payload.body else {
             unreachable!()
         };
+        let record = Arc::make_mut(record);
         let numbers = vec!["0"; 1_000].join(",");
         record.payload =
             Some(crate::payload::Payload::from_json(&format!(r#"{{"n":[{numbers}]}}"#)).unwrap());

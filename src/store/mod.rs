@@ -328,8 +328,9 @@ pub struct Change {
 /// What a change did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ChangeBody {
-    /// A new record (as it was when created, `repeat_count` 1 unless imported).
-    Record(Record),
+    /// A new record (as it was when created, `repeat_count` 1 unless imported); shared with
+    /// the write's reply.
+    Record(Arc<Record>),
     /// A record's repeat count went up.
     Repeat {
         /// The record.

@@ -621,7 +621,7 @@ pub(super) fn changes(
                 stream: stream.clone(),
                 stream_id: id,
                 revision: created.revision,
-                body: ChangeBody::Record(record),
+                body: ChangeBody::Record(Arc::new(record)),
             });
             next_record = new_records.next().transpose()?;
         } else {

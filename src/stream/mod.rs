@@ -145,8 +145,9 @@ pub struct Snapshot {
 /// The result of appending one event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Appended {
-    /// The record the event landed in, as it is now.
-    pub record: Record,
+    /// The record the event landed in, as it is now: shared with the change the store logs
+    /// for it (a writer hands the same record to the client's reply and to the change feed).
+    pub record: Arc<Record>,
     /// Whether the event collapsed into an existing record.
     pub collapsed: bool,
 }
@@ -361,7 +362,7 @@ impl StreamState {
                 let cached = Arc::new(CachedRecord::new(&record, &self.meter));
                 self.replace_record(position, cached.clone());
                 let appended = Appended {
-                    record,
+                    record: Arc::new(record),
                     collapsed: true,
                 };
                 (appended, cached)
@@ -463,7 +464,7 @@ impl StreamState {
         let cached = Arc::new(CachedRecord::new(&record, &self.meter));
         self.put_revised(cached.clone(), escalated);
         let appended = Appended {
-            record,
+            record: Arc::new(record),
             collapsed: true,
         };
         (appended, cached)
@@ -525,7 +526,7 @@ impl StreamState {
         ));
         self.push_cached(cached.clone());
         let appended = Appended {
-            record,
+            record: Arc::new(record),
             collapsed: false,
         };
         (appended, cached)
@@ -904,7 +905,7 @@ mod tests {
             for message in ["b", "c", "d", "e", "f"] {
                 state.append(Event::new("tool", Severity::Info, message).unwrap(), at);
             }
-            (state, first.record)
+            (state, Record::clone(&first.record))
         };
         let (mut placed, first) = stream();
         assert_eq!(placed.tail_start_seq(), Some(5));

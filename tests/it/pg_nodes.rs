@@ -586,7 +586,7 @@ async fn a_database_restart_under_load_loses_no_acknowledged_event() {
         for (_, record) in acked.iter().filter(|(s, _)| *s == stream) {
             assert_eq!(
                 stored.get(&record.seq),
-                Some(record),
+                Some(&**record),
                 "acknowledged {stream}/{}",
                 record.seq
             );

@@ -169,7 +169,7 @@ fn appends_collapse_and_read_back() {
     let records = check_stream_consistent(&store, &stream);
     assert_eq!(records[1].repeat_count, 2);
     assert_eq!(records[1].last_ts, ts(2));
-    assert_eq!(records[3], late[0].record);
+    assert_eq!(records[3], *late[0].record);
     assert_eq!(store.revision(&stream), 5);
     let stats = store.stream(&stream).unwrap();
     assert_eq!((stats.records, stats.events), (4, 5));

@@ -3,6 +3,7 @@
 //! code that encodes or decodes a value of the PostgreSQL backend.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
@@ -48,7 +49,7 @@ pub(super) fn decode_note(stream: &str, id: i64, body: &str) -> Result<Note, Sto
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum StoredChange {
-    Record(Record),
+    Record(Arc<Record>),
     Repeat {
         seq: u64,
         repeat_count: u64,
@@ -63,7 +64,7 @@ enum StoredChange {
 /// The row body of a change.
 pub(super) fn encode_change(body: &ChangeBody) -> String {
     let stored = match body {
-        ChangeBody::Record(record) => StoredChange::Record(record.clone()),
+        ChangeBody::Record(record) => StoredChange::Record(Arc::clone(record)),
         ChangeBody::Repeat {
             seq,
             repeat_count,

@@ -309,7 +309,7 @@ impl BatchError {
 #[derive(Default)]
 pub(super) struct Writes {
     /// Final state of every record created or changed, by (stream id, seq).
-    pub(super) records: BTreeMap<(u64, u64), Record>,
+    pub(super) records: BTreeMap<(u64, u64), Arc<Record>>,
     pub(super) changes: Vec<(u64, u64, String)>,
     pub(super) notes_added: Vec<(u64, u64, String)>,
     pub(super) notes_removed: Vec<(u64, u64)>,
@@ -338,10 +338,10 @@ impl Writes {
                 last_ts: record.last_ts,
             }
         } else {
-            ChangeBody::Record(record.clone())
+            ChangeBody::Record(Arc::clone(record))
         };
         self.change(id, record.revision, &body);
-        self.records.insert((id, record.seq), record.clone());
+        self.records.insert((id, record.seq), Arc::clone(record));
     }
 
     fn note_added(&mut self, id: u64, note: &Note, revision: u64) {
@@ -1006,7 +1006,7 @@ fn catch_up(name: &StreamName, shadow: &Shadow, writes: &Writes) -> Option<Catch
     let current = writes
         .records
         .range((id, 0)..=(id, u64::MAX))
-        .map(|(&(_, seq), record)| (seq, record.clone()))
+        .map(|(&(_, seq), record)| (seq, Record::clone(record)))
         .collect();
     Some(CatchUp {
         changes,

@@ -556,7 +556,7 @@ pub(super) fn store_appended(
             stream: target.name.clone(),
             stream_id: id,
             revision: record.revision,
-            body: ChangeBody::Record(record.clone()),
+            body: ChangeBody::Record(Arc::clone(&appended.record)),
         });
     }
     Ok(())
