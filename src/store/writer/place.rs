@@ -118,34 +118,24 @@ impl Writer {
                 let mut observer = anomaly::Observer::default();
                 for event in events {
                     let ts = at_micros(event.ts.unwrap_or(now));
-                    let (appended, cached) = target.shadow.append_shared(event, ts);
-                    if let Err(error) = store_appended(target, rows, &db, tail, &appended, work) {
-                        failure = Some(error);
-                        break;
-                    }
-                    let origin = Origin::Event {
-                        ts,
-                        collapsed: appended.collapsed,
-                    };
-                    work.ops.push(Op::Update(
-                        target.slot.clone(),
-                        Update::Adopt(cached, origin),
-                    ));
-                    if let Err(error) = place_anomalies(
+                    let placed = place_event(
                         &mut observer,
                         target,
                         rows,
                         &db,
                         tail,
                         anomaly,
-                        &appended,
+                        event,
                         ts,
                         work,
-                    ) {
-                        failure = Some(error);
-                        break;
+                    );
+                    match placed {
+                        Ok(appended) => results.push(appended),
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
                     }
-                    results.push(appended);
                 }
                 if failure.is_none()
                     && let Err(error) = finish_anomalies(observer, target, rows, &db, tail, work)
@@ -255,25 +245,15 @@ impl Writer {
                 work.answers.push(Answer::Note(reply, note));
                 // The audit trail: the note is also an event of the stream (DESIGN section 2).
                 let event = note_event(text, note_id);
-                let (appended, cached) = target.shadow.append_shared(event, now);
-                store_appended(target, rows, &db, tail, &appended, work)?;
-                let origin = Origin::Event {
-                    ts: now,
-                    collapsed: appended.collapsed,
-                };
-                work.ops.push(Op::Update(
-                    target.slot.clone(),
-                    Update::Adopt(cached, origin),
-                ));
                 let mut observer = anomaly::Observer::default();
-                place_anomalies(
+                place_event(
                     &mut observer,
                     target,
                     rows,
                     &db,
                     tail,
                     anomaly,
-                    &appended,
+                    event,
                     now,
                     work,
                 )?;
@@ -407,35 +387,47 @@ pub(super) fn stream_meta(stream: &WriterStream) -> StreamMeta {
     }
 }
 
-/// Runs the anomaly detectors on an event just placed (`appended`, at `ts`) and places what
-/// they raise: new anomaly records, and updates of open episodes' records as repeats (see
-/// [`crate::anomaly`]). In the same batch, so in the same commit, as the event.
+/// Places an event a client posted (at `ts`) on the shadow, encodes its writes, has the live
+/// state adopt the record, and runs the anomaly detectors on it, placing what they raise now
+/// (new anomaly records; `observer` holds updates of open episodes' records until the
+/// request's end, see [`crate::anomaly`]). In the same batch, so in the same commit.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn place_anomalies(
+fn place_event(
     observer: &mut anomaly::Observer,
     target: &mut WriterStream,
     rows: &mut Rows,
     db: &Database,
     tail: TailCapacity,
     server: AnomalySettings,
-    appended: &Appended,
+    event: Event,
     ts: Timestamp,
     work: &mut Work,
-) -> Result<(), StoreError> {
+) -> Result<Appended, StoreError> {
+    let (appended, cached) = target.shadow.append_shared(event, ts);
+    store_appended(target, rows, db, tail, &appended, work)?;
+    let origin = Origin::Event {
+        ts,
+        collapsed: appended.collapsed,
+    };
+    work.ops.push(Op::Update(
+        target.slot.clone(),
+        Update::Adopt(cached, origin),
+    ));
     let raised = observer.observe(
         &mut target.detectors,
         target.anomalies.as_ref(),
         server,
         &mut target.shadow,
-        appended,
+        &appended,
         ts,
         target.first_seq,
     );
-    store_anomalies(target, rows, db, tail, raised, work)
+    store_anomalies(target, rows, db, tail, raised, work)?;
+    Ok(appended)
 }
 
 /// Places the anomaly updates `observer` held back until the end of a request.
-pub(super) fn finish_anomalies(
+fn finish_anomalies(
     observer: anomaly::Observer,
     target: &mut WriterStream,
     rows: &mut Rows,
