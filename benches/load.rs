@@ -346,13 +346,14 @@ fn report(name: &str, mut outcome: Outcome, commits: Option<u64>) {
 fn report_cache(cache: &CacheMetrics) {
     let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
     println!(
-        "  cache: {:.1} of {:.1} MiB, {} of {} streams resident, {} evictions, {} cold loads",
+        "  cache: {:.1} of {:.1} MiB, {} of {} streams resident, {} evictions, {} cold loads, {} writer loads",
         mib(cache.bytes),
         mib(cache.budget),
         cache.resident_streams,
         cache.streams,
         cache.evictions,
         cache.cold_loads,
+        cache.shadow_loads,
     );
 }
 

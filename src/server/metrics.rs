@@ -387,6 +387,12 @@ fn render_store(out: &mut String, store: &Store) {
         "Streams loaded from disk for a read.",
         cache.cold_loads,
     );
+    counter(
+        out,
+        "recap_cache_shadow_loads_total",
+        "Writer states loaded from disk for a write (a stream not in memory: evicted, or not written since the start).",
+        cache.shadow_loads,
+    );
     store.cold_load_seconds().render(
         out,
         "recap_cache_cold_load_seconds",

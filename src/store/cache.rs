@@ -31,6 +31,8 @@ pub(super) struct Cache {
     pub eviction_asked: AtomicBool,
     pub evictions: AtomicU64,
     pub cold_loads: AtomicU64,
+    /// Writer states read from the file for a write (see [`super::CacheMetrics::shadow_loads`]).
+    pub shadow_loads: AtomicU64,
     pub cold_load_seconds: crate::histogram::Histogram<{ COLD_LOAD_BUCKETS.len() }>,
 }
 
@@ -48,6 +50,7 @@ impl Cache {
             eviction_asked: AtomicBool::new(false),
             evictions: AtomicU64::new(0),
             cold_loads: AtomicU64::new(0),
+            shadow_loads: AtomicU64::new(0),
             cold_load_seconds: crate::histogram::Histogram::new(COLD_LOAD_BUCKETS),
         }
     }

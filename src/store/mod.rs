@@ -477,10 +477,14 @@ pub struct CacheMetrics {
     pub streams: usize,
     /// Streams whose state is in memory.
     pub resident_streams: usize,
-    /// Streams evicted since the store opened.
+    /// Streams evicted since the store opened (their state for reads, the writer's state for
+    /// writes, or both).
     pub evictions: u64,
     /// Streams loaded from the file for a read since the store opened.
     pub cold_loads: u64,
+    /// Writer states read from the file for a write since the store opened: a write to a
+    /// stream whose state is not in memory (evicted, or not written since the start).
+    pub shadow_loads: u64,
 }
 
 /// The answer to a write, available once the write is durable (or has failed).
@@ -1256,6 +1260,7 @@ impl Store {
             streams,
             resident_streams,
             evictions: shared.cache.evictions.load(Ordering::Relaxed),
+            shadow_loads: shared.cache.shadow_loads.load(Ordering::Relaxed),
             cold_loads: shared.cache.cold_loads.load(Ordering::Relaxed),
         }
     }

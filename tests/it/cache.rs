@@ -223,6 +223,34 @@ fn streams_are_evicted_beyond_the_budget_and_loaded_back() {
     assert_eq!(store.cache_metrics().cold_loads, 2);
 }
 
+/// Over the budget, the writer's own state of a stream goes too, and counts as an eviction; the
+/// next write to the stream reads it back from the file (its collapse lookback: the write still
+/// collapses into the record before it) and counts a shadow load.
+#[test]
+fn a_write_to_an_evicted_stream_loads_its_writer_state_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options(1)).unwrap();
+    let (a, b) = (
+        StreamName::new("agent-a").unwrap(),
+        StreamName::new("agent-b").unwrap(),
+    );
+    let at = |step| at(chrono::Utc::now().trunc_subsecs(0), step);
+    let append = |stream: &StreamName, step| {
+        store
+            .append(stream, vec![event(0, 0, 1, false)], at(step))
+            .wait()
+            .unwrap()
+    };
+    append(&a, 0);
+    append(&b, 1);
+    let cache = store.cache_metrics();
+    assert!(cache.evictions >= 1, "{cache:?}");
+    assert_eq!(cache.shadow_loads, 0, "new streams start empty: {cache:?}");
+    let again = append(&a, 2);
+    assert_eq!((again[0].record.seq, again[0].collapsed), (1, true));
+    assert_eq!(store.cache_metrics().shadow_loads, 1);
+}
+
 /// A stream of long messages keeps about two byte blocks of them in memory, not its whole tail
 /// of records, and a context after a restart is the same.
 #[test]

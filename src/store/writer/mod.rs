@@ -266,7 +266,10 @@ impl WriterStream {
         };
         let shadow = match forked {
             Some(shadow) => shadow,
-            None => reads::load_shadow(db, &name, &meta, options, &cache.meter)?,
+            None => {
+                cache.shadow_loads.fetch_add(1, Ordering::Relaxed);
+                reads::load_shadow(db, &name, &meta, options, &cache.meter)?
+            }
         };
         let tail_blocks = match meta.tail_blocks {
             Some(blocks) => blocks,
@@ -651,15 +654,13 @@ impl Writer {
             if cache.meter.bytes() <= low_water {
                 break;
             }
-            if self
+            let shadow = self
                 .streams
                 .get(&name)
                 .is_some_and(WriterStream::is_settled)
-            {
-                self.streams.remove(&name);
-            }
-            if let Some(state) = slot.evict() {
-                drop(state);
+                && self.streams.remove(&name).is_some();
+            let live = slot.evict().is_some();
+            if shadow || live {
                 cache.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
