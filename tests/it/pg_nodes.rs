@@ -201,10 +201,11 @@ async fn two_nodes_writing_to_one_stream_keep_every_invariant() {
 }
 
 /// Revisions `1..=revision` each appear once in the changelog, in order, and replaying it gives
-/// the stream's events.
+/// the stream's events, record by record.
 async fn assert_changes_gap_free(node: &PgStore, stream: &StreamName, revision: u64) {
     let mut after = 0;
-    let mut events = 0;
+    // Per seq: the events the changelog gives it, and the revisions that did.
+    let mut replayed: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
     loop {
         let changes = node.changes(stream, after, 500).await.unwrap();
         if changes.is_empty() {
@@ -213,16 +214,46 @@ async fn assert_changes_gap_free(node: &PgStore, stream: &StreamName, revision: 
         for change in changes {
             assert_eq!(change.revision, after + 1, "revisions are gap-free");
             after = change.revision;
-            match change.body {
-                ChangeBody::Record(record) => events += record.repeat_count,
-                ChangeBody::Repeat { .. } => events += 1,
-                _ => {}
-            }
+            let (seq, events) = match change.body {
+                ChangeBody::Record(record) => (record.seq, record.repeat_count),
+                ChangeBody::Repeat { seq, .. } => (seq, 1),
+                _ => continue,
+            };
+            let entry = replayed.entry(seq).or_default();
+            entry.0 += events;
+            entry.1.push(change.revision);
         }
     }
     assert_eq!(after, revision);
     let stats = node.stream(stream).await.unwrap().unwrap();
-    assert_eq!(events, stats.events);
+    let events: u64 = replayed.values().map(|(events, _)| events).sum();
+    if events != stats.events {
+        // Which records the changelog and the rows disagree on, to tell a lost update from a
+        // change logged twice.
+        let stored: BTreeMap<u64, Record> = all_records(node, stream)
+            .await
+            .into_iter()
+            .map(|record| (record.seq, record))
+            .collect();
+        let differ: Vec<String> = replayed
+            .iter()
+            .filter(|(seq, (events, _))| stored.get(seq).map(|r| r.repeat_count) != Some(*events))
+            .map(|(seq, (events, revisions))| {
+                let row = stored.get(seq);
+                format!(
+                    "seq {seq}: changelog {events} at revisions {revisions:?}, row {:?} ({:?}, revision {:?})",
+                    row.map(|r| r.repeat_count),
+                    row.map(|r| r.message.as_str()),
+                    row.map(|r| r.revision)
+                )
+            })
+            .collect();
+        panic!(
+            "{stream}: the changelog gives {events} events, the stream counts {}:\n{}",
+            stats.events,
+            differ.join("\n")
+        );
+    }
 }
 
 /// A database that cannot be reached: opening says so; a node whose database stops taking
