@@ -183,26 +183,30 @@ fn single(worker: usize, index: usize) -> Body {
 }
 
 fn batch(worker: usize, index: usize, size: usize) -> Body {
-    let (_, body, count) = spread_batch(worker, index, size);
-    ("/v1/streams/batched/events".to_owned(), body, count)
+    (
+        "/v1/streams/batched/events".to_owned(),
+        batch_body(worker, index, size),
+        size,
+    )
 }
 
 /// A batch of 100 events to the next of [`SPREAD_STREAMS`] streams: each connection walks
 /// them from its own offset.
 fn spread(worker: usize, index: usize) -> Body {
-    spread_batch(worker, index, 100)
-}
-
-fn spread_batch(worker: usize, index: usize, size: usize) -> Body {
-    let events: Vec<String> = (0..size)
-        .map(|k| format!(r#"{{"kind": "tool", "actor": "w{worker}", "message": "batch {index} event {k}: read file src/lib.rs ({k} lines)"}}"#))
-        .collect();
     let stream = (worker * SPREAD_STREAMS / 16 + index) % SPREAD_STREAMS;
     (
         format!("/v1/streams/agent-{stream}/events"),
-        format!("[{}]", events.join(",")),
-        size,
+        batch_body(worker, index, 100),
+        100,
     )
+}
+
+/// A JSON array of `size` events: one tool call repeated with other numbers.
+fn batch_body(worker: usize, index: usize, size: usize) -> String {
+    let events: Vec<String> = (0..size)
+        .map(|k| format!(r#"{{"kind": "tool", "actor": "w{worker}", "message": "batch {index} event {k}: read file src/lib.rs ({k} lines)"}}"#))
+        .collect();
+    format!("[{}]", events.join(","))
 }
 
 async fn run(

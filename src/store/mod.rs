@@ -1260,8 +1260,8 @@ impl Store {
             streams,
             resident_streams,
             evictions: shared.cache.evictions.load(Ordering::Relaxed),
-            shadow_loads: shared.cache.shadow_loads.load(Ordering::Relaxed),
             cold_loads: shared.cache.cold_loads.load(Ordering::Relaxed),
+            shadow_loads: shared.cache.shadow_loads.load(Ordering::Relaxed),
         }
     }
 

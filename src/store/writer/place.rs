@@ -548,7 +548,7 @@ pub(super) fn store_appended(
             stream: target.name.clone(),
             stream_id: id,
             revision: record.revision,
-            body: ChangeBody::Record(Arc::clone(&appended.record)),
+            body: ChangeBody::Record(Arc::clone(record)),
         });
     }
     Ok(())
