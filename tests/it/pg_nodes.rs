@@ -200,6 +200,33 @@ async fn two_nodes_writing_to_one_stream_keep_every_invariant() {
     }
 }
 
+/// Waits (at most 10 s) until no other client is connected to the database of `url`. A killed
+/// node's last `COMMIT` may still be finishing in the server after the process is gone; checks
+/// that read the stream row, its records and its changelog one after another must all see the
+/// state it leaves, or they compare two states.
+async fn sessions_ended(url: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // `query`'s own session ends before it returns, so it never counts itself.
+        let rows = query(
+            url,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND backend_type = 'client backend'",
+        )
+        .await;
+        let others: i64 = rows[0].get(0);
+        if others == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{others} sessions of killed nodes still connected after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Revisions `1..=revision` each appear once in the changelog, in order, and replaying it gives
 /// the stream's events, record by record.
 async fn assert_changes_gap_free(node: &PgStore, stream: &StreamName, revision: u64) {
@@ -482,6 +509,7 @@ fn acknowledged_events_survive_sigkill_of_a_node() {
         take(&second_lines, drained, &mut acked, &mut total_acks);
 
         runtime.block_on(async {
+            sessions_ended(&url).await;
             let node = PgStore::open(&url, options()).await.unwrap();
             for stream in 0..CRASH_STREAMS {
                 let stream = name(&format!("crash-{stream}"));
