@@ -106,13 +106,23 @@ pub struct CachedRecord {
     meter: Meter,
     /// Bytes charged to `meter` so far, given back on drop.
     charged: AtomicUsize,
-    line: OnceLock<String>,
+    /// Kept inline: a record loaded from the file comes with its counts.
     tokens: TokenCounts,
+    /// Made when a build first asks for more than the counts.
+    rendered: OnceLock<Box<Rendered>>,
+}
+
+/// What builds make of a record besides its token counts. Boxed and made on first use: most
+/// records of a tail, and every record the writer keeps to place events, are never shown, and
+/// inline these would be about 40% of a bare record's size.
+#[derive(Debug, Default)]
+struct Rendered {
+    line: OnceLock<String>,
     /// Per encoding, a count the full line is known to be over (0 until a bounded count stopped
     /// early): a long line is only counted as far as the caps asked of it.
     over: [AtomicU32; 2],
     cuts: Mutex<Cuts>,
-    /// Hashes of the message's body lines, sorted and distinct (see [`Self::body`]).
+    /// Hashes of the message's body lines, sorted and distinct (see [`CachedRecord::body`]).
     body: OnceLock<Box<[u64]>>,
     /// Per encoding, the headline at [`HEADLINE_TOKENS`], the cap nearly every build uses:
     /// read without a lock.
@@ -194,12 +204,8 @@ impl CachedRecord {
             collapsible,
             meter: meter.clone(),
             charged: AtomicUsize::new(held),
-            line: OnceLock::new(),
             tokens: TokenCounts::new(),
-            over: [AtomicU32::new(0), AtomicU32::new(0)],
-            cuts: Mutex::new(Cuts::default()),
-            body: OnceLock::new(),
-            headlines: [OnceLock::new(), OnceLock::new()],
+            rendered: OnceLock::new(),
         }
     }
 
@@ -248,9 +254,16 @@ impl CachedRecord {
         self.meter.release(bytes);
     }
 
+    fn rendered(&self) -> &Rendered {
+        self.rendered.get_or_init(|| {
+            self.charge(meter::heap(std::mem::size_of::<Rendered>()));
+            Box::default()
+        })
+    }
+
     /// The record's full line.
     pub fn line(&self) -> &str {
-        self.line.get_or_init(|| {
+        self.rendered().line.get_or_init(|| {
             let line = render::record_line(&self.record);
             self.charge(meter::heap(line.capacity()));
             line
@@ -274,8 +287,10 @@ impl CachedRecord {
         if let Some(tokens) = self.tokens.cached(encoding) {
             return Ok(Some(tokens).filter(|&tokens| tokens <= cap));
         }
-        let over = &self.over[encoding.index()];
-        if over.load(Ordering::Relaxed) >= cap {
+        let over = self.rendered.get().map_or(0, |rendered| {
+            rendered.over[encoding.index()].load(Ordering::Relaxed)
+        });
+        if over >= cap {
             return Ok(None);
         }
         if !tokenize {
@@ -287,7 +302,7 @@ impl CachedRecord {
                 Ok(Some(tokens))
             }
             None => {
-                over.fetch_max(cap, Ordering::Relaxed);
+                self.rendered().over[encoding.index()].fetch_max(cap, Ordering::Relaxed);
                 Ok(None)
             }
         }
@@ -318,19 +333,17 @@ impl CachedRecord {
         if cap != HEADLINE_TOKENS {
             return self.cut(encoding, cap, Shape::Headline, tokenize);
         }
-        let slot = &self.headlines[encoding.index()];
-        match slot.get() {
-            Some(headline) => Some(headline.clone()),
-            None if tokenize => Some(
-                slot.get_or_init(|| {
-                    let headline = render::headline(&self.record, encoding, cap).map(Arc::new);
-                    self.charge(cut_bytes(&headline));
-                    headline
-                })
-                .clone(),
-            ),
-            None => None,
+        if !tokenize {
+            return self.rendered.get()?.headlines[encoding.index()]
+                .get()
+                .cloned();
         }
+        let headline = self.rendered().headlines[encoding.index()].get_or_init(|| {
+            let headline = render::headline(&self.record, encoding, cap).map(Arc::new);
+            self.charge(cut_bytes(&headline));
+            headline
+        });
+        Some(headline.clone())
     }
 
     fn cut(
@@ -340,7 +353,11 @@ impl CachedRecord {
         shape: Shape,
         tokenize: bool,
     ) -> Option<Option<Arc<ClippedLine>>> {
+        if !tokenize && self.rendered.get().is_none() {
+            return None;
+        }
         let mut cuts = self
+            .rendered()
             .cuts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -390,7 +407,7 @@ impl CachedRecord {
     /// characters), sorted and distinct: two records whose bodies share most of these show the
     /// same dump, and a window need not pay for it twice. Empty for short messages.
     pub fn body(&self) -> &[u64] {
-        self.body.get_or_init(|| {
+        self.rendered().body.get_or_init(|| {
             let mut hashes: Vec<u64> = self
                 .record
                 .message
