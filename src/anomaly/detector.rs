@@ -738,20 +738,37 @@ fn quote(message: &str) -> Arc<str> {
         Some((first, _)) => (first.trim_end(), true),
         None => (message, false),
     };
-    // Cut at the byte where character QUOTE_CHARS + 1 starts: one copy, no per-char pushes
-    // (this runs for every action on the writer's path).
-    let cut = line.char_indices().nth(QUOTE_CHARS).map(|(at, _)| at);
+    // This runs for every new action on the writer's path: one copy, no per-char pushes, and
+    // a line quoted whole and as it is goes straight into its `Arc`.
+    let cut = quote_cut(line);
     let kept = &line[..cut.unwrap_or(line.len())];
+    let clipped = cut.is_some() || more_lines;
+    if !clipped && !kept.contains('`') {
+        return Arc::from(kept);
+    }
     let mut text = String::with_capacity(kept.len() + '…'.len_utf8());
     if kept.contains('`') {
         text.extend(kept.chars().map(|c| if c == '`' { '\'' } else { c }));
     } else {
         text.push_str(kept);
     }
-    if cut.is_some() || more_lines {
+    if clipped {
         text.push('…');
     }
     text.into()
+}
+
+/// The byte where character [`QUOTE_CHARS`] + 1 of `line` starts, if it has that many. A line
+/// no longer in bytes has no more characters, and one that starts in ASCII is cut at a byte
+/// offset: only other text is walked a character at a time.
+fn quote_cut(line: &str) -> Option<usize> {
+    if line.len() <= QUOTE_CHARS {
+        None
+    } else if line.as_bytes()[..QUOTE_CHARS].is_ascii() {
+        Some(QUOTE_CHARS)
+    } else {
+        line.char_indices().nth(QUOTE_CHARS).map(|(at, _)| at)
+    }
 }
 
 /// The first `bytes` bytes of `text`, or fewer to end on a character boundary.
@@ -990,5 +1007,43 @@ mod tests {
         let spaced = quote(&format!("{}{}", " ".repeat(300), "é".repeat(70)));
         assert_eq!(&*spaced, format!("{}…", "é".repeat(QUOTE_CHARS)));
         assert_eq!(duration_text(TimeDelta::seconds(7_380)), "2h03m");
+    }
+
+    /// The quote's rule read a character at a time: the first line of the trimmed message,
+    /// its first [`QUOTE_CHARS`] characters with backticks made quotes, and `…` when anything
+    /// was left out.
+    fn quote_by_chars(message: &str) -> String {
+        let trimmed = message.trim();
+        let line = trimmed.split('\n').next().unwrap_or("").trim_end();
+        let mut text: String = line
+            .chars()
+            .take(QUOTE_CHARS)
+            .map(|c| if c == '`' { '\'' } else { c })
+            .collect();
+        if line.chars().count() > QUOTE_CHARS || line.len() < trimmed.len() {
+            text.push('…');
+        }
+        text
+    }
+
+    proptest! {
+        /// The quote's shortcuts (a byte cut for ASCII, no copy for a line quoted whole) give
+        /// what the rule gives, for any mix of ASCII, wide characters, backticks and lines.
+        #[test]
+        fn quote_is_its_rule_char_by_char(
+            parts in prop::collection::vec(
+                prop_oneof![
+                    "[a-z ]{0,70}",
+                    Just("`".to_owned()),
+                    Just("\n".to_owned()),
+                    Just(" \r\n".to_owned()),
+                    "[é🦀日]{1,30}",
+                ],
+                0..8,
+            ),
+        ) {
+            let message = parts.concat();
+            prop_assert_eq!(&*quote(&message), quote_by_chars(&message));
+        }
     }
 }
