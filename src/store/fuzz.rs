@@ -24,7 +24,7 @@ pub(crate) fn stored_rows(data: &[u8]) {
     let record = sealed(RowKey::Record { stream, seq: n });
     let _ = schema::last_ts(stream, n, &record);
     let _ = schema::created_revision(stream, n, &record);
-    let _ = schema::last_revision(stream, n, &record);
+    let _ = schema::last_revision_and_ts(stream, n, &record);
     let _ = schema::decode_cached(stream, n, &record, PayloadPolicy::Keep, &Meter::default());
     if let Ok((decoded, created)) = schema::decode_record(stream, n, &record) {
         let mut again = Vec::new();

@@ -671,13 +671,23 @@ pub(super) fn created_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u
     })
 }
 
-/// The revision of the last change of the record stored under (`stream`, `seq`), read without
-/// decoding the rest.
-pub(super) fn last_revision(stream: u64, seq: u64, stored: &[u8]) -> Result<u64, DecodeError> {
+/// The revision of the last change of the record stored under (`stream`, `seq`) and its
+/// `last_ts`, read without decoding the rest, and checked once: retention needs both of every
+/// record it removes.
+pub(super) fn last_revision_and_ts(
+    stream: u64,
+    seq: u64,
+    stored: &[u8],
+) -> Result<(u64, Timestamp), DecodeError> {
     checked(RowKey::Record { stream, seq }, stored, |value| {
         let mut input = Input::new(value);
         input.varint()?;
-        input.varint()
+        let revision = input.varint()?;
+        for _ in 0..2 {
+            input.varint()?;
+        }
+        let first = input.signed()?;
+        Ok((revision, from_micros(first.wrapping_add(input.signed()?))?))
     })
 }
 
@@ -952,7 +962,11 @@ mod tests {
         encode_record(5, &record, &created, &mut bytes);
         assert_eq!(decode_record(5, 42, &bytes).unwrap(), (record, created));
         assert_eq!(created_revision(5, 42, &bytes).unwrap(), 7);
-        assert_eq!(last_revision(5, 42, &bytes).unwrap(), 900);
+        assert_eq!(
+            last_revision_and_ts(5, 42, &bytes).unwrap(),
+            (900, ts("2024-05-01T11:00:00Z"))
+        );
+        assert_eq!(last_ts(5, 42, &bytes).unwrap(), ts("2024-05-01T11:00:00Z"));
     }
 
     /// Every single-bit flip of a value, and the value read under another key, fails its

@@ -320,3 +320,55 @@ fn a_damaged_record_is_an_error_naming_its_stream_and_seq() {
         "{report}"
     );
 }
+
+/// Retention removes a damaged record like any other, and the file checks clean after it; but
+/// since the record's last revision cannot be read, no change from before the removal can be
+/// replayed any more (a subscriber resuming from there gets a reset), where from a whole file
+/// the changes of the records kept still can.
+#[test]
+fn retention_removes_a_damaged_record_and_stops_replay_before_it() {
+    let (_dir, path) = pristine_file();
+    let pristine = std::fs::read(&path).unwrap();
+    let needle = b"needle-1-500";
+    let at = pristine
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .expect("the record's bytes are in the file");
+    let mut damaged = pristine.clone();
+    damaged[at + 3] ^= 0x20;
+    let stream = name("agent-b");
+    let keep_newest = |file: &[u8]| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DATA_FILE_NAME), file).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let before = store.revision(&stream);
+        let retention = recap::store::Retention {
+            max_records: Some(10),
+            max_age: None,
+        };
+        store.set_retention(&stream, retention).wait().unwrap();
+        store.maintain(ts(10_000)).wait().unwrap();
+        let replayable = store
+            .changes(&stream, 0, 100_000)
+            .unwrap()
+            .iter()
+            .filter(|change| change.revision <= before)
+            .count();
+        assert!(pages(&store, &stream, false).is_ok());
+        assert_eq!(store.stream(&stream).unwrap().stored_records, 10);
+        store.close().unwrap();
+        (dir, replayable)
+    };
+    let (_whole, replayable) = keep_newest(&pristine);
+    assert!(replayable > 0, "the kept records' changes replay");
+    let (dir, replayable) = keep_newest(&damaged);
+    assert_eq!(replayable, 0, "nothing before the removal replays");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_recap"))
+        .args(["check", "--data"])
+        .arg(dir.path())
+        .env_remove("RECAP_CONFIG")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{report}");
+}

@@ -37,49 +37,56 @@ pub(super) fn maintain_stream(
         .and_then(|age| now.checked_sub_signed(age));
     let limit = (target.first_seq - 1).saturating_add(*budget as u64);
     through = through.min(limit).min(last_seq);
-    let mut max_revision = 0;
-    let mut seq = target.first_seq;
+    // Past the count limit, only the age limit can remove more: read on until a record is
+    // young enough.
+    let first_seq = target.first_seq;
+    let mut seq = through + 1;
     while seq <= last_seq && seq <= limit {
-        if seq > through {
-            // Past the count limit: only the age limit can remove more.
-            let Some(cutoff) = cutoff else { break };
-            let Some(stored) = tables.records.get((id, seq))? else {
-                break;
-            };
-            let last_ts = match schema::last_ts(id, seq, stored.value()) {
-                Ok(last_ts) => last_ts,
-                // Its age is unknown: age retention stops there rather than guess.
-                Err(error) => {
-                    tracing::error!(stream = %target.name, %error, "age retention stops at a damaged record");
-                    break;
-                }
-            };
-            if last_ts >= cutoff {
+        let Some(cutoff) = cutoff else { break };
+        let Some(stored) = tables.records.get((id, seq))? else {
+            break;
+        };
+        let last_ts = match schema::last_ts(id, seq, stored.value()) {
+            Ok(last_ts) => last_ts,
+            // Its age is unknown: age retention stops there rather than guess.
+            Err(error) => {
+                tracing::error!(stream = %target.name, %error, "age retention stops at a damaged record");
                 break;
             }
-            through = seq;
+        };
+        if last_ts >= cutoff {
+            break;
         }
-        if let Some(removed) = tables.records.remove((id, seq))? {
-            let stored = removed.value();
-            match (
-                schema::last_revision(id, seq, stored),
-                schema::last_ts(id, seq, stored),
-            ) {
-                (Ok(revision), Ok(last_ts)) => {
-                    max_revision = max_revision.max(revision);
-                    target.book.removed(last_ts);
-                }
-                // A damaged record goes like any other; since its last revision is unknown,
-                // no change up to now can be replayed any more (subscribers resuming get a reset).
-                (Err(error), _) | (_, Err(error)) => {
-                    tracing::warn!(stream = %target.name, %error, "retention removed a damaged record");
-                    max_revision = target.shadow.revision();
-                }
-            }
-        }
-        tables.severe.remove((id, seq))?;
-        *budget = budget.saturating_sub(1);
+        through = seq;
         seq += 1;
+    }
+    // Then the prefix goes, each table's range in one pass (removing key by key cost
+    // more), noting the newest revision it held.
+    let mut max_revision = 0;
+    if through >= first_seq {
+        let revision = target.shadow.revision();
+        tables
+            .records
+            .retain_in((id, first_seq)..=(id, through), |(_, seq), stored| {
+                match schema::last_revision_and_ts(id, seq, stored) {
+                    Ok((revision, last_ts)) => {
+                        max_revision = max_revision.max(revision);
+                        target.book.removed(last_ts);
+                    }
+                    // A damaged record goes like any other; since its last revision is
+                    // unknown, no change up to now can be replayed any more (subscribers
+                    // resuming get a reset).
+                    Err(error) => {
+                        tracing::warn!(stream = %target.name, %error, "retention removed a damaged record");
+                        max_revision = revision;
+                    }
+                }
+                false
+            })?;
+        tables
+            .severe
+            .retain_in((id, first_seq)..=(id, through), |_, _| false)?;
+        *budget = budget.saturating_sub((through + 1 - first_seq) as usize);
     }
     if through >= target.first_seq {
         target.first_seq = through + 1;
