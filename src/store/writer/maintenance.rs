@@ -64,7 +64,7 @@ pub(super) fn maintain_stream(
     // more), noting the newest revision it held.
     let mut max_revision = 0;
     if through >= first_seq {
-        let revision = target.shadow.revision();
+        let stream_revision = target.shadow.revision();
         tables
             .records
             .retain_in((id, first_seq)..=(id, through), |(_, seq), stored| {
@@ -78,7 +78,7 @@ pub(super) fn maintain_stream(
                     // resuming get a reset).
                     Err(error) => {
                         tracing::warn!(stream = %target.name, %error, "retention removed a damaged record");
-                        max_revision = revision;
+                        max_revision = stream_revision;
                     }
                 }
                 false
