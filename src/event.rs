@@ -201,6 +201,16 @@ impl EventInput {
             Some(b'{') | None => {}
             Some(&first) => return Err(EventError::not_an_object(json_type_name(first))),
         }
+        // Tracking the path to name the offending field costs about as much as the decoding
+        // itself, and most events decode: only one that fails is decoded again, tracked.
+        match serde_json::from_slice(json) {
+            Ok(input) => Ok(input),
+            Err(_) => EventInput::from_json_tracked(json),
+        }
+    }
+
+    /// [`Self::from_json`] with the path to the offending field tracked throughout.
+    fn from_json_tracked(json: &[u8]) -> Result<EventInput, EventError> {
         let mut deserializer = serde_json::Deserializer::from_slice(json);
         let input = serde_path_to_error::deserialize(&mut deserializer)
             .map_err(EventError::from_path_error)?;
@@ -780,6 +790,53 @@ pub(crate) fn strip_position(detail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A JSON object made of fields an event has (and one it does not), with values of every
+    /// JSON type, fields repeated, and sometimes cut short or followed by more text.
+    fn event_like_json() -> impl Strategy<Value = String> {
+        let field = prop::sample::select(vec![
+            "message",
+            "kind",
+            "severity",
+            "ts",
+            "actor",
+            "step_id",
+            "display_message",
+            "payload",
+            "sevrity",
+        ]);
+        let value = prop::sample::select(vec![
+            r#""tool""#,
+            r#""2024-05-01T10:00:00Z""#,
+            r#""warn""#,
+            "12",
+            "null",
+            "true",
+            "[1, 2]",
+            r#"{"n": 1}"#,
+            r#""a\u00e9\n""#,
+        ]);
+        let ending = prop::sample::select(vec!["}", "} ", "", "}}", "} x"]);
+        (prop::collection::vec((field, value), 0..8), ending).prop_map(|(fields, ending)| {
+            let body: Vec<String> = fields
+                .into_iter()
+                .map(|(field, value)| format!(r#""{field}": {value}"#))
+                .collect();
+            format!("{{{}{ending}", body.join(", "))
+        })
+    }
+
+    proptest! {
+        /// Decoding without tracking the path first changes nothing: what decodes is the same
+        /// event, and what fails gets the error the tracked decoding gives, field named.
+        #[test]
+        fn the_untracked_first_try_decodes_as_the_tracked_decoding(json in event_like_json()) {
+            let fast = EventInput::from_json(json.as_bytes());
+            let tracked = EventInput::from_json_tracked(json.as_bytes());
+            prop_assert_eq!(format!("{fast:?}"), format!("{tracked:?}"));
+        }
+    }
 
     fn validate(json: &str) -> Result<Event, String> {
         EventInput::from_json(json.as_bytes())
