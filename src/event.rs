@@ -829,7 +829,8 @@ mod tests {
 
     proptest! {
         /// Decoding without tracking the path first changes nothing: what decodes is the same
-        /// event, and what fails gets the error the tracked decoding gives, field named.
+        /// event, and what fails gets the error the tracked decoding gives, field named. (The
+        /// inputs all start as objects: the check that a body is one comes before either.)
         #[test]
         fn the_untracked_first_try_decodes_as_the_tracked_decoding(json in event_like_json()) {
             let fast = EventInput::from_json(json.as_bytes());

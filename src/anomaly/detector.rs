@@ -732,8 +732,10 @@ fn masked_key(kind: &Kind, actor: Option<&str>, message: &str) -> u64 {
 /// How a message is quoted in an anomaly: its first line, at most [`QUOTE_CHARS`] characters,
 /// without backticks (the quote's own delimiters).
 fn quote(message: &str) -> Arc<str> {
-    // A quote never needs more than one character past its own (4 bytes each at most).
-    let message = head(message.trim_start(), (QUOTE_CHARS + 1) * 4).trim_end();
+    // Trimmed whole, and the first line found whole (a search for one byte), so that whether
+    // anything follows the quote is known even when a run of spaces reaches past it; the
+    // characters are walked only as far as the quote goes.
+    let message = message.trim();
     let (line, more_lines) = match message.split_once('\n') {
         Some((first, _)) => (first.trim_end(), true),
         None => (message, false),
@@ -1037,6 +1039,7 @@ mod tests {
                     Just("`".to_owned()),
                     Just("\n".to_owned()),
                     Just(" \r\n".to_owned()),
+                    Just(" ".repeat(250)),
                     "[é🦀日]{1,30}",
                 ],
                 0..8,
