@@ -745,11 +745,12 @@ fn quote(message: &str) -> Arc<str> {
     let cut = quote_cut(line);
     let kept = &line[..cut.unwrap_or(line.len())];
     let clipped = cut.is_some() || more_lines;
-    if !clipped && !kept.contains('`') {
+    let backticks = kept.contains('`');
+    if !clipped && !backticks {
         return Arc::from(kept);
     }
     let mut text = String::with_capacity(kept.len() + '…'.len_utf8());
-    if kept.contains('`') {
+    if backticks {
         text.extend(kept.chars().map(|c| if c == '`' { '\'' } else { c }));
     } else {
         text.push_str(kept);

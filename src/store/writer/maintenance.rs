@@ -41,8 +41,10 @@ pub(super) fn maintain_stream(
     // young enough.
     let first_seq = target.first_seq;
     let mut seq = through + 1;
-    while seq <= last_seq && seq <= limit {
-        let Some(cutoff) = cutoff else { break };
+    while let Some(cutoff) = cutoff
+        && seq <= last_seq
+        && seq <= limit
+    {
         let Some(stored) = tables.records.get((id, seq))? else {
             break;
         };
@@ -62,8 +64,8 @@ pub(super) fn maintain_stream(
     }
     // Then the prefix goes, each table's range in one pass (removing key by key cost
     // more), noting the newest revision it held.
-    let mut max_revision = 0;
     if through >= first_seq {
+        let mut max_revision = 0;
         let stream_revision = target.shadow.revision();
         tables
             .records
@@ -87,8 +89,6 @@ pub(super) fn maintain_stream(
             .severe
             .retain_in((id, first_seq)..=(id, through), |_, _| false)?;
         *budget = budget.saturating_sub((through + 1 - first_seq) as usize);
-    }
-    if through >= target.first_seq {
         target.first_seq = through + 1;
         // Changes that touched removed records cannot be replayed any more.
         target.changelog_floor = target.changelog_floor.max(max_revision);
